@@ -1,0 +1,136 @@
+"""Build sparsebench: render the Tempita kernel templates, then compile one extension per ISA.
+
+Environment:
+  SPARSEBENCH_TARGET  native (default): build the ISA variants this build machine can run and tune
+                      instruction scheduling for it (-mtune=native);
+                      portable: build every variant (generic, avx2, avx512) with generic tuning, for
+                      wheels that run anywhere.
+  Both are safe on any CPU: each variant is compiled with an explicit instruction-set list (never
+  -march=native) and sparsebench imports a variant only after checking the CPU has that list.
+"""
+import hashlib
+import pprint
+import os
+import platform
+import subprocess
+import sys
+
+import numpy
+from Cython.Build import cythonize
+from Cython.Tempita import Template
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+KERNELS = os.path.join(HERE, "kernels")
+GENERATED = os.path.join(KERNELS, "_generated")
+BANNER = "# DO NOT EDIT: generated from {src} by setup.py; edit the template instead.\n"
+
+BLOCKS = [(1, 1), (1, 4), (4, 1), (4, 4), (8, 1), (16, 1)]
+ISAS = {
+    # name: (compiler flags, vector lanes, vector registers, N-tile widths in vectors)
+    "generic": ([], 4, 16, (1, 2, 4, 8)),
+    "avx2": (["-mavx2", "-mfma"], 8, 16, (1, 2, 3, 4, 6, 8)),
+    "avx512": (["-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq", "-mavx2", "-mfma"],
+               16, 32, (1, 2, 3, 4, 6, 8)),
+}
+PREFETCH_PAD = 64
+COMMON_FLAGS = ["-O3", "-fopenmp", "-fno-math-errno", "-Wno-unused-function", "-Wno-unreachable-code"]
+
+
+def host_isas():
+    """The ISA variants worth building for this machine (x86 Linux: from /proc/cpuinfo)."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return ["generic"]
+    try:
+        flags = set(open("/proc/cpuinfo").read().split())
+    except OSError:
+        return list(ISAS)
+    isas = ["generic"]
+    if {"avx2", "fma"} <= flags:
+        isas.append("avx2")
+    if {"avx512f", "avx512vl", "avx512bw", "avx512dq"} <= flags:
+        isas.append("avx512")
+    return isas
+
+
+def render(template, out, **namespace):
+    """Render a Tempita template to `out` unless `out` is newer than the template and simd.h."""
+    deps = [template, os.path.join(KERNELS, "simd.h"), __file__]
+    if os.path.exists(out) and os.path.getmtime(out) >= max(map(os.path.getmtime, deps)):
+        return
+    with open(template) as f:
+        text = Template(f.read(), name=template).substitute(**namespace)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    tmp = out + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(BANNER.format(src=os.path.relpath(template, HERE)) + text)
+    os.replace(tmp, out)
+
+
+def template_hash():
+    h = hashlib.sha256()
+    for name in sorted(os.listdir(KERNELS)):
+        path = os.path.join(KERNELS, name)
+        if os.path.isfile(path):
+            h.update(name.encode())
+            with open(path, "rb") as f:
+                h.update(f.read())
+    return h.hexdigest()[:16]
+
+
+def compiler_version():
+    cc = os.environ.get("CC", "cc").split()[0]
+    try:
+        return subprocess.run([cc, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+    except (OSError, IndexError):
+        return "unknown"
+
+
+def extensions():
+    target = os.environ.get("SPARSEBENCH_TARGET", "native")
+    if target not in ("native", "portable"):
+        sys.exit(f"SPARSEBENCH_TARGET must be 'native' or 'portable', not {target!r}")
+    isas = host_isas() if target == "native" else list(ISAS)
+    tune = ["-mtune=native"] if target == "native" else []
+    exts, flags_by_isa = [], {}
+    for isa in isas:
+        isa_flags, vw, nregs, j_choices = ISAS[isa]
+        pyx = os.path.join(GENERATED, f"spmm_{isa}.pyx")
+        render(os.path.join(KERNELS, "spmm.pyx.tp"), pyx, isa=isa, VW=vw, NREGS=nregs,
+               J_CHOICES=j_choices, BLOCKS=BLOCKS, PREFETCH_PAD=PREFETCH_PAD)
+        flags = COMMON_FLAGS + isa_flags + tune
+        flags_by_isa[isa] = flags
+        exts.append(Extension(f"sparsebench._spmm_{isa}", [os.path.relpath(pyx, HERE)],
+                              include_dirs=[KERNELS, numpy.get_include()],
+                              define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
+                              extra_compile_args=flags, extra_link_args=["-fopenmp"]))
+    exts.append(Extension("sparsebench._cpu", ["kernels/cpu.pyx"], include_dirs=[KERNELS],
+                          extra_compile_args=["-O2", "-fopenmp"], extra_link_args=["-fopenmp"]))
+    buildinfo = {"target": target, "isas": isas, "flags": flags_by_isa,
+                 "compiler": compiler_version(), "template_hash": template_hash(),
+                 "prefetch_pad": PREFETCH_PAD, "blocks": BLOCKS,
+                 "python": platform.python_version(), "numpy_build": numpy.__version__}
+    write_if_changed(os.path.join(HERE, "sparsebench", "_buildinfo.py"),
+                     BANNER.format(src="setup.py") + f"BUILD = {pprint.pformat(buildinfo)}\n")
+    return cythonize(exts, compiler_directives={"language_level": 3}, include_path=[KERNELS])
+
+
+def write_if_changed(path, text):
+    if os.path.exists(path) and open(path).read() == text:
+        return
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+class ParallelBuildExt(build_ext):
+    """Compile the ISA modules in parallel (they are independent and each takes a while)."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        if self.parallel is None:
+            self.parallel = os.cpu_count() or 1
+
+
+setup(ext_modules=extensions(), cmdclass={"build_ext": ParallelBuildExt})

@@ -1,0 +1,39 @@
+"""Block shapes the kernels are compiled for, and helpers to view a matrix as blocks."""
+import numpy as np
+
+from ._buildinfo import BUILD
+
+#: (rows, cols) of W per block that setup.py compiled kernels for
+SUPPORTED_BLOCKS = tuple(tuple(b) for b in BUILD["blocks"])
+
+
+def parse_block(text):
+    """'4x1' -> (4, 1)."""
+    try:
+        r, c = (int(p) for p in str(text).lower().split("x"))
+    except ValueError:
+        raise ValueError(f"block must look like 4x1 (rows x cols), got {text!r}") from None
+    return check_block((r, c))
+
+
+def check_block(block):
+    try:
+        br, bc = (int(b) for b in block)
+    except (TypeError, ValueError):
+        raise ValueError(f"block must be a pair (rows, cols) such as (4, 1), got {block!r}") from None
+    if (br, bc) not in SUPPORTED_BLOCKS:
+        raise ValueError(f"unsupported block shape {br}x{bc}; supported: "
+                         + ", ".join(f"{r}x{c}" for r, c in SUPPORTED_BLOCKS))
+    return br, bc
+
+
+def padded_blocks(W, block):
+    """View W, zero-padded to whole blocks, as an array of shape (Mb, br, Kb, bc)."""
+    br, bc = block
+    M, K = W.shape
+    Mb, Kb = -(-M // br), -(-K // bc)
+    if (Mb * br, Kb * bc) != (M, K):
+        P = np.zeros((Mb * br, Kb * bc), dtype=W.dtype)
+        P[:M, :K] = W
+        W = P
+    return W.reshape(Mb, br, Kb, bc)

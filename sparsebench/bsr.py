@@ -1,0 +1,171 @@
+"""Block-sparse row (BSR) weight matrices, validated once and frozen."""
+import numpy as np
+
+from ._buildinfo import BUILD
+from .blocks import check_block, padded_blocks
+
+PREFETCH_PAD = BUILD["prefetch_pad"]
+
+
+class BSRMatrix:
+    """An M x K float32 matrix stored as nonzero br x bc blocks, row of blocks by row of blocks.
+
+    Same arrays as scipy.sparse.bsr_matrix: ``data`` (nnz_blocks, br, bc), ``indices`` (block
+    column of each block), ``indptr`` (nnz_blocks offsets of each block row). M and K need not
+    be multiples of the block: the last block row / column is zero padded. Arrays are checked
+    here and made read-only, so the kernels can trust them.
+    """
+
+    __slots__ = ("shape", "block", "data", "_indices_padded", "indptr", "_tasks", "_row_nnz",
+                 "__weakref__")
+
+    def __init__(self, data, indices, indptr, shape):
+        data = np.asarray(data)
+        if data.ndim != 3:
+            raise ValueError(f"data must have shape (nnz_blocks, block_rows, block_cols), got {data.shape}")
+        if not (np.issubdtype(data.dtype, np.floating) or np.issubdtype(data.dtype, np.integer)):
+            raise TypeError(f"data must be a real numeric array, got dtype {data.dtype}")
+        self.block = check_block(data.shape[1:])
+        try:
+            M, K = (int(s) for s in shape)
+        except (TypeError, ValueError):
+            raise ValueError(f"shape must be (M, K), got {shape!r}") from None
+        if M < 0 or K < 0:
+            raise ValueError(f"shape must be non-negative, got {shape!r}")
+        br, bc = self.block
+        Mb, Kb = -(-M // br), -(-K // bc)
+        nnzb = data.shape[0]
+        if nnzb >= 2**31 - PREFETCH_PAD:
+            raise ValueError(f"too many blocks ({nnzb}) for 32-bit indices")
+        indptr = _as_index_array(indptr, "indptr")
+        indices = _as_index_array(indices, "indices")
+        if indptr.shape != (Mb + 1,):
+            raise ValueError(f"indptr must have M/block_rows + 1 = {Mb + 1} entries for shape {M}x{K} "
+                             f"and block {br}x{bc}, got {indptr.shape[0]}")
+        if indptr[0] != 0 or indptr[-1] != nnzb:
+            raise ValueError(f"indptr must start at 0 and end at the number of blocks ({nnzb}); "
+                             f"it runs from {indptr[0]} to {indptr[-1]}")
+        if np.any(np.diff(indptr) < 0):
+            row = int(np.argmax(np.diff(indptr) < 0))
+            raise ValueError(f"indptr must be non-decreasing; it decreases after block row {row}")
+        if indices.shape != (nnzb,):
+            raise ValueError(f"indices must have one entry per block ({nnzb}), got {indices.shape[0]}")
+        if nnzb and (indices.min() < 0 or indices.max() >= Kb):
+            bad = int(np.flatnonzero((indices < 0) | (indices >= Kb))[0])
+            raise ValueError(f"block column index {indices[bad]} at position {bad} is out of range "
+                             f"[0, {Kb}) for K={K} and block {br}x{bc}")
+        self.shape = (M, K)
+        self.data = _frozen(np.ascontiguousarray(data, dtype=np.float32))
+        padded = np.zeros(nnzb + PREFETCH_PAD, dtype=np.int32)
+        padded[:nnzb] = indices
+        self._indices_padded = _frozen(padded)
+        self.indptr = _frozen(indptr.astype(np.int32))
+        self._row_nnz = np.diff(self.indptr)
+        self._tasks = {}
+
+    # -- construction -----------------------------------------------------------------------
+    @classmethod
+    def from_dense(cls, W, block=(1, 1)):
+        """Store every block of W that has a nonzero (or NaN) entry; W is converted to float32."""
+        W = np.asarray(W)
+        if W.ndim != 2:
+            raise ValueError(f"W must be a 2-D matrix, got shape {W.shape}")
+        if not (np.issubdtype(W.dtype, np.floating) or np.issubdtype(W.dtype, np.integer)):
+            raise TypeError(f"W must be a real numeric array, got dtype {W.dtype}")
+        br, bc = check_block(block)
+        blocks = padded_blocks(W.astype(np.float32, copy=False), (br, bc))
+        nonzero = np.any(blocks != 0, axis=(1, 3))            # (Mb, Kb)
+        rows, cols = np.nonzero(nonzero)
+        indptr = np.zeros(nonzero.shape[0] + 1, dtype=np.int64)
+        np.cumsum(nonzero.sum(axis=1), out=indptr[1:])
+        data = blocks[rows, :, cols, :]                       # (nnzb, br, bc)
+        return cls(data, cols, indptr, W.shape)
+
+    @classmethod
+    def from_scipy(cls, S):
+        """From a scipy.sparse BSR matrix (other formats are converted with the block of S)."""
+        S = S.tobsr() if S.format != "bsr" else S
+        S = S.sorted_indices() if not S.has_sorted_indices else S
+        return cls(S.data, S.indices, S.indptr, S.shape)
+
+    # -- properties ----------------------------------------------------------------------------
+    @property
+    def indices(self):
+        return self._indices_padded[:self.nnz_blocks]
+
+    @property
+    def nnz_blocks(self):
+        return self.data.shape[0]
+
+    @property
+    def nnz(self):
+        """Stored entries, zeros inside stored blocks included."""
+        return self.data.size
+
+    @property
+    def density(self):
+        """Fraction of the (padded) block grid that is stored."""
+        br, bc = self.block
+        total = -(-self.shape[0] // br) * -(-self.shape[1] // bc)
+        return self.nnz_blocks / total if total else 0.0
+
+    @property
+    def sparsity(self):
+        return 1.0 - self.density
+
+    def to_dense(self):
+        br, bc = self.block
+        M, K = self.shape
+        Mb, Kb = -(-M // br), -(-K // bc)
+        out = np.zeros((Mb, br, Kb, bc), dtype=np.float32)
+        rows = np.repeat(np.arange(Mb), self._row_nnz)
+        np.add.at(out, (rows, slice(None), self.indices, slice(None)), self.data)
+        return out.reshape(Mb * br, Kb * bc)[:M, :K]
+
+    def to_scipy(self):
+        import scipy.sparse as sp
+
+        br, bc = self.block
+        M, K = self.shape
+        padded = (-(-M // br) * br, -(-K // bc) * bc)
+        S = sp.bsr_matrix((self.data, self.indices, self.indptr), shape=padded)
+        return S if padded == (M, K) else S.tocsr()[:M, :K]
+
+    def __repr__(self):
+        M, K = self.shape
+        br, bc = self.block
+        return (f"<BSRMatrix {M}x{K} float32, block {br}x{bc}, {self.nnz_blocks} blocks, "
+                f"density {self.density:.3f}>")
+
+    # -- work partition for the threaded kernels ------------------------------------------------
+    def task_bounds(self, threads, m_tile):
+        """Block-row ranges, one per task: balanced by nonzeros (m_tile=0) or m_tile rows each."""
+        key = (threads, m_tile)
+        bounds = self._tasks.get(key)
+        if bounds is None:
+            nbrows = self.indptr.shape[0] - 1
+            if m_tile > 0:
+                bounds = np.append(np.arange(0, nbrows, m_tile), nbrows)
+            else:
+                # cost of a block row: its blocks' multiply-adds plus a fixed cost per row (stores)
+                br, bc = self.block
+                cost = np.cumsum(self._row_nnz * (br * bc) + br, dtype=np.float64)
+                total = cost[-1] if nbrows else 0.0
+                cuts = np.searchsorted(cost, total * np.arange(1, threads) / threads, side="left")
+                bounds = np.concatenate(([0], np.minimum(cuts + 1, nbrows), [nbrows]))
+                bounds = np.maximum.accumulate(bounds)
+            bounds = _frozen(bounds.astype(np.int32))
+            self._tasks[key] = bounds
+        return bounds
+
+
+def _as_index_array(a, name):
+    a = np.asarray(a)
+    if a.ndim != 1 or not np.issubdtype(a.dtype, np.integer):
+        raise ValueError(f"{name} must be a 1-D integer array, got shape {a.shape} dtype {a.dtype}")
+    return a
+
+
+def _frozen(a):
+    a.flags.writeable = False
+    return a

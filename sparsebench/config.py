@@ -1,0 +1,139 @@
+"""Kernel configurations: what can be tuned, what is valid for a matrix, and the default choice."""
+import dataclasses
+import json
+
+from .cpu import available_isas, kernel_module, openmp_threads
+from .errors import ConfigError, UnsupportedISAError
+
+#: cache panel widths (columns of X kept hot while every block row is swept); 0 = all of N
+PANELS = (0, 128, 256, 512)
+#: block rows per dynamically scheduled task; 0 = one nonzero-balanced range per thread
+M_TILES = (0, 1, 4, 16)
+#: software prefetch distance in blocks; 0 = off
+PREFETCH = (0, 4, 16)
+#: below this many multiply-adds a call runs on one thread (waking a team costs more)
+SERIAL_WORK = 1 << 17
+#: X panels above this many bytes spill out of L2 on the machines we target
+L2_PANEL_BYTES = 512 * 1024
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class KernelConfig:
+    """One compiled kernel variant plus its run-time knobs. Immutable, hashable, JSON-ready."""
+
+    block: tuple            # (rows, cols) of W per block; must match the matrix
+    isa: str                # compiled module: avx512, avx2 or generic
+    n_tile: int             # register tile width in columns of X (a compile-time constant)
+    n_panel: int = 0        # columns of X per cache panel, a multiple of n_tile; 0 = whole N
+    m_tile: int = 0         # block rows per task (dynamic schedule); 0 = static, balanced by nnz
+    prefetch: int = 0       # software prefetch distance in blocks; 0 = off
+    threads: int = 1        # OpenMP threads
+
+    def __post_init__(self):
+        object.__setattr__(self, "block", tuple(int(b) for b in self.block))
+
+    def to_dict(self):
+        d = dataclasses.asdict(self)
+        d["block"] = list(self.block)
+        return d
+
+    @classmethod
+    def from_dict(cls, d):
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - fields
+        if unknown:
+            raise ConfigError(f"unknown KernelConfig fields {sorted(unknown)}; known: {sorted(fields)}")
+        try:
+            return cls(**d)
+        except TypeError as e:
+            raise ConfigError(f"incomplete KernelConfig {d!r}: {e}") from None
+
+    def to_json(self):
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text):
+        return cls.from_dict(json.loads(text))
+
+    def __str__(self):
+        b = "%dx%d" % self.block
+        return (f"{self.isa}/b{b}/nt{self.n_tile}/np{self.n_panel}/mt{self.m_tile}"
+                f"/pf{self.prefetch}/t{self.threads}")
+
+
+def variant_id(config):
+    """(kernel module, variant id) of a config's compiled variant, or ConfigError saying why not."""
+    try:
+        module = kernel_module(config.isa)
+    except UnsupportedISAError as e:
+        raise ConfigError(str(e)) from None
+    for vid, (br, bc, nt, _) in enumerate(module.VARIANTS):
+        if (br, bc) == config.block and nt == config.n_tile:
+            return module, vid
+    widths = sorted(nt for br, bc, nt, _ in module.VARIANTS if (br, bc) == config.block)
+    raise ConfigError(f"no {config.isa} kernel with n_tile={config.n_tile} for block "
+                      f"{config.block[0]}x{config.block[1]}; compiled widths: {widths}")
+
+
+def check_config(config, A):
+    """Raise ConfigError, with the reason, if `config` cannot run on matrix A."""
+    if not isinstance(config, KernelConfig):
+        raise TypeError(f"config must be a KernelConfig, got {type(config).__name__}")
+    if config.block != A.block:
+        raise ConfigError(f"config is for {config.block[0]}x{config.block[1]} blocks but the matrix "
+                          f"has {A.block[0]}x{A.block[1]} blocks")
+    module, _ = variant_id(config)
+    if config.n_panel < 0 or config.n_panel % config.n_tile:
+        raise ConfigError(f"n_panel={config.n_panel} must be 0 or a multiple of n_tile={config.n_tile}")
+    if config.m_tile < 0:
+        raise ConfigError(f"m_tile={config.m_tile} must be >= 0")
+    if not 0 <= config.prefetch <= module.PREFETCH_PAD:
+        raise ConfigError(f"prefetch={config.prefetch} must be in [0, {module.PREFETCH_PAD}]")
+    if not 1 <= config.threads <= 4096:
+        raise ConfigError(f"threads={config.threads} must be in [1, 4096]")
+
+
+def kernel_configs(A, n, threads=None, isas=None):
+    """Every valid KernelConfig for matrix A times a K x n X: the autotuner's search space.
+
+    Tiles much wider than n are left out (they would only run their masked tail path),
+    as are panels that would not split N.
+    """
+    threads = threads or openmp_threads()
+    out = []
+    for isa in isas or available_isas():
+        module = kernel_module(isa)
+        vw = module.VECTOR_WIDTH
+        widest = max(vw, -(-n // vw) * vw)
+        for br, bc, nt, _ in module.VARIANTS:
+            if (br, bc) != A.block or nt > widest:
+                continue
+            for n_panel in PANELS:
+                if n_panel and (n_panel % nt or n_panel >= n):
+                    continue
+                for m_tile in M_TILES:
+                    for prefetch in PREFETCH:
+                        out.append(KernelConfig(A.block, isa, nt, n_panel, m_tile, prefetch, threads))
+    return out
+
+
+def default_config(A, n, threads=None):
+    """The heuristic used when no tuned config is given: sensible, not optimal."""
+    threads = threads or openmp_threads()
+    isa = available_isas()[0]
+    module = kernel_module(isa)
+    br, bc = A.block
+    widths = sorted(nt for vbr, vbc, nt, rb in module.VARIANTS if (vbr, vbc) == A.block and rb == br)
+    # about 16-24 accumulators: wide tiles for short blocks, narrow for tall ones
+    target = max(module.VECTOR_WIDTH, (24 // (br + 1)) * module.VECTOR_WIDTH)
+    n_tile = max([w for w in widths if w <= target] or widths[:1])
+    while n_tile > module.VECTOR_WIDTH and n_tile // 2 >= n and n_tile // 2 in widths:
+        n_tile //= 2
+    K = A.shape[1]
+    n_panel = 0
+    if K * n * 4 > L2_PANEL_BYTES:
+        n_panel = max(n_tile, (L2_PANEL_BYTES // (K * 4)) // n_tile * n_tile)
+        if n_panel >= n:
+            n_panel = 0
+    work = A.nnz * max(n, 1)
+    return KernelConfig(A.block, isa, n_tile, n_panel, 0, 0, threads if work >= SERIAL_WORK else 1)

@@ -1,0 +1,13 @@
+"""Exceptions sparsebench raises; each message says what is wrong and how to fix it."""
+
+
+class SparsebenchError(Exception):
+    """Base class of every sparsebench error."""
+
+
+class ConfigError(SparsebenchError, ValueError):
+    """A KernelConfig that cannot run for this matrix and N (the message gives the reason)."""
+
+
+class UnsupportedISAError(SparsebenchError, RuntimeError):
+    """A kernel variant needs instructions this CPU (or this build) does not have."""
