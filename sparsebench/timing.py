@@ -1,0 +1,104 @@
+"""Robust timing: warm-ups, calibrated loops, many samples, medians with spread.
+
+Methods compared side by side are interleaved (A B C A B C ...) so that drift on a
+shared, noisy machine hits them alike, and ratios are taken sample by sample.
+"""
+import dataclasses
+import time
+
+import numpy as np
+
+#: spread (p80 - p20) / median at or above which a measurement is flagged unstable
+UNSTABLE_SPREAD = 0.10
+
+
+@dataclasses.dataclass
+class Stats:
+    """Seconds per call over the samples of one method."""
+
+    samples: np.ndarray
+    loops: int = 1          # calls timed together per sample
+
+    @property
+    def n(self):
+        return len(self.samples)
+
+    @property
+    def median(self):
+        return float(np.median(self.samples))
+
+    @property
+    def p20(self):
+        return float(np.percentile(self.samples, 20))
+
+    @property
+    def p80(self):
+        return float(np.percentile(self.samples, 80))
+
+    @property
+    def min(self):
+        return float(np.min(self.samples))
+
+    @property
+    def spread(self):
+        """(p80 - p20) / median."""
+        return (self.p80 - self.p20) / self.median if self.median > 0 else 0.0
+
+    @property
+    def unstable(self):
+        return self.spread >= UNSTABLE_SPREAD
+
+    def summary(self):
+        return {"median_s": self.median, "p20_s": self.p20, "p80_s": self.p80, "min_s": self.min,
+                "samples": self.n, "loops": self.loops, "spread": self.spread,
+                "unstable": self.unstable}
+
+
+def _time_loops(fn, loops):
+    t0 = time.perf_counter()
+    for _ in range(loops):
+        fn()
+    return (time.perf_counter() - t0) / loops
+
+
+def calibrate(fn, sample_time=2e-3, max_loops=10_000):
+    """Calls per sample so that one sample lasts about `sample_time` seconds."""
+    fn()
+    t = _time_loops(fn, 1)
+    loops = 1
+    while t * loops < sample_time / 4 and loops < max_loops:
+        loops *= 4
+        t = _time_loops(fn, loops)
+    return max(1, min(max_loops, int(round(sample_time / max(t, 1e-9)))))
+
+
+def measure(fn, samples=30, warmup=3, sample_time=2e-3):
+    """Stats of one callable."""
+    return interleaved({"_": fn}, samples, warmup, sample_time)["_"]
+
+
+def interleaved(fns, samples=30, warmup=3, sample_time=2e-3, time_limit=None):
+    """Stats per name for a dict of callables, sampled round-robin (rotating the order each round).
+
+    Stops early (with at least 5 samples each) once `time_limit` seconds have passed.
+    """
+    names = list(fns)
+    loops = {name: calibrate(fns[name], sample_time) for name in names}
+    for name in names:
+        for _ in range(warmup):
+            _time_loops(fns[name], loops[name])
+    out = {name: [] for name in names}
+    start = time.perf_counter()
+    for r in range(samples):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            out[name].append(_time_loops(fns[name], loops[name]))
+        if time_limit and r >= 4 and time.perf_counter() - start > time_limit:
+            break
+    return {name: Stats(np.array(out[name]), loops[name]) for name in names}
+
+
+def ratio(stats_base, stats_other):
+    """Per-round speedup samples of `other` over `base` (base time / other time) from interleaved runs."""
+    n = min(stats_base.n, stats_other.n)
+    return Stats(stats_base.samples[:n] / stats_other.samples[:n])
