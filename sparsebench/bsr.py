@@ -16,8 +16,8 @@ class BSRMatrix:
     here and made read-only, so the kernels can trust them.
     """
 
-    __slots__ = ("shape", "block", "data", "_indices_padded", "indptr", "_tasks", "_row_nnz",
-                 "__weakref__")
+    __slots__ = ("shape", "block", "data", "_indices_padded", "indptr", "_tasks", "_slices",
+                 "_row_nnz", "__weakref__")
 
     def __init__(self, data, indices, indptr, shape):
         data = np.asarray(data)
@@ -54,6 +54,11 @@ class BSRMatrix:
             bad = int(np.flatnonzero((indices < 0) | (indices >= Kb))[0])
             raise ValueError(f"block column index {indices[bad]} at position {bad} is out of range "
                              f"[0, {Kb}) for K={K} and block {br}x{bc}")
+        # blocks of a row in column order, so that a K slice of a row is a contiguous range
+        rows = np.repeat(np.arange(Mb), np.diff(indptr))
+        if nnzb and np.any((np.diff(indices) < 0) & (rows[1:] == rows[:-1])):
+            order = np.lexsort((indices, rows))
+            indices, data = indices[order], data[order]
         self.shape = (M, K)
         self.data = _frozen(np.ascontiguousarray(data, dtype=np.float32))
         padded = np.zeros(nnzb + PREFETCH_PAD, dtype=np.int32)
@@ -62,6 +67,7 @@ class BSRMatrix:
         self.indptr = _frozen(indptr.astype(np.int32))
         self._row_nnz = np.diff(self.indptr)
         self._tasks = {}
+        self._slices = {}
 
     # -- construction -----------------------------------------------------------------------
     @classmethod
@@ -136,6 +142,29 @@ class BSRMatrix:
         br, bc = self.block
         return (f"<BSRMatrix {M}x{K} float32, block {br}x{bc}, {self.nnz_blocks} blocks, "
                 f"density {self.density:.3f}>")
+
+    def slice_ptr(self, k_slice):
+        """(S + 1) x block-rows int32: blocks of row i in K slice s are [ptr[s, i], ptr[s + 1, i]).
+
+        A slice covers k_slice rows of X (a multiple of the block's column count).
+        """
+        ptr = self._slices.get(k_slice)
+        if ptr is None:
+            bc = self.block[1]
+            if k_slice <= 0 or k_slice % bc:
+                raise ValueError(f"k_slice must be a positive multiple of {bc}, got {k_slice}")
+            nslices = max(1, -(-self.shape[1] // k_slice))
+            nbrows = self.indptr.shape[0] - 1
+            rows = np.repeat(np.arange(nbrows), self._row_nnz)
+            counts = np.zeros((nslices, nbrows), dtype=np.int64)
+            np.add.at(counts, (self.indices // (k_slice // bc), rows), 1)
+            ptr = np.empty((nslices + 1, nbrows), dtype=np.int64)
+            ptr[0] = self.indptr[:-1]
+            np.cumsum(counts, axis=0, out=ptr[1:])
+            ptr[1:] += self.indptr[:-1]
+            ptr = _frozen(ptr.astype(np.int32))
+            self._slices[k_slice] = ptr
+        return ptr
 
     # -- work partition for the threaded kernels ------------------------------------------------
     def task_bounds(self, threads, m_tile):

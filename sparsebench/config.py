@@ -7,6 +7,8 @@ from .errors import ConfigError, UnsupportedISAError
 
 #: cache panel widths (columns of X kept hot while every block row is swept); 0 = all of N
 PANELS = (0, 128, 256, 512)
+#: rows of X per K slice (partial sums go through Y so a slice of X stays in cache); 0 = all of K
+K_SLICES = (0, 64, 128, 256, 512)
 #: block rows per dynamically scheduled task; 0 = one nonzero-balanced range per thread
 M_TILES = (0, 1, 4, 16)
 #: software prefetch distance in blocks; 0 = off
@@ -25,6 +27,7 @@ class KernelConfig:
     isa: str                # compiled module: avx512, avx2 or generic
     n_tile: int             # register tile width in columns of X (a compile-time constant)
     n_panel: int = 0        # columns of X per cache panel, a multiple of n_tile; 0 = whole N
+    k_slice: int = 0        # rows of X per K slice, a multiple of the block's columns; 0 = whole K
     m_tile: int = 0         # block rows per task (dynamic schedule); 0 = static, balanced by nnz
     prefetch: int = 0       # software prefetch distance in blocks; 0 = off
     threads: int = 1        # OpenMP threads
@@ -57,7 +60,7 @@ class KernelConfig:
 
     def __str__(self):
         b = "%dx%d" % self.block
-        return (f"{self.isa}/b{b}/nt{self.n_tile}/np{self.n_panel}/mt{self.m_tile}"
+        return (f"{self.isa}/b{b}/nt{self.n_tile}/np{self.n_panel}/ks{self.k_slice}/mt{self.m_tile}"
                 f"/pf{self.prefetch}/t{self.threads}")
 
 
@@ -85,6 +88,9 @@ def check_config(config, A):
     module, _ = variant_id(config)
     if config.n_panel < 0 or config.n_panel % config.n_tile:
         raise ConfigError(f"n_panel={config.n_panel} must be 0 or a multiple of n_tile={config.n_tile}")
+    if config.k_slice < 0 or config.k_slice % config.block[1]:
+        raise ConfigError(f"k_slice={config.k_slice} must be 0 or a multiple of the block's "
+                          f"{config.block[1]} columns")
     if config.m_tile < 0:
         raise ConfigError(f"m_tile={config.m_tile} must be >= 0")
     if not 0 <= config.prefetch <= module.PREFETCH_PAD:
@@ -111,9 +117,13 @@ def kernel_configs(A, n, threads=None, isas=None):
             for n_panel in PANELS:
                 if n_panel and (n_panel % nt or n_panel >= n):
                     continue
-                for m_tile in M_TILES:
-                    for prefetch in PREFETCH:
-                        out.append(KernelConfig(A.block, isa, nt, n_panel, m_tile, prefetch, threads))
+                for k_slice in K_SLICES:
+                    if k_slice and k_slice >= A.shape[1]:
+                        continue
+                    for m_tile in M_TILES:
+                        for prefetch in PREFETCH:
+                            out.append(KernelConfig(A.block, isa, nt, n_panel, k_slice, m_tile,
+                                                    prefetch, threads))
     return out
 
 
@@ -135,5 +145,8 @@ def default_config(A, n, threads=None):
         n_panel = max(n_tile, (L2_PANEL_BYTES // (K * 4)) // n_tile * n_tile)
         if n_panel >= n:
             n_panel = 0
+    # single-row blocks load one X vector per multiply-add: keep a K slice of X in cache
+    k_slice = 128 if br == 1 and K > 128 else 0
     work = A.nnz * max(n, 1)
-    return KernelConfig(A.block, isa, n_tile, n_panel, 0, 0, threads if work >= SERIAL_WORK else 1)
+    return KernelConfig(A.block, isa, n_tile, n_panel, k_slice, 0, 0,
+                        threads if work >= SERIAL_WORK else 1)

@@ -55,8 +55,9 @@ def spmm(A, X, config=None, out=None, bias=None):
         Xp[:K] = X
         X = Xp
     panel = config.n_panel or max(N, 1)
+    slices = A.slice_ptr(config.k_slice) if config.k_slice else None
     module.run(vid, A.data, A._indices_padded, A.indptr, A.task_bounds(config.threads, config.m_tile),
-               X, out, M, panel, config.prefetch, config.threads, config.m_tile > 0, bias)
+               X, out, M, panel, config.prefetch, config.threads, config.m_tile > 0, bias, slices)
     return out
 
 
