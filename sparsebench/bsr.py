@@ -12,12 +12,13 @@ class BSRMatrix:
 
     Same arrays as scipy.sparse.bsr_matrix: ``data`` (nnz_blocks, br, bc), ``indices`` (block
     column of each block), ``indptr`` (nnz_blocks offsets of each block row). M and K need not
-    be multiples of the block: the last block row / column is zero padded. Arrays are checked
-    here and made read-only, so the kernels can trust them.
+    be multiples of the block: the last block row / column is zero padded. The arrays are
+    checked and copied here; the object is immutable and exposes read-only views, so the
+    kernels can trust them.
     """
 
-    __slots__ = ("shape", "block", "data", "_indices_padded", "indptr", "_tasks", "_slices",
-                 "_row_nnz", "__weakref__")
+    __slots__ = ("_shape", "_block", "_data", "_indices_padded", "_indptr", "_row_nnz",
+                 "_tasks", "_slices", "_plans", "__weakref__")
 
     def __init__(self, data, indices, indptr, shape):
         data = np.asarray(data)
@@ -25,14 +26,14 @@ class BSRMatrix:
             raise ValueError(f"data must have shape (nnz_blocks, block_rows, block_cols), got {data.shape}")
         if not (np.issubdtype(data.dtype, np.floating) or np.issubdtype(data.dtype, np.integer)):
             raise TypeError(f"data must be a real numeric array, got dtype {data.dtype}")
-        self.block = check_block(data.shape[1:])
+        block = check_block(data.shape[1:])
         try:
             M, K = (int(s) for s in shape)
         except (TypeError, ValueError):
             raise ValueError(f"shape must be (M, K), got {shape!r}") from None
         if M < 0 or K < 0:
             raise ValueError(f"shape must be non-negative, got {shape!r}")
-        br, bc = self.block
+        br, bc = block
         Mb, Kb = -(-M // br), -(-K // bc)
         nnzb = data.shape[0]
         if nnzb >= 2**31 - PREFETCH_PAD:
@@ -59,15 +60,25 @@ class BSRMatrix:
         if nnzb and np.any((np.diff(indices) < 0) & (rows[1:] == rows[:-1])):
             order = np.lexsort((indices, rows))
             indices, data = indices[order], data[order]
-        self.shape = (M, K)
-        self.data = _frozen(np.ascontiguousarray(data, dtype=np.float32))
         padded = np.zeros(nnzb + PREFETCH_PAD, dtype=np.int32)
         padded[:nnzb] = indices
-        self._indices_padded = _frozen(padded)
-        self.indptr = _frozen(indptr.astype(np.int32))
-        self._row_nnz = np.diff(self.indptr)
-        self._tasks = {}
-        self._slices = {}
+        indptr = _frozen(indptr.astype(np.int32))
+        init = object.__setattr__
+        init(self, "_shape", (M, K))
+        init(self, "_block", block)
+        init(self, "_data", _frozen(np.array(data, dtype=np.float32, order="C", copy=True)))
+        init(self, "_indices_padded", _frozen(padded))
+        init(self, "_indptr", indptr)
+        init(self, "_row_nnz", _frozen(np.diff(indptr)))
+        init(self, "_tasks", {})     # (threads, m_tile) -> task bounds
+        init(self, "_slices", {})    # k_slice -> slice pointers
+        init(self, "_plans", {})     # KernelConfig -> (kernel module, variant id), once validated
+
+    def __setattr__(self, name, value):
+        raise AttributeError("BSRMatrix is immutable; build a new one (e.g. BSRMatrix.from_dense)")
+
+    def __reduce__(self):
+        return (type(self), (self._data, self.indices, self._indptr, self._shape))
 
     # -- construction -----------------------------------------------------------------------
     @classmethod
@@ -88,25 +99,52 @@ class BSRMatrix:
         return cls(data, cols, indptr, W.shape)
 
     @classmethod
-    def from_scipy(cls, S):
-        """From a scipy.sparse BSR matrix (other formats are converted with the block of S)."""
-        S = S.tobsr() if S.format != "bsr" else S
+    def from_scipy(cls, S, block=None):
+        """From a scipy.sparse matrix; `block` defaults to the block size of a BSR input."""
+        if block is None:
+            if S.format != "bsr":
+                raise ValueError(f"a scipy {S.format.upper()} matrix has no block shape: "
+                                 "pass block=(rows, cols)")
+            block = S.blocksize
+        br, bc = check_block(block)
+        M, K = S.shape
+        padded = (-(-M // br) * br, -(-K // bc) * bc)
+        if S.format != "bsr" or S.blocksize != (br, bc) or padded != (M, K):
+            S = S.tocsr(copy=True)
+            S.resize(padded)
+            S = S.tobsr(blocksize=(br, bc))
         S = S.sorted_indices() if not S.has_sorted_indices else S
-        return cls(S.data, S.indices, S.indptr, S.shape)
+        return cls(S.data, S.indices, S.indptr, (M, K))
 
-    # -- properties ----------------------------------------------------------------------------
+    # -- properties (read-only views) -------------------------------------------------------------
+    @property
+    def shape(self):
+        return self._shape
+
+    @property
+    def block(self):
+        return self._block
+
+    @property
+    def data(self):
+        return self._data.view()
+
     @property
     def indices(self):
         return self._indices_padded[:self.nnz_blocks]
 
     @property
+    def indptr(self):
+        return self._indptr.view()
+
+    @property
     def nnz_blocks(self):
-        return self.data.shape[0]
+        return self._data.shape[0]
 
     @property
     def nnz(self):
         """Stored entries, zeros inside stored blocks included."""
-        return self.data.size
+        return self._data.size
 
     @property
     def density(self):
@@ -125,16 +163,18 @@ class BSRMatrix:
         Mb, Kb = -(-M // br), -(-K // bc)
         out = np.zeros((Mb, br, Kb, bc), dtype=np.float32)
         rows = np.repeat(np.arange(Mb), self._row_nnz)
-        np.add.at(out, (rows, slice(None), self.indices, slice(None)), self.data)
+        np.add.at(out, (rows, slice(None), self.indices, slice(None)), self._data)
         return out.reshape(Mb * br, Kb * bc)[:M, :K]
 
     def to_scipy(self):
+        """A scipy BSR matrix when M and K are multiples of the block, else CSR (scipy's BSR
+        needs whole blocks); ``from_scipy(S, block=A.block)`` round-trips either."""
         import scipy.sparse as sp
 
         br, bc = self.block
         M, K = self.shape
         padded = (-(-M // br) * br, -(-K // bc) * bc)
-        S = sp.bsr_matrix((self.data, self.indices, self.indptr), shape=padded)
+        S = sp.bsr_matrix((self._data.copy(), self.indices.copy(), self._indptr.copy()), shape=padded)
         return S if padded == (M, K) else S.tocsr()[:M, :K]
 
     def __repr__(self):
@@ -154,14 +194,14 @@ class BSRMatrix:
             if k_slice <= 0 or k_slice % bc:
                 raise ValueError(f"k_slice must be a positive multiple of {bc}, got {k_slice}")
             nslices = max(1, -(-self.shape[1] // k_slice))
-            nbrows = self.indptr.shape[0] - 1
+            nbrows = self._indptr.shape[0] - 1
             rows = np.repeat(np.arange(nbrows), self._row_nnz)
             counts = np.zeros((nslices, nbrows), dtype=np.int64)
             np.add.at(counts, (self.indices // (k_slice // bc), rows), 1)
             ptr = np.empty((nslices + 1, nbrows), dtype=np.int64)
-            ptr[0] = self.indptr[:-1]
+            ptr[0] = self._indptr[:-1]
             np.cumsum(counts, axis=0, out=ptr[1:])
-            ptr[1:] += self.indptr[:-1]
+            ptr[1:] += self._indptr[:-1]
             ptr = _frozen(ptr.astype(np.int32))
             self._slices[k_slice] = ptr
         return ptr
@@ -172,7 +212,7 @@ class BSRMatrix:
         key = (threads, m_tile)
         bounds = self._tasks.get(key)
         if bounds is None:
-            nbrows = self.indptr.shape[0] - 1
+            nbrows = self._indptr.shape[0] - 1
             if m_tile > 0:
                 bounds = np.append(np.arange(0, nbrows, m_tile), nbrows)
             else:

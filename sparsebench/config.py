@@ -3,7 +3,7 @@ import dataclasses
 import json
 
 from .cpu import available_isas, kernel_module, openmp_threads
-from .errors import ConfigError, UnsupportedISAError
+from .errors import ConfigError
 
 #: cache panel widths (columns of X kept hot while every block row is swept); 0 = all of N
 PANELS = (0, 128, 256, 512)
@@ -66,10 +66,7 @@ class KernelConfig:
 
 def variant_id(config):
     """(kernel module, variant id) of a config's compiled variant, or ConfigError saying why not."""
-    try:
-        module = kernel_module(config.isa)
-    except UnsupportedISAError as e:
-        raise ConfigError(str(e)) from None
+    module = kernel_module(config.isa)     # UnsupportedISAError (a ConfigError) if it cannot run
     for vid, (br, bc, nt, _) in enumerate(module.VARIANTS):
         if (br, bc) == config.block and nt == config.n_tile:
             return module, vid
@@ -133,7 +130,9 @@ def default_config(A, n, threads=None):
     isa = available_isas()[0]
     module = kernel_module(isa)
     br, bc = A.block
-    widths = sorted(nt for vbr, vbc, nt, rb in module.VARIANTS if (vbr, vbc) == A.block and rb == br)
+    # prefer variants that hold a whole block row in registers (one pass over the blocks)
+    widths = (sorted(nt for vbr, vbc, nt, rb in module.VARIANTS if (vbr, vbc) == A.block and rb == br)
+              or sorted(nt for vbr, vbc, nt, rb in module.VARIANTS if (vbr, vbc) == A.block))
     # about 16-24 accumulators: wide tiles for short blocks, narrow for tall ones
     target = max(module.VECTOR_WIDTH, (24 // (br + 1)) * module.VECTOR_WIDTH)
     n_tile = max([w for w in widths if w <= target] or widths[:1])

@@ -9,5 +9,5 @@ class ConfigError(SparsebenchError, ValueError):
     """A KernelConfig that cannot run for this matrix and N (the message gives the reason)."""
 
 
-class UnsupportedISAError(SparsebenchError, RuntimeError):
+class UnsupportedISAError(ConfigError, RuntimeError):
     """A kernel variant needs instructions this CPU (or this build) does not have."""

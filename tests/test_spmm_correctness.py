@@ -1,0 +1,312 @@
+"""Y = spmm(A, X) against a dense float64 reference, for every block shape and kernel config."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import sparsebench as sb
+from conftest import (SUPPORTED_BLOCKS, THREADS, all_configs, assert_spmm_close, examples,
+                      pruned_problems, random_pruned, random_x)
+
+# Small shapes with remainders everywhere: M and K not multiples of any block, N not a multiple
+# of any n_tile, N below every vector width (1, 2) and N large enough to split into n_panels.
+FIXED_SHAPES = [
+    (37, 29, 19),
+    (16, 16, 1),
+    (5, 7, 33),
+    (3, 5, 2),
+    (9, 13, 261),   # N > 128 and > 256: the n_panel variants actually split N
+]
+
+
+def _embedded(shape, fill, pad=(1, 2, 3, 7)):
+    """An array of `shape` living inside a bigger C array filled with `fill` (offset rows and
+    columns, row stride wider than the row): reading or writing outside it is detectable."""
+    r0, c0, r1, c1 = pad
+    big = np.full((shape[0] + r0 + r1, shape[1] + c0 + c1), fill, dtype=np.float32)
+    return big, big[r0:r0 + shape[0], c0:c0 + shape[1]]
+
+
+def test_reference_check_is_tight():
+    """The oracle itself: the bound accepts an honest float32 result but rejects a 1e-5
+    relative error, a dropped block, an unwritten element and a stray value in an empty row."""
+    M, K, N = 37, 29, 19
+    W, A = random_pruned(M, K, (4, 1), 0.5, seed=1, empty_block_rows=0.3)
+    X = random_x(K, N)
+    honest = (W @ X).astype(np.float32)                    # numpy float32 matmul
+    assert_spmm_close(honest, W, X)
+    mag = np.abs(W.astype(np.float64)) @ np.abs(X.astype(np.float64))
+    nz = np.flatnonzero(np.abs(W).sum(1))[0]
+    empty = np.flatnonzero(np.abs(W).sum(1) == 0)
+    assert empty.size
+    i = np.flatnonzero(np.diff(A.indptr))[0]
+    Wd = W.copy()
+    Wd[4 * i:4 * i + 4, A.indices[A.indptr[i]]] = 0       # W without one of its blocks
+    assert not np.array_equal(Wd, W)
+    bad_cases = [(Wd @ X).astype(np.float32)]
+    for where, value in [((nz, 3), honest[nz, 3] + 1e-5 * mag[nz, 3]),   # tiny error
+                         ((M - 1, N - 1), np.nan),                          # unwritten
+                         ((empty[0], 0), 1e-30)]:                           # empty row not 0
+        Y = honest.copy()
+        Y[where] = value
+        bad_cases.append(Y)
+    for Y in bad_cases:
+        with pytest.raises(AssertionError):
+            assert_spmm_close(Y, W, X)
+
+
+@pytest.mark.parametrize("shape", FIXED_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("block", SUPPORTED_BLOCKS, ids=lambda b: "%dx%d" % b)
+def test_every_config_matches_reference(block, shape):
+    """Every config kernel_configs offers (all ISAs, threads 1 and 2) computes W @ X; it writes
+    every element of out and nothing outside it, and reads nothing outside X."""
+    M, K, N = shape
+    W, A = random_pruned(M, K, block, 0.6, seed=M * 1000 + K, empty_block_rows=0.2)
+    X = random_x(K, N)
+    cfgs = all_configs(A, N)
+    assert cfgs, f"no configs for block {block} and N={N}"
+    assert {c.isa for c in cfgs} == set(sb.cpu.available_isas())
+    Xbig, Xv = _embedded((K, N), np.nan)          # NaN around X: any stray read poisons Y
+    Xv[...] = X
+    failures = []
+    for cfg in cfgs:
+        Y = sb.spmm(A, X, config=cfg)
+        try:
+            assert_spmm_close(Y, W, X, context=str(cfg))
+            # X as a strided view with NaN all around it, out as a strided view pre-filled with
+            # NaN inside and a sentinel around it
+            Ybig, out = _embedded((M, N), -7.0)
+            out[...] = np.nan
+            Y2 = sb.spmm(A, Xv, config=cfg, out=out)
+            assert Y2 is out
+            assert_spmm_close(out, W, X, context=f"{cfg} (strided X/out)")
+            mask = np.ones(Ybig.shape, bool)
+            mask[1:1 + M, 2:2 + N] = False
+            assert np.all(Ybig[mask] == -7.0), f"{cfg}: wrote outside out"
+        except AssertionError as e:
+            failures.append(str(e))
+    assert not failures, f"{len(failures)}/{len(cfgs)} configs wrong:\n" + "\n".join(failures[:10])
+
+
+@pytest.mark.parametrize("block", SUPPORTED_BLOCKS, ids=lambda b: "%dx%d" % b)
+def test_result_independent_of_threads_and_schedule_bitwise(block):
+    """For a given compiled variant (isa, n_tile), threads, m_tile, n_panel and prefetch only
+    reorder work between rows/columns, never the sum inside one output: bitwise identical."""
+    M, K, N = 45, 31, 300
+    W, A = random_pruned(M, K, block, 0.5, seed=3)
+    X = random_x(K, N)
+    results = {}
+    for cfg in all_configs(A, N):
+        Y = sb.spmm(A, X, config=cfg)
+        key = (cfg.isa, cfg.n_tile)
+        if key in results:
+            first_cfg, first = results[key]
+            assert np.array_equal(Y, first), f"{cfg} differs bitwise from {first_cfg}"
+        else:
+            results[key] = (cfg, Y)
+
+
+@settings(max_examples=examples(500), deadline=None)
+@given(problem=pruned_problems(), data=st.data())
+def test_random_problems_match_reference(problem, data):
+    W, A, X = problem
+    N = X.shape[1]
+    threads = data.draw(st.sampled_from(THREADS), label="threads")
+    cfg = data.draw(st.sampled_from(sb.kernel_configs(A, N, threads=threads)), label="config")
+    Y = sb.spmm(A, X, config=cfg)
+    assert_spmm_close(Y, W, X, context=str(cfg))
+    # structure-driven exactness (also implied by the bound, stated explicitly here)
+    if A.nnz_blocks == 0:
+        assert np.all(Y == 0)
+    br = A.block[0]
+    for i in np.flatnonzero(np.diff(A.indptr) == 0):
+        assert np.all(Y[i * br:(i + 1) * br] == 0), f"empty block row {i} not exactly zero"
+
+
+@pytest.mark.parametrize("block", SUPPORTED_BLOCKS, ids=lambda b: "%dx%d" % b)
+def test_fully_pruned_matrix_gives_exact_zeros(block):
+    """sparsity 0.999 on a small matrix prunes every block: Y is exactly 0 for every config,
+    even when X holds NaN/inf (structurally zero blocks are never multiplied)."""
+    W, A = random_pruned(11, 9, block, 0.999, seed=5)
+    assert A.nnz_blocks == 0 and not W.any()
+    X = random_x(9, 21)
+    X[0, 0], X[3, 4] = np.nan, np.inf
+    for cfg in all_configs(A, 21):
+        out = np.full((11, 21), np.nan, dtype=np.float32)
+        Y = sb.spmm(A, X, config=cfg, out=out)
+        assert np.all(Y == 0), cfg
+        bias = np.arange(11, dtype=np.float32)
+        assert np.array_equal(sb.spmm(A, X, config=cfg, bias=bias), np.repeat(bias[:, None], 21, 1))
+
+
+def test_empty_block_rows_are_exactly_zero_or_bias():
+    W, A = random_pruned(40, 20, (8, 1), 0.3, seed=9)
+    W[8:24] = 0                                     # block rows 1 and 2 empty
+    A = sb.BSRMatrix.from_dense(W, block=(8, 1))
+    assert list(np.diff(A.indptr)[1:3]) == [0, 0]
+    X = random_x(20, 37)
+    bias = np.linspace(-1, 1, 40, dtype=np.float32)
+    for cfg in all_configs(A, 37):
+        Y = sb.spmm(A, X, config=cfg, bias=bias)
+        assert np.array_equal(Y[8:24], np.repeat(bias[8:24, None], 37, 1)), cfg
+        assert_spmm_close(Y, W, X, bias=bias, context=str(cfg))
+
+
+# -- bias ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("block", SUPPORTED_BLOCKS, ids=lambda b: "%dx%d" % b)
+def test_bias_added_to_every_column(block):
+    M, K, N = 37, 29, 19
+    W, A = random_pruned(M, K, block, 0.5, seed=11, empty_block_rows=0.2)
+    X = random_x(K, N)
+    bias = np.random.default_rng(2).standard_normal(M).astype(np.float32) * 10
+    for cfg in all_configs(A, N):
+        Y = sb.spmm(A, X, config=cfg, bias=bias)
+        assert_spmm_close(Y, W, X, bias=bias, context=str(cfg))
+
+
+@settings(max_examples=examples(200), deadline=None)
+@given(problem=pruned_problems(max_n=70), data=st.data())
+def test_random_problems_with_bias_and_out(problem, data):
+    W, A, X = problem
+    M, N = A.shape[0], X.shape[1]
+    cfg = data.draw(st.sampled_from(sb.kernel_configs(A, N, threads=data.draw(st.sampled_from(THREADS)))))
+    bias = np.random.default_rng(N).standard_normal(M).astype(np.float32)
+    out = np.full((M, N), np.nan, dtype=np.float32)
+    Y = sb.spmm(A, X, config=cfg, out=out, bias=bias)
+    assert Y is out
+    assert_spmm_close(Y, W, X, bias=bias, context=str(cfg))
+
+
+# -- out= and strided operands ----------------------------------------------------------------
+
+def test_out_is_written_and_returned():
+    W, A = random_pruned(20, 12, (4, 1), 0.5)
+    X = random_x(12, 10)
+    out = np.full((20, 10), 123.0, dtype=np.float32)
+    Y = sb.spmm(A, X, out=out)
+    assert Y is out
+    assert_spmm_close(out, W, X)
+
+
+def test_x_column_slice_of_wider_array():
+    W, A = random_pruned(33, 21, (4, 4), 0.5)
+    Xwide = random_x(21, 50)
+    X = Xwide[:, 5:30]
+    assert not X.flags.c_contiguous and X.strides == (200, 4)
+    for cfg in all_configs(A, 25):
+        assert_spmm_close(sb.spmm(A, X, config=cfg), W, X, context=str(cfg))
+
+
+def test_out_column_slice_of_wider_array_leaves_rest_untouched():
+    W, A = random_pruned(33, 21, (1, 4), 0.5)
+    X = random_x(21, 25)
+    big = np.full((33, 40), 5.0, dtype=np.float32)
+    out = big[:, 3:28]
+    Y = sb.spmm(A, X, out=out)
+    assert Y is out
+    assert_spmm_close(big[:, 3:28], W, X)
+    assert np.all(big[:, :3] == 5.0) and np.all(big[:, 28:] == 5.0)
+
+
+def test_x_and_out_column_slices_of_the_same_array():
+    """Disjoint column ranges of one buffer: allowed (no overlap), and correct."""
+    W, A = random_pruned(16, 16, (4, 1), 0.5)
+    buf = np.zeros((16, 30), dtype=np.float32)
+    buf[:, :10] = random_x(16, 10)
+    X, out = buf[:, :10], buf[:, 15:25]
+    X0 = X.copy()
+    sb.spmm(A, X, out=out)
+    assert np.array_equal(buf[:, :10], X0)
+    assert_spmm_close(out, W, X0)
+
+
+# -- NaN / inf semantics ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("block", SUPPORTED_BLOCKS, ids=lambda b: "%dx%d" % b)
+def test_nan_inf_in_stored_W_propagate_to_their_rows_like_dense(block):
+    """NaN or inf stored in W behaves exactly like dense W @ X: a NaN at W[i, k] makes row i
+    all NaN; an inf makes row i +-inf (or NaN where signs mix), other rows are unaffected."""
+    M, K, N = 21, 13, 17
+    W, _ = random_pruned(M, K, block, 0.5, seed=21)
+    nz = np.argwhere(W != 0)
+    (i1, k1), (i2, k2) = nz[0], nz[len(nz) // 2]
+    W[i1, k1], W[i2, k2] = np.nan, np.inf
+    W[M - 1, K - 1] = -np.inf                    # in a (possibly padded) edge block
+    A = sb.BSRMatrix.from_dense(W, block=block)
+    X = np.abs(random_x(K, N)) + 0.5            # positive X: inf rows stay inf, not NaN
+    X[:, 0] *= -1                                # ... except column 0 flips sign
+    for cfg in all_configs(A, N):
+        Y = sb.spmm(A, X, config=cfg)
+        assert np.isnan(Y[i1]).all(), cfg
+        assert_spmm_close(Y, W, X, context=str(cfg))
+
+
+def test_nan_in_X_reaches_only_outputs_of_stored_blocks():
+    """Documented semantics: structurally zero blocks are never multiplied, so a NaN in X[k, j]
+    makes Y[i, j] NaN only if some stored block covers (i, k) (zeros inside stored blocks do
+    multiply, as in dense code); unlike dense W @ X, where 0 * NaN poisons every row."""
+    M, K, N = 24, 16, 9
+    block = (4, 1)
+    W, A = random_pruned(M, K, block, 0.7, seed=4)
+    X = random_x(K, N)
+    X[5, 2] = np.nan
+    X[11, 7] = np.nan
+    stored = stored_mask(A)
+    expect_nan = (stored.astype(float) @ np.isnan(X).astype(float)) > 0
+    assert expect_nan.any() and not expect_nan.all()
+    Xz = np.where(np.isnan(X), np.float32(0), X)
+    ref = W.astype(np.float64) @ Xz.astype(np.float64)
+    for cfg in all_configs(A, N):
+        Y = sb.spmm(A, X, config=cfg)
+        assert np.array_equal(np.isnan(Y), expect_nan), cfg
+        fin = ~expect_nan
+        assert np.allclose(Y[fin], ref[fin], rtol=1e-5, atol=1e-5), cfg
+
+
+def stored_mask(A):
+    """M x K boolean mask of the positions covered by stored blocks."""
+    br, bc = A.block
+    M, K = A.shape
+    P = np.zeros((-(-M // br), -(-K // bc)), dtype=bool)
+    P[np.repeat(np.arange(P.shape[0]), np.diff(A.indptr)), A.indices] = True
+    return np.repeat(np.repeat(P, br, 0), bc, 1)[:M, :K]
+
+
+# -- default config on realistic shapes --------------------------------------------------------
+
+@pytest.mark.parametrize("shape", [(256, 256, 128), (1024, 256, 64), (768, 768, 1)],
+                         ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("block", SUPPORTED_BLOCKS, ids=lambda b: "%dx%d" % b)
+def test_default_config_on_bert_like_shapes(block, shape):
+    M, K, N = shape
+    W, A = random_pruned(M, K, block, 0.9, seed=7)
+    X = random_x(K, N)
+    Y = sb.spmm(A, X)
+    assert_spmm_close(Y, W, X, context=str(sb.default_config(A, N)))
+    bias = np.ones(M, dtype=np.float32)
+    assert_spmm_close(sb.spmm(A, X, bias=bias), W, X, bias=bias)
+
+
+def test_calls_with_different_matrices_and_configs_do_not_interfere():
+    """spmm caches validated (config, matrix) pairs: a new matrix with a recycled id, or the same
+    config on another matrix, must still be checked and computed correctly."""
+    X = random_x(30, 8)
+    for seed in range(20):
+        block = SUPPORTED_BLOCKS[seed % len(SUPPORTED_BLOCKS)]
+        W, A = random_pruned(25 + seed, 30, block, 0.5, seed=seed)
+        cfg = sb.kernel_configs(A, 8, threads=1)[seed % 7]
+        assert_spmm_close(sb.spmm(A, X, config=cfg), W, X)
+        del A
+
+
+def test_spmm_does_not_keep_matrices_alive():
+    import gc
+    import weakref
+    _, A = random_pruned(64, 64, (4, 1), 0.5)
+    ref = weakref.ref(A)
+    sb.spmm(A, random_x(64, 8))
+    del A
+    gc.collect()
+    assert ref() is None
+
