@@ -35,7 +35,7 @@ ISAS = {
                16, 32, (1, 2, 3, 4, 6, 8)),
 }
 PREFETCH_PAD = 64
-COMMON_FLAGS = ["-O3", "-fopenmp", "-fno-math-errno", "-Wno-unused-function", "-Wno-unreachable-code"]
+COMMON_FLAGS = ["-O3", "-pthread", "-fno-math-errno", "-Wno-unused-function", "-Wno-unreachable-code"]
 
 
 def host_isas():
@@ -56,7 +56,7 @@ def host_isas():
 
 def render(template, out, **namespace):
     """Render a Tempita template to `out` unless `out` is newer than the template and simd.h."""
-    deps = [template, os.path.join(KERNELS, "simd.h"), __file__]
+    deps = [template, os.path.join(KERNELS, "simd.h"), os.path.join(KERNELS, "pool.h"), __file__]
     if os.path.exists(out) and os.path.getmtime(out) >= max(map(os.path.getmtime, deps)):
         return
     with open(template) as f:
@@ -104,9 +104,9 @@ def extensions():
         exts.append(Extension(f"sparsebench._spmm_{isa}", [os.path.relpath(pyx, HERE)],
                               include_dirs=[KERNELS, numpy.get_include()],
                               define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
-                              extra_compile_args=flags, extra_link_args=["-fopenmp"]))
+                              extra_compile_args=flags, extra_link_args=["-pthread"]))
     exts.append(Extension("sparsebench._cpu", ["kernels/cpu.pyx"], include_dirs=[KERNELS],
-                          extra_compile_args=["-O2", "-fopenmp"], extra_link_args=["-fopenmp"]))
+                          extra_compile_args=["-O2"]))
     buildinfo = {"target": target, "isas": isas, "flags": flags_by_isa,
                  "compiler": compiler_version(), "template_hash": template_hash(),
                  "prefetch_pad": PREFETCH_PAD, "blocks": BLOCKS,

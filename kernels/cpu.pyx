@@ -1,5 +1,5 @@
 # cython: language_level=3
-"""CPU features and OpenMP facts, compiled for the baseline ISA so it imports on any CPU."""
+"""CPU features, compiled for the baseline ISA so it imports on any CPU."""
 
 cdef extern from *:
     """
@@ -20,10 +20,6 @@ cdef extern from *:
     """
     int sb_cpu_has(const char *name)
 
-cdef extern from "omp.h":
-    int omp_get_max_threads()
-    int omp_get_num_procs()
-
 FEATURES = ("avx2", "fma", "avx512f", "avx512vl", "avx512bw", "avx512dq", "avx512vnni")
 
 
@@ -31,10 +27,3 @@ def cpu_features():
     """The instruction-set extensions this CPU (and OS) supports, among those sparsebench uses."""
     return tuple(f for f in FEATURES if sb_cpu_has(f.encode()))
 
-
-def openmp_max_threads():
-    return omp_get_max_threads()
-
-
-def openmp_num_procs():
-    return omp_get_num_procs()

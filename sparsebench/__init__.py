@@ -1,10 +1,21 @@
 """sparsebench: autotuned block-sparse x dense matrix multiply for pruned Transformers on CPUs."""
-from .blocks import SUPPORTED_BLOCKS
-from .bsr import BSRMatrix
-from .config import KernelConfig, default_config, kernel_configs
-from .errors import ConfigError, SparsebenchError, UnsupportedISAError
-from .prune import prune
-from .spmm import spmm
+import os as _os
+import sys as _sys
+
+# numpy's OpenBLAS keeps its idle threads spinning (not yielding) for ~0.1 s after each call,
+# which starves our kernel threads on small machines: measured on 2 cores, our 2-thread kernel
+# ran at 1-thread speed right after any numpy matmul. OpenBLAS reads this setting only when
+# numpy loads, so it takes effect when sparsebench is imported first (as the CLI does).
+BLAS_IDLE_SPIN_TAMED = "numpy" not in _sys.modules or "OPENBLAS_THREAD_TIMEOUT" in _os.environ
+if "numpy" not in _sys.modules:
+    _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+from .blocks import SUPPORTED_BLOCKS  # noqa: E402
+from .bsr import BSRMatrix  # noqa: E402
+from .config import KernelConfig, default_config, kernel_configs  # noqa: E402
+from .errors import ConfigError, SparsebenchError, UnsupportedISAError  # noqa: E402
+from .prune import prune  # noqa: E402
+from .spmm import spmm  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["BSRMatrix", "KernelConfig", "ConfigError", "SparsebenchError", "SUPPORTED_BLOCKS",

@@ -72,7 +72,7 @@ class BSRMatrix:
         init(self, "_row_nnz", _frozen(np.diff(indptr)))
         init(self, "_tasks", {})     # (threads, m_tile) -> task bounds
         init(self, "_slices", {})    # k_slice -> slice pointers
-        init(self, "_plans", {})     # KernelConfig -> (kernel module, variant id), once validated
+        init(self, "_plans", {})     # KernelConfig -> (module, variant id) once validated; N -> default
 
     def __setattr__(self, name, value):
         raise AttributeError("BSRMatrix is immutable; build a new one (e.g. BSRMatrix.from_dense)")

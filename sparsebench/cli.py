@@ -42,9 +42,9 @@ def cmd_info(args):
 
 def cmd_bench(args):
     from .bench import call_overhead, run_bench, thread_interplay
-    from .cpu import openmp_threads
+    from .cpu import default_threads
 
-    threads = args.threads or openmp_threads()
+    threads = args.threads or default_threads()
     shapes = load_shapes(args.shapes)
     print(f"sparsebench bench: {len(shapes)} shapes x {len(args.block)} blocks x {len(args.sparsity)} "
           f"sparsities, {threads} threads; speedup = numpy dense time / sparse time, median of "

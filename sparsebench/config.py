@@ -2,7 +2,7 @@
 import dataclasses
 import json
 
-from .cpu import available_isas, kernel_module, openmp_threads
+from .cpu import available_isas, kernel_module, default_threads
 from .errors import ConfigError
 
 #: cache panel widths (columns of X kept hot while every block row is swept); 0 = all of N
@@ -102,7 +102,7 @@ def kernel_configs(A, n, threads=None, isas=None):
     Tiles much wider than n are left out (they would only run their masked tail path),
     as are panels that would not split N.
     """
-    threads = threads or openmp_threads()
+    threads = threads or default_threads()
     out = []
     for isa in isas or available_isas():
         module = kernel_module(isa)
@@ -126,7 +126,7 @@ def kernel_configs(A, n, threads=None, isas=None):
 
 def default_config(A, n, threads=None):
     """The heuristic used when no tuned config is given: sensible, not optimal."""
-    threads = threads or openmp_threads()
+    threads = threads or default_threads()
     isa = available_isas()[0]
     module = kernel_module(isa)
     br, bc = A.block

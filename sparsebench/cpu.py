@@ -82,6 +82,22 @@ def kernel_module(isa):
     return importlib.import_module(f"sparsebench._spmm_{isa}")
 
 
-def openmp_threads():
-    """Threads an OpenMP region uses by default (OMP_NUM_THREADS or the core count)."""
-    return _cpu.openmp_max_threads()
+ENV_THREADS = "SPARSEBENCH_NUM_THREADS"
+
+
+def default_threads():
+    """Threads a kernel uses by default: SPARSEBENCH_NUM_THREADS, else OMP_NUM_THREADS, else the
+    CPUs this process may run on."""
+    for var in (ENV_THREADS, "OMP_NUM_THREADS"):
+        value = os.environ.get(var, "").split(",")[0].strip()
+        if value:
+            try:
+                if int(value) >= 1:
+                    return int(value)
+            except ValueError:
+                pass
+            raise ValueError(f"{var}={os.environ[var]!r} must be a positive integer")
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1

@@ -1,4 +1,5 @@
 """What `sparsebench info` reports: the machine, the build and the kernels it can run."""
+import os
 import platform
 
 import numpy as np
@@ -6,7 +7,7 @@ import numpy as np
 from . import __version__
 from ._buildinfo import BUILD
 from .cpu import ISA_REQUIREMENTS, available_isas, cpu_features, cpu_model, isa_supported, kernel_module
-from .cpu import openmp_threads
+from .cpu import default_threads
 
 
 def collect():
@@ -19,10 +20,13 @@ def collect():
             variants[isa] = "not runnable here (needs %s)" % ", ".join(ISA_REQUIREMENTS[isa])
     from .bench import blas_info
 
+    from . import BLAS_IDLE_SPIN_TAMED
+
     return {"sparsebench": __version__, "python": platform.python_version(), "numpy": np.__version__,
-            "blas": blas_info(), "cpu": cpu_model(), "machine": platform.machine(),
+            "blas": blas_info(), "blas_idle_spin_tamed": BLAS_IDLE_SPIN_TAMED,
+            "openblas_thread_timeout": os.environ.get("OPENBLAS_THREAD_TIMEOUT"), "cpu": cpu_model(), "machine": platform.machine(),
             "cpu_features": list(cpu_features()), "isas_available": available_isas(),
-            "openmp_threads": openmp_threads(), "build": BUILD, "variants": variants}
+            "default_threads": default_threads(), "build": BUILD, "variants": variants}
 
 
 def format_info(info):
@@ -30,8 +34,11 @@ def format_info(info):
              f"CPU:            {info['cpu']} ({info['machine']})",
              f"CPU features:   {' '.join(info['cpu_features']) or 'none of avx2/avx512'}",
              f"Kernels usable: {', '.join(info['isas_available'])} (first is the default)",
-             f"OpenMP threads: {info['openmp_threads']}",
-             f"BLAS (numpy):   {info['blas']}",
+             f"Threads:        {info['default_threads']} (SPARSEBENCH_NUM_THREADS or OMP_NUM_THREADS to change)",
+             f"BLAS (numpy):   {info['blas']}; OPENBLAS_THREAD_TIMEOUT={info['openblas_thread_timeout']}"
+             + ("" if info["blas_idle_spin_tamed"] else
+                " (numpy was imported before sparsebench: its idle BLAS threads spin and slow our "
+                "kernels; import sparsebench first or set OPENBLAS_THREAD_TIMEOUT=4)"),
              f"Build target:   {info['build']['target']}; compiler {info['build']['compiler']}",
              f"Template hash:  {info['build']['template_hash']}"]
     for isa, flags in info["build"]["flags"].items():

@@ -44,7 +44,9 @@ def spmm(A, X, config=None, out=None, bias=None):
             if other is not None and np.may_share_memory(y, other) and np.shares_memory(y, other):
                 raise ValueError(f"out must not overlap {name}")
     if config is None:
-        config = default_config(A, N)
+        config = A._plans.get(N)          # the default for this N, chosen once per matrix
+        if config is None:
+            config = A._plans[N] = default_config(A, N)
     plan = A._plans.get(config)
     if plan is None:
         check_config(config, A)
@@ -63,8 +65,8 @@ def spmm(A, X, config=None, out=None, bias=None):
         X = Xp
     slices = A.slice_ptr(config.k_slice) if config.k_slice else None
     module.run(vid, A._data, A._indices_padded, A._indptr, A.task_bounds(config.threads, config.m_tile),
-               X, y, M, config.n_panel or N, config.prefetch, config.threads, config.m_tile > 0,
-               -(-K // bc) * bc, bias, slices)
+               X, y, M, config.n_panel or N, config.prefetch, config.threads, -(-K // bc) * bc,
+               bias, slices)
     return out
 
 

@@ -10,7 +10,7 @@ from sparsebench.cli import main
 def test_info_json_lists_variants_and_flags(capsys):
     assert main(["info", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["isas_available"] and info["openmp_threads"] >= 1
+    assert info["isas_available"] and info["default_threads"] >= 1
     assert set(info["build"]["flags"]) == set(info["build"]["isas"])
     best = info["isas_available"][0]
     assert any(v.startswith("4x1/") for v in info["variants"][best])

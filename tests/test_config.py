@@ -112,9 +112,9 @@ def test_kernel_configs_restricted_to_isas():
     assert cfgs and {c.isa for c in cfgs} == {"generic"}
 
 
-def test_kernel_configs_default_threads_is_openmp_default():
+def test_kernel_configs_default_threads_is_the_default_thread_count():
     _, A = random_pruned(20, 20, (4, 1), 0.5)
-    assert {c.threads for c in sb.kernel_configs(A, 64)} == {cpu.openmp_threads()}
+    assert {c.threads for c in sb.kernel_configs(A, 64)} == {cpu.default_threads()}
 
 
 # -- default_config -----------------------------------------------------------------------------

@@ -412,7 +412,7 @@ def run_args(A, X, cfg):
     M = A.shape[0]
     Y = np.zeros((M, X.shape[1]), np.float32)
     args = [vid, A.data, A._indices_padded, A.indptr, A.task_bounds(cfg.threads, cfg.m_tile),
-            X, Y, M, X.shape[1], 0, cfg.threads, False, -(-A.shape[1] // A.block[1]) * A.block[1], None]
+            X, Y, M, X.shape[1], 0, cfg.threads, -(-A.shape[1] // A.block[1]) * A.block[1], None]
     return module, args
 
 
@@ -453,9 +453,9 @@ GARBAGE = {
     "panel 0": (8, 0),
     "prefetch too big": (9, 65),
     "threads 0": (10, 0),
-    "X too few rows for kcols": (12, 10 ** 6),
-    "bias float64": (13, lambda A: np.zeros(12)),
-    "bias short": (13, lambda A: np.zeros(3, np.float32)),
+    "X too few rows for kcols": (11, 10 ** 6),
+    "bias float64": (12, lambda A: np.zeros(12)),
+    "bias short": (12, lambda A: np.zeros(3, np.float32)),
     "Y read-only": (6, lambda A: _read_only(np.zeros((12, 6), np.float32))),
     "data too small": (1, lambda A: np.zeros((1, 4, 1), np.float32)),
 }
@@ -486,7 +486,7 @@ def run_in_subprocess(code):
             module, vid = variant_id(cfg)
             X = np.ones((K, N), np.float32); Y = np.zeros((M, N), np.float32)
             return module, [vid, A.data, A._indices_padded, A.indptr, A.task_bounds(1, 0),
-                            X, Y, M, N, 0, 1, False, K, None]
+                            X, Y, M, N, 0, 1, K, None]
     """)
     return subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)], env=env,
                           capture_output=True, text=True, timeout=120)
