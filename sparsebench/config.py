@@ -15,7 +15,7 @@ M_TILES = (0, 1, 4, 16)
 PREFETCH = (0, 4, 16)
 #: below this many multiply-adds a call runs on one thread (waking a team costs more)
 SERIAL_WORK = 1 << 17
-#: X panels above this many bytes spill out of L2 on the machines we target
+#: X above this many bytes no longer fits the L2 of the machines we target
 L2_PANEL_BYTES = 512 * 1024
 
 
@@ -138,14 +138,14 @@ def default_config(A, n, threads=None):
     n_tile = max([w for w in widths if w <= target] or widths[:1])
     while n_tile > module.VECTOR_WIDTH and n_tile // 2 >= n and n_tile // 2 in widths:
         n_tile //= 2
+    if br > 1 and bc > 1:
+        n_tile = widths[0]   # square blocks: one vector per row won every 4x4 case measured
     K = A.shape[1]
-    n_panel = 0
-    if K * n * 4 > L2_PANEL_BYTES:
-        n_panel = max(n_tile, (L2_PANEL_BYTES // (K * 4)) // n_tile * n_tile)
-        if n_panel >= n:
-            n_panel = 0
-    # single-row blocks load one X vector per multiply-add: keep a K slice of X in cache
+    # single-row blocks load one X vector per multiply-add: keep a K slice of X in cache;
+    # the others prefetch the X rows of coming blocks, further ahead once X outgrows L2
+    # (what won most often in results/bench-bert-spmm.csv)
     k_slice = 128 if br == 1 and K > 128 else 0
+    prefetch = 0 if br == 1 else (16 if K * n * 4 > L2_PANEL_BYTES else 4)
     work = A.nnz * max(n, 1)
-    return KernelConfig(A.block, isa, n_tile, n_panel, k_slice, 0, 0,
+    return KernelConfig(A.block, isa, n_tile, 0, k_slice, 0, prefetch,
                         threads if work >= SERIAL_WORK else 1)
