@@ -138,8 +138,6 @@ def default_config(A, n, threads=None):
     n_tile = max([w for w in widths if w <= target] or widths[:1])
     while n_tile > module.VECTOR_WIDTH and n_tile // 2 >= n and n_tile // 2 in widths:
         n_tile //= 2
-    if br > 1 and bc > 1:
-        n_tile = widths[0]   # square blocks: one vector per row won every 4x4 case measured
     K = A.shape[1]
     # single-row blocks load one X vector per multiply-add: keep a K slice of X in cache;
     # the others prefetch the X rows of coming blocks, further ahead once X outgrows L2
