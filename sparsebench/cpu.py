@@ -20,6 +20,8 @@ ISA_REQUIREMENTS = {
     "generic": (),
 }
 ENV_ISA = "SPARSEBENCH_ISA"
+#: microseconds idle kernel threads keep yielding before they sleep (default 2000)
+ENV_SPIN_US = "SPARSEBENCH_SPIN_US"
 
 
 @functools.lru_cache(maxsize=None)
@@ -79,7 +81,14 @@ def kernel_module(isa):
         raise UnsupportedISAError(
             f"the {isa!r} kernels need {', '.join(missing)}, which this CPU ({cpu_model()}) lacks; "
             f"use one of: {', '.join(i for i in compiled_isas() if isa_supported(i))}")
-    return importlib.import_module(f"sparsebench._spmm_{isa}")
+    module = importlib.import_module(f"sparsebench._spmm_{isa}")
+    spin = os.environ.get(ENV_SPIN_US)
+    if spin:
+        try:
+            module.set_spin_us(int(spin))
+        except ValueError:
+            raise ValueError(f"{ENV_SPIN_US}={spin!r} must be a whole number of microseconds") from None
+    return module
 
 
 ENV_THREADS = "SPARSEBENCH_NUM_THREADS"
