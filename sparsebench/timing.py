@@ -48,10 +48,6 @@ class Stats:
     def unstable(self):
         return self.spread >= UNSTABLE_SPREAD
 
-    def summary(self):
-        return {"median_s": self.median, "p20_s": self.p20, "p80_s": self.p80, "min_s": self.min,
-                "samples": self.n, "loops": self.loops, "spread": self.spread,
-                "unstable": self.unstable}
 
 
 def _time_loops(fn, loops):

@@ -308,3 +308,14 @@ def test_task_bounds_of_matrix_without_rows():
     for threads in (1, 2):
         b = A.task_bounds(threads, 0)
         assert b[0] == 0 and b[-1] == 0
+
+
+def test_pickle_round_trip_keeps_structure_and_immutability():
+    import pickle
+
+    W, A = random_pruned(10, 7, (4, 1), 0.5)
+    B = pickle.loads(pickle.dumps(A))
+    assert B.shape == A.shape and B.block == A.block
+    assert np.array_equal(B.to_dense(), W)
+    with pytest.raises(AttributeError, match="immutable"):
+        B.shape = (1, 1)
