@@ -72,7 +72,7 @@ def template_hash():
     h = hashlib.sha256()
     for name in sorted(os.listdir(KERNELS)):
         path = os.path.join(KERNELS, name)
-        if os.path.isfile(path):
+        if os.path.isfile(path) and name.endswith((".tp", ".pyx", ".h")):   # sources, not Cython's .c
             h.update(name.encode())
             with open(path, "rb") as f:
                 h.update(f.read())
@@ -107,6 +107,11 @@ def extensions():
                               extra_compile_args=flags, extra_link_args=["-pthread"]))
     exts.append(Extension("sparsebench._cpu", ["kernels/cpu.pyx"], include_dirs=[KERNELS],
                           extra_compile_args=["-O2"]))
+    # baseline-ISA flags: the untuned reference must run everywhere
+    exts.append(Extension("sparsebench._generic_csr", ["kernels/generic_csr.pyx"],
+                          include_dirs=[KERNELS, numpy.get_include()],
+                          define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
+                          extra_compile_args=["-O3", "-pthread"], extra_link_args=["-pthread"]))
     buildinfo = {"target": target, "isas": isas, "flags": flags_by_isa,
                  "compiler": compiler_version(), "template_hash": template_hash(),
                  "prefetch_pad": PREFETCH_PAD, "blocks": BLOCKS,

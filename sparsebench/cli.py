@@ -1,8 +1,11 @@
 """The `sparsebench` command line."""
 import argparse
 import json
+import os
+import re
 import sys
 
+from .baselines import DEFAULT_METHODS, names as _method_names
 from .blocks import parse_block
 from .errors import SparsebenchError
 from .prune import check_sparsity
@@ -62,6 +65,116 @@ def cmd_bench(args):
           f"{inter['sparse_alternating_ms']:.3f} ms ({inter['sparse_slowdown']:.2f}x)")
 
 
+def _set_name(spec):
+    """A file-name-friendly name for a --shapes argument (results/compare-<name>.csv)."""
+    base = os.path.splitext(os.path.basename(str(spec).split(",")[0].strip()))[0]
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", base) or "shapes"
+
+
+def cmd_compare(args):
+    from . import baselines, store
+    from .compare import Compare, read_rows, speedup_table, tty_progress
+    from .config import KernelConfig
+    from .cpu import default_threads
+
+    threads = args.threads or default_threads()
+    shapes = load_shapes(args.shapes)
+    methods = baselines.parse_methods(args.methods)
+    out = args.out or os.path.join("results", f"compare-{_set_name(args.shapes)}.csv")
+    if args.rerun and os.path.exists(out):
+        os.replace(out, out + ".bak")
+        print(f"--rerun: previous results moved to {out}.bak")
+    config_for = None
+    if args.config:
+        fixed = KernelConfig.from_json(args.config)
+        config_for = lambda A, n, s: fixed      # noqa: E731
+    store.check_writable(out)
+    read_rows(out)      # an unwritable, foreign or corrupt file fails now, before any measuring
+    cache = "cold (caches flushed before every call)" if args.cold else "warm (calibrated loops)"
+    print(f"sparsebench compare: {len(shapes)} shapes x {len(args.block)} blocks x {len(args.sparsity)} "
+          f"sparsities; methods {', '.join(methods)}; {threads} threads; {cache}; median of "
+          f"{args.samples} interleaved samples; results appended to {out}", flush=True)
+    cmp = Compare(methods, threads, samples=args.samples, cold=args.cold, out=out, config_for=config_for,
+                  log=lambda line: print(line, flush=True), progress=tty_progress(sys.stderr))
+    rows = cmp.run(shapes, args.sparsity, args.block)
+    wanted = {s.name for s in shapes}
+    blocks = {"%dx%d" % b for b in args.block}
+    sparsities = {f"{s:g}" for s in args.sparsity}
+    rows = [r for r in rows if r["shape"] in wanted and r["block"] in blocks and r["sparsity"] in sparsities
+            and r["cache"] == cmp.cache and r["threads"] == str(threads)]
+    print("\nspeedup over numpy dense (median of per-round ratios; ? = unstable, spread >= 10%):")
+    print(speedup_table(rows, methods))
+    bad = [r for r in rows if r["status"] in ("wrong", "error")]
+    for r in bad:
+        print(f"FAILED {r['method']} on {r['shape']} {r['block']} {r['sparsity']}: {r['reason']}")
+    print(f"results: {out}")
+    return 1 if bad else 0
+
+
+METHOD_NAMES = _method_names()
+
+
+def _duration(text):
+    """'90', '90s', '10m', '1.5h' -> seconds."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(s|m|h|ms)?\s*", text)
+    if not m or float(m.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"expected a duration such as 90s, 10m or 1h, got {text!r}")
+    return float(m.group(1)) * {"s": 1, None: 1, "m": 60, "h": 3600, "ms": 1e-3}[m.group(2)]
+
+
+def cmd_autotune(args):
+    from .compare import format_table, tty_progress
+    from .cpu import available_isas, default_threads
+    from .tuner import Autotuner, TuningDB, strategies
+
+    strategies.get(args.strategy)
+    threads = args.threads or default_threads()
+    shapes = load_shapes(args.shapes)
+    db = TuningDB(args.db, foreign=args.use_foreign)
+    isas = available_isas() if args.isa == "all" else available_isas()[:1]
+    budget = f"at most {args.max_evals} evaluations per task" if args.max_evals else "no evaluation limit"
+    if args.time_limit:
+        budget += f", {args.time_limit:.0f} s in all"
+    print(f"sparsebench autotune: {len(shapes)} shapes x {len(args.block)} blocks x {len(args.sparsity)} "
+          f"sparsities; strategy {args.strategy}; {budget}; {threads} threads; ISAs {', '.join(isas)}; "
+          f"database {args.db} ({len(db.records)} records of this machine and build)", flush=True)
+    tuner = Autotuner(db, args.strategy, max_evals=args.max_evals, time_limit=args.time_limit,
+                      retune=args.retune, samples=args.samples, isas=isas,
+                      log=lambda line: print(line, flush=True), progress=tty_progress(sys.stderr))
+    results = tuner.tune_all(shapes, args.sparsity, args.block, threads)
+    lines = []
+    for r in results:
+        t = r["task"]
+        cfg = "dense" if r["method"] == "dense" else _short_config(r["config"])
+        lines.append([r["name"], f"{t['M']}x{t['K']}x{t['N']}", t["block"], f"{t['sparsity']:g}", cfg,
+                      f"{r['best_s'] * 1e3:.3f}", f"{r['dense_s'] / r['best_s']:.2f}x",
+                      f"{r['evals']}/{r['space_size']}", f"{r['default_s'] / r['best_s']:.2f}x"
+                      + ("?" if r["unstable"] else "")])
+    print("\nbest per task (times re-measured side by side with dense and the default heuristic; "
+          "? = unstable):")
+    print(format_table(["shape", "MxKxN", "block", "sparsity", "best config", "ms", "vs dense", "evals",
+                        "default/best"], lines))
+    print(f"database: {args.db}; next: sparsebench export --db {args.db} --out results/tuned.json")
+
+
+def _short_config(d):
+    from .config import KernelConfig
+    return str(KernelConfig.from_dict(d))
+
+
+def cmd_export(args):
+    from .tuned import export
+    from .tuner import TuningDB
+
+    db = TuningDB(args.db, foreign=args.use_foreign, writable=False)
+    if not db.results():
+        print(f"sparsebench: error: {args.db} holds no finished tuning results of this machine and build; "
+              "run `sparsebench autotune --db ...` first", file=sys.stderr)
+        return 2
+    data = export(db, args.out)
+    print(f"wrote {len(data['entries'])} tuned tasks to {args.out}")
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="sparsebench", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -76,20 +189,54 @@ def build_parser():
     q.add_argument("--samples", type=_positive, default=40)
     q.add_argument("--out", default=None, help="CSV file for the results")
     q.set_defaults(func=cmd_bench)
+    q = sub.add_parser("compare", help="every method (dense, scipy, MKL, torch, ours) side by side")
+    q.add_argument("--shapes", default="quick", help="shape set name (shapes/NAME.csv), CSV path or MxKxN list")
+    q.add_argument("--sparsity", type=_floats, default=[0.7, 0.8, 0.9], help="e.g. 0.7,0.8,0.9")
+    q.add_argument("--block", type=_blocks, default=[(4, 1)], help="e.g. 4x1,1x1")
+    q.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                   help="comma-separated, or 'all'; known: " + ", ".join(METHOD_NAMES))
+    q.add_argument("--threads", type=_positive, default=None, help="for every method (default: all cores)")
+    q.add_argument("--samples", type=_positive, default=30, help="interleaved samples per method")
+    q.add_argument("--cold", action="store_true", help="flush the caches before every timed call")
+    q.add_argument("--config", default=None, help="KernelConfig JSON for the sparsebench method")
+    q.add_argument("--out", default=None, help="CSV (default results/compare-<shapes>.csv); "
+                   "an existing file is resumed")
+    q.add_argument("--rerun", action="store_true", help="move existing results aside and measure all")
+    q.set_defaults(func=cmd_compare)
+    q = sub.add_parser("autotune", help="search the best kernel config per shape, sparsity and block")
+    q.add_argument("--shapes", default="quick", help="shape set name (shapes/NAME.csv), CSV path or MxKxN list")
+    q.add_argument("--sparsity", type=_floats, default=[0.7, 0.8, 0.9], help="e.g. 0.7,0.8,0.9")
+    q.add_argument("--block", type=_blocks, default=[(4, 1)], help="e.g. 4x1,1x1")
+    q.add_argument("--threads", type=_positive, default=None, help="default: all cores")
+    q.add_argument("--strategy", default="smart", help="smart (local search), exhaustive or random")
+    q.add_argument("--max-evals", type=_positive, default=None, help="sparse configs measured per task")
+    q.add_argument("--time-limit", type=_duration, default=None, help="for the whole run, e.g. 10m")
+    q.add_argument("--samples", type=_positive, default=7, help="timing samples per candidate")
+    q.add_argument("--isa", choices=("best", "all"), default="best",
+                   help="search the best instruction set only, or every one this CPU runs")
+    q.add_argument("--db", default=os.path.join("results", "tuning.jsonl"), help="tuning database (JSON lines)")
+    q.add_argument("--retune", action="store_true", help="measure again what the database already has")
+    q.add_argument("--use-foreign", action="store_true",
+                   help="use records from another machine or build too")
+    q.set_defaults(func=cmd_autotune)
+    q = sub.add_parser("export", help="write the tuned winners as a JSON file models import")
+    q.add_argument("--db", default=os.path.join("results", "tuning.jsonl"))
+    q.add_argument("--out", default=os.path.join("results", "tuned.json"))
+    q.add_argument("--use-foreign", action="store_true", help="export records of another machine or build")
+    q.set_defaults(func=cmd_export)
     return p
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
-    except (SparsebenchError, ShapeFileError, OSError) as e:
+        return args.func(args) or 0
+    except (SparsebenchError, ShapeFileError, OSError, ValueError) as e:
         print(f"sparsebench: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("sparsebench: interrupted", file=sys.stderr)
         return 130
-    return 0
 
 
 if __name__ == "__main__":

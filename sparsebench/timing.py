@@ -4,6 +4,7 @@ Methods compared side by side are interleaved (A B C A B C ...) so that drift on
 shared, noisy machine hits them alike, and ratios are taken sample by sample.
 """
 import dataclasses
+import os
 import time
 
 import numpy as np
@@ -50,6 +51,31 @@ class Stats:
 
 
 
+def last_level_cache_bytes(default=32 << 20):
+    """Size of the largest CPU cache (from sysfs), or `default` when it cannot be read."""
+    sizes = []
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        for entry in os.listdir(base):
+            with open(os.path.join(base, entry, "size")) as f:
+                text = f.read().strip()
+            mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+            sizes.append(int(text.rstrip("KMG")) * mult)
+    except (OSError, ValueError):
+        pass
+    return max(sizes, default=default)
+
+
+class CacheFlusher:
+    """Evicts the CPU caches by writing a buffer twice the size of the last-level cache."""
+
+    def __init__(self):
+        self.buffer = np.zeros(2 * last_level_cache_bytes() // 4, dtype=np.float32)
+
+    def __call__(self):
+        self.buffer += 1.0
+
+
 def _time_loops(fn, loops):
     t0 = time.perf_counter()
     for _ in range(loops):
@@ -68,18 +94,22 @@ def calibrate(fn, sample_time=2e-3, max_loops=10_000):
     return max(1, min(max_loops, int(round(sample_time / max(t, 1e-9)))))
 
 
-def measure(fn, samples=30, warmup=3, sample_time=2e-3):
+def measure(fn, samples=30, warmup=3, sample_time=2e-3, cold=False):
     """Stats of one callable."""
-    return interleaved({"_": fn}, samples, warmup, sample_time)["_"]
+    return interleaved({"_": fn}, samples, warmup, sample_time, cold=cold)["_"]
 
 
-def interleaved(fns, samples=30, warmup=3, sample_time=2e-3, time_limit=None):
+def interleaved(fns, samples=30, warmup=3, sample_time=2e-3, time_limit=None, cold=False):
     """Stats per name for a dict of callables, sampled round-robin (rotating the order each round).
 
+    Warm (default): each sample times a calibrated loop of calls, so weights and inputs stay
+    in cache as they would in a steady stream of calls. Cold: the caches are flushed before
+    every call and each sample is one call (first-touch cost included).
     Stops early (with at least 5 samples each) once `time_limit` seconds have passed.
     """
     names = list(fns)
-    loops = {name: calibrate(fns[name], sample_time) for name in names}
+    flush = CacheFlusher() if cold else None
+    loops = {name: 1 if cold else calibrate(fns[name], sample_time) for name in names}
     for name in names:
         for _ in range(warmup):
             _time_loops(fns[name], loops[name])
@@ -88,6 +118,8 @@ def interleaved(fns, samples=30, warmup=3, sample_time=2e-3, time_limit=None):
     for r in range(samples):
         k = r % len(names)
         for name in names[k:] + names[:k]:
+            if flush:
+                flush()
             out[name].append(_time_loops(fns[name], loops[name]))
         if time_limit and r >= 4 and time.perf_counter() - start > time_limit:
             break

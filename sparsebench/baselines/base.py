@@ -1,0 +1,56 @@
+"""The baseline plug-in interface shared by compare, autotune and the BERT runner."""
+import dataclasses
+from typing import Callable, Optional
+
+import numpy as np
+
+from ..bsr import BSRMatrix
+
+
+class MethodUnavailable(Exception):
+    """A method cannot run here (package missing) or cannot run this problem; the message says why."""
+
+
+@dataclasses.dataclass
+class Problem:
+    """One GEMM Y = W @ X with W block-sparse; every method gets the same arrays."""
+
+    W: np.ndarray                 # pruned weights, dense float32 (M x K), C order
+    A: BSRMatrix                  # the same weights in block-sparse rows
+    X: np.ndarray                 # activations float32 (K x N), C order
+    sparsity: float
+    threads: int
+    config: object = None         # KernelConfig for the `sparsebench` method (None: default)
+
+    @property
+    def block(self):
+        return self.A.block
+
+    @property
+    def shape(self):
+        return self.W.shape[0], self.W.shape[1], self.X.shape[1]
+
+
+class Baseline:
+    """A named way to compute W @ X.
+
+    Subclasses set `name`, `description` and, for optional packages, `install_hint`, and
+    implement `prepare`: all one-time work (format conversion, MKL's inspection, output
+    buffers, thread settings) happens there, and the returned zero-argument callable does
+    one multiply and returns Y (float32, M x N; it may reuse one buffer between calls).
+    `prepare` raises MethodUnavailable with a one-line reason when it cannot run.
+    """
+
+    name = "?"
+    description = ""
+    install_hint: Optional[str] = None
+
+    def version(self) -> str:
+        """Library and version that does the work, for the results' metadata."""
+        return ""
+
+    def prepare(self, problem: Problem) -> Callable[[], np.ndarray]:
+        raise NotImplementedError
+
+    def __repr__(self):
+        return f"<method {self.name}>"

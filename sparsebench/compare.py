@@ -1,0 +1,229 @@
+"""`sparsebench compare`: every method on every shape x sparsity x block, side by side.
+
+For each case the methods are prepared on the same pruned W and X, each result is checked
+against the float64 reference (a wrong result becomes a failed row, never a timing), then
+the methods that passed are timed interleaved and each is reported as a ratio to dense
+taken round by round. Rows are appended to the CSV as each case finishes, so an interrupted
+run keeps what it measured and a re-run measures only the cases still missing.
+"""
+import csv
+import datetime
+import io
+import os
+import time
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from . import __version__, baselines, fingerprint, store
+from .bsr import BSRMatrix
+from .prune import prune
+from .timing import interleaved, ratio
+from .verify import Reference
+
+FIELDS = ["shape", "M", "K", "N", "block", "sparsity", "dtype", "threads", "cache", "method", "status",
+          "reason", "median_ms", "p20_ms", "p80_ms", "min_ms", "spread", "unstable", "samples", "loops",
+          "gflops", "effective_gflops", "speedup", "speedup_p20", "speedup_p80", "max_rel_error",
+          "config", "library", "cpu", "hardware_id", "build_id", "sparsebench", "timestamp"]
+KEY = ("shape", "M", "K", "N", "block", "sparsity", "dtype", "threads", "cache")
+
+
+def problem_arrays(shape, seed=0):
+    """Seeded random W (M x K) and X (K x N), float32, the same for every method."""
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((shape.M, shape.K), dtype=np.float32),
+            rng.standard_normal((shape.K, shape.N), dtype=np.float32))
+
+
+def case_key(shape, block, sparsity, threads, cache, dtype="float32"):
+    return (shape.name, str(shape.M), str(shape.K), str(shape.N), "%dx%d" % block,
+            f"{sparsity:g}", dtype, str(threads), cache)
+
+
+def read_rows(path):
+    """Rows of a compare CSV (the header must match this version's)."""
+    lines = store.read_lines(path)
+    if not lines:
+        return []
+    rows = list(csv.reader(lines))
+    if rows[0] != FIELDS:
+        raise store.StoreError(f"{path} is not a compare results file of this sparsebench version "
+                               "(header differs); pass another --out or --rerun to start it afresh")
+    return [dict(zip(FIELDS, r)) for r in rows[1:] if len(r) == len(FIELDS)]
+
+
+def _csv_line(row):
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="").writerow([_fmt(row.get(f, "")) for f in FIELDS])
+    return buf.getvalue()
+
+
+def _fmt(v):
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return "" if v is None else str(v)
+
+
+class Compare:
+    """One compare run: methods x cases, results appended to `out` (None: kept in memory)."""
+
+    def __init__(self, methods, threads, samples=30, cold=False, out=None, config_for=None,
+                 log=print, progress=None):
+        self.methods = [baselines.get(m) for m in methods]
+        self.threads = threads
+        self.samples = samples
+        self.cache = "cold" if cold else "warm"
+        self.out = out
+        self.config_for = config_for          # (A, N, sparsity) -> KernelConfig or None
+        self.log = log
+        self.progress = progress or (lambda *a: None)
+        self.skipped = set()
+        meta_hw = fingerprint.hardware()
+        self.meta = {"cpu": meta_hw["cpu"], "hardware_id": fingerprint.hardware_id(),
+                     "build_id": fingerprint.build_id(), "sparsebench": __version__}
+
+    def run(self, shapes, sparsities, blocks):
+        done = set()
+        rows = []
+        if self.out:
+            for r in read_rows(self.out):
+                done.add((tuple(r[k] for k in KEY), r["method"]))
+                rows.append(r)
+        wanted = [m.name for m in self.methods]
+        cases = [(sh, b, s) for sh in shapes for b in blocks for s in sparsities]
+        todo = [c for c in cases
+                if not all((case_key(c[0], c[1], c[2], self.threads, self.cache), m) in done for m in wanted)]
+        if len(todo) < len(cases):
+            self.log(f"resuming {self.out}: {len(cases) - len(todo)} of {len(cases)} cases already measured")
+        with threadpool_limits(self.threads):
+            for i, (shape, block, sparsity) in enumerate(todo):
+                self.progress(i, len(todo), f"{shape.name} {shape} {block[0]}x{block[1]} {sparsity:g}")
+                new = self.run_case(shape, block, sparsity)
+                if self.out:
+                    store.append_lines(self.out, [_csv_line(r) for r in new], header=",".join(FIELDS))
+                rows = [r for r in rows if tuple(r[k] for k in KEY) != case_key(
+                    shape, block, sparsity, self.threads, self.cache)] + new
+                self.progress(i + 1, len(todo), "")      # clear the live line
+                self.log(format_case(new))
+        return rows
+
+    def run_case(self, shape, block, sparsity):
+        W, X = problem_arrays(shape)
+        Wp = prune(W, sparsity, block)
+        A = BSRMatrix.from_dense(Wp, block)
+        config = self.config_for(A, shape.N, sparsity) if self.config_for else None
+        prob = baselines.Problem(Wp, A, X, sparsity, self.threads, config)
+        ref = Reference(Wp, X)
+        base = {"shape": shape.name, "M": shape.M, "K": shape.K, "N": shape.N, "block": "%dx%d" % block,
+                "sparsity": f"{sparsity:g}", "dtype": "float32", "threads": self.threads,
+                "cache": self.cache, "timestamp": datetime.datetime.now().isoformat(timespec="seconds"),
+                **self.meta}
+        rows, runners = {}, {}
+        for method in self.methods:
+            row = dict(base, method=method.name, library=_version(method))
+            try:
+                fn = method.prepare(prob)
+                ok, err = ref.check(fn())
+            except baselines.MethodUnavailable as e:
+                row.update(status="skipped", reason=str(e))
+                if (method.name, str(e)) not in self.skipped:
+                    self.skipped.add((method.name, str(e)))
+                    self.log(f"skipping {method.name}: {e}")
+            except Exception as e:                      # a broken method must not stop the run
+                row.update(status="error", reason=f"{type(e).__name__}: {e}")
+            else:
+                row.update(max_rel_error=err)
+                if ok:
+                    runners[method.name] = fn
+                    if method.name == "sparsebench":
+                        row["config"] = str(method.config_for(prob))
+                else:
+                    row.update(status="wrong", reason="result differs from the float64 reference "
+                               f"beyond the float32 rounding bound (max rel. error {err:.2e})")
+            rows[method.name] = row
+        if runners:
+            stats = interleaved(runners, samples=self.samples, cold=self.cache == "cold")
+            useful = 2 * A.nnz * shape.N
+            for name, st in stats.items():
+                rows[name].update(status="ok", median_ms=st.median * 1e3, p20_ms=st.p20 * 1e3,
+                                  p80_ms=st.p80 * 1e3, min_ms=st.min * 1e3, spread=st.spread,
+                                  unstable=st.unstable, samples=st.n, loops=st.loops,
+                                  gflops=shape.flops / st.median / 1e9,
+                                  effective_gflops=useful / st.median / 1e9)
+                if "dense" in stats:
+                    sp = ratio(stats["dense"], st)
+                    rows[name].update(speedup=sp.median, speedup_p20=sp.p20, speedup_p80=sp.p80)
+        return [{f: _fmt(r.get(f, "")) for f in FIELDS} for r in rows.values()]
+
+
+def _version(method):
+    try:
+        return method.version()
+    except Exception as e:          # a broken optional library must not stop the run
+        return f"unknown ({type(e).__name__})"
+
+
+def format_case(rows):
+    """One line: the case and each method's time and speedup."""
+    if not rows:
+        return ""
+    r0 = rows[0]
+    parts = []
+    for r in rows:
+        if r["status"] == "ok":
+            sp = f" {float(r['speedup']):.2f}x" if r.get("speedup") else ""
+            flag = "?" if r["unstable"] == "True" else ""
+            parts.append(f"{r['method']} {float(r['median_ms']):.3f}ms{sp}{flag}")
+        elif r["status"] != "skipped":
+            parts.append(f"{r['method']} {r['status'].upper()}")
+    dims = f"{r0['M']}x{r0['K']}x{r0['N']}"
+    name = dims if r0["shape"] == dims else f"{r0['shape']} {dims}"
+    return f"{name} {r0['block']} {r0['sparsity']}: " + ", ".join(parts)
+
+
+def speedup_table(rows, methods):
+    """Text table: speedup over dense (median [p20-p80]) per shape x sparsity x method."""
+    header = ["shape", "MxKxN", "block", "sparsity"] + list(methods)
+    lines = []
+    seen = {}
+    for r in rows:
+        key = (r["shape"], f"{r['M']}x{r['K']}x{r['N']}", r["block"], r["sparsity"])
+        seen.setdefault(key, {})[r["method"]] = r
+    for key, by_method in seen.items():
+        cells = list(key)
+        for m in methods:
+            r = by_method.get(m)
+            if r is None or r["status"] == "skipped":
+                cells.append("-")
+            elif r["status"] != "ok":
+                cells.append(r["status"].upper())
+            elif r.get("speedup"):
+                mark = "?" if r["unstable"] == "True" else ""
+                cells.append(f"{float(r['speedup']):.2f}x{mark}")
+            else:
+                cells.append(f"{float(r['median_ms']):.3f}ms")
+        lines.append(cells)
+    return format_table(header, lines)
+
+
+def format_table(header, lines):
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *lines)]
+    fmt = "  ".join("{:>%d}" % w for w in widths)
+    return "\n".join([fmt.format(*header), fmt.format(*("-" * w for w in widths))] +
+                     [fmt.format(*map(str, line)) for line in lines])
+
+
+def tty_progress(stream):
+    """A live 'measuring ...' line with an ETA on a terminal (text '' clears it); None when
+    output is redirected (finished cases are logged as lines either way)."""
+    if not stream.isatty():
+        return None
+    start = time.perf_counter()
+
+    def progress(done, total, text):
+        elapsed = time.perf_counter() - start
+        eta = f", ~{elapsed / done * (total - done):.0f} s left" if done else ""
+        width = os.get_terminal_size(stream.fileno()).columns - 1
+        stream.write("\r\033[K" + (f"[{done}/{total}{eta}] measuring {text}"[:width] if text else ""))
+        stream.flush()
+    return progress

@@ -1,0 +1,110 @@
+"""Append-only result files that survive Ctrl-C, `kill -9` and concurrent writers.
+
+Each append writes whole lines with one write() on a file opened O_APPEND, under an
+exclusive flock, then fsyncs. A crash can at worst leave the last line cut short: readers
+skip it (with a warning) and the next append first cuts it off, so every complete line
+ever written stays readable.
+"""
+import contextlib
+import fcntl
+import json
+import os
+import warnings
+
+
+class StoreError(OSError):
+    """A results file or folder that cannot be read or written; says which and why."""
+
+
+@contextlib.contextmanager
+def _locked(path):
+    try:
+        folder = os.path.dirname(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+    except OSError as e:
+        raise StoreError(f"cannot write results to {path}: {e.strerror}; choose a writable "
+                         "location (e.g. --db/--out in your home folder)") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _cut_partial_tail(fd):
+    """Truncate a last line that a crash left without its newline."""
+    size = os.lseek(fd, 0, os.SEEK_END)
+    if size == 0:
+        return
+    if os.pread(fd, 1, size - 1) == b"\n":
+        return
+    pos = size
+    while pos > 0:
+        chunk = os.pread(fd, min(4096, pos), max(0, pos - 4096))
+        start = max(0, pos - 4096)
+        nl = chunk.rfind(b"\n")
+        if nl >= 0:
+            os.ftruncate(fd, start + nl + 1)
+            return
+        pos = start
+    os.ftruncate(fd, 0)
+
+
+def check_writable(path):
+    """Fail now, with a clear StoreError, if results cannot be appended to `path` (creates it)."""
+    with _locked(path):
+        pass
+
+
+def append_lines(path, lines, header=None):
+    """Append text lines (no newlines inside) atomically; write `header` first if the file is new."""
+    with _locked(path) as fd:
+        _cut_partial_tail(fd)
+        if header is not None and os.lseek(fd, 0, os.SEEK_END) == 0:
+            lines = [header] + list(lines)
+        data = "".join(line + "\n" for line in lines).encode()
+        written = 0
+        while written < len(data):
+            written += os.write(fd, data[written:])
+        os.fsync(fd)
+
+
+def read_lines(path):
+    """Complete lines of a file (a cut-off last line is skipped with a warning); [] if absent."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return []
+    except OSError as e:
+        raise StoreError(f"cannot read {path}: {e.strerror}") from None
+    lines = data.split(b"\n")
+    if lines[-1]:
+        warnings.warn(f"{path}: ignoring an incomplete last line (an interrupted write); "
+                      "it will be cut off at the next append", stacklevel=2)
+    try:
+        return [line.decode() for line in lines[:-1]]
+    except UnicodeDecodeError as e:
+        raise StoreError(f"{path} is not a text results file ({e}); move it aside") from None
+
+
+def append_json(path, records):
+    append_lines(path, [json.dumps(r, sort_keys=True) for r in records])
+
+
+def read_json(path):
+    """Records of a JSON-lines file; malformed lines are skipped with a warning naming the line."""
+    out = []
+    for lineno, line in enumerate(read_lines(path), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            rec = None
+        if not isinstance(rec, dict):
+            warnings.warn(f"{path}:{lineno}: not a JSON record, skipped", stacklevel=2)
+            continue
+        out.append(rec)
+    return out

@@ -1,0 +1,202 @@
+"""The comparison harness: statistics, interleaving, the correctness gate, resumable CSV, CLI."""
+import csv
+import os
+
+import numpy as np
+import pytest
+
+from sparsebench import baselines, store
+from sparsebench.baselines import MethodUnavailable, Problem
+from sparsebench.cli import main
+from sparsebench.compare import FIELDS, Compare, read_rows
+from sparsebench.shapes import Shape
+from sparsebench.timing import Stats, interleaved, ratio
+from sparsebench.verify import Reference
+
+TINY = [Shape("tiny", 40, 36, 9)]
+
+
+def test_stats_percentiles_and_instability():
+    st = Stats(np.array([1.0, 2.0, 3.0, 4.0, 5.0]))
+    assert (st.median, st.min, st.n) == (3.0, 1.0, 5)
+    assert st.p20 == pytest.approx(1.8) and st.p80 == pytest.approx(4.2)
+    assert st.spread == pytest.approx(0.8) and st.unstable
+    assert not Stats(np.array([1.0, 1.01, 0.99, 1.0])).unstable
+
+
+def test_interleaved_runs_methods_round_robin_and_ratio_pairs_rounds():
+    calls = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in "abc"}
+    stats = interleaved(fns, samples=6, warmup=0, sample_time=0)
+    timed = calls[-18:]               # after calibration: 6 rounds of one call each
+    rounds = [timed[i:i + 3] for i in range(0, 18, 3)]
+    assert all(sorted(r) == ["a", "b", "c"] for r in rounds)
+    assert rounds[0][0] != rounds[1][0]          # the order rotates
+    assert all(s.n == 6 for s in stats.values())
+    r = ratio(Stats(np.array([2.0, 4.0])), Stats(np.array([1.0, 1.0])))
+    assert list(r.samples) == [2.0, 4.0]
+
+
+def test_cold_mode_times_single_calls():
+    st = interleaved({"x": lambda: None}, samples=3, warmup=0, cold=True)
+    assert st["x"].loops == 1 and st["x"].n == 3
+
+
+def test_reference_bound_accepts_reordered_sums_and_rejects_wrong():
+    rng = np.random.default_rng(0)
+    W = rng.standard_normal((30, 500), dtype=np.float32)
+    X = rng.standard_normal((500, 7), dtype=np.float32)
+    ref = Reference(W, X)
+    assert ref.check(W @ X)[0]
+    assert ref.check((W[:, ::-1] @ X[::-1]).astype(np.float32))[0]   # another summation order
+    bad = (W @ X)
+    bad[3, 2] += 0.5            # e.g. one product w*x missing
+    ok, err = ref.check(bad)
+    assert not ok and err > 0
+    assert not ref.check((W @ X).astype(np.float64))[0]     # wrong dtype
+    assert not ref.check(np.zeros((7, 30), np.float32))[0]  # wrong shape
+
+
+class _Wrong(baselines.Baseline):
+    name = "wrong"
+
+    def prepare(self, problem):
+        Y = np.empty((problem.W.shape[0], problem.X.shape[1]), np.float32)
+
+        def run():
+            np.matmul(problem.W, problem.X, out=Y)
+            Y[0, 0] += 1.0
+            return Y
+        return run
+
+
+class _Missing(baselines.Baseline):
+    name = "missing"
+
+    def prepare(self, problem):
+        raise MethodUnavailable("libfoo is not installed: pip install foo")
+
+
+class _Broken(baselines.Baseline):
+    name = "broken"
+
+    def prepare(self, problem):
+        raise RuntimeError("boom")
+
+
+@pytest.fixture
+def fake_methods(monkeypatch):
+    for m in (_Wrong(), _Missing(), _Broken()):
+        monkeypatch.setitem(baselines._REGISTRY, m.name, m)
+
+
+def test_correctness_gate_fails_wrong_method_and_keeps_going(tmp_path, fake_methods):
+    out = tmp_path / "c.csv"
+    logged = []
+    rows = Compare(["dense", "wrong", "missing", "broken", "sparsebench"], threads=1, samples=3,
+                   out=str(out), log=logged.append).run(TINY, [0.5], [(4, 1)])
+    by = {r["method"]: r for r in rows}
+    assert by["wrong"]["status"] == "wrong" and by["wrong"]["median_ms"] == ""
+    assert "float64 reference" in by["wrong"]["reason"]
+    assert by["missing"]["status"] == "skipped" and "pip install foo" in by["missing"]["reason"]
+    assert by["broken"]["status"] == "error" and "boom" in by["broken"]["reason"]
+    assert by["sparsebench"]["status"] == "ok" and "/b4x1/" in by["sparsebench"]["config"]
+    assert float(by["dense"]["speedup"]) == 1.0
+    assert float(by["sparsebench"]["max_rel_error"]) < 1e-5
+    assert any("skipping missing: libfoo" in line for line in logged)
+    assert read_rows(str(out)) == rows
+
+
+def test_every_builtin_method_passes_the_gate(tmp_path):
+    rows = Compare(["dense", "scipy-csr", "scipy-bsr", "generic-csr", "sparsebench"], threads=2,
+                   samples=3).run([Shape("odd", 37, 53, 5), Shape("n1", 64, 64, 1)], [0.0, 0.9], [(4, 1)])
+    assert len(rows) == 2 * 2 * 5
+    for r in rows:
+        assert r["status"] in ("ok", "skipped"), r
+    assert {r["method"] for r in rows if r["status"] == "skipped"} <= {"scipy-bsr"}  # 37 % 4 != 0
+
+
+def test_rows_survive_interruption_and_resume_measures_only_missing(tmp_path, monkeypatch):
+    out = str(tmp_path / "c.csv")
+    shapes = [Shape("a", 16, 16, 4), Shape("b", 24, 16, 4)]
+    cmp = Compare(["dense", "sparsebench"], threads=1, samples=3, out=out)
+    real = cmp.run_case
+    calls = []
+
+    def interrupted(shape, block, sparsity):
+        if shape.name == "b":
+            raise KeyboardInterrupt
+        calls.append(shape.name)
+        return real(shape, block, sparsity)
+    monkeypatch.setattr(cmp, "run_case", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        cmp.run(shapes, [0.5], [(1, 1)])
+    assert [r["shape"] for r in read_rows(out)] == ["a", "a"]
+    # a kill -9 in the middle of a write leaves a cut-off line: it is ignored, then repaired
+    with open(out, "a") as f:
+        f.write("b,24,16,4,1x1,0.5,float32,1,warm,dense,o")
+    again = Compare(["dense", "sparsebench"], threads=1, samples=3, out=out)
+    measured = []
+    monkeypatch.setattr(again, "run_case", lambda *a: measured.append(a[0].name) or real(*a))
+    with pytest.warns(UserWarning, match="incomplete last line"):
+        rows = again.run(shapes, [0.5], [(1, 1)])
+    assert measured == ["b"]
+    assert sorted(r["shape"] for r in rows) == ["a", "a", "b", "b"]
+    assert sorted(r["shape"] for r in read_rows(out)) == ["a", "a", "b", "b"]
+
+
+def test_foreign_csv_is_refused_with_advice(tmp_path):
+    out = tmp_path / "c.csv"
+    out.write_text("a,b,c\n1,2,3\n")
+    with pytest.raises(store.StoreError, match="--rerun"):
+        read_rows(str(out))
+
+
+def test_store_appends_concurrently_without_tearing(tmp_path):
+    import multiprocessing as mp
+    path = str(tmp_path / "s.jsonl")
+    procs = [mp.Process(target=_writer, args=(path, w)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    recs = store.read_json(path)
+    assert len(recs) == 4 * 50
+    assert sorted((r["w"], r["i"]) for r in recs) == [(w, i) for w in range(4) for i in range(50)]
+
+
+def _writer(path, w):
+    for i in range(50):
+        store.append_json(path, [{"w": w, "i": i, "pad": "x" * 3000}])
+
+
+def test_store_unwritable_folder_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "results"
+    blocker.write_text("a file where the results folder should be")
+    with pytest.raises(store.StoreError, match="cannot write results"):
+        store.append_lines(str(blocker / "x.csv"), ["a"])
+
+
+def test_cli_compare_prints_table_and_writes_tidy_csv(tmp_path, capsys):
+    out = tmp_path / "cmp.csv"
+    assert main(["compare", "--shapes", "48x40x12", "--sparsity", "0.5,0.8", "--block", "4x1",
+                 "--methods", "dense,generic-csr,sparsebench", "--threads", "1", "--samples", "3",
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "speedup over numpy dense" in printed and "generic-csr" in printed
+    rows = list(csv.DictReader(open(out)))
+    assert list(rows[0]) == FIELDS
+    assert len(rows) == 2 * 3
+    assert {r["status"] for r in rows} == {"ok"}
+    for r in rows:
+        assert float(r["p20_ms"]) <= float(r["median_ms"]) <= float(r["p80_ms"])
+        assert r["threads"] == "1" and r["cache"] == "warm" and r["hardware_id"]
+        gflops = 2 * 48 * 40 * 12 / (float(r["median_ms"]) * 1e-3) / 1e9
+        assert float(r["gflops"]) == pytest.approx(gflops, rel=1e-3)
+
+
+def test_cli_compare_bad_arguments(tmp_path, capsys):
+    assert main(["compare", "--shapes", "8x8x8", "--methods", "dense,nope", "--out", str(tmp_path / "x.csv")]) == 2
+    assert "unknown method 'nope'" in capsys.readouterr().err
+    assert main(["compare", "--shapes", "no-such-set", "--out", str(tmp_path / "x.csv")]) == 2
+    assert "no shape file or set named" in capsys.readouterr().err
