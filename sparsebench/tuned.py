@@ -1,0 +1,142 @@
+"""Tuned-config files: what `sparsebench export` writes and models import.
+
+A small versioned JSON file holds, per tuned task (M, K, N, sparsity, block, dtype,
+threads), the winning choice ("sparse" with its KernelConfig, or "dense") and its times.
+`load_tuned(path).lookup(...)` answers for any layer:
+
+1. an exact task match (sparsity within 0.005; any thread count if threads is None,
+   preferring this machine's default) -> that choice;
+2. otherwise the nearest tuned task with the same block and dtype, if it is close
+   (each of M, K, N within 2x, sparsity within 0.1) -> its choice, with a warning;
+3. otherwise the default heuristic (sparse, config None), with a warning.
+"""
+import dataclasses
+import datetime
+import json
+import math
+import os
+import warnings
+
+from .config import KernelConfig
+from .errors import ConfigError
+
+FORMAT = "sparsebench-tuned"
+VERSION = 1
+SPARSITY_MATCH = 0.005
+
+
+class TunedFallbackWarning(UserWarning):
+    """A lookup for a task that was not tuned; the message says what is used instead."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    method: str                      # "sparse" or "dense"
+    config: KernelConfig = None      # for "sparse"; None means the default heuristic
+    exact: bool = True
+    note: str = ""
+
+
+class TunedConfigs:
+    """The entries of a tuned-config file."""
+
+    def __init__(self, data, path="<memory>"):
+        self.path = path
+        self.data = data
+        self.entries = data["entries"]
+
+    def lookup(self, M, K, N, sparsity, block, dtype="float32", threads=None):
+        block = tuple(int(b) for b in block)
+        same = [e for e in self.entries if tuple(e["block"]) == block and e["dtype"] == dtype]
+        exact = [e for e in same if (e["M"], e["K"], e["N"]) == (M, K, N)
+                 and abs(e["sparsity"] - sparsity) <= SPARSITY_MATCH
+                 and (threads is None or e["threads"] == threads)]
+        if exact:
+            if threads is None:
+                from .cpu import default_threads
+                exact.sort(key=lambda e: (e["threads"] != default_threads(), -e["threads"]))
+            return self._choice(exact[0], threads, True, "tuned")
+        what = f"{M}x{K}x{N} sparsity {sparsity:g} block {block[0]}x{block[1]} {dtype}"
+        near = [e for e in same if max(_ratio(e["M"], M), _ratio(e["K"], K), _ratio(e["N"], N)) <= 2
+                and abs(e["sparsity"] - sparsity) <= 0.1]
+        if near:
+            e = min(near, key=lambda e: _distance(e, M, K, N, sparsity))
+            note = (f"{what} was not tuned; using the choice tuned for {e['M']}x{e['K']}x{e['N']} "
+                    f"sparsity {e['sparsity']:g} ({self.path})")
+            warnings.warn(note, TunedFallbackWarning, stacklevel=2)
+            return self._choice(e, threads, False, note)
+        note = f"{what} was not tuned and no tuned shape is close; using the default heuristic ({self.path})"
+        warnings.warn(note, TunedFallbackWarning, stacklevel=2)
+        return Choice("sparse", None, False, note)
+
+    @staticmethod
+    def _choice(entry, threads, exact, note):
+        if entry["method"] == "dense":
+            return Choice("dense", None, exact, note)
+        cfg = KernelConfig.from_dict(entry["config"])
+        if threads is not None and cfg.threads != threads:
+            cfg = dataclasses.replace(cfg, threads=threads)
+        return Choice("sparse", cfg, exact, note)
+
+
+def _ratio(a, b):
+    return max(a, b) / max(min(a, b), 1)
+
+
+def _distance(e, M, K, N, sparsity):
+    return sum(abs(math.log(a / b)) for a, b in ((e["M"], M), (e["K"], K), (e["N"], N))) + abs(e["sparsity"] - sparsity)
+
+
+def load_tuned(path):
+    """Read a tuned-config file; a clear error if it is missing, corrupt or of another format."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"tuned-config file {path} not found; create it with "
+                          "`sparsebench autotune ...` then `sparsebench export --out PATH`") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path} is not valid JSON ({e}); re-export it with `sparsebench export`") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ConfigError(f"{path} is not a sparsebench tuned-config file (format {FORMAT!r} expected)")
+    if data.get("version") != VERSION:
+        raise ConfigError(f"{path} has tuned-config version {data.get('version')!r}; this sparsebench "
+                          f"reads version {VERSION}: re-export it with `sparsebench export`")
+    try:
+        for e in data["entries"]:
+            if e["method"] == "sparse":
+                KernelConfig.from_dict(e["config"])
+            tuple(e["block"]), e["M"], e["K"], e["N"], e["sparsity"], e["dtype"], e["threads"]
+    except (KeyError, TypeError, ConfigError) as e:
+        raise ConfigError(f"{path}: malformed entry ({e}); re-export it with `sparsebench export`") from None
+    return TunedConfigs(data, path)
+
+
+def export(db, path):
+    """Write the best result per task of `db` (a TuningDB) to `path` atomically; return the data."""
+    best = {}
+    for rec in db.results():
+        key = json.dumps(rec["task"], sort_keys=True)
+        if key not in best or rec["best_s"] < best[key]["best_s"]:
+            best[key] = rec
+    entries = []
+    for rec in sorted(best.values(), key=lambda r: (r["task"]["block"], r["task"]["M"], r["task"]["K"],
+                                                    r["task"]["N"], r["task"]["sparsity"])):
+        t = rec["task"]
+        entries.append({"name": rec.get("name", ""), "M": t["M"], "K": t["K"], "N": t["N"],
+                        "sparsity": t["sparsity"], "block": [int(x) for x in t["block"].split("x")],
+                        "dtype": t["dtype"], "threads": t["threads"], "method": rec["method"],
+                        "config": rec["config"], "time_s": rec["best_s"], "dense_s": rec["dense_s"],
+                        "default_s": rec["default_s"], "speedup": rec["dense_s"] / rec["best_s"],
+                        "strategy": rec["strategy"], "evals": rec["evals"]})
+    data = {"format": FORMAT, "version": VERSION,
+            "created": datetime.datetime.now().isoformat(timespec="seconds"), "database": os.path.abspath(db.path),
+            **db.header(), "entries": entries}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return data

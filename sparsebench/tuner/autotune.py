@@ -1,0 +1,177 @@
+"""Tuning one task at a time: verify every candidate, time it, record it, confirm the winner.
+
+Per task the dense candidate is measured first (so the choice can be "use dense"), then
+the strategy proposes configs; each is run once on a fresh NaN-filled output and checked
+against the float64 reference before it is timed, and every outcome (time, invalid
+config, wrong result, error) becomes one database record at once. Configs already in the
+database are not measured again, so an interrupted run resumes where it stopped. At the
+end the few best configs, the default heuristic and dense are re-timed interleaved with
+more samples, and the fastest of that side-by-side run is the task's result.
+"""
+import math
+import time
+
+import numpy as np
+
+from ..bsr import BSRMatrix
+from ..compare import problem_arrays
+from ..errors import ConfigError
+from ..prune import prune
+from ..spmm import spmm
+from ..timing import interleaved, measure
+from ..verify import Reference
+from . import strategies
+from .db import Task, candidate_of, task_of
+from .space import SearchSpace
+
+#: re-timed side by side at the end of each task
+FINALISTS = 3
+
+
+class Autotuner:
+    def __init__(self, db, strategy="smart", max_evals=None, time_limit=None, retune=False, samples=7,
+                 confirm_samples=21, isas=None, seed=0, log=print, progress=None):
+        self.db = db
+        self.strategy_name = strategy
+        self.strategy = strategies.get(strategy)
+        self.max_evals = max_evals
+        self.deadline = time.monotonic() + time_limit if time_limit else None
+        self.retune = retune
+        self.samples = samples
+        self.confirm_samples = confirm_samples
+        self.isas = isas
+        self.seed = seed
+        self.log = log
+        self.progress = progress or (lambda *a: None)
+
+    def tune_all(self, shapes, sparsities, blocks, threads):
+        tasks = [(sh, Task(sh.M, sh.K, sh.N, s, b, "float32", threads))
+                 for sh in shapes for b in blocks for s in sparsities]
+        results = []
+        for i, (shape, task) in enumerate(tasks):
+            time_share = None
+            if self.deadline:
+                left = self.deadline - time.monotonic()
+                if left <= 0:
+                    self.log(f"time limit reached: {len(tasks) - i} tasks not tuned")
+                    break
+                time_share = left / (len(tasks) - i)
+            results.append(self.tune(task, shape.name, time_share))
+        return results
+
+    def tune(self, task, name="", time_share=None):
+        done = [r for r in self.db.results(task) if r["strategy"] == self.strategy_name]
+        if done and not self.retune:
+            self.log(f"{name or task}: already tuned ({self.strategy_name}); --retune to measure again")
+            return done[-1]
+        W, X = problem_arrays(_shape(task))
+        Wp = prune(W, task.sparsity, task.block)
+        A = BSRMatrix.from_dense(Wp, task.block)
+        ref = Reference(Wp, X)
+        space = SearchSpace(A, task.N, task.threads, self.isas)
+        cache = {} if self.retune else self.db.measurements(task)
+        runners = {"dense": _dense_runner(Wp, X)}
+        times, order = {}, []
+        deadline = time.monotonic() + time_share if time_share else None
+        budget = self.max_evals
+        tag = name or str(task)
+
+        def evaluate(candidate):
+            if candidate in times:
+                return times[candidate]
+            if candidate != "dense" and budget is not None and len(order) >= budget + 1:
+                raise strategies.BudgetExhausted
+            if deadline and time.monotonic() > deadline and candidate not in cache:
+                raise strategies.BudgetExhausted
+            rec = cache.get(candidate)
+            if rec is None:
+                rec = self._measure(task, candidate, A, Wp, X, ref, runners)
+            t = rec["median_s"] if rec["status"] == "ok" else math.inf
+            times[candidate] = t
+            order.append(candidate)
+            best = min(times.values())
+            self.progress(len(order) - 1, budget or len(space), f"{tag}: best {best * 1e3:.3f} ms")
+            return t
+
+        evaluate("dense")
+        seeds = [space.default] + [space.closest(c) for c in self._nearby_winners(task)]
+        rng = np.random.default_rng(self.seed)
+        try:
+            self.strategy.search(space, evaluate, rng, list(dict.fromkeys(seeds)))
+        except strategies.BudgetExhausted:
+            pass
+        self.progress(0, 0, "")
+        return self._confirm(task, space, times, order, A, X, runners, tag)
+
+    def _nearby_winners(self, task, count=2):
+        """Sparse winners of other tuned tasks with the same block, dtype and threads, nearest first."""
+        def distance(t):
+            return (sum(abs(math.log(a / b)) for a, b in ((t.M, task.M), (t.K, task.K), (t.N, task.N)))
+                    + abs(t.sparsity - task.sparsity))
+        found = {}
+        for rec in self.db.results():
+            t = task_of(rec)
+            if (t != task and rec["method"] == "sparse" and t.block == task.block and t.dtype == task.dtype
+                    and t.threads == task.threads):
+                found[candidate_of(rec)] = min(distance(t), found.get(candidate_of(rec), math.inf))
+        return sorted(found, key=found.get)[:count]
+
+    def _measure(self, task, candidate, A, Wp, X, ref, runners):
+        rec = {"kind": "measurement", "task": task.key(), "strategy": self.strategy_name,
+               "method": "dense" if candidate == "dense" else "sparse",
+               "config": None if candidate == "dense" else candidate.to_dict()}
+        try:
+            if candidate != "dense":
+                runners[candidate] = _sparse_runner(A, X, candidate)
+            fresh = np.full((A.shape[0], X.shape[1]), np.nan, dtype=np.float32)
+            ok, err = ref.check(runners[candidate](fresh))
+            if not ok:
+                rec.update(status="wrong", reason=f"result differs from the float64 reference "
+                           f"(max rel. error {err:.2e})")
+            else:
+                out = np.empty_like(fresh)
+                fn = runners[candidate]
+                st = measure(lambda: fn(out), samples=self.samples, warmup=1, sample_time=1e-3)
+                rec.update(status="ok", median_s=st.median, p20_s=st.p20, p80_s=st.p80, min_s=st.min,
+                           samples=st.n, unstable=st.unstable)
+        except ConfigError as e:
+            rec.update(status="invalid", reason=str(e))
+        except Exception as e:       # recorded, never fatal: the search goes on
+            rec.update(status="error", reason=f"{type(e).__name__}: {e}")
+        self.db.add(rec)
+        return rec
+
+    def _confirm(self, task, space, times, order, A, X, runners, tag):
+        ok = sorted((c for c in times if c != "dense" and math.isfinite(times[c])), key=times.get)
+        finalists = list(dict.fromkeys(ok[:FINALISTS] + [space.default]))
+        fns = {}
+        for c in ["dense"] + finalists:
+            run = runners.get(c) or runners.setdefault(c, _sparse_runner(A, X, c))
+            out = np.empty((A.shape[0], X.shape[1]), dtype=np.float32)
+            fns[c] = (lambda run=run, out=out: run(out))
+        st = interleaved(fns, samples=self.confirm_samples, warmup=1, sample_time=2e-3)
+        best = min(st, key=lambda c: st[c].median)
+        rec = {"kind": "result", "task": task.key(), "strategy": self.strategy_name,
+               "name": tag, "max_evals": self.max_evals, "evals": len(order) - 1,
+               "space_size": len(space),
+               "method": "dense" if best == "dense" else "sparse",
+               "config": None if best == "dense" else best.to_dict(),
+               "best_s": st[best].median, "best_p20_s": st[best].p20, "best_p80_s": st[best].p80,
+               "dense_s": st["dense"].median, "default_s": st[space.default].median,
+               "default_config": space.default.to_dict(), "unstable": st[best].unstable,
+               "trajectory": [times[c] if math.isfinite(times[c]) else None for c in order[1:]]}
+        self.db.add(rec)
+        return rec
+
+
+def _shape(task):
+    from ..shapes import Shape
+    return Shape(str(task), task.M, task.K, task.N)
+
+
+def _dense_runner(W, X):
+    return lambda out: np.matmul(W, X, out=out)
+
+
+def _sparse_runner(A, X, config):
+    return lambda out: spmm(A, X, config, out=out)

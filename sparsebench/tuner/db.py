@@ -1,0 +1,108 @@
+"""The tuning database: append-only JSON lines, one record per measured config.
+
+Every record carries the hardware and build fingerprints and the task key (shape,
+sparsity, block, dtype, threads). Records of other machines or builds are set aside with
+a message, never silently reused; `foreign=True` (the CLI's --use-foreign) takes them
+anyway. Appends go through sparsebench.store (whole lines, flock, fsync), so a crash or
+a concurrent run loses at most the measurement in flight.
+"""
+import dataclasses
+import datetime
+import warnings
+
+from .. import fingerprint, store
+from ..config import KernelConfig
+from ..errors import ConfigError
+
+FORMAT = 1
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class Task:
+    """What one tuning run optimises: Y (M x N) = W (M x K, sparsity, block) @ X."""
+
+    M: int
+    K: int
+    N: int
+    sparsity: float
+    block: tuple
+    dtype: str = "float32"
+    threads: int = 1
+
+    def key(self):
+        return {"M": self.M, "K": self.K, "N": self.N, "sparsity": round(self.sparsity, 6),
+                "block": "%dx%d" % self.block, "dtype": self.dtype, "threads": self.threads}
+
+    def __str__(self):
+        return (f"{self.M}x{self.K}x{self.N} s={self.sparsity:g} {self.block[0]}x{self.block[1]} "
+                f"{self.dtype} t{self.threads}")
+
+
+def task_of(rec):
+    k = rec["task"]
+    br, bc = (int(x) for x in k["block"].split("x"))
+    return Task(int(k["M"]), int(k["K"]), int(k["N"]), float(k["sparsity"]), (br, bc), k["dtype"],
+                int(k["threads"]))
+
+
+def candidate_of(rec):
+    """'dense' or the KernelConfig a record measured."""
+    return "dense" if rec["method"] == "dense" else KernelConfig.from_dict(rec["config"])
+
+
+class TuningDB:
+    """Records of this machine and build, read from `path`; new records are appended."""
+
+    def __init__(self, path, foreign=False, log=print, writable=True):
+        self.path = path
+        self.hardware_id = fingerprint.hardware_id()
+        self.build_id = fingerprint.build_id()
+        self.records = []
+        self.ignored = 0
+        if writable:
+            store.check_writable(path)
+        for lineno, rec in enumerate(store.read_json(path), 1):
+            try:
+                task_of(rec)
+                if rec["kind"] == "measurement":
+                    candidate_of(rec)
+            except (KeyError, TypeError, ValueError, ConfigError):
+                warnings.warn(f"{path}: record {lineno} is not a sparsebench tuning record, skipped",
+                              stacklevel=2)
+                continue
+            if not foreign and (rec.get("hardware_id") != self.hardware_id or rec.get("build_id") != self.build_id):
+                self.ignored += 1
+                continue
+            self.records.append(rec)
+        if self.ignored:
+            log(f"{path}: ignoring {self.ignored} records from another machine or build "
+                f"(this one: hardware {self.hardware_id}, build {self.build_id}); "
+                "pass --use-foreign to use them anyway")
+
+    def _stamp(self, rec):
+        rec.update(format=FORMAT, hardware_id=self.hardware_id, build_id=self.build_id,
+                   timestamp=datetime.datetime.now().isoformat(timespec="seconds"))
+        return rec
+
+    def add(self, rec):
+        store.append_json(self.path, [self._stamp(rec)])
+        self.records.append(rec)
+
+    def measurements(self, task):
+        """{candidate: record} of the task's completed measurements (the latest wins)."""
+        key = task.key()
+        out = {}
+        for rec in self.records:
+            if rec["kind"] == "measurement" and rec["task"] == key:
+                out[candidate_of(rec)] = rec
+        return out
+
+    def results(self, task=None):
+        """'result' records (one per finished tuning run), optionally of one task."""
+        key = task.key() if task else None
+        return [r for r in self.records if r["kind"] == "result" and (key is None or r["task"] == key)]
+
+    def header(self):
+        """Hardware and build descriptions for exported files."""
+        return {"hardware": fingerprint.hardware(), "hardware_id": self.hardware_id,
+                "build": fingerprint.build(), "build_id": self.build_id}

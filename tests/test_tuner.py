@@ -1,0 +1,252 @@
+"""The autotuner: search space, strategies, database durability and resume, export and lookup."""
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+
+import numpy as np
+import pytest
+
+import sparsebench as sb
+from sparsebench.cli import main
+from sparsebench.config import check_config
+from sparsebench.errors import ConfigError
+from sparsebench.shapes import Shape
+from sparsebench.tuned import TunedFallbackWarning, export, load_tuned
+from sparsebench.tuner import Autotuner, SearchSpace, Task, TuningDB, autotune, strategies
+from sparsebench.tuner.space import TUNABLE
+
+SMALL = Shape("small", 64, 48, 24)
+
+
+def _matrix(M=64, K=48, block=(4, 1), sparsity=0.7):
+    W = np.random.default_rng(0).standard_normal((M, K), dtype=np.float32)
+    return sb.BSRMatrix.from_dense(sb.prune(W, sparsity, block), block)
+
+
+def test_space_comes_from_the_kernels_and_every_config_is_valid():
+    A = _matrix()
+    space = SearchSpace(A, 24, threads=2)
+    assert len(space) == len(sb.kernel_configs(A, 24, threads=2)) > 10
+    for c in space.configs:
+        check_config(c, A)
+    assert space.default in space
+    for p in TUNABLE:
+        for c in space.neighbours(space.default, p):
+            diff = [q for q in TUNABLE if getattr(c, q) != getattr(space.default, q)]
+            assert diff == [p] and c in space
+
+
+def _synthetic(space, optimum):
+    """A smooth cost: distance in value indices from `optimum` (deterministic, no timing)."""
+    def cost(c):
+        return 1 + sum(abs(space.params[p].index(getattr(c, p)) - space.params[p].index(getattr(optimum, p)))
+                       for p in TUNABLE)
+    return cost
+
+
+@pytest.mark.parametrize("name", ["exhaustive", "random", "smart"])
+def test_strategies_find_the_optimum_of_a_smooth_cost(name):
+    space = SearchSpace(_matrix(), 24, threads=2)
+    optimum = space.configs[len(space) // 3]
+    cost = _synthetic(space, optimum)
+    seen = []
+
+    def evaluate(c):
+        assert c in space
+        seen.append(c)
+        return cost(c)
+    strategies.get(name).search(space, evaluate, np.random.default_rng(0), [space.default])
+    assert optimum in seen
+    if name == "exhaustive":
+        assert len(seen) == len(space)
+    if name == "smart":
+        assert len(set(seen)) <= 0.5 * len(space)
+
+
+def test_unknown_strategy_is_a_clear_error(capsys):
+    with pytest.raises(ValueError, match="unknown strategy 'fast'.*smart"):
+        strategies.get("fast")
+    assert main(["autotune", "--shapes", "8x8x8", "--strategy", "fast"]) == 2
+    assert "unknown strategy" in capsys.readouterr().err
+
+
+def _tune(db_path, strategy="smart", max_evals=6, **kw):
+    db = TuningDB(str(db_path), log=lambda *a: None)
+    tuner = Autotuner(db, strategy, max_evals=max_evals, samples=3, confirm_samples=3, log=lambda *a: None, **kw)
+    return db, tuner.tune_all([SMALL], [0.7], [(4, 1)], threads=1)
+
+
+def _measurements(path):
+    recs = [json.loads(line) for line in open(path) if line.strip()]
+    return [r for r in recs if r["kind"] == "measurement"]
+
+
+def test_budget_records_resume_and_retune(tmp_path):
+    path = tmp_path / "db.jsonl"
+    db, [res] = _tune(path)
+    meas = _measurements(path)
+    assert res["evals"] == 6 and len(meas) == 1 + 6          # dense + 6 configs, all recorded
+    assert all(r["status"] == "ok" and r["hardware_id"] and r["build_id"] for r in meas)
+    assert res["method"] in ("sparse", "dense") and res["dense_s"] > 0
+    _tune(path)                                             # done already: nothing measured
+    assert len(_measurements(path)) == 7
+    _tune(path, max_evals=9)                                # same strategy: still done
+    assert len(_measurements(path)) == 7
+    _tune(path, strategy="random", max_evals=9)             # another run reuses what is measured
+    assert len(_measurements(path)) <= 7 + 9
+    _tune(path, retune=True)
+    assert len(_measurements(path)) > 16 - 1
+
+
+def test_interrupted_run_resumes_without_loss_or_duplicates(tmp_path, monkeypatch):
+    path = tmp_path / "db.jsonl"
+    real = autotune.Autotuner._measure
+    count = {"n": 0}
+
+    def flaky(self, *a):
+        count["n"] += 1
+        if count["n"] == 5:
+            raise KeyboardInterrupt
+        return real(self, *a)
+    monkeypatch.setattr(autotune.Autotuner, "_measure", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        _tune(path, strategy="exhaustive", max_evals=10)
+    assert len(_measurements(path)) == 4
+    monkeypatch.setattr(autotune.Autotuner, "_measure", real)
+    db, [res] = _tune(path, strategy="exhaustive", max_evals=10)
+    meas = _measurements(path)
+    keys = [json.dumps([r["method"], r["config"]], sort_keys=True) for r in meas]
+    assert len(keys) == len(set(keys)) == 11
+    assert res["evals"] == 10
+
+
+def test_kill_9_mid_run_loses_nothing_and_resumes(tmp_path):
+    path = tmp_path / "db.jsonl"
+    cmd = [sys.executable, "-m", "sparsebench.cli", "autotune", "--shapes", "256x256x64", "--sparsity", "0.8",
+           "--strategy", "exhaustive", "--threads", "1", "--samples", "5", "--db", str(path)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and (not path.exists() or path.read_text().count("\n") < 12):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = [line for line in path.read_text().split("\n")[:-1]]
+    assert len(before) >= 12
+    subprocess.run(cmd + ["--max-evals", "40"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    after = path.read_text().split("\n")
+    assert after[-1] == ""
+    recs = [json.loads(line) for line in after[:-1]]          # every line parses
+    assert [json.dumps(r, sort_keys=True) for r in recs[:len(before)]] == \
+        [json.dumps(json.loads(line), sort_keys=True) for line in before]      # nothing lost
+    meas = [r for r in recs if r["kind"] == "measurement"]
+    keys = [json.dumps([r["method"], r["config"]], sort_keys=True) for r in meas]
+    assert len(keys) == len(set(keys))                          # nothing measured twice
+    assert sum(r["kind"] == "result" for r in recs) == 1
+
+
+def test_truncated_last_line_is_skipped_then_repaired(tmp_path):
+    path = tmp_path / "db.jsonl"
+    _tune(path, max_evals=2)
+    with open(path, "a") as f:
+        f.write('{"kind": "measurement", "task": {"M": 6')
+    with pytest.warns(UserWarning, match="incomplete last line"):
+        db, _ = _tune(path, strategy="random", max_evals=3)
+    lines = open(path).read().split("\n")
+    assert lines[-1] == "" and all(json.loads(line) for line in lines[:-1])
+
+
+def test_records_of_another_machine_are_ignored_unless_asked(tmp_path):
+    path = tmp_path / "db.jsonl"
+    _tune(path, max_evals=2)
+    text = open(path).read().replace(TuningDB(str(path)).hardware_id, "0badc0ffee00")
+    open(path, "w").write(text)
+    said = []
+    db = TuningDB(str(path), log=said.append)
+    assert not db.records and db.ignored > 0 and "another machine" in said[0] and "--use-foreign" in said[0]
+    assert TuningDB(str(path), foreign=True, log=said.append).records
+
+
+def test_wrong_candidates_are_recorded_and_never_win(tmp_path, monkeypatch):
+    real = autotune._sparse_runner
+
+    def sometimes_wrong(A, X, config):
+        run = real(A, X, config)
+        if config.prefetch == 0:
+            def wrong(out):
+                run(out)
+                out[0, 0] += 100.0
+                return out
+            return wrong
+        return run
+    monkeypatch.setattr(autotune, "_sparse_runner", sometimes_wrong)
+    path = tmp_path / "db.jsonl"
+    db, [res] = _tune(path, strategy="exhaustive", max_evals=30)
+    meas = _measurements(path)
+    wrong = [r for r in meas if r["status"] == "wrong"]
+    assert wrong and all(r["config"]["prefetch"] == 0 for r in wrong)
+    assert "float64 reference" in wrong[0]["reason"]
+    assert res["method"] == "dense" or res["config"]["prefetch"] != 0 or \
+        res["config"] == res["default_config"]
+
+
+def test_export_and_lookup_exact_nearest_default(tmp_path):
+    path = tmp_path / "db.jsonl"
+    db, [res] = _tune(path)
+    out = tmp_path / "tuned.json"
+    data = export(TuningDB(str(path)), str(out))
+    assert data["entries"][0]["M"] == 64 and data["hardware_id"] == db.hardware_id
+    tuned = load_tuned(str(out))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        c = tuned.lookup(64, 48, 24, 0.7, (4, 1), threads=1)
+    assert c.exact and c.method == res["method"]
+    if c.method == "sparse":
+        assert c.config == sb.KernelConfig.from_dict(res["config"])
+    with pytest.warns(TunedFallbackWarning, match="not tuned; using the choice tuned for 64x48x24"):
+        near = tuned.lookup(64, 48, 32, 0.72, (4, 1))
+    assert not near.exact and near.method == c.method
+    with pytest.warns(TunedFallbackWarning, match="default heuristic"):
+        far = tuned.lookup(4096, 48, 24, 0.7, (4, 1))
+    assert far.method == "sparse" and far.config is None
+    with pytest.warns(TunedFallbackWarning):
+        assert tuned.lookup(64, 48, 24, 0.7, (1, 1)).config is None      # other block
+
+
+def test_bad_tuned_files_are_clear_errors(tmp_path):
+    with pytest.raises(ConfigError, match="not found.*sparsebench export"):
+        load_tuned(str(tmp_path / "none.json"))
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        load_tuned(str(bad))
+    bad.write_text(json.dumps({"format": "other"}))
+    with pytest.raises(ConfigError, match="not a sparsebench tuned-config"):
+        load_tuned(str(bad))
+    bad.write_text(json.dumps({"format": "sparsebench-tuned", "version": 1, "entries": [{"method": "sparse"}]}))
+    with pytest.raises(ConfigError, match="malformed entry"):
+        load_tuned(str(bad))
+
+
+def test_cli_autotune_export_and_bad_input(tmp_path, capsys):
+    db = tmp_path / "t.jsonl"
+    assert main(["autotune", "--shapes", "40x32x16", "--sparsity", "0.8", "--max-evals", "4", "--threads", "1",
+                 "--samples", "3", "--db", str(db)]) == 0
+    printed = capsys.readouterr().out
+    assert "best per task" in printed and "40x32x16" in printed and "default/best" in printed
+    assert main(["export", "--db", str(db), "--out", str(tmp_path / "tuned.json")]) == 0
+    assert load_tuned(str(tmp_path / "tuned.json")).entries
+    empty = tmp_path / "empty.csv"
+    empty.write_text("# nothing\n")
+    assert main(["autotune", "--shapes", str(empty), "--db", str(db)]) == 2
+    assert "no shapes" in capsys.readouterr().err
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["autotune", "--shapes", "40x32x16", "--max-evals", "1", "--db", str(blocker / "t.jsonl")]) == 2
+    assert "cannot write results" in capsys.readouterr().err
+    assert main(["export", "--db", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "x.json")]) == 2
+    assert "no finished tuning results" in capsys.readouterr().err
