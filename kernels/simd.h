@@ -11,8 +11,22 @@
 #ifndef SPARSEBENCH_SIMD_H
 #define SPARSEBENCH_SIMD_H
 
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
+
+/* GELU(x) = x/2 (1 + erf(x / sqrt 2)), the exact (erf) form BERT uses, for the kernel epilogue.
+ * erf from Abramowitz & Stegun 7.1.26 (|error| <= 1.5e-7): with z = |x|/sqrt 2 and
+ * t = 1/(1 + p z), 1 - erf(z) = q = t (a1 + t (a2 + ... + t a5)) exp(-z^2), so
+ * 1 + erf(x/sqrt 2) is q for x < 0 (no cancellation: tails stay accurate) and 2 - q otherwise.
+ * exp(v) for v in [-87, 0]: v = k ln2 + r, |r| <= ln2/2, degree-6 Taylor polynomial times 2^k.
+ * Measured against float64 erf over [-10, 10]: |error| < 5e-7. */
+#define SB_GELU_P 0.3275911f
+#define SB_GELU_A1 0.254829592f
+#define SB_GELU_A2 -0.284496736f
+#define SB_GELU_A3 1.421413741f
+#define SB_GELU_A4 -1.453152027f
+#define SB_GELU_A5 1.061405429f
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -35,6 +49,34 @@ static inline vmask vm_first(int n) {
 static inline vf vf_maskloadu(const float *p, vmask m) { return _mm512_maskz_loadu_ps(m, p); }
 static inline void vf_maskstoreu(float *p, vmask m, vf v) { _mm512_mask_storeu_ps(p, m, v); }
 
+static inline vf vf_exp_neg(vf v) {           /* exp(v) for v <= 0 */
+    v = _mm512_max_ps(v, _mm512_set1_ps(-87.0f));
+    vf k = _mm512_roundscale_ps(_mm512_mul_ps(v, _mm512_set1_ps(1.44269504f)),
+                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    vf r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), v);
+    r = _mm512_fnmadd_ps(k, _mm512_set1_ps(-2.12194440e-4f), r);
+    vf p = _mm512_set1_ps(1.0f / 720);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, k);
+}
+static inline vf vf_gelu(vf x) {
+    vf z = _mm512_mul_ps(_mm512_abs_ps(x), _mm512_set1_ps(0.70710678f));
+    vf t = _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_fmadd_ps(z, _mm512_set1_ps(SB_GELU_P), _mm512_set1_ps(1.0f)));
+    vf s = _mm512_fmadd_ps(_mm512_set1_ps(SB_GELU_A5), t, _mm512_set1_ps(SB_GELU_A4));
+    s = _mm512_fmadd_ps(s, t, _mm512_set1_ps(SB_GELU_A3));
+    s = _mm512_fmadd_ps(s, t, _mm512_set1_ps(SB_GELU_A2));
+    s = _mm512_fmadd_ps(s, t, _mm512_set1_ps(SB_GELU_A1));
+    vf q = _mm512_mul_ps(_mm512_mul_ps(s, t), vf_exp_neg(_mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), z), z)));
+    __mmask16 neg = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ);
+    vf onep = _mm512_mask_blend_ps(neg, _mm512_sub_ps(_mm512_set1_ps(2.0f), q), q);
+    return _mm512_mul_ps(_mm512_mul_ps(x, _mm512_set1_ps(0.5f)), onep);
+}
+
 #elif defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define SB_VW 8
@@ -53,6 +95,36 @@ static inline vmask vm_first(int n) {
 }
 static inline vf vf_maskloadu(const float *p, vmask m) { return _mm256_maskload_ps(p, m); }
 static inline void vf_maskstoreu(float *p, vmask m, vf v) { _mm256_maskstore_ps(p, m, v); }
+
+static inline vf vf_exp_neg(vf v) {           /* exp(v) for v <= 0 */
+    v = _mm256_max_ps(v, _mm256_set1_ps(-87.0f));
+    vf k = _mm256_round_ps(_mm256_mul_ps(v, _mm256_set1_ps(1.44269504f)),
+                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    vf r = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693359375f), v);
+    r = _mm256_fnmadd_ps(k, _mm256_set1_ps(-2.12194440e-4f), r);
+    vf p = _mm256_set1_ps(1.0f / 720);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    /* 2^k for k in [-126, 0]: build the float's exponent field */
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+static inline vf vf_gelu(vf x) {
+    vf z = _mm256_mul_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.0f), x), _mm256_set1_ps(0.70710678f));
+    vf t = _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_fmadd_ps(z, _mm256_set1_ps(SB_GELU_P), _mm256_set1_ps(1.0f)));
+    vf s = _mm256_fmadd_ps(_mm256_set1_ps(SB_GELU_A5), t, _mm256_set1_ps(SB_GELU_A4));
+    s = _mm256_fmadd_ps(s, t, _mm256_set1_ps(SB_GELU_A3));
+    s = _mm256_fmadd_ps(s, t, _mm256_set1_ps(SB_GELU_A2));
+    s = _mm256_fmadd_ps(s, t, _mm256_set1_ps(SB_GELU_A1));
+    vf q = _mm256_mul_ps(_mm256_mul_ps(s, t), vf_exp_neg(_mm256_mul_ps(_mm256_sub_ps(_mm256_setzero_ps(), z), z)));
+    vf neg = _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_LT_OQ);
+    vf onep = _mm256_blendv_ps(_mm256_sub_ps(_mm256_set1_ps(2.0f), q), q, neg);
+    return _mm256_mul_ps(_mm256_mul_ps(x, _mm256_set1_ps(0.5f)), onep);
+}
 
 #else
 #define SB_VW 4
@@ -73,6 +145,12 @@ static inline vf vf_maskloadu(const float *p, vmask m) {
 }
 static inline void vf_maskstoreu(float *p, vmask m, vf v) {
     for (int i = 0; i < m; i++) p[i] = v[i];
+}
+
+static inline vf vf_gelu(vf x) {
+    vf y;
+    for (int i = 0; i < SB_VW; i++) y[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.70710678f));
+    return y;
 }
 #endif
 

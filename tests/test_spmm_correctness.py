@@ -5,8 +5,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import sparsebench as sb
-from conftest import (SUPPORTED_BLOCKS, THREADS, all_configs, assert_spmm_close, examples,
-                      pruned_problems, random_pruned, random_x)
+from conftest import (SUPPORTED_BLOCKS, THREADS, U32, all_configs, assert_spmm_close, examples,
+                      pruned_problems, random_pruned, random_x, reference, spmm_bound)
 
 # Small shapes with remainders everywhere: M and K not multiples of any block, N not a multiple
 # of any n_tile, N below every vector width (1, 2) and N large enough to split into n_panels.
@@ -176,6 +176,45 @@ def test_random_problems_with_bias_and_out(problem, data):
     Y = sb.spmm(A, X, config=cfg, out=out, bias=bias)
     assert Y is out
     assert_spmm_close(Y, W, X, bias=bias, context=str(cfg))
+
+
+# -- fused GELU epilogue ------------------------------------------------------------------------
+
+def _assert_gelu_close(Y, W, X, bias, context):
+    """GELU is 1.13-Lipschitz: the float32 bound of the sum carries through, plus 5e-7 for the
+    erf approximation and a float32 rounding of the result."""
+    from scipy.special import erf
+    pre = reference(W, X, bias)
+    ref = 0.5 * pre * (1 + erf(pre / np.sqrt(2)))
+    bound = 1.13 * spmm_bound(W, X, bias) + 5e-7 + 2 * U32 * np.abs(ref)
+    err = np.abs(Y.astype(np.float64) - ref)
+    assert (err <= bound).all(), f"{context}: max excess {(err - bound).max():.3g}"
+
+
+@pytest.mark.parametrize("block", SUPPORTED_BLOCKS, ids=lambda b: "%dx%d" % b)
+def test_gelu_epilogue_every_config(block):
+    M, K, N = 37, 300, 19
+    W, A = random_pruned(M, K, block, 0.5, seed=5, empty_block_rows=0.2)
+    X = random_x(K, N) * 0.2          # pre-activations around [-4, 4]: every branch of erf
+    bias = np.linspace(-3, 3, M, dtype=np.float32)
+    for cfg in all_configs(A, N):
+        _assert_gelu_close(sb.spmm(A, X, config=cfg, bias=bias, activation="gelu"), W, X, bias, str(cfg))
+        _assert_gelu_close(sb.spmm(A, X, config=cfg, activation="gelu"), W, X, None, str(cfg))
+
+
+def test_gelu_extreme_inputs_and_bad_activation():
+    W = np.array([[1.0], [1.0]], np.float32)
+    A = sb.BSRMatrix.from_dense(W, (1, 1))
+    X = np.array([[-200.0, -8.0, -1e-30, 0.0, 1e-30, 3.0, 200.0, 1e30]], np.float32)
+    Y = sb.spmm(A, X, activation="gelu")
+    assert abs(Y[0, 0]) < 1e-30 and Y[0, 3] == 0.0 and Y[0, 1] == pytest.approx(-5.0278e-15, rel=1e-3)
+    assert Y[0, 6] == 200.0 and Y[0, 7] == 1e30
+    assert Y[0, 5] == pytest.approx(2.9959502, abs=1e-6)
+    with pytest.raises(ValueError, match="activation must be None or 'gelu'"):
+        sb.spmm(A, X, activation="relu")
+    A0 = sb.BSRMatrix.from_dense(np.zeros((2, 0), np.float32), (1, 1))
+    Y0 = sb.spmm(A0, np.zeros((0, 3), np.float32), bias=np.array([-1, 1], np.float32), activation="gelu")
+    assert Y0[0, 0] == pytest.approx(-0.15865525) and Y0[1, 0] == pytest.approx(0.8413447)
 
 
 # -- out= and strided operands ----------------------------------------------------------------
