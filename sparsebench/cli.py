@@ -88,6 +88,13 @@ def cmd_compare(args):
     if args.config:
         fixed = KernelConfig.from_json(args.config)
         config_for = lambda A, n, s: fixed      # noqa: E731
+    elif args.tuned:
+        from .tuned import load_tuned
+        tuned = load_tuned(args.tuned)
+
+        def config_for(A, n, s):
+            choice = tuned.lookup(A.shape[0], A.shape[1], n, s, A.block, threads=threads)
+            return "dense" if choice.method == "dense" else choice.config
     store.check_writable(out)
     read_rows(out)      # an unwritable, foreign or corrupt file fails now, before any measuring
     cache = "cold (caches flushed before every call)" if args.cold else "warm (calibrated loops)"
@@ -199,6 +206,8 @@ def build_parser():
     q.add_argument("--samples", type=_positive, default=30, help="interleaved samples per method")
     q.add_argument("--cold", action="store_true", help="flush the caches before every timed call")
     q.add_argument("--config", default=None, help="KernelConfig JSON for the sparsebench method")
+    q.add_argument("--tuned", default=None, help="tuned-config file (sparsebench export) for the "
+                   "sparsebench method; default: the default heuristic")
     q.add_argument("--out", default=None, help="CSV (default results/compare-<shapes>.csv); "
                    "an existing file is resumed")
     q.add_argument("--rerun", action="store_true", help="move existing results aside and measure all")

@@ -20,7 +20,7 @@ class Problem:
     X: np.ndarray                 # activations float32 (K x N), C order
     sparsity: float
     threads: int
-    config: object = None         # KernelConfig for the `sparsebench` method (None: default)
+    config: object = None         # `sparsebench` method: KernelConfig, "dense" or None (default)
 
     @property
     def block(self):
