@@ -121,6 +121,27 @@ def cmd_compare(args):
 METHOD_NAMES = _method_names()
 
 
+def cmd_run(args):
+    """autotune -> export -> compare (tuned): the main job, all into one results folder."""
+    folder = args.results
+    common = ["--shapes", args.shapes, "--sparsity", ",".join(f"{s:g}" for s in args.sparsity),
+              "--block", ",".join("%dx%d" % b for b in args.block)]
+    if args.threads:
+        common += ["--threads", str(args.threads)]
+    db, tuned = os.path.join(folder, "tuning.jsonl"), os.path.join(folder, "tuned.json")
+    steps = [["autotune", *common, "--db", db, "--strategy", args.strategy]
+             + (["--max-evals", str(args.max_evals)] if args.max_evals else []),
+             ["export", "--db", db, "--out", tuned],
+             ["compare", *common, "--tuned", tuned, "--methods", args.methods,
+              "--out", os.path.join(folder, f"compare-{_set_name(args.shapes)}.csv")]]
+    for step in steps:
+        print(f"\n$ sparsebench {' '.join(step)}", flush=True)
+        sub = build_parser().parse_args(step)
+        rc = sub.func(sub)
+        if rc:
+            return rc
+
+
 def _duration(text):
     """'90', '90s', '10m', '1.5h' -> seconds."""
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(s|m|h|ms)?\s*", text)
@@ -228,6 +249,16 @@ def build_parser():
     q.add_argument("--use-foreign", action="store_true",
                    help="use records from another machine or build too")
     q.set_defaults(func=cmd_autotune)
+    q = sub.add_parser("run", help="the main job: autotune, export, compare with the tuned configs, report")
+    q.add_argument("--shapes", default="quick", help="shape set name (shapes/NAME.csv), CSV path or MxKxN list")
+    q.add_argument("--sparsity", type=_floats, default=[0.7, 0.8, 0.9], help="e.g. 0.7,0.8,0.9")
+    q.add_argument("--block", type=_blocks, default=[(4, 1)], help="e.g. 4x1,1x1")
+    q.add_argument("--threads", type=_positive, default=None, help="default: all cores")
+    q.add_argument("--strategy", default="smart", help="autotune strategy: smart, exhaustive or random")
+    q.add_argument("--max-evals", type=_positive, default=None, help="sparse configs measured per task")
+    q.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="methods to compare")
+    q.add_argument("--results", default="results", help="folder for the database, tuned file, CSV, report")
+    q.set_defaults(func=cmd_run)
     q = sub.add_parser("export", help="write the tuned winners as a JSON file models import")
     q.add_argument("--db", default=os.path.join("results", "tuning.jsonl"))
     q.add_argument("--out", default=os.path.join("results", "tuned.json"))
