@@ -185,6 +185,38 @@ def cmd_autotune(args):
     print(f"database: {args.db}; next: sparsebench export --db {args.db} --out results/tuned.json")
 
 
+def cmd_check_strategy(args):
+    from .compare import format_table
+    from .cpu import default_threads
+    from .tuner import Task, TuningDB
+    from .tuner.check import check_strategy
+
+    threads = args.threads or default_threads()
+    db = TuningDB(args.db, foreign=args.use_foreign, writable=False)
+    tasks = [Task(sh.M, sh.K, sh.N, s, b, "float32", threads)
+             for sh in load_shapes(args.shapes) for b in args.block for s in args.sparsity]
+    rows = check_strategy(db, tasks, args.strategy, args.against)
+    lines, fractions, slowdowns = [], [], []
+    for r in rows:
+        t = r["task"]
+        head = [f"{t.M}x{t.K}x{t.N}", "%dx%d" % t.block, f"{t.sparsity:g}"]
+        if "missing" in r:
+            lines.append(head + [f"not tuned with {r['missing']}"] + [""] * 4)
+            continue
+        fractions.append(r["evals"] / max(r["ref_evals"], 1))
+        slowdowns.append(r["slowdown"])
+        lines.append(head + [f"{r['evals']}/{r['ref_evals']}", f"{r['mine_ms']:.4f}", f"{r['ref_ms']:.4f}",
+                             f"{r['slowdown']:.3f} [{r['slowdown_p20']:.3f}-{r['slowdown_p80']:.3f}]",
+                             r["mine"]])
+    print(f"{args.strategy} vs {args.against}: winners re-timed side by side (median of 41 interleaved "
+          f"samples); slowdown = {args.strategy} winner time / {args.against} winner time")
+    print(format_table(["MxKxN", "block", "sparsity", "evals", f"{args.strategy} ms", f"{args.against} ms",
+                        "slowdown [p20-p80]", f"{args.strategy} winner"], lines))
+    if slowdowns:
+        print(f"worst slowdown {max(slowdowns):.3f}, median {sorted(slowdowns)[len(slowdowns) // 2]:.3f}; "
+              f"evaluations used: {min(fractions):.0%}-{max(fractions):.0%} of {args.against}'s")
+
+
 def _short_config(d):
     from .config import KernelConfig
     return str(KernelConfig.from_dict(d))
@@ -259,6 +291,16 @@ def build_parser():
     q.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="methods to compare")
     q.add_argument("--results", default="results", help="folder for the database, tuned file, CSV, report")
     q.set_defaults(func=cmd_run)
+    q = sub.add_parser("check-strategy", help="re-time one strategy's winners against another's")
+    q.add_argument("--shapes", default="quick", help="shape set name (shapes/NAME.csv), CSV path or MxKxN list")
+    q.add_argument("--sparsity", type=_floats, default=[0.7, 0.8, 0.9], help="e.g. 0.7,0.8,0.9")
+    q.add_argument("--block", type=_blocks, default=[(4, 1)], help="e.g. 4x1,1x1")
+    q.add_argument("--threads", type=_positive, default=None, help="default: all cores")
+    q.add_argument("--strategy", default="smart")
+    q.add_argument("--against", default="exhaustive")
+    q.add_argument("--db", default=os.path.join("results", "tuning.jsonl"))
+    q.add_argument("--use-foreign", action="store_true", help="use records of another machine or build")
+    q.set_defaults(func=cmd_check_strategy)
     q = sub.add_parser("export", help="write the tuned winners as a JSON file models import")
     q.add_argument("--db", default=os.path.join("results", "tuning.jsonl"))
     q.add_argument("--out", default=os.path.join("results", "tuned.json"))

@@ -21,6 +21,7 @@ from ..spmm import spmm
 from ..timing import interleaved, measure
 from ..verify import Reference
 from . import strategies
+from .check import task_shape
 from .db import Task, candidate_of, task_of
 from .space import SearchSpace
 
@@ -64,7 +65,7 @@ class Autotuner:
         if done and not self.retune:
             self.log(f"{name or task}: already tuned ({self.strategy_name}); --retune to measure again")
             return done[-1]
-        W, X = problem_arrays(_shape(task))
+        W, X = problem_arrays(task_shape(task))
         Wp = prune(W, task.sparsity, task.block)
         A = BSRMatrix.from_dense(Wp, task.block)
         ref = Reference(Wp, X)
@@ -162,11 +163,6 @@ class Autotuner:
                "trajectory": [times[c] if math.isfinite(times[c]) else None for c in order[1:]]}
         self.db.add(rec)
         return rec
-
-
-def _shape(task):
-    from ..shapes import Shape
-    return Shape(str(task), task.M, task.K, task.N)
 
 
 def _dense_runner(W, X):
