@@ -8,6 +8,7 @@ import sys
 from .baselines import DEFAULT_METHODS, names as _method_names
 from .blocks import parse_block
 from .errors import SparsebenchError
+from .report import cli as report_cli
 from .prune import check_sparsity
 from .shapes import ShapeFileError, load_shapes
 
@@ -122,7 +123,7 @@ METHOD_NAMES = _method_names()
 
 
 def cmd_run(args):
-    """autotune -> export -> compare (tuned): the main job, all into one results folder."""
+    """autotune -> export -> compare (tuned) -> report: the main job, all into one results folder."""
     folder = args.results
     common = ["--shapes", args.shapes, "--sparsity", ",".join(f"{s:g}" for s in args.sparsity),
               "--block", ",".join("%dx%d" % b for b in args.block)]
@@ -133,7 +134,8 @@ def cmd_run(args):
              + (["--max-evals", str(args.max_evals)] if args.max_evals else []),
              ["export", "--db", db, "--out", tuned],
              ["compare", *common, "--tuned", tuned, "--methods", args.methods,
-              "--out", os.path.join(folder, f"compare-{_set_name(args.shapes)}.csv")]]
+              "--out", os.path.join(folder, f"compare-{_set_name(args.shapes)}.csv")],
+             ["report", folder, "--out", os.path.join(folder, "report")]]
     for step in steps:
         print(f"\n$ sparsebench {' '.join(step)}", flush=True)
         sub = build_parser().parse_args(step)
@@ -301,6 +303,7 @@ def build_parser():
     q.add_argument("--db", default=os.path.join("results", "tuning.jsonl"))
     q.add_argument("--use-foreign", action="store_true", help="use records of another machine or build")
     q.set_defaults(func=cmd_check_strategy)
+    report_cli.add_parser(sub)
     q = sub.add_parser("export", help="write the tuned winners as a JSON file models import")
     q.add_argument("--db", default=os.path.join("results", "tuning.jsonl"))
     q.add_argument("--out", default=os.path.join("results", "tuned.json"))
