@@ -291,11 +291,14 @@ def quantize_activations(X, block=(4, 1), scale=None, threads=None):
     X = operand(X, "X")
     layout = LAYOUTS[check_int8_block(block)]
     scale = 0.0 if scale is None else _check_scale(scale)
-    module = kernel_module(best_isa("int8"), "int8")
-    K, N = X.shape
-    threads = 1 if K * N < SERIAL_PACK else threads or default_threads()
-    packed, scale = module.quantize(X, layout == "quads", scale, min(threads, MAX_PACK_THREADS))
-    return QuantizedActivations(packed, (K, N), layout, scale)
+    packed, scale = pack(X, layout, scale, threads or default_threads())
+    return QuantizedActivations(packed, X.shape, layout, scale)
+
+
+def pack(X, layout, scale, threads):
+    """(packed u8 array, scale) of a checked float32 X; scale 0 means max |X| / 127."""
+    threads = 1 if X.shape[0] * X.shape[1] < SERIAL_PACK else min(threads, MAX_PACK_THREADS)
+    return kernel_module(best_isa("int8"), "int8").quantize(X, layout == "quads", scale, threads)
 
 
 def _check_scale(scale):

@@ -4,7 +4,7 @@ import numpy as np
 from .arrays import operand as _operand
 from .bsr import BSRMatrix
 from .config import KernelConfig, check_config, default_config, variant_id
-from .quant import LAYOUTS, QuantizedActivations, QuantizedBSRMatrix, quantize_activations
+from .quant import LAYOUTS, QuantizedActivations, QuantizedBSRMatrix, pack
 
 
 ACTIVATIONS = {None: 0, "gelu": 1}
@@ -74,10 +74,12 @@ def spmm(A, X, config=None, out=None, bias=None, activation=None):
         return out
     if int8:
         module, vid = plan
-        if not isinstance(X, QuantizedActivations):
-            X = quantize_activations(X, A.block, threads=config.threads)
+        if isinstance(X, QuantizedActivations):
+            packed, xscale = X._packed, X.scale
+        else:
+            packed, xscale = pack(X, LAYOUTS[A.block], 0.0, config.threads)
         module.run(vid, A._data, A._indices_padded, A._gptr, A.task_bounds(config.threads, config.m_tile),
-                   A._comp, A._scales, X._packed, X.scale, y, M, X._packed.shape[0], config.prefetch,
+                   A._comp, A._scales, packed, xscale, y, M, packed.shape[0], config.prefetch,
                    config.threads, bias, ACTIVATIONS[activation])
         return out
     if K == 0:
