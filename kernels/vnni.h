@@ -121,6 +121,15 @@ static uint32_t sb_absmax_bits(const float *X, ptrdiff_t ldx, int k0, int k1, in
     return _mm512_reduce_max_epu32(_mm512_max_epu32(_mm512_max_epu32(b0, b1), _mm512_max_epu32(b2, b3)));
 }
 
+/* 64 u8 from 4 vectors of floats (see sb_to_u8 for the order); tracks |x| if calibrated */
+static inline vi sb_quant64(vf v0, vf v1, vf v2, vf v3, vf inv, vi *bits, int calibrated) {
+    if (calibrated)
+        *bits = _mm512_max_epu32(_mm512_max_epu32(*bits, _mm512_max_epu32(sb_absbits(v0), sb_absbits(v1))),
+                                 _mm512_max_epu32(sb_absbits(v2), sb_absbits(v3)));
+    return sb_to_u8(sb_quant16(v0, inv, calibrated), sb_quant16(v1, inv, calibrated),
+                    sb_quant16(v2, inv, calibrated), sb_quant16(v3, inv, calibrated));
+}
+
 /* Rows k0..k1 of X into the rows layout (out row k at out + k * ldo, npad columns, npad a
  * multiple of 64); returns the largest |x| seen, as bits (calibrated mode; else 0). */
 static inline uint32_t sb_pack_rows(const float *X, ptrdiff_t ldx, int k0, int k1, int N, int npad,
@@ -129,16 +138,15 @@ static inline uint32_t sb_pack_rows(const float *X, ptrdiff_t ldx, int k0, int k
     vi bits = vi_zero();
     for (int k = k0; k < k1; k++) {
         const float *x = X + (ptrdiff_t)k * ldx;
-        for (int c = 0; c < npad; c += 64) {
-            vi q[4];
-            for (int j = 0; j < 4; j++) {
-                vf v = sb_load16(x + c + 16 * j, N - c - 16 * j);
-                if (calibrated)
-                    bits = _mm512_max_epu32(bits, sb_absbits(v));
-                q[j] = sb_quant16(v, inv, calibrated);
-            }
-            _mm512_storeu_si512((void *)(out + (ptrdiff_t)k * ldo + c), sb_to_u8(q[0], q[1], q[2], q[3]));
-        }
+        uint8_t *o = out + (ptrdiff_t)k * ldo;
+        int c = 0;
+        for (; c + 64 <= N; c += 64)        /* whole chunks, then the padded tail */
+            _mm512_storeu_si512((void *)(o + c), sb_quant64(_mm512_loadu_ps(x + c), _mm512_loadu_ps(x + c + 16),
+                                _mm512_loadu_ps(x + c + 32), _mm512_loadu_ps(x + c + 48), inv, &bits, calibrated));
+        for (; c < npad; c += 64)
+            _mm512_storeu_si512((void *)(o + c), sb_quant64(sb_load16(x + c, N - c), sb_load16(x + c + 16, N - c - 16),
+                                sb_load16(x + c + 32, N - c - 32), sb_load16(x + c + 48, N - c - 48), inv, &bits,
+                                calibrated));
     }
     return _mm512_reduce_max_epu32(bits);
 }
@@ -160,17 +168,17 @@ static inline uint32_t sb_pack_quads(const float *X, ptrdiff_t ldx, int K, int g
             x[t] = X + (ptrdiff_t)(4 * g + t < K ? 4 * g + t : 0) * ldx;
             n[t] = 4 * g + t < K ? N : 0;
         }
-        for (int c = 0; c < npad; c += 16) {
-            vi q[4];
-            for (int t = 0; t < 4; t++) {
-                vf v = sb_load16(x[t] + c, n[t] - c);
-                if (calibrated)
-                    bits = _mm512_max_epu32(bits, sb_absbits(v));
-                q[t] = sb_quant16(v, inv, calibrated);
-            }
-            vi b = _mm512_shuffle_epi8(sb_to_u8(q[0], q[1], q[2], q[3]), transpose);
-            _mm512_storeu_si512((void *)(out + (ptrdiff_t)g * ldo + 4 * (ptrdiff_t)c), b);
-        }
+        uint8_t *o = out + (ptrdiff_t)g * ldo;
+        int c = 0;
+        if (4 * g + 3 < K)                     /* whole vectors of 4 rows, then the rest */
+            for (; c + 16 <= N; c += 16)
+                _mm512_storeu_si512((void *)(o + 4 * c), _mm512_shuffle_epi8(sb_quant64(
+                    _mm512_loadu_ps(x[0] + c), _mm512_loadu_ps(x[1] + c), _mm512_loadu_ps(x[2] + c),
+                    _mm512_loadu_ps(x[3] + c), inv, &bits, calibrated), transpose));
+        for (; c < npad; c += 16)
+            _mm512_storeu_si512((void *)(o + 4 * c), _mm512_shuffle_epi8(sb_quant64(
+                sb_load16(x[0] + c, n[0] - c), sb_load16(x[1] + c, n[1] - c), sb_load16(x[2] + c, n[2] - c),
+                sb_load16(x[3] + c, n[3] - c), inv, &bits, calibrated), transpose));
     }
     return _mm512_reduce_max_epu32(bits);
 }
