@@ -2,6 +2,7 @@
 
     python -m sparsebench.bench_int8 [--shapes bert-base] [--threads 1,2] [--samples 25]
                                      [--out results/bench-int8.csv]
+    python -m sparsebench.bench_int8 --table results/bench-int8.csv     # the README table
 
 For every shape (N = 128 rows of the shape set by default), block (4x1, 4x4) and sparsity,
 times interleaved: float32 spmm with the faster of the tuned config in
@@ -93,6 +94,23 @@ def run(shapes, blocks, sparsities, threads_list, samples, log=print):
     return rows
 
 
+def markdown(rows):
+    """README table: one line per shape, block and threads; per sparsity the speedup of the
+    kernel alone / with quantize + pack."""
+    sparsities = sorted({float(r["sparsity"]) for r in rows})
+    lines = ["| shape | block | threads | " + " | ".join(f"{s:.0%} sparse" for s in sparsities) + " |",
+             "|---" * (3 + len(sparsities)) + "|"]
+    cells = {}
+    for r in rows:
+        key = (r["shape"], r["block"], int(r["threads"]))
+        cells.setdefault(key, {})[float(r["sparsity"])] = \
+            f"{float(r['speedup']):.2f}× / {float(r['speedup_with_quant']):.2f}×"
+    for (shape, block, threads), by_s in cells.items():
+        lines.append(f"| {shape} | {block.replace('x', '×')} | {threads} | "
+                     + " | ".join(by_s.get(s, "") for s in sparsities) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m sparsebench.bench_int8", description=__doc__.split("\n")[0])
     p.add_argument("--shapes", default="bert-base", help="shape set (shapes/*.csv) or MxKxN list")
@@ -102,7 +120,11 @@ def main(argv=None):
     p.add_argument("--threads", default="1,2")
     p.add_argument("--samples", type=int, default=25)
     p.add_argument("--out", help="CSV file to write")
+    p.add_argument("--table", metavar="CSV", help="only print the markdown table of a results CSV")
     a = p.parse_args(argv)
+    if a.table:
+        print(markdown(list(csv.DictReader(open(a.table)))))
+        return 0
     shapes = [s for s in load_shapes(a.shapes) if not a.n or s.N == a.n]
     blocks = [tuple(int(v) for v in b.split("x")) for b in a.block.split(",")]
     rows = run(shapes, blocks, [float(s) for s in a.sparsity.split(",")],
@@ -112,6 +134,7 @@ def main(argv=None):
             w = csv.DictWriter(f, FIELDS)
             w.writeheader()
             w.writerows(rows)
+    print(markdown(rows))
     return 0
 
 
