@@ -185,10 +185,11 @@ class QuantizedBSRMatrix:
         Mb = self._gptr.shape[0] - 1
         groups = np.diff(self._gptr)
         if bc == 4:
-            out = np.zeros((Mb, br, -(-K // 4), 4), dtype=np.int8)
+            Kq = -(-K // 4)
+            out = np.zeros((Mb, br, Kq, 4), dtype=np.int8)
             rows = np.repeat(np.arange(Mb), groups)
             out[rows, :, self._indices_padded[:self._data.shape[0]], :] = self._data
-            return out.reshape(Mb * br, -1)[:M, :K].copy()
+            return out.reshape(Mb * br, Kq * 4)[:M, :K].copy()
         out = np.zeros((Mb, br, K), dtype=np.int32)
         rows = np.repeat(np.arange(Mb), 4 * groups)
         vals = self._data.transpose(0, 2, 1).reshape(-1, br)                 # (members, br)

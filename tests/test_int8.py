@@ -349,6 +349,8 @@ def test_empty_matrix_gives_the_bias_and_its_gelu(block):
                  np.zeros((0, N), np.float32), bias=bias)
     np.testing.assert_array_equal(Y0, np.repeat(bias[:, None], N, 1))
     assert sb.spmm(Aq, np.zeros((K, 0), np.float32)).shape == (M, 0)
+    A_no_rows = sb.QuantizedBSRMatrix.from_dense(np.zeros((0, K), np.float32), block)
+    assert A_no_rows.to_int8().shape == (0, K) and sb.spmm(A_no_rows, X).shape == (0, N)
 
 
 @needs_vnni
