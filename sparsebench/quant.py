@@ -243,12 +243,13 @@ class QuantizedActivations:
         layout = LAYOUTS[check_int8_block(block)]
         K, N = U.shape
         npad = N_PAD[layout] * -(-N // N_PAD[layout])
-        full = np.full((4 * -(-K // 4) if layout == "quads" else K, npad), ZERO_POINT, np.uint8)
+        Kq = -(-K // 4)
+        full = np.full((4 * Kq if layout == "quads" else K, npad), ZERO_POINT, np.uint8)
         full[:K, :N] = U
         if layout == "quads":        # quad-row g: column c at bytes 4c..4c+3 = rows 4g..4g+3
-            packed = full.reshape(-1, 4, npad).transpose(0, 2, 1).reshape(-1, 4 * npad)
+            packed = full.reshape(Kq, 4, npad).transpose(0, 2, 1).reshape(Kq, 4 * npad)
         else:                        # each 64-column chunk in _mm512_packs order (vnni.h)
-            packed = full.reshape(K, -1, 4, 4, 4).transpose(0, 1, 3, 2, 4).reshape(K, npad)
+            packed = full.reshape(K, npad // 64, 4, 4, 4).transpose(0, 1, 3, 2, 4).reshape(K, npad)
         return cls(np.ascontiguousarray(packed), (K, N), layout, scale)
 
     @property
@@ -268,10 +269,11 @@ class QuantizedActivations:
         """The quantized values as a K x N uint8 array (zero point 128)."""
         K, N = self._shape
         P = self._packed
+        rows, width = P.shape
         if self._layout == "quads":
-            full = P.reshape(P.shape[0], -1, 4).transpose(0, 2, 1).reshape(4 * P.shape[0], -1)
+            full = P.reshape(rows, width // 4, 4).transpose(0, 2, 1).reshape(4 * rows, width // 4)
         else:
-            full = P.reshape(K, -1, 4, 4, 4).transpose(0, 1, 3, 2, 4).reshape(K, -1)
+            full = P.reshape(K, width // 64, 4, 4, 4).transpose(0, 1, 3, 2, 4).reshape(K, width)
         return full[:K, :N].copy()
 
     def to_float(self):
