@@ -3,8 +3,8 @@
 Environment:
   SPARSEBENCH_TARGET  native (default): build the ISA variants this build machine can run and tune
                       instruction scheduling for it (-mtune=native);
-                      portable: build every variant (generic, avx2, avx512) with generic tuning, for
-                      wheels that run anywhere.
+                      portable: build every variant (generic, avx2, avx512, and the int8
+                      avx512vnni kernels) with generic tuning, for wheels that run anywhere.
   Both are safe on any CPU: each variant is compiled with an explicit instruction-set list (never
   -march=native) and sparsebench imports a variant only after checking the CPU has that list.
 """
@@ -34,6 +34,12 @@ ISAS = {
     "avx512": (["-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq", "-mavx2", "-mfma"],
                16, 32, (1, 2, 3, 4, 6, 8)),
 }
+# int8 kernels (kernels/spmm_int8.pyx.tp): u8 activations x s8 weights -> s32 with vpdpbusd
+INT8_ISAS = {
+    "avx512vnni": ["-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq", "-mavx512vnni",
+                   "-mavx2", "-mfma"],
+}
+INT8_BLOCKS = [(4, 1), (4, 4), (1, 4)]
 PREFETCH_PAD = 64
 COMMON_FLAGS = ["-O3", "-pthread", "-fno-math-errno", "-Wno-unused-function", "-Wno-unreachable-code"]
 
@@ -51,12 +57,16 @@ def host_isas():
         isas.append("avx2")
     if {"avx512f", "avx512vl", "avx512bw", "avx512dq"} <= flags:
         isas.append("avx512")
+        if "avx512_vnni" in flags:
+            isas.append("avx512vnni")
     return isas
 
 
 def render(template, out, **namespace):
-    """Render a Tempita template to `out` unless `out` is newer than the template and simd.h."""
-    deps = [template, os.path.join(KERNELS, "simd.h"), os.path.join(KERNELS, "pool.h"), __file__]
+    """Render a Tempita template to `out` unless `out` is newer than the template, the headers
+    and this file."""
+    headers = [os.path.join(KERNELS, n) for n in os.listdir(KERNELS) if n.endswith(".h")]
+    deps = [template, __file__] + headers
     if os.path.exists(out) and os.path.getmtime(out) >= max(map(os.path.getmtime, deps)):
         return
     with open(template) as f:
@@ -91,9 +101,11 @@ def extensions():
     target = os.environ.get("SPARSEBENCH_TARGET", "native")
     if target not in ("native", "portable"):
         sys.exit(f"SPARSEBENCH_TARGET must be 'native' or 'portable', not {target!r}")
-    isas = host_isas() if target == "native" else list(ISAS)
+    wanted = host_isas() if target == "native" else list(ISAS) + list(INT8_ISAS)
+    isas = [isa for isa in wanted if isa in ISAS]
+    int8_isas = [isa for isa in wanted if isa in INT8_ISAS]
     tune = ["-mtune=native"] if target == "native" else []
-    exts, flags_by_isa = [], {}
+    exts, flags_by_isa, int8_flags = [], {}, {}
     for isa in isas:
         isa_flags, vw, nregs, j_choices = ISAS[isa]
         pyx = os.path.join(GENERATED, f"spmm_{isa}.pyx")
@@ -105,6 +117,16 @@ def extensions():
                               include_dirs=[KERNELS, numpy.get_include()],
                               define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
                               extra_compile_args=flags, extra_link_args=["-pthread"]))
+    for isa in int8_isas:
+        pyx = os.path.join(GENERATED, f"spmm_int8_{isa}.pyx")
+        render(os.path.join(KERNELS, "spmm_int8.pyx.tp"), pyx, isa=isa, BLOCKS=INT8_BLOCKS,
+               PREFETCH_PAD=PREFETCH_PAD)
+        flags = COMMON_FLAGS + INT8_ISAS[isa] + tune
+        int8_flags[isa] = flags
+        exts.append(Extension(f"sparsebench._spmm_int8_{isa}", [os.path.relpath(pyx, HERE)],
+                              include_dirs=[KERNELS, numpy.get_include()],
+                              define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
+                              extra_compile_args=flags, extra_link_args=["-pthread"]))
     exts.append(Extension("sparsebench._cpu", ["kernels/cpu.pyx"], include_dirs=[KERNELS],
                           extra_compile_args=["-O2"]))
     # baseline-ISA flags: the untuned reference must run everywhere
@@ -113,8 +135,9 @@ def extensions():
                           define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
                           extra_compile_args=["-O3", "-pthread"], extra_link_args=["-pthread"]))
     buildinfo = {"target": target, "isas": isas, "flags": flags_by_isa,
+                 "int8_isas": int8_isas, "int8_flags": int8_flags,
                  "compiler": compiler_version(), "template_hash": template_hash(),
-                 "prefetch_pad": PREFETCH_PAD, "blocks": BLOCKS,
+                 "prefetch_pad": PREFETCH_PAD, "blocks": BLOCKS, "int8_blocks": INT8_BLOCKS,
                  "python": platform.python_version(), "numpy_build": numpy.__version__}
     write_if_changed(os.path.join(HERE, "sparsebench", "_buildinfo.py"),
                      BANNER.format(src="setup.py") + f"BUILD = {pprint.pformat(buildinfo)}\n")

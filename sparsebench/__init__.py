@@ -15,8 +15,10 @@ from .bsr import BSRMatrix  # noqa: E402
 from .config import KernelConfig, default_config, kernel_configs  # noqa: E402
 from .errors import ConfigError, SparsebenchError, UnsupportedISAError  # noqa: E402
 from .prune import prune  # noqa: E402
+from .quant import QuantizedActivations, QuantizedBSRMatrix, quantize_activations  # noqa: E402
 from .spmm import spmm  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["BSRMatrix", "KernelConfig", "ConfigError", "SparsebenchError", "SUPPORTED_BLOCKS",
-           "UnsupportedISAError", "default_config", "kernel_configs", "prune", "spmm"]
+__all__ = ["BSRMatrix", "KernelConfig", "ConfigError", "QuantizedActivations", "QuantizedBSRMatrix",
+           "SparsebenchError", "SUPPORTED_BLOCKS", "UnsupportedISAError", "default_config",
+           "kernel_configs", "prune", "quantize_activations", "spmm"]

@@ -212,20 +212,25 @@ class BSRMatrix:
         key = (threads, m_tile)
         bounds = self._tasks.get(key)
         if bounds is None:
-            nbrows = self._indptr.shape[0] - 1
-            if m_tile > 0:
-                bounds = np.append(np.arange(0, nbrows, m_tile), nbrows)
-            else:
-                # cost of a block row: its blocks' multiply-adds plus a fixed cost per row (stores)
-                br, bc = self.block
-                cost = np.cumsum(self._row_nnz * (br * bc) + br, dtype=np.float64)
-                total = cost[-1] if nbrows else 0.0
-                cuts = np.searchsorted(cost, total * np.arange(1, threads) / threads, side="left")
-                bounds = np.concatenate(([0], np.minimum(cuts + 1, nbrows), [nbrows]))
-                bounds = np.maximum.accumulate(bounds)
-            bounds = _frozen(bounds.astype(np.int32))
-            self._tasks[key] = bounds
+            # cost of a block row: its blocks' multiply-adds plus a fixed cost per row (stores)
+            br, bc = self.block
+            bounds = self._tasks[key] = task_bounds(self._row_nnz * (br * bc) + br, threads, m_tile)
         return bounds
+
+
+def task_bounds(row_cost, threads, m_tile):
+    """Read-only int32 block-row ranges, one per task: m_tile rows each, or (m_tile=0) one range
+    per thread with about the same total `row_cost`."""
+    nbrows = len(row_cost)
+    if m_tile > 0:
+        bounds = np.append(np.arange(0, nbrows, m_tile), nbrows)
+    else:
+        cost = np.cumsum(row_cost, dtype=np.float64)
+        total = cost[-1] if nbrows else 0.0
+        cuts = np.searchsorted(cost, total * np.arange(1, threads) / threads, side="left")
+        bounds = np.concatenate(([0], np.minimum(cuts + 1, nbrows), [nbrows]))
+        bounds = np.maximum.accumulate(bounds)
+    return _frozen(bounds.astype(np.int32))
 
 
 def _as_index_array(a, name):

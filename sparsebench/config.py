@@ -2,8 +2,9 @@
 import dataclasses
 import json
 
-from .cpu import available_isas, kernel_module, default_threads
+from .cpu import available_isas, best_isa, kernel_module, default_threads
 from .errors import ConfigError
+from .quant import QuantizedBSRMatrix
 
 #: cache panel widths (columns of X kept hot while every block row is swept); 0 = all of N
 PANELS = (0, 128, 256, 512)
@@ -17,6 +18,8 @@ PREFETCH = (0, 4, 16)
 SERIAL_WORK = 1 << 17
 #: X above this many bytes no longer fits the L2 of the machines we target
 L2_PANEL_BYTES = 512 * 1024
+#: the int8 kernels run about 3x the multiply-adds per second: a higher bar for threads
+SERIAL_WORK_INT8 = 1 << 19
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -29,15 +32,19 @@ class KernelConfig:
     n_panel: int = 0        # columns of X per cache panel, a multiple of n_tile; 0 = whole N
     k_slice: int = 0        # rows of X per K slice, a multiple of the block's columns; 0 = whole K
     m_tile: int = 0         # block rows per task (dynamic schedule); 0 = static, balanced by nnz
-    prefetch: int = 0       # software prefetch distance in blocks; 0 = off
+    prefetch: int = 0       # software prefetch distance in blocks (int8: groups); 0 = off
     threads: int = 1        # OpenMP threads
+    dtype: str = "float32"  # float32 (BSRMatrix) or int8 (QuantizedBSRMatrix) kernels
 
     def __post_init__(self):
         object.__setattr__(self, "block", tuple(int(b) for b in self.block))
 
     def to_dict(self):
+        """Plain JSON data; dtype only when not float32 (so float32 records stay as they were)."""
         d = dataclasses.asdict(self)
         d["block"] = list(self.block)
+        if self.dtype == "float32":
+            del d["dtype"]
         return d
 
     @classmethod
@@ -60,17 +67,19 @@ class KernelConfig:
 
     def __str__(self):
         b = "%dx%d" % self.block
-        return (f"{self.isa}/b{b}/nt{self.n_tile}/np{self.n_panel}/ks{self.k_slice}/mt{self.m_tile}"
-                f"/pf{self.prefetch}/t{self.threads}")
+        dtype = "" if self.dtype == "float32" else self.dtype + "/"
+        return (f"{dtype}{self.isa}/b{b}/nt{self.n_tile}/np{self.n_panel}/ks{self.k_slice}"
+                f"/mt{self.m_tile}/pf{self.prefetch}/t{self.threads}")
 
 
 def variant_id(config):
     """(kernel module, variant id) of a config's compiled variant, or ConfigError saying why not."""
-    module = kernel_module(config.isa)     # UnsupportedISAError (a ConfigError) if it cannot run
-    for vid, (br, bc, nt, _) in enumerate(module.VARIANTS):
+    # UnsupportedISAError (a ConfigError) if it cannot run
+    module = kernel_module(config.isa, config.dtype)
+    for vid, (br, bc, nt) in enumerate(v[:3] for v in module.VARIANTS):
         if (br, bc) == config.block and nt == config.n_tile:
             return module, vid
-    widths = sorted(nt for br, bc, nt, _ in module.VARIANTS if (br, bc) == config.block)
+    widths = sorted(v[2] for v in module.VARIANTS if tuple(v[:2]) == config.block)
     raise ConfigError(f"no {config.isa} kernel with n_tile={config.n_tile} for block "
                       f"{config.block[0]}x{config.block[1]}; compiled widths: {widths}")
 
@@ -79,10 +88,17 @@ def check_config(config, A):
     """Raise ConfigError, with the reason, if `config` cannot run on matrix A."""
     if not isinstance(config, KernelConfig):
         raise TypeError(f"config must be a KernelConfig, got {type(config).__name__}")
+    dtype = "int8" if isinstance(A, QuantizedBSRMatrix) else "float32"
+    if config.dtype != dtype:
+        raise ConfigError(f"config is for {config.dtype} kernels but the matrix is a "
+                          f"{type(A).__name__} ({dtype})")
     if config.block != A.block:
         raise ConfigError(f"config is for {config.block[0]}x{config.block[1]} blocks but the matrix "
                           f"has {A.block[0]}x{A.block[1]} blocks")
     module, _ = variant_id(config)
+    if dtype == "int8" and (config.n_panel or config.k_slice):
+        raise ConfigError("int8 kernels take n_panel=0 and k_slice=0 (u8 X is a quarter of the "
+                          f"float32 size and stays in cache), got {config.n_panel} and {config.k_slice}")
     if config.n_panel < 0 or config.n_panel % config.n_tile:
         raise ConfigError(f"n_panel={config.n_panel} must be 0 or a multiple of n_tile={config.n_tile}")
     if config.k_slice < 0 or config.k_slice % config.block[1]:
@@ -103,6 +119,8 @@ def kernel_configs(A, n, threads=None, isas=None):
     as are panels that would not split N.
     """
     threads = threads or default_threads()
+    if isinstance(A, QuantizedBSRMatrix):
+        return _int8_configs(A, n, threads, isas)
     out = []
     for isa in isas or available_isas():
         module = kernel_module(isa)
@@ -124,9 +142,38 @@ def kernel_configs(A, n, threads=None, isas=None):
     return out
 
 
+def _int8_configs(A, n, threads, isas):
+    """kernel_configs for a QuantizedBSRMatrix: N-tile, m_tile, prefetch (no panels or slices)."""
+    out = []
+    for isa in isas or [best_isa("int8")]:
+        module = kernel_module(isa, "int8")
+        widths = sorted(nt for br, bc, nt in module.VARIANTS if (br, bc) == A.block)
+        widest = max(widths[0], -(-n // 16) * 16)
+        for nt in widths:
+            if nt > widest:
+                continue
+            for m_tile in M_TILES:
+                for prefetch in PREFETCH:
+                    out.append(KernelConfig(A.block, isa, nt, 0, 0, m_tile, prefetch, threads, "int8"))
+    return out
+
+
+def _int8_default(A, n, threads):
+    isa = best_isa("int8")
+    module = kernel_module(isa, "int8")
+    widths = sorted(nt for br, bc, nt in module.VARIANTS if (br, bc) == A.block)
+    n_tile = max([w for w in widths if w <= max(64, widths[0]) and w < n + 16] or widths[:1])
+    work = A.nnz * max(n, 1)
+    # prefetching the X rows of the group 4 ahead won by a few % on the BERT-Base shapes
+    return KernelConfig(A.block, isa, n_tile, 0, 0, 0, 4,
+                        threads if work >= SERIAL_WORK_INT8 else 1, "int8")
+
+
 def default_config(A, n, threads=None):
     """The heuristic used when no tuned config is given: sensible, not optimal."""
     threads = threads or default_threads()
+    if isinstance(A, QuantizedBSRMatrix):
+        return _int8_default(A, n, threads)
     isa = available_isas()[0]
     module = kernel_module(isa)
     br, bc = A.block

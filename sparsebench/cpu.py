@@ -19,6 +19,13 @@ ISA_REQUIREMENTS = {
     "avx2": ("avx2", "fma"),
     "generic": (),
 }
+#: what each compiled int8 module (u8 x s8 dot products) needs from the CPU, best first
+INT8_ISA_REQUIREMENTS = {
+    "avx512vnni": ("avx512f", "avx512vl", "avx512bw", "avx512dq", "avx512vnni", "avx2", "fma"),
+}
+#: per dtype: requirements, the BUILD key listing compiled modules, module name prefix
+_KERNELS = {"float32": (ISA_REQUIREMENTS, "isas", "_spmm_"),
+            "int8": (INT8_ISA_REQUIREMENTS, "int8_isas", "_spmm_int8_")}
 ENV_ISA = "SPARSEBENCH_ISA"
 #: microseconds idle kernel threads keep yielding before they sleep (default 2000)
 ENV_SPIN_US = "SPARSEBENCH_SPIN_US"
@@ -42,46 +49,61 @@ def cpu_model():
     return platform.processor() or platform.machine()
 
 
-def compiled_isas():
-    """ISA modules this build contains, best first."""
-    return [isa for isa in ISA_REQUIREMENTS if isa in BUILD["isas"]]
+def compiled_isas(dtype="float32"):
+    """ISA modules this build contains for `dtype` (float32 or int8), best first."""
+    requirements, key, _ = _KERNELS[dtype]
+    return [isa for isa in requirements if isa in BUILD[key]]
 
 
-def isa_supported(isa):
-    return set(ISA_REQUIREMENTS[isa]) <= set(cpu_features())
+def isa_supported(isa, dtype="float32"):
+    return set(_KERNELS[dtype][0][isa]) <= set(cpu_features())
 
 
 @functools.lru_cache(maxsize=None)
-def available_isas():
-    """Compiled ISA modules this CPU can run, best first (SPARSEBENCH_ISA restricts the choice)."""
-    usable = [isa for isa in compiled_isas() if isa_supported(isa)]
+def available_isas(dtype="float32"):
+    """Compiled ISA modules this CPU can run, best first. SPARSEBENCH_ISA restricts the float32
+    choice; int8 has a single ISA (avx512vnni), so the list is empty on CPUs without VNNI."""
+    usable = [isa for isa in compiled_isas(dtype) if isa_supported(isa, dtype)]
     forced = os.environ.get(ENV_ISA)
-    if forced:
+    if forced and dtype == "float32":
         kernel_module(forced)  # raises with the reason if it cannot be used
         return [forced]
     return usable
 
 
-def best_isa():
-    return available_isas()[0]
+def best_isa(dtype="float32"):
+    """The first of available_isas(dtype); UnsupportedISAError saying why if there is none."""
+    isas = available_isas(dtype)
+    if not isas:
+        for isa in _KERNELS[dtype][0]:
+            kernel_module(isa, dtype)   # raises with the reason
+    return isas[0]
 
 
 @functools.lru_cache(maxsize=None)
-def kernel_module(isa):
-    """Import the compiled kernels for `isa`, after checking the CPU can execute them."""
-    if isa not in ISA_REQUIREMENTS:
+def kernel_module(isa, dtype="float32"):
+    """Import the compiled `dtype` kernels for `isa`, after checking the CPU can execute them."""
+    if dtype not in _KERNELS:
+        raise UnsupportedISAError(f"unknown dtype {dtype!r}; choose float32 or int8")
+    requirements, key, prefix = _KERNELS[dtype]
+    kind = "" if dtype == "float32" else "int8 "
+    if isa not in requirements:
         raise UnsupportedISAError(
-            f"unknown instruction set {isa!r}; choose one of {', '.join(ISA_REQUIREMENTS)}")
-    if isa not in BUILD["isas"]:
+            f"unknown {kind}instruction set {isa!r}; choose one of {', '.join(requirements)}")
+    if isa not in BUILD[key]:
         raise UnsupportedISAError(
-            f"this build of sparsebench has no {isa!r} kernels (built: {', '.join(BUILD['isas'])}); "
-            "rebuild with SPARSEBENCH_TARGET=portable to include every variant")
-    missing = sorted(set(ISA_REQUIREMENTS[isa]) - set(cpu_features()))
+            f"this build of sparsebench has no {kind}{isa!r} kernels (built: "
+            f"{', '.join(BUILD[key]) or 'none'}); rebuild with SPARSEBENCH_TARGET=portable to "
+            "include every variant")
+    missing = sorted(set(requirements[isa]) - set(cpu_features()))
     if missing:
+        usable = [i for i in compiled_isas(dtype) if isa_supported(i, dtype)]
+        hint = (f"use one of: {', '.join(usable)}" if usable else
+                "quantized matrices need a CPU with AVX512-VNNI; use a float32 BSRMatrix here")
         raise UnsupportedISAError(
-            f"the {isa!r} kernels need {', '.join(missing)}, which this CPU ({cpu_model()}) lacks; "
-            f"use one of: {', '.join(i for i in compiled_isas() if isa_supported(i))}")
-    module = importlib.import_module(f"sparsebench._spmm_{isa}")
+            f"the {kind}{isa!r} kernels need {', '.join(missing)}, which this CPU ({cpu_model()}) "
+            f"lacks; {hint}")
+    module = importlib.import_module(f"sparsebench.{prefix}{isa}")
     spin = os.environ.get(ENV_SPIN_US)
     if spin:
         try:

@@ -6,7 +6,8 @@ import numpy as np
 
 from . import __version__
 from ._buildinfo import BUILD
-from .cpu import ISA_REQUIREMENTS, available_isas, cpu_features, cpu_model, isa_supported, kernel_module
+from .cpu import INT8_ISA_REQUIREMENTS, ISA_REQUIREMENTS, available_isas, cpu_features, cpu_model
+from .cpu import isa_supported, kernel_module
 from .cpu import default_threads
 
 
@@ -18,6 +19,12 @@ def collect():
             variants[isa] = ["%dx%d/nt%d" % (br, bc, nt) for br, bc, nt, _ in kernel_module(isa).VARIANTS]
         else:
             variants[isa] = "not runnable here (needs %s)" % ", ".join(ISA_REQUIREMENTS[isa])
+    int8_variants = {}
+    for isa in BUILD["int8_isas"]:
+        if isa_supported(isa, "int8"):
+            int8_variants[isa] = ["%dx%d/nt%d" % v for v in kernel_module(isa, "int8").VARIANTS]
+        else:
+            int8_variants[isa] = "not runnable here (needs %s)" % ", ".join(INT8_ISA_REQUIREMENTS[isa])
     from .bench import blas_info
 
     from . import BLAS_IDLE_SPIN_TAMED
@@ -26,7 +33,8 @@ def collect():
             "blas": blas_info(), "blas_idle_spin_tamed": BLAS_IDLE_SPIN_TAMED,
             "openblas_thread_timeout": os.environ.get("OPENBLAS_THREAD_TIMEOUT"), "cpu": cpu_model(), "machine": platform.machine(),
             "cpu_features": list(cpu_features()), "isas_available": available_isas(),
-            "default_threads": default_threads(), "build": BUILD, "variants": variants}
+            "default_threads": default_threads(), "build": BUILD, "variants": variants,
+            "int8_variants": int8_variants}
 
 
 def format_info(info):
@@ -41,9 +49,14 @@ def format_info(info):
                 "kernels; import sparsebench first or set OPENBLAS_THREAD_TIMEOUT=4)"),
              f"Build target:   {info['build']['target']}; compiler {info['build']['compiler']}",
              f"Template hash:  {info['build']['template_hash']}"]
-    for isa, flags in info["build"]["flags"].items():
+    for isa, flags in list(info["build"]["flags"].items()) + list(info["build"]["int8_flags"].items()):
         lines.append(f"  {isa:8} flags: {' '.join(flags)}")
     lines.append("Compiled variants (block/N-tile):")
     for isa, v in info["variants"].items():
         lines.append(f"  {isa:8} {v if isinstance(v, str) else ' '.join(v)}")
+    lines.append("Compiled int8 variants (block/N-tile):")
+    for isa, v in info["int8_variants"].items():
+        lines.append(f"  {isa:8} {v if isinstance(v, str) else ' '.join(v)}")
+    if not info["int8_variants"]:
+        lines.append("  none (built on a CPU without AVX512-VNNI; SPARSEBENCH_TARGET=portable builds them)")
     return "\n".join(lines)

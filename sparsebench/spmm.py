@@ -1,9 +1,10 @@
 """Y = W @ X for a block-sparse W: argument checks, then the compiled kernel."""
 import numpy as np
-from numpy.lib.stride_tricks import as_strided
 
+from .arrays import operand as _operand
 from .bsr import BSRMatrix
 from .config import KernelConfig, check_config, default_config, variant_id
+from .quant import LAYOUTS, QuantizedActivations, QuantizedBSRMatrix, pack
 
 
 ACTIVATIONS = {None: 0, "gelu": 1}
@@ -20,16 +21,27 @@ def spmm(A, X, config=None, out=None, bias=None, activation=None):
     so NaN/inf in X reach only the outputs of stored blocks (as with scipy.sparse and MKL).
     `activation` "gelu" applies the exact (erf) GELU of BERT in the kernel's epilogue
     (|error| < 5e-7 against float64 erf).
+
+    With A a QuantizedBSRMatrix (int8, needs AVX512-VNNI), X is quantized per tensor to u8
+    (quantize_activations with the config's threads) unless it is already a
+    QuantizedActivations packed for A's block shape; Y is float32, dequantized in the kernel.
     """
-    if not isinstance(A, BSRMatrix):
-        raise TypeError(f"A must be a sparsebench.BSRMatrix, got {type(A).__name__}; "
-                        "build one with BSRMatrix.from_dense(W, block=...)")
+    int8 = isinstance(A, QuantizedBSRMatrix)
+    if not (int8 or isinstance(A, BSRMatrix)):
+        raise TypeError(f"A must be a sparsebench.BSRMatrix or QuantizedBSRMatrix, got "
+                        f"{type(A).__name__}; build one with BSRMatrix.from_dense(W, block=...)")
     if config is not None and not isinstance(config, KernelConfig):
         raise TypeError(f"config must be a KernelConfig or None, got {type(config).__name__}; "
                         "use KernelConfig.from_dict(...) for a dict")
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be None or 'gelu', got {activation!r}")
-    X = _operand(X, "X")
+    if int8 and isinstance(X, QuantizedActivations):
+        layout = LAYOUTS[A.block]
+        if X.layout != layout:
+            raise ValueError(f"X was packed in the {X.layout!r} layout, but {A.block[0]}x{A.block[1]} "
+                             f"blocks need {layout!r}: quantize_activations(X, block={A.block})")
+    else:
+        X = _operand(X, "X")
     M, K = A.shape
     if X.shape[0] != K:
         raise ValueError(f"shape mismatch: A is {M}x{K} but X has {X.shape[0]} rows (needs {K})")
@@ -48,7 +60,7 @@ def spmm(A, X, config=None, out=None, bias=None, activation=None):
         if not y.flags.writeable:
             raise ValueError("out is read-only; pass a writeable array or out=None")
         for other, name in ((X, "X"), (bias, "bias")):
-            if other is not None and np.may_share_memory(y, other) and np.shares_memory(y, other):
+            if isinstance(other, np.ndarray) and np.may_share_memory(y, other) and np.shares_memory(y, other):
                 raise ValueError(f"out must not overlap {name}")
     if config is None:
         config = A._plans.get(N)          # the default for this N, chosen once per matrix
@@ -59,6 +71,16 @@ def spmm(A, X, config=None, out=None, bias=None, activation=None):
         check_config(config, A)
         plan = A._plans[config] = variant_id(config)
     if M == 0 or N == 0:
+        return out
+    if int8:
+        module, vid = plan
+        if isinstance(X, QuantizedActivations):
+            packed, xscale = X._packed, X.scale
+        else:
+            packed, xscale = pack(X, LAYOUTS[A.block], 0.0, config.threads)
+        module.run(vid, A._data, A._indices_padded, A._gptr, A.task_bounds(config.threads, config.m_tile),
+                   A._comp, A._scales, packed, xscale, y, M, packed.shape[0], config.prefetch,
+                   config.threads, bias, ACTIVATIONS[activation])
         return out
     if K == 0:
         y[...] = 0 if bias is None else bias[:, None]
@@ -78,22 +100,3 @@ def spmm(A, X, config=None, out=None, bias=None, activation=None):
                X, y, M, config.n_panel or N, config.prefetch, config.threads, -(-K // bc) * bc,
                bias, slices, ACTIVATIONS[activation])
     return out
-
-
-def _operand(a, name):
-    """`a` checked as a 2-D float32 array with contiguous rows (returned with canonical strides)."""
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{name} must be a numpy array, got {type(a).__name__}")
-    if a.dtype != np.float32:
-        raise TypeError(f"{name} must be float32, got {a.dtype}; convert once with "
-                        f"np.ascontiguousarray({name}, dtype=np.float32)")
-    if a.ndim != 2:
-        raise ValueError(f"{name} must be 2-D (K x N), got shape {a.shape}")
-    rows, cols = a.shape
-    if a.strides[1] == 4 and a.strides[0] >= 4 * cols and a.strides[0] % 4 == 0:
-        return a
-    if a.flags.c_contiguous:
-        # length-0 or length-1 axes may carry any stride; give them the canonical one
-        return as_strided(a, strides=(4 * cols, 4))
-    raise ValueError(f"{name} must have contiguous rows (C order), got strides {a.strides}; "
-                     f"use np.ascontiguousarray({name})")

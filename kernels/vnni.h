@@ -1,0 +1,186 @@
+/* AVX512-VNNI helpers for the int8 SpMM kernels (kernels/spmm_int8.pyx.tp).
+ *
+ * Quantized operands: weights s8; activations u8 = q + 128 with q = clamp(rint(x / scale),
+ * -127, 127) (zero point 128, so the kernels subtract 128 * (row sum of the weights) once per
+ * output). vpdpbusd multiplies 4 adjacent u8 by 4 adjacent s8 and adds the 4 products to a
+ * 32-bit lane (wrapping, never saturating), so each lane needs the 4 K values of one column of
+ * X side by side ("quads"). Two packed layouts of X provide them:
+ *
+ *   quads (blocks 4x4, 1x4): quad-row g holds X rows 4g..4g+3, column c at bytes 4c..4c+3
+ *        (rows past K are zero points); a block's 4 K values are one load away.
+ *   rows (blocks 4x1, grouped 4 to a quad): row k of X as u8, each 64-column chunk in the
+ *        byte order of _mm512_packs (byte 16L + 4j + i holds column 16j + 4L + i). Interleaving
+ *        any 4 such rows with unpacklo/hi (sb_interleave4) undoes that order: the 4 vectors it
+ *        returns hold the quads of columns 0-15, 16-31, 32-47 and 48-63 of the chunk.
+ *
+ * Both layouts pad N (to 16 columns for quads, 64 for rows) with zero points.
+ */
+#ifndef SPARSEBENCH_VNNI_H
+#define SPARSEBENCH_VNNI_H
+
+#if !defined(__AVX512VNNI__) || !defined(__AVX512BW__)
+#error "vnni.h needs -mavx512f -mavx512bw -mavx512vnni"
+#endif
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <immintrin.h>
+#include "simd.h"
+
+typedef __m512i vi;
+
+static inline vi vi_zero(void) { return _mm512_setzero_si512(); }
+static inline vi vi_set1(int32_t a) { return _mm512_set1_epi32(a); }
+/* the 4 s8 weights at p, broadcast to every lane */
+static inline vi vi_set1_quad(const int8_t *p) {
+    int32_t q;
+    memcpy(&q, p, 4);
+    return _mm512_set1_epi32(q);
+}
+static inline vi vi_dpbusd(vi acc, vi x_u8, vi w_s8) { return _mm512_dpbusd_epi32(acc, x_u8, w_s8); }
+/* loads pinned in a register (see SB_IN_REGISTER in simd.h): one X vector serves every row */
+static inline vi vi_loadu_reg(const uint8_t *p) {
+    vi v = _mm512_loadu_si512((const void *)p);
+    SB_IN_REGISTER(v);
+    return v;
+}
+static inline vi vi_maskloadu_reg(const uint8_t *p, vmask m) {
+    vi v = _mm512_maskz_loadu_epi32(m, (const void *)p);
+    SB_IN_REGISTER(v);
+    return v;
+}
+
+/* The quads of 4 rows-layout rows (64 columns each): q0 = columns 0-15, ..., q3 = 48-63. */
+static inline void sb_interleave4(const uint8_t *p0, const uint8_t *p1, const uint8_t *p2,
+                                  const uint8_t *p3, vi *q0, vi *q1, vi *q2, vi *q3) {
+    vi r0 = _mm512_loadu_si512((const void *)p0), r1 = _mm512_loadu_si512((const void *)p1);
+    vi r2 = _mm512_loadu_si512((const void *)p2), r3 = _mm512_loadu_si512((const void *)p3);
+    vi t0 = _mm512_unpacklo_epi8(r0, r1), t1 = _mm512_unpackhi_epi8(r0, r1);
+    vi t2 = _mm512_unpacklo_epi8(r2, r3), t3 = _mm512_unpackhi_epi8(r2, r3);
+    *q0 = _mm512_unpacklo_epi16(t0, t2);
+    *q1 = _mm512_unpackhi_epi16(t0, t2);
+    *q2 = _mm512_unpacklo_epi16(t1, t3);
+    *q3 = _mm512_unpackhi_epi16(t1, t3);
+}
+
+/* Epilogue: float32 (acc - comp) * scale (+ bias), one rounding each for the conversion and
+ * the multiply(-add). comp = 128 * (row sum of the s8 weights) undoes the zero point. */
+static inline vf sb_dequant(vi acc, vi comp, vf scale) {
+    return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc, comp)), scale);
+}
+static inline vf sb_dequant_bias(vi acc, vi comp, vf scale, vf bias) {
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc, comp)), scale, bias);
+}
+
+/* -- quantize and pack X (K x N float32, rows ldx floats apart) ------------------------------
+ * Two modes. Dynamic (scale = max |X| / 127, after sb_absmax_bits found X finite): every
+ * |x * inv| <= 127.5, so rint and the saturating packs need no clamp. Calibrated (a given
+ * scale): x * inv is capped at 127 before the conversion (which turns anything beyond 2^31,
+ * and NaN, into INT_MIN), -128 is lifted to -127, and the largest |x| is tracked so that
+ * the caller can refuse inf and NaN. */
+
+/* |x| as float bits: ordered like |x| for finite x, >= 0x7f800000 for inf and NaN */
+static inline vi sb_absbits(vf x) {
+    return _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(0x7fffffff));
+}
+/* rint(x * inv) as s32 (ties to even); capped at 127 when calibrated */
+static inline vi sb_quant16(vf x, vf inv, int calibrated) {
+    vf v = _mm512_mul_ps(x, inv);
+    if (calibrated)
+        v = _mm512_min_ps(v, _mm512_set1_ps(127.0f));
+    return _mm512_cvt_roundps_epi32(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+/* 4 vectors of s32 -> 64 u8 = clamp(q, -127, 127) + 128; lane L of the result holds elements
+ * 4L..4L+3 of q0, then of q1, q2 and q3 */
+static inline vi sb_to_u8(vi q0, vi q1, vi q2, vi q3) {
+    vi b = _mm512_packs_epi16(_mm512_packs_epi32(q0, q1), _mm512_packs_epi32(q2, q3));
+    b = _mm512_max_epi8(b, _mm512_set1_epi8(-127));
+    return _mm512_xor_si512(b, _mm512_set1_epi8((char)0x80));
+}
+/* 16 floats at p, of which n (may be <= 0 or >= 16) are valid; the rest read as 0 */
+static inline vf sb_load16(const float *p, int n) {
+    return n >= 16 ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(vm_first(n), p);
+}
+
+/* Largest |x| (as bits, see sb_absbits) over rows k0..k1 of X. */
+static uint32_t sb_absmax_bits(const float *X, ptrdiff_t ldx, int k0, int k1, int N) {
+    vi b0 = vi_zero(), b1 = vi_zero(), b2 = vi_zero(), b3 = vi_zero();
+    for (int k = k0; k < k1; k++) {
+        const float *x = X + (ptrdiff_t)k * ldx;
+        int c = 0;
+        for (; c + 64 <= N; c += 64) {
+            b0 = _mm512_max_epu32(b0, sb_absbits(_mm512_loadu_ps(x + c)));
+            b1 = _mm512_max_epu32(b1, sb_absbits(_mm512_loadu_ps(x + c + 16)));
+            b2 = _mm512_max_epu32(b2, sb_absbits(_mm512_loadu_ps(x + c + 32)));
+            b3 = _mm512_max_epu32(b3, sb_absbits(_mm512_loadu_ps(x + c + 48)));
+        }
+        for (; c < N; c += 16)
+            b0 = _mm512_max_epu32(b0, sb_absbits(sb_load16(x + c, N - c)));
+    }
+    return _mm512_reduce_max_epu32(_mm512_max_epu32(_mm512_max_epu32(b0, b1), _mm512_max_epu32(b2, b3)));
+}
+
+/* 64 u8 from 4 vectors of floats (see sb_to_u8 for the order); tracks |x| if calibrated */
+static inline vi sb_quant64(vf v0, vf v1, vf v2, vf v3, vf inv, vi *bits, int calibrated) {
+    if (calibrated)
+        *bits = _mm512_max_epu32(_mm512_max_epu32(*bits, _mm512_max_epu32(sb_absbits(v0), sb_absbits(v1))),
+                                 _mm512_max_epu32(sb_absbits(v2), sb_absbits(v3)));
+    return sb_to_u8(sb_quant16(v0, inv, calibrated), sb_quant16(v1, inv, calibrated),
+                    sb_quant16(v2, inv, calibrated), sb_quant16(v3, inv, calibrated));
+}
+
+/* Rows k0..k1 of X into the rows layout (out row k at out + k * ldo, npad columns, npad a
+ * multiple of 64); returns the largest |x| seen, as bits (calibrated mode; else 0). */
+static inline uint32_t sb_pack_rows(const float *X, ptrdiff_t ldx, int k0, int k1, int N, int npad,
+                                    float inv_scale, uint8_t *out, ptrdiff_t ldo, int calibrated) {
+    vf inv = _mm512_set1_ps(inv_scale);
+    vi bits = vi_zero();
+    for (int k = k0; k < k1; k++) {
+        const float *x = X + (ptrdiff_t)k * ldx;
+        uint8_t *o = out + (ptrdiff_t)k * ldo;
+        int c = 0;
+        for (; c + 64 <= N; c += 64)        /* whole chunks, then the padded tail */
+            _mm512_storeu_si512((void *)(o + c), sb_quant64(_mm512_loadu_ps(x + c), _mm512_loadu_ps(x + c + 16),
+                                _mm512_loadu_ps(x + c + 32), _mm512_loadu_ps(x + c + 48), inv, &bits, calibrated));
+        for (; c < npad; c += 64)
+            _mm512_storeu_si512((void *)(o + c), sb_quant64(sb_load16(x + c, N - c), sb_load16(x + c + 16, N - c - 16),
+                                sb_load16(x + c + 32, N - c - 32), sb_load16(x + c + 48, N - c - 48), inv, &bits,
+                                calibrated));
+    }
+    return _mm512_reduce_max_epu32(bits);
+}
+
+/* Quad-rows g0..g1 (X rows 4 g0 .. 4 g1, rows >= K read as 0) into the quads layout (out
+ * quad-row g at out + g * ldo, npad columns of 4 bytes, npad a multiple of 16); returns the
+ * largest |x| seen, as bits (calibrated mode; else 0). */
+static inline uint32_t sb_pack_quads(const float *X, ptrdiff_t ldx, int K, int g0, int g1, int N,
+                                     int npad, float inv_scale, uint8_t *out, ptrdiff_t ldo,
+                                     int calibrated) {
+    /* in each 16-byte lane, byte 4t + i (row t, column i) moves to byte 4i + t */
+    const vi transpose = _mm512_set4_epi32(0x0F0B0703, 0x0E0A0602, 0x0D090501, 0x0C080400);
+    vf inv = _mm512_set1_ps(inv_scale);
+    vi bits = vi_zero();
+    for (int g = g0; g < g1; g++) {
+        const float *x[4];
+        int n[4];
+        for (int t = 0; t < 4; t++) {          /* rows past K: no valid columns */
+            x[t] = X + (ptrdiff_t)(4 * g + t < K ? 4 * g + t : 0) * ldx;
+            n[t] = 4 * g + t < K ? N : 0;
+        }
+        uint8_t *o = out + (ptrdiff_t)g * ldo;
+        int c = 0;
+        if (4 * g + 3 < K)                     /* whole vectors of 4 rows, then the rest */
+            for (; c + 16 <= N; c += 16)
+                _mm512_storeu_si512((void *)(o + 4 * c), _mm512_shuffle_epi8(sb_quant64(
+                    _mm512_loadu_ps(x[0] + c), _mm512_loadu_ps(x[1] + c), _mm512_loadu_ps(x[2] + c),
+                    _mm512_loadu_ps(x[3] + c), inv, &bits, calibrated), transpose));
+        for (; c < npad; c += 16)
+            _mm512_storeu_si512((void *)(o + 4 * c), _mm512_shuffle_epi8(sb_quant64(
+                sb_load16(x[0] + c, n[0] - c), sb_load16(x[1] + c, n[1] - c), sb_load16(x[2] + c, n[2] - c),
+                sb_load16(x[3] + c, n[3] - c), inv, &bits, calibrated), transpose));
+    }
+    return _mm512_reduce_max_epu32(bits);
+}
+
+#endif /* SPARSEBENCH_VNNI_H */
