@@ -16,9 +16,10 @@ def hardware():
 
 def build():
     """sparsebench version, kernel template hash, compiler and flags of the modules that can run."""
-    isas = available_isas()
+    flags = {isa: BUILD["flags"][isa] for isa in available_isas()}
+    flags.update({"int8-" + isa: BUILD["int8_flags"][isa] for isa in available_isas("int8")})
     return {"version": __version__, "template_hash": BUILD["template_hash"],
-            "compiler": BUILD["compiler"], "flags": {isa: BUILD["flags"][isa] for isa in isas}}
+            "compiler": BUILD["compiler"], "flags": flags}
 
 
 def digest(obj):
