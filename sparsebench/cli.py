@@ -8,6 +8,7 @@ import sys
 from .baselines import DEFAULT_METHODS, names as _method_names
 from .blocks import parse_block
 from .errors import SparsebenchError
+from . import bert_cli
 from .report import cli as report_cli
 from .prune import check_sparsity
 from .shapes import ShapeFileError, load_shapes
@@ -304,6 +305,7 @@ def build_parser():
     q.add_argument("--use-foreign", action="store_true", help="use records of another machine or build")
     q.set_defaults(func=cmd_check_strategy)
     report_cli.add_parser(sub)
+    bert_cli.add_parser(sub)
     q = sub.add_parser("export", help="write the tuned winners as a JSON file models import")
     q.add_argument("--db", default=os.path.join("results", "tuning.jsonl"))
     q.add_argument("--out", default=os.path.join("results", "tuned.json"))

