@@ -3,12 +3,12 @@
 `get(name)` returns the plug-in; `names()` lists them in the order tables show them.
 """
 from .base import Baseline, MethodUnavailable, Problem
-from . import dense, generic_csr, ours, scipy_sparse
+from . import dense, generic_csr, mkl, ours, scipy_sparse, torch_
 
-_MODULES = (dense, ours, generic_csr, scipy_sparse)
+_MODULES = (dense, ours, generic_csr, scipy_sparse, mkl, torch_)
 _REGISTRY = {b.name: b for module in _MODULES for b in module.BASELINES}
 #: the methods `compare` runs when none are named
-DEFAULT_METHODS = ("dense", "scipy-csr", "generic-csr", "sparsebench")
+DEFAULT_METHODS = ("dense", "scipy-csr", "generic-csr", "mkl", "torch", "sparsebench")
 
 
 def names():

@@ -1,0 +1,104 @@
+"""`torch`, `torch-csr`: PyTorch on the CPU, dense torch.mm and sparse CSR @ dense.
+
+Optional: ``pip install "sparsebench[torch]"`` (the CPU build: ``pip install torch==2.13.0``).
+W, X and Y are shared with numpy (torch.from_numpy), so nothing is copied per call.
+
+torch's OpenMP runtime (its bundled libgomp) keeps idle threads spinning, without yielding,
+for about 4 ms after each parallel region: that made numpy dense timed right after torch 2x
+slower on 2 cores, and torch itself 300x slower whenever another process held a core.
+Unless the user set GOMP_SPINCOUNT or OMP_WAIT_POLICY, we set GOMP_SPINCOUNT=1000 (about
+15 us) before torch loads libgomp: enough to bridge back-to-back calls (0 made torch's own
+multiplies 1.5-3x slower). version() says what is in effect.
+"""
+import ctypes
+import functools
+import os
+import warnings
+
+import numpy as np
+
+from .base import Baseline, MethodUnavailable
+
+INSTALL_HINT = 'pip install "sparsebench[torch]"'
+#: busy-wait iterations of idle libgomp threads before they sleep (~15 ns each on Zen 4)
+IDLE_SPINCOUNT = "1000"
+
+
+def _loaded(soname):
+    """Whether this process has already loaded the shared library `soname`."""
+    try:
+        ctypes.CDLL(soname, mode=os.RTLD_NOLOAD)
+    except OSError:
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=None)
+def _tame_idle_spin():
+    """Set GOMP_SPINCOUNT (once, before torch loads) unless the user chose; returns a note."""
+    for var in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY"):
+        if var in os.environ:
+            return f"{var}={os.environ[var]} (user)"
+    if _loaded("libgomp.so.1"):
+        return ("libgomp was loaded before sparsebench could set GOMP_SPINCOUNT: idle torch "
+                "threads spin for about 4 ms after each call")
+    os.environ["GOMP_SPINCOUNT"] = IDLE_SPINCOUNT
+    return f"GOMP_SPINCOUNT={IDLE_SPINCOUNT} (set by sparsebench)"
+
+
+def _torch():
+    _tame_idle_spin()
+    try:
+        import torch
+    except ImportError:
+        raise MethodUnavailable(f"PyTorch is not installed: {INSTALL_HINT}") from None
+    return torch
+
+
+def _tensor(torch, a):
+    """A torch view of a float32 numpy array (copied once only if numpy marks it read-only)."""
+    return torch.from_numpy(a if a.flags.writeable else a.copy())
+
+
+class Torch(Baseline):
+    install_hint = INSTALL_HINT
+
+    def __init__(self, fmt):
+        self.fmt = fmt
+        self.name = "torch" if fmt == "dense" else f"torch-{fmt}"
+        self.description = ("torch.mm(W, X) (dense, torch's BLAS)" if fmt == "dense"
+                            else "torch sparse_csr W @ X (torch.mm)")
+
+    def version(self):
+        try:
+            torch = _torch()
+        except MethodUnavailable:
+            return "PyTorch not installed"
+        backend = next((line.split(":", 1)[1].strip() for line in
+                        torch.__config__.parallel_info().splitlines()
+                        if line.startswith("ATen parallel backend")), "unknown")
+        return f"torch {torch.__version__}, parallel backend {backend}, {_tame_idle_spin()}"
+
+    def prepare(self, problem):
+        torch = _torch()
+        W = np.ascontiguousarray(problem.W, dtype=np.float32)
+        X = np.ascontiguousarray(problem.X, dtype=np.float32)
+        Y = np.empty((W.shape[0], X.shape[1]), dtype=np.float32)
+        Wt, Xt, Yt = _tensor(torch, W), _tensor(torch, X), torch.from_numpy(Y)
+        if self.fmt == "csr":
+            with warnings.catch_warnings():    # "sparse CSR support is in beta"
+                warnings.simplefilter("ignore", UserWarning)
+                Wt = Wt.to_sparse_csr()
+        threads = problem.threads
+        torch.set_num_threads(threads)
+        mm, get_threads, set_threads = torch.mm, torch.get_num_threads, torch.set_num_threads
+
+        def run():
+            if get_threads() != threads:    # another problem prepared since with other threads
+                set_threads(threads)
+            mm(Wt, Xt, out=Yt)
+            return Y
+        return run
+
+
+BASELINES = [Torch("dense"), Torch("csr")]
