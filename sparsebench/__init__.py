@@ -17,8 +17,9 @@ from .errors import ConfigError, SparsebenchError, UnsupportedISAError  # noqa: 
 from .prune import prune  # noqa: E402
 from .quant import QuantizedActivations, QuantizedBSRMatrix, quantize_activations  # noqa: E402
 from .spmm import spmm  # noqa: E402
+from .tuned import TunedFallbackWarning, load_tuned  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["BSRMatrix", "KernelConfig", "ConfigError", "QuantizedActivations", "QuantizedBSRMatrix",
            "SparsebenchError", "SUPPORTED_BLOCKS", "UnsupportedISAError", "default_config",
-           "kernel_configs", "prune", "quantize_activations", "spmm"]
+           "kernel_configs", "load_tuned", "prune", "quantize_activations", "spmm", "TunedFallbackWarning"]
