@@ -4,31 +4,20 @@ import os
 import time
 
 import numpy as np
-from threadpoolctl import threadpool_info, threadpool_limits
+from threadpoolctl import threadpool_limits
 
 from .bsr import BSRMatrix
+from .compare import problem_arrays
 from .config import default_config, kernel_configs
 from .cpu import available_isas
 from .prune import prune
 from .spmm import spmm
 from .timing import interleaved, measure, ratio
+from .verify import Reference
 
 FIELDS = ["shape", "M", "K", "N", "block", "sparsity", "threads", "config", "dense_ms", "sparse_ms",
           "speedup_median", "speedup_p20", "speedup_p80", "default_speedup", "dense_gflops",
           "sparse_effective_gflops", "max_rel_error", "unstable", "samples"]
-
-
-def problem(shape, seed=0):
-    """Seeded random W (M x K) and X (K x N), float32."""
-    rng = np.random.default_rng(seed)
-    W = rng.standard_normal((shape.M, shape.K), dtype=np.float32)
-    X = rng.standard_normal((shape.K, shape.N), dtype=np.float32)
-    return W, X
-
-
-def max_rel_error(Y, ref):
-    scale = max(float(np.abs(ref).max()), 1e-30)
-    return float(np.abs(Y.astype(np.float64) - ref).max()) / scale
 
 
 def sweep(A, X, threads, isas=None, samples=5):
@@ -48,16 +37,15 @@ def run_bench(shapes, sparsities, blocks, threads, samples=40, isas=None, out=No
     rows = []
     with threadpool_limits(threads):
         for shape in shapes:
-            W, X = problem(shape)
+            W, X = problem_arrays(shape)
             Yd = np.empty((shape.M, shape.N), dtype=np.float32)
             Ys = np.empty_like(Yd)
             for block in blocks:
                 for s in sparsities:
                     A = BSRMatrix.from_dense(prune(W, s, block), block)
-                    ref = A.to_dense().astype(np.float64) @ X.astype(np.float64)
                     cfg = sweep(A, X, threads, isas)
-                    err = max_rel_error(spmm(A, X, cfg), ref)
-                    if err > 1e-5:
+                    ok, err = Reference(A.to_dense(), X).check(spmm(A, X, cfg))
+                    if not ok:
                         raise AssertionError(f"{shape} {block} {s}: config {cfg} is wrong (rel. error {err:.2e})")
                     dflt = default_config(A, shape.N, threads)
                     st = interleaved({"dense": lambda: np.matmul(W, X, out=Yd),
@@ -147,8 +135,3 @@ def thread_interplay(threads, shape_mkn=(768, 768, 128), sparsity=0.9, block=(4,
             result[name + "_alternating_ms"] = float(np.median(ts[name])) * 1e3
             result[name + "_slowdown"] = result[name + "_alternating_ms"] / result[name + "_alone_ms"]
     return result
-
-
-def blas_info():
-    return ", ".join(f"{p.get('internal_api')} {p.get('version')} ({p.get('threading_layer')})"
-                     for p in threadpool_info() if p.get("user_api") == "blas") or "unknown"

@@ -7,7 +7,7 @@ import collections
 import re
 import time
 
-from .blocks import parse_block
+from .cliargs import block, positive
 from .prune import check_sparsity
 
 UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
@@ -20,23 +20,6 @@ def _sparsity(text):
         return check_sparsity(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(f"{e}, or 'keep' for the checkpoint's weights as they are") from None
-
-
-def _block(text):
-    try:
-        return parse_block(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _positive(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def _duration(text):
@@ -67,17 +50,17 @@ def add_parser(subparsers):
                    help="Hugging Face BERT directory (config.json + model.safetensors) instead of --model")
     q.add_argument("--sparsity", type=_sparsity, default=0.9,
                    help="prune linear weights to this block sparsity, or 'keep' (default 0.9)")
-    q.add_argument("--block", type=_block, default=None,
+    q.add_argument("--block", type=block, default=None,
                    help="block shape, e.g. 4x1 (default 4x1; detected with --sparsity keep)")
-    q.add_argument("--seq", type=_positive, default=128, help="sequence length (default 128)")
-    q.add_argument("--batch", type=_positive, default=1, help="sequences per forward pass (default 1)")
+    q.add_argument("--seq", type=positive, default=128, help="sequence length (default 128)")
+    q.add_argument("--batch", type=positive, default=1, help="sequences per forward pass (default 1)")
     q.add_argument("--tuned", default=None, metavar="FILE", help="tuned kernel configs (from the tuner)")
     q.add_argument("--compare", type=_methods, default=["dense"],
                    help="baselines, comma-separated: dense,torch,onnxruntime, or none (default dense)")
     q.add_argument("--latency-budget", type=_duration, default=None, metavar="TIME",
                    help="also find the largest batch whose p90 latency fits, e.g. 20ms")
-    q.add_argument("--threads", type=_positive, default=None, help="default: sparsebench's thread count")
-    q.add_argument("--samples", type=_positive, default=30, help="latency samples per method (default 30)")
+    q.add_argument("--threads", type=positive, default=None, help="default: sparsebench's thread count")
+    q.add_argument("--samples", type=positive, default=30, help="latency samples per method (default 30)")
     q.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     q.add_argument("--out", default="results/bert", help="results folder (default results/bert)")
     q.set_defaults(func=run)

@@ -6,36 +6,19 @@ import re
 import sys
 
 from .baselines import DEFAULT_METHODS, names as _method_names
-from .blocks import parse_block
 from .errors import SparsebenchError
 from . import bert_cli
 from .report import cli as report_cli
-from .prune import check_sparsity
+from .cliargs import blocks, floats, positive
 from .shapes import ShapeFileError, load_shapes
 
 
-def _floats(text):
-    try:
-        return [check_sparsity(x) for x in text.split(",") if x.strip()]
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _blocks(text):
-    try:
-        return [parse_block(x) for x in text.split(",") if x.strip()]
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _positive(text):
-    try:
-        v = int(text)
-    except ValueError:
-        v = 0
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
+def add_problem_args(q, threads_help="default: all cores"):
+    """--shapes, --sparsity, --block and --threads, as every measuring command takes them."""
+    q.add_argument("--shapes", default="quick", help="shape set name (shapes/NAME.csv), CSV path or MxKxN list")
+    q.add_argument("--sparsity", type=floats, default=[0.7, 0.8, 0.9], help="e.g. 0.7,0.8,0.9")
+    q.add_argument("--block", type=blocks, default=[(4, 1)], help="e.g. 4x1,1x1")
+    q.add_argument("--threads", type=positive, default=None, help=threads_help)
 
 
 def cmd_info(args):
@@ -245,21 +228,15 @@ def build_parser():
     q.add_argument("--json", action="store_true", help="machine-readable output")
     q.set_defaults(func=cmd_info)
     q = sub.add_parser("bench", help="best kernel config vs numpy dense, side by side")
-    q.add_argument("--shapes", default="quick", help="shape set name (shapes/NAME.csv), CSV path or MxKxN list")
-    q.add_argument("--sparsity", type=_floats, default=[0.7, 0.8, 0.9], help="e.g. 0.7,0.8,0.9")
-    q.add_argument("--block", type=_blocks, default=[(4, 1)], help="e.g. 4x1,1x1")
-    q.add_argument("--threads", type=_positive, default=None, help="default: OpenMP's thread count")
-    q.add_argument("--samples", type=_positive, default=40)
+    add_problem_args(q)
+    q.add_argument("--samples", type=positive, default=40)
     q.add_argument("--out", default=None, help="CSV file for the results")
     q.set_defaults(func=cmd_bench)
     q = sub.add_parser("compare", help="every method (dense, scipy, MKL, torch, ours) side by side")
-    q.add_argument("--shapes", default="quick", help="shape set name (shapes/NAME.csv), CSV path or MxKxN list")
-    q.add_argument("--sparsity", type=_floats, default=[0.7, 0.8, 0.9], help="e.g. 0.7,0.8,0.9")
-    q.add_argument("--block", type=_blocks, default=[(4, 1)], help="e.g. 4x1,1x1")
+    add_problem_args(q, "for every method (default: all cores)")
     q.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                    help="comma-separated, or 'all'; known: " + ", ".join(METHOD_NAMES))
-    q.add_argument("--threads", type=_positive, default=None, help="for every method (default: all cores)")
-    q.add_argument("--samples", type=_positive, default=30, help="interleaved samples per method")
+    q.add_argument("--samples", type=positive, default=30, help="interleaved samples per method")
     q.add_argument("--cold", action="store_true", help="flush the caches before every timed call")
     q.add_argument("--config", default=None, help="KernelConfig JSON for the sparsebench method")
     q.add_argument("--tuned", default=None, help="tuned-config file (sparsebench export) for the "
@@ -269,14 +246,11 @@ def build_parser():
     q.add_argument("--rerun", action="store_true", help="move existing results aside and measure all")
     q.set_defaults(func=cmd_compare)
     q = sub.add_parser("autotune", help="search the best kernel config per shape, sparsity and block")
-    q.add_argument("--shapes", default="quick", help="shape set name (shapes/NAME.csv), CSV path or MxKxN list")
-    q.add_argument("--sparsity", type=_floats, default=[0.7, 0.8, 0.9], help="e.g. 0.7,0.8,0.9")
-    q.add_argument("--block", type=_blocks, default=[(4, 1)], help="e.g. 4x1,1x1")
-    q.add_argument("--threads", type=_positive, default=None, help="default: all cores")
+    add_problem_args(q)
     q.add_argument("--strategy", default="smart", help="smart (local search), exhaustive or random")
-    q.add_argument("--max-evals", type=_positive, default=None, help="sparse configs measured per task")
+    q.add_argument("--max-evals", type=positive, default=None, help="sparse configs measured per task")
     q.add_argument("--time-limit", type=_duration, default=None, help="for the whole run, e.g. 10m")
-    q.add_argument("--samples", type=_positive, default=7, help="timing samples per candidate")
+    q.add_argument("--samples", type=positive, default=7, help="timing samples per candidate")
     q.add_argument("--isa", choices=("best", "all"), default="best",
                    help="search the best instruction set only, or every one this CPU runs")
     q.add_argument("--db", default=os.path.join("results", "tuning.jsonl"), help="tuning database (JSON lines)")
@@ -285,20 +259,14 @@ def build_parser():
                    help="use records from another machine or build too")
     q.set_defaults(func=cmd_autotune)
     q = sub.add_parser("run", help="the main job: autotune, export, compare with the tuned configs, report")
-    q.add_argument("--shapes", default="quick", help="shape set name (shapes/NAME.csv), CSV path or MxKxN list")
-    q.add_argument("--sparsity", type=_floats, default=[0.7, 0.8, 0.9], help="e.g. 0.7,0.8,0.9")
-    q.add_argument("--block", type=_blocks, default=[(4, 1)], help="e.g. 4x1,1x1")
-    q.add_argument("--threads", type=_positive, default=None, help="default: all cores")
+    add_problem_args(q)
     q.add_argument("--strategy", default="smart", help="autotune strategy: smart, exhaustive or random")
-    q.add_argument("--max-evals", type=_positive, default=None, help="sparse configs measured per task")
+    q.add_argument("--max-evals", type=positive, default=None, help="sparse configs measured per task")
     q.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="methods to compare")
     q.add_argument("--results", default="results", help="folder for the database, tuned file, CSV, report")
     q.set_defaults(func=cmd_run)
     q = sub.add_parser("check-strategy", help="re-time one strategy's winners against another's")
-    q.add_argument("--shapes", default="quick", help="shape set name (shapes/NAME.csv), CSV path or MxKxN list")
-    q.add_argument("--sparsity", type=_floats, default=[0.7, 0.8, 0.9], help="e.g. 0.7,0.8,0.9")
-    q.add_argument("--block", type=_blocks, default=[(4, 1)], help="e.g. 4x1,1x1")
-    q.add_argument("--threads", type=_positive, default=None, help="default: all cores")
+    add_problem_args(q)
     q.add_argument("--strategy", default="smart")
     q.add_argument("--against", default="exhaustive")
     q.add_argument("--db", default=os.path.join("results", "tuning.jsonl"))

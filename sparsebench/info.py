@@ -25,12 +25,12 @@ def collect():
             int8_variants[isa] = ["%dx%d/nt%d" % v for v in kernel_module(isa, "int8").VARIANTS]
         else:
             int8_variants[isa] = "not runnable here (needs %s)" % ", ".join(INT8_ISA_REQUIREMENTS[isa])
-    from .bench import blas_info
+    from .baselines.dense import blas_version
 
     from . import BLAS_IDLE_SPIN_TAMED
 
     return {"sparsebench": __version__, "python": platform.python_version(), "numpy": np.__version__,
-            "blas": blas_info(), "blas_idle_spin_tamed": BLAS_IDLE_SPIN_TAMED,
+            "blas": blas_version(), "blas_idle_spin_tamed": BLAS_IDLE_SPIN_TAMED,
             "openblas_thread_timeout": os.environ.get("OPENBLAS_THREAD_TIMEOUT"), "cpu": cpu_model(), "machine": platform.machine(),
             "cpu_features": list(cpu_features()), "isas_available": available_isas(),
             "default_threads": default_threads(), "build": BUILD, "variants": variants,

@@ -22,7 +22,7 @@ import weakref
 
 import numpy as np
 
-from .base import Baseline, MethodUnavailable
+from .base import Baseline, MethodUnavailable, tame_idle_spin
 from .generic_csr import csr_arrays
 
 INSTALL_HINT = 'pip install "sparsebench[mkl]"'
@@ -118,26 +118,10 @@ class _MKL:
         _check(name, getattr(self, name)(*args))
 
 
-def _loaded(soname):
-    """Whether this process has already loaded the shared library `soname`."""
-    try:
-        ctypes.CDLL(soname, mode=os.RTLD_NOLOAD)
-    except OSError:
-        return False
-    return True
-
-
 @functools.lru_cache(maxsize=None)
 def _tame_idle_spin():
-    """Set KMP_BLOCKTIME (once, before libiomp5 loads) unless the user chose; returns a note."""
-    for var in ("KMP_BLOCKTIME", "OMP_WAIT_POLICY"):
-        if var in os.environ:
-            return f"{var}={os.environ[var]} (user)"
-    if _loaded("libiomp5.so"):
-        return ("libiomp5 was loaded before sparsebench could set KMP_BLOCKTIME: idle MKL "
-                "threads spin for 200 ms after each call")
-    os.environ["KMP_BLOCKTIME"] = IDLE_BLOCKTIME
-    return f"KMP_BLOCKTIME={IDLE_BLOCKTIME} (set by sparsebench)"
+    """Set KMP_BLOCKTIME once, before libiomp5.so loads, unless the user chose; returns a note."""
+    return tame_idle_spin("KMP_BLOCKTIME", IDLE_BLOCKTIME, "libiomp5.so", "idle MKL threads spin for 200 ms after each call")
 
 
 @functools.lru_cache(maxsize=None)

@@ -10,40 +10,23 @@ Unless the user set GOMP_SPINCOUNT or OMP_WAIT_POLICY, we set GOMP_SPINCOUNT=100
 15 us) before torch loads libgomp: enough to bridge back-to-back calls (0 made torch's own
 multiplies 1.5-3x slower). version() says what is in effect.
 """
-import ctypes
 import functools
 import os
 import warnings
 
 import numpy as np
 
-from .base import Baseline, MethodUnavailable
+from .base import Baseline, MethodUnavailable, tame_idle_spin
 
 INSTALL_HINT = 'pip install "sparsebench[torch]"'
 #: busy-wait iterations of idle libgomp threads before they sleep (~15 ns each on Zen 4)
 IDLE_SPINCOUNT = "1000"
 
 
-def _loaded(soname):
-    """Whether this process has already loaded the shared library `soname`."""
-    try:
-        ctypes.CDLL(soname, mode=os.RTLD_NOLOAD)
-    except OSError:
-        return False
-    return True
-
-
 @functools.lru_cache(maxsize=None)
 def _tame_idle_spin():
-    """Set GOMP_SPINCOUNT (once, before torch loads) unless the user chose; returns a note."""
-    for var in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY"):
-        if var in os.environ:
-            return f"{var}={os.environ[var]} (user)"
-    if _loaded("libgomp.so.1"):
-        return ("libgomp was loaded before sparsebench could set GOMP_SPINCOUNT: idle torch "
-                "threads spin for about 4 ms after each call")
-    os.environ["GOMP_SPINCOUNT"] = IDLE_SPINCOUNT
-    return f"GOMP_SPINCOUNT={IDLE_SPINCOUNT} (set by sparsebench)"
+    """Set GOMP_SPINCOUNT once, before libgomp.so.1 loads, unless the user chose; returns a note."""
+    return tame_idle_spin("GOMP_SPINCOUNT", IDLE_SPINCOUNT, "libgomp.so.1", "idle torch threads spin for about 4 ms after each call")
 
 
 def _torch():
