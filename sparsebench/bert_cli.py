@@ -54,9 +54,12 @@ def add_parser(subparsers):
                    help="block shape, e.g. 4x1 (default 4x1; detected with --sparsity keep)")
     q.add_argument("--seq", type=positive, default=128, help="sequence length (default 128)")
     q.add_argument("--batch", type=positive, default=1, help="sequences per forward pass (default 1)")
+    q.add_argument("--dtype", choices=("float32", "int8"), default="float32",
+                   help="linear-layer kernels: float32, or int8 (AVX512-VNNI; 4x1, 4x4, 1x4 blocks)")
     q.add_argument("--tuned", default=None, metavar="FILE", help="tuned kernel configs (from the tuner)")
-    q.add_argument("--compare", type=_methods, default=["dense"],
-                   help="baselines, comma-separated: dense,torch,onnxruntime, or none (default dense)")
+    q.add_argument("--compare", type=_methods, default=None,
+                   help="baselines, comma-separated: dense,fp32,torch,onnxruntime, or none (default dense; "
+                   "dense,fp32 with --dtype int8; fp32 = our runner on the float32 sparse kernels)")
     q.add_argument("--latency-budget", type=_duration, default=None, metavar="TIME",
                    help="also find the largest batch whose p90 latency fits, e.g. 20ms")
     q.add_argument("--threads", type=positive, default=None, help="default: sparsebench's thread count")
@@ -74,7 +77,10 @@ def run(args):
 
     threads = args.threads or default_threads()
     t0 = time.perf_counter()
-    options = dict(sparsity=args.sparsity, block=args.block, tuned=args.tuned, threads=threads)
+    options = dict(sparsity=args.sparsity, block=args.block, tuned=args.tuned, threads=threads,
+                   dtype=args.dtype)
+    baselines = args.compare if args.compare is not None else (
+        ["dense", "fp32"] if args.dtype == "int8" else ["dense"])
     if args.checkpoint:
         enc = BertEncoder.from_pretrained(args.checkpoint, **options)
     else:
@@ -88,7 +94,7 @@ def run(args):
     kernels = enc.kernel_report(tokens)
     _print_kernels(kernels, tokens)
 
-    rows = runner.compare(enc, args.batch, args.seq, args.compare, threads=threads, samples=args.samples,
+    rows = runner.compare(enc, args.batch, args.seq, baselines, threads=threads, samples=args.samples,
                           log=lambda line: print(line, flush=True))
     print(f"\nbatch {args.batch} x seq {args.seq}, {threads} threads; p50/p90 latency of one forward pass:")
     print(f"  {'method':<12} {'p50 ms':>9} {'p90 ms':>9} {'seq/s':>9} {'ours faster':>12} {'max rel diff':>13}")
@@ -115,8 +121,9 @@ def run(args):
     name = enc.config.name
     sparsity = "keep" if args.sparsity is None else f"{args.sparsity:g}"
     block = "auto" if enc.block is None else "%dx%d" % enc.block
-    stem = f"{name}-s{sparsity}-{block}-b{args.batch}-seq{args.seq}-t{threads}"
-    common = {"model": name, "sparsity": args.sparsity, "block": block}
+    dtype = "" if args.dtype == "float32" else f"-{args.dtype}"
+    stem = f"{name}-s{sparsity}-{block}{dtype}-b{args.batch}-seq{args.seq}-t{threads}"
+    common = {"model": name, "sparsity": args.sparsity, "block": block, "dtype": args.dtype}
     meta = {**runner.machine_info(), **common, "description": enc.describe(), "batch": args.batch,
             "seq": args.seq, "threads": threads, "tuned": args.tuned, "checkpoint": args.checkpoint,
             "latency_budget_ms": None if args.latency_budget is None else args.latency_budget * 1e3,

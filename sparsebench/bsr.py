@@ -19,6 +19,7 @@ class BSRMatrix:
 
     __slots__ = ("_shape", "_block", "_data", "_indices_padded", "_indptr", "_row_nnz",
                  "_tasks", "_slices", "_plans", "__weakref__")
+    dtype = "float32"
 
     def __init__(self, data, indices, indptr, shape):
         data = np.asarray(data)

@@ -10,15 +10,19 @@ from .errors import SparsebenchError
 from . import bert_cli
 from .report import cli as report_cli
 from .cliargs import blocks, floats, positive
+from .dtypes import DTYPES, check_dtype_blocks
 from .shapes import ShapeFileError, load_shapes
 
 
-def add_problem_args(q, threads_help="default: all cores"):
-    """--shapes, --sparsity, --block and --threads, as every measuring command takes them."""
+def add_problem_args(q, threads_help="default: all cores", dtype=True):
+    """--shapes, --sparsity, --block, --threads (and --dtype), as the measuring commands take them."""
     q.add_argument("--shapes", default="quick", help="shape set name (shapes/NAME.csv), CSV path or MxKxN list")
     q.add_argument("--sparsity", type=floats, default=[0.7, 0.8, 0.9], help="e.g. 0.7,0.8,0.9")
     q.add_argument("--block", type=blocks, default=[(4, 1)], help="e.g. 4x1,1x1")
     q.add_argument("--threads", type=positive, default=None, help=threads_help)
+    if dtype:
+        q.add_argument("--dtype", choices=DTYPES, default="float32",
+                       help="kernels: float32, or int8 (AVX512-VNNI; 4x1, 4x4, 1x4 blocks)")
 
 
 def cmd_info(args):
@@ -58,44 +62,50 @@ def _set_name(spec):
 
 def cmd_compare(args):
     from . import baselines, store
-    from .compare import Compare, read_rows, speedup_table, tty_progress
+    from .compare import Compare, int8_table, read_rows, speedup_table, tty_progress
     from .config import KernelConfig
     from .cpu import default_threads
 
     threads = args.threads or default_threads()
     shapes = load_shapes(args.shapes)
-    methods = baselines.parse_methods(args.methods)
-    out = args.out or os.path.join("results", f"compare-{_set_name(args.shapes)}.csv")
+    check_dtype_blocks(args.dtype, args.block)
+    methods = baselines.parse_methods(args.methods or ",".join(default_methods(args.dtype)))
+    suffix = "" if args.dtype == "float32" else "-" + args.dtype
+    out = args.out or os.path.join("results", f"compare-{_set_name(args.shapes)}{suffix}.csv")
     if args.rerun and os.path.exists(out):
         os.replace(out, out + ".bak")
         print(f"--rerun: previous results moved to {out}.bak")
     config_for = None
     if args.config:
         fixed = KernelConfig.from_json(args.config)
-        config_for = lambda A, n, s: fixed      # noqa: E731
+        config_for = lambda A, n, s: fixed if fixed.dtype == A.dtype else None      # noqa: E731
     elif args.tuned:
         from .tuned import load_tuned
         tuned = load_tuned(args.tuned)
 
         def config_for(A, n, s):
-            choice = tuned.lookup(A.shape[0], A.shape[1], n, s, A.block, threads=threads)
+            choice = tuned.lookup(A.shape[0], A.shape[1], n, s, A.block, dtype=A.dtype, threads=threads)
             return "dense" if choice.method == "dense" else choice.config
     store.check_writable(out)
     read_rows(out)      # an unwritable, foreign or corrupt file fails now, before any measuring
     cache = "cold (caches flushed before every call)" if args.cold else "warm (calibrated loops)"
     print(f"sparsebench compare: {len(shapes)} shapes x {len(args.block)} blocks x {len(args.sparsity)} "
-          f"sparsities; methods {', '.join(methods)}; {threads} threads; {cache}; median of "
+          f"sparsities; {args.dtype}; methods {', '.join(methods)}; {threads} threads; {cache}; median of "
           f"{args.samples} interleaved samples; results appended to {out}", flush=True)
     cmp = Compare(methods, threads, samples=args.samples, cold=args.cold, out=out, config_for=config_for,
-                  log=lambda line: print(line, flush=True), progress=tty_progress(sys.stderr))
+                  log=lambda line: print(line, flush=True), progress=tty_progress(sys.stderr),
+                  dtype=args.dtype)
     rows = cmp.run(shapes, args.sparsity, args.block)
     wanted = {s.name for s in shapes}
     blocks = {"%dx%d" % b for b in args.block}
     sparsities = {f"{s:g}" for s in args.sparsity}
     rows = [r for r in rows if r["shape"] in wanted and r["block"] in blocks and r["sparsity"] in sparsities
-            and r["cache"] == cmp.cache and r["threads"] == str(threads)]
+            and r["cache"] == cmp.cache and r["threads"] == str(threads) and r["dtype"] == args.dtype]
     print("\nspeedup over numpy dense (median of per-round ratios; ? = unstable, spread >= 10%):")
     print(speedup_table(rows, methods))
+    if args.dtype == "int8" and {"sparsebench", "sparsebench-fp32"} <= set(methods):
+        print("\nint8 against our float32 kernels (time ratio of the medians; quantization of X included):")
+        print(int8_table(rows))
     bad = [r for r in rows if r["status"] in ("wrong", "error")]
     for r in bad:
         print(f"FAILED {r['method']} on {r['shape']} {r['block']} {r['sparsity']}: {r['reason']}")
@@ -106,19 +116,26 @@ def cmd_compare(args):
 METHOD_NAMES = _method_names()
 
 
+def default_methods(dtype):
+    """What compare runs when --methods is not given: int8 adds our float32 kernels as yardstick."""
+    return list(DEFAULT_METHODS) + (["sparsebench-fp32"] if dtype == "int8" else [])
+
+
 def cmd_run(args):
     """autotune -> export -> compare (tuned) -> report: the main job, all into one results folder."""
     folder = args.results
     common = ["--shapes", args.shapes, "--sparsity", ",".join(f"{s:g}" for s in args.sparsity),
-              "--block", ",".join("%dx%d" % b for b in args.block)]
+              "--block", ",".join("%dx%d" % b for b in args.block), "--dtype", args.dtype]
     if args.threads:
         common += ["--threads", str(args.threads)]
     db, tuned = os.path.join(folder, "tuning.jsonl"), os.path.join(folder, "tuned.json")
+    methods = args.methods or ",".join(default_methods(args.dtype))
+    suffix = "" if args.dtype == "float32" else "-" + args.dtype
+    compare_out = os.path.join(folder, f"compare-{_set_name(args.shapes)}{suffix}.csv")
     steps = [["autotune", *common, "--db", db, "--strategy", args.strategy]
              + (["--max-evals", str(args.max_evals)] if args.max_evals else []),
              ["export", "--db", db, "--out", tuned],
-             ["compare", *common, "--tuned", tuned, "--methods", args.methods,
-              "--out", os.path.join(folder, f"compare-{_set_name(args.shapes)}.csv")],
+             ["compare", *common, "--tuned", tuned, "--methods", methods, "--out", compare_out],
              ["report", folder, "--out", os.path.join(folder, "report")]]
     for step in steps:
         print(f"\n$ sparsebench {' '.join(step)}", flush=True)
@@ -144,18 +161,21 @@ def cmd_autotune(args):
     strategies.get(args.strategy)
     threads = args.threads or default_threads()
     shapes = load_shapes(args.shapes)
+    check_dtype_blocks(args.dtype, args.block)
     db = TuningDB(args.db, foreign=args.use_foreign)
-    isas = available_isas() if args.isa == "all" else available_isas()[:1]
+    isas = available_isas(args.dtype)
+    isas = isas if args.isa == "all" else isas[:1]
     budget = f"at most {args.max_evals} evaluations per task" if args.max_evals else "no evaluation limit"
     if args.time_limit:
         budget += f", {args.time_limit:.0f} s in all"
     print(f"sparsebench autotune: {len(shapes)} shapes x {len(args.block)} blocks x {len(args.sparsity)} "
-          f"sparsities; strategy {args.strategy}; {budget}; {threads} threads; ISAs {', '.join(isas)}; "
+          f"sparsities; {args.dtype}; strategy {args.strategy}; {budget}; {threads} threads; "
+          f"ISAs {', '.join(isas)}; "
           f"database {args.db} ({len(db.records)} records of this machine and build)", flush=True)
     tuner = Autotuner(db, args.strategy, max_evals=args.max_evals, time_limit=args.time_limit,
                       retune=args.retune, samples=args.samples, isas=isas,
                       log=lambda line: print(line, flush=True), progress=tty_progress(sys.stderr))
-    results = tuner.tune_all(shapes, args.sparsity, args.block, threads)
+    results = tuner.tune_all(shapes, args.sparsity, args.block, threads, args.dtype)
     lines = []
     for r in results:
         t = r["task"]
@@ -179,9 +199,9 @@ def cmd_check_strategy(args):
 
     threads = args.threads or default_threads()
     db = TuningDB(args.db, foreign=args.use_foreign, writable=False)
-    tasks = [Task(sh.M, sh.K, sh.N, s, b, "float32", threads)
+    tasks = [Task(sh.M, sh.K, sh.N, s, b, args.dtype, threads)
              for sh in load_shapes(args.shapes) for b in args.block for s in args.sparsity]
-    rows = check_strategy(db, tasks, args.strategy, args.against)
+    rows = check_strategy(db, tasks, args.strategy, args.against, samples=args.samples, processes=args.processes)
     lines, fractions, slowdowns = [], [], []
     for r in rows:
         t = r["task"]
@@ -192,12 +212,13 @@ def cmd_check_strategy(args):
         fractions.append(r["evals"] / max(r["ref_evals"], 1))
         slowdowns.append(r["slowdown"])
         lines.append(head + [f"{r['evals']}/{r['ref_evals']}", f"{r['mine_ms']:.4f}", f"{r['ref_ms']:.4f}",
-                             f"{r['slowdown']:.3f} [{r['slowdown_p20']:.3f}-{r['slowdown_p80']:.3f}]",
+                             f"{r['slowdown']:.3f} [{r['slowdown_low']:.3f}-{r['slowdown_high']:.3f}]",
                              r["mine"]])
-    print(f"{args.strategy} vs {args.against}: winners re-timed side by side (median of 41 interleaved "
-          f"samples); slowdown = {args.strategy} winner time / {args.against} winner time")
+    print(f"{args.strategy} vs {args.against}: winners re-timed side by side, {args.samples} interleaved "
+          f"samples in each of {args.processes} fresh processes; slowdown = {args.strategy} winner time / "
+          f"{args.against} winner time, median over the processes [lowest-highest process]")
     print(format_table(["MxKxN", "block", "sparsity", "evals", f"{args.strategy} ms", f"{args.against} ms",
-                        "slowdown [p20-p80]", f"{args.strategy} winner"], lines))
+                        "slowdown [range]", f"{args.strategy} winner"], lines))
     if slowdowns:
         print(f"worst slowdown {max(slowdowns):.3f}, median {sorted(slowdowns)[len(slowdowns) // 2]:.3f}; "
               f"evaluations used: {min(fractions):.0%}-{max(fractions):.0%} of {args.against}'s")
@@ -228,14 +249,15 @@ def build_parser():
     q.add_argument("--json", action="store_true", help="machine-readable output")
     q.set_defaults(func=cmd_info)
     q = sub.add_parser("bench", help="best kernel config vs numpy dense, side by side")
-    add_problem_args(q)
+    add_problem_args(q, dtype=False)
     q.add_argument("--samples", type=positive, default=40)
     q.add_argument("--out", default=None, help="CSV file for the results")
     q.set_defaults(func=cmd_bench)
     q = sub.add_parser("compare", help="every method (dense, scipy, MKL, torch, ours) side by side")
     add_problem_args(q, "for every method (default: all cores)")
-    q.add_argument("--methods", default=",".join(DEFAULT_METHODS),
-                   help="comma-separated, or 'all'; known: " + ", ".join(METHOD_NAMES))
+    q.add_argument("--methods", default=None,
+                   help="comma-separated, or 'all' (default: " + ",".join(DEFAULT_METHODS)
+                   + ", and sparsebench-fp32 with --dtype int8); known: " + ", ".join(METHOD_NAMES))
     q.add_argument("--samples", type=positive, default=30, help="interleaved samples per method")
     q.add_argument("--cold", action="store_true", help="flush the caches before every timed call")
     q.add_argument("--config", default=None, help="KernelConfig JSON for the sparsebench method")
@@ -262,13 +284,15 @@ def build_parser():
     add_problem_args(q)
     q.add_argument("--strategy", default="smart", help="autotune strategy: smart, exhaustive or random")
     q.add_argument("--max-evals", type=positive, default=None, help="sparse configs measured per task")
-    q.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="methods to compare")
+    q.add_argument("--methods", default=None, help="methods to compare (default: as compare)")
     q.add_argument("--results", default="results", help="folder for the database, tuned file, CSV, report")
     q.set_defaults(func=cmd_run)
     q = sub.add_parser("check-strategy", help="re-time one strategy's winners against another's")
     add_problem_args(q)
     q.add_argument("--strategy", default="smart")
     q.add_argument("--against", default="exhaustive")
+    q.add_argument("--samples", type=positive, default=41, help="interleaved samples per process")
+    q.add_argument("--processes", type=positive, default=3, help="fresh processes to time in (pyperf style)")
     q.add_argument("--db", default=os.path.join("results", "tuning.jsonl"))
     q.add_argument("--use-foreign", action="store_true", help="use records of another machine or build")
     q.set_defaults(func=cmd_check_strategy)

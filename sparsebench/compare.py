@@ -1,7 +1,9 @@
 """`sparsebench compare`: every method on every shape x sparsity x block, side by side.
 
 For each case the methods are prepared on the same pruned W and X, each result is checked
-against the float64 reference (a wrong result becomes a failed row, never a timing), then
+against the float64 reference (a wrong result becomes a failed row, never a timing; int8
+results against the exact product of their quantized operands, with max_rel_error their
+deviation from the float32 result, i.e. the cost of quantization), then
 the methods that passed are timed interleaved and each is reported as a ratio to dense
 taken round by round. Rows are appended to the CSV as each case finishes, so an interrupted
 run keeps what it measured and a re-run measures only the cases still missing.
@@ -17,6 +19,7 @@ from threadpoolctl import threadpool_limits
 
 from . import __version__, baselines, fingerprint, store
 from .bsr import BSRMatrix
+from .dtypes import check_dtype, reference, sparse_matrix
 from .prune import prune
 from .timing import interleaved, ratio
 from .verify import Reference
@@ -68,13 +71,14 @@ class Compare:
     """One compare run: methods x cases, results appended to `out` (None: kept in memory)."""
 
     def __init__(self, methods, threads, samples=30, cold=False, out=None, config_for=None,
-                 log=print, progress=None):
+                 log=print, progress=None, dtype="float32"):
         self.methods = [baselines.get(m) for m in methods]
         self.threads = threads
+        self.dtype = check_dtype(dtype)
         self.samples = samples
         self.cache = "cold" if cold else "warm"
         self.out = out
-        self.config_for = config_for          # (A, N, sparsity) -> KernelConfig or None
+        self.config_for = config_for          # (A, N, sparsity) -> KernelConfig, "dense" or None
         self.log = log
         self.progress = progress or (lambda *a: None)
         self.skipped = set()
@@ -92,7 +96,8 @@ class Compare:
         wanted = [m.name for m in self.methods]
         cases = [(sh, b, s) for sh in shapes for b in blocks for s in sparsities]
         todo = [c for c in cases
-                if not all((case_key(c[0], c[1], c[2], self.threads, self.cache), m) in done for m in wanted)]
+                if not all((case_key(c[0], c[1], c[2], self.threads, self.cache, self.dtype), m) in done
+                           for m in wanted)]
         if len(todo) < len(cases):
             self.log(f"resuming {self.out}: {len(cases) - len(todo)} of {len(cases)} cases already measured")
         with threadpool_limits(self.threads):
@@ -102,7 +107,7 @@ class Compare:
                 if self.out:
                     store.append_lines(self.out, [_csv_line(r) for r in new], header=",".join(FIELDS))
                 rows = [r for r in rows if tuple(r[k] for k in KEY) != case_key(
-                    shape, block, sparsity, self.threads, self.cache)] + new
+                    shape, block, sparsity, self.threads, self.cache, self.dtype)] + new
                 self.progress(i + 1, len(todo), "")      # clear the live line
                 self.log(format_case(new))
         return rows
@@ -111,11 +116,16 @@ class Compare:
         W, X = problem_arrays(shape)
         Wp = prune(W, sparsity, block)
         A = BSRMatrix.from_dense(Wp, block)
-        config = self.config_for(A, shape.N, sparsity) if self.config_for else None
-        prob = baselines.Problem(Wp, A, X, sparsity, self.threads, config)
-        ref = Reference(Wp, X)
+        Aq = sparse_matrix(Wp, block, "int8") if self.dtype == "int8" else None
+        choose = self.config_for or (lambda A, n, s: None)
+        fp32_config = choose(A, shape.N, sparsity)
+        config = fp32_config if Aq is None else choose(Aq, shape.N, sparsity)
+        prob = baselines.Problem(Wp, A, X, sparsity, self.threads, config, self.dtype, Aq, fp32_config)
+        refs = {"float32": Reference(Wp, X)}
+        if Aq is not None:
+            refs["int8"] = reference(Aq, Wp, X, self.threads)
         base = {"shape": shape.name, "M": shape.M, "K": shape.K, "N": shape.N, "block": "%dx%d" % block,
-                "sparsity": f"{sparsity:g}", "dtype": "float32", "threads": self.threads,
+                "sparsity": f"{sparsity:g}", "dtype": self.dtype, "threads": self.threads,
                 "cache": self.cache, "timestamp": datetime.datetime.now().isoformat(timespec="seconds"),
                 **self.meta}
         rows, runners = {}, {}
@@ -123,7 +133,10 @@ class Compare:
             row = dict(base, method=method.name, library=_version(method))
             try:
                 fn = method.prepare(prob)
-                ok, err = ref.check(fn())
+                Y = fn()
+                dtype = method.dtype(prob)
+                ok, gate_err = refs[dtype].check(Y)
+                err = gate_err if dtype == "float32" else refs["float32"].check(Y)[1]
             except baselines.MethodUnavailable as e:
                 row.update(status="skipped", reason=str(e))
                 if (method.name, str(e)) not in self.skipped:
@@ -135,11 +148,11 @@ class Compare:
                 row.update(max_rel_error=err)
                 if ok:
                     runners[method.name] = fn
-                    if method.name == "sparsebench":
+                    if hasattr(method, "config_for"):
                         row["config"] = str(method.config_for(prob))
                 else:
-                    row.update(status="wrong", reason="result differs from the float64 reference "
-                               f"beyond the float32 rounding bound (max rel. error {err:.2e})")
+                    row.update(status="wrong", reason=f"result differs from the float64 reference of its {dtype} "
+                               f"operands beyond float32 rounding (max rel. error {gate_err:.2e})")
             rows[method.name] = row
         if runners:
             stats = interleaved(runners, samples=self.samples, cold=self.cache == "cold")
@@ -204,6 +217,23 @@ def speedup_table(rows, methods):
                 cells.append(f"{float(r['median_ms']):.3f}ms")
         lines.append(cells)
     return format_table(header, lines)
+
+
+def int8_table(rows):
+    """Text table: our float32 kernel's time / our int8 kernel's time, per shape x sparsity."""
+    by_case = {}
+    for r in rows:
+        if r["status"] == "ok" and r["method"] in ("sparsebench", "sparsebench-fp32"):
+            key = (r["shape"], f"{r['M']}x{r['K']}x{r['N']}", r["block"], r["sparsity"])
+            by_case.setdefault(key, {})[r["method"]] = r
+    lines = []
+    for key, by in by_case.items():
+        if len(by) == 2:
+            fp32, int8 = float(by["sparsebench-fp32"]["median_ms"]), float(by["sparsebench"]["median_ms"])
+            lines.append(list(key) + [f"{fp32:.3f}", f"{int8:.3f}", f"{fp32 / int8:.2f}x",
+                                      f"{float(by['sparsebench']['max_rel_error']):.2%}"])
+    return format_table(["shape", "MxKxN", "block", "sparsity", "fp32 ms", "int8 ms", "int8 speedup",
+                         "int8 error"], lines)
 
 
 def format_table(header, lines):

@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -250,3 +251,18 @@ def test_cli_autotune_export_and_bad_input(tmp_path, capsys):
     assert "cannot write results" in capsys.readouterr().err
     assert main(["export", "--db", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "x.json")]) == 2
     assert "no finished tuning results" in capsys.readouterr().err
+
+
+def test_check_strategy_retimes_both_winners_in_fresh_processes(tmp_path, capsys):
+    db = tmp_path / "t.jsonl"
+    for strategy in ("smart", "exhaustive"):
+        assert main(["autotune", "--shapes", "40x32x16", "--sparsity", "0.8", "--threads", "1", "--samples", "3",
+                     "--db", str(db), "--strategy", strategy]) == 0
+    capsys.readouterr()
+    assert main(["check-strategy", "--shapes", "40x32x16,48x32x16", "--sparsity", "0.8", "--threads", "1",
+                 "--db", str(db), "--samples", "5", "--processes", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "in each of 2 fresh processes" in out and "not tuned with smart" in out     # 48x32x16: not tuned
+    line = next(ln for ln in out.splitlines() if ln.strip().startswith("40x32x16"))
+    slowdown, low, high = (float(x) for x in re.findall(r"(\d+\.\d+) \[(\d+\.\d+)-(\d+\.\d+)\]", line)[0])
+    assert 0 < low <= slowdown <= high

@@ -37,7 +37,9 @@ class MethodUnavailable(Exception):
 
 @dataclasses.dataclass
 class Problem:
-    """One GEMM Y = W @ X with W block-sparse; every method gets the same arrays."""
+    """One GEMM Y = W @ X with W block-sparse; every method gets the same arrays. With dtype
+    "int8" only our `sparsebench` method computes in int8; the others are the float32 methods
+    a user would otherwise run."""
 
     W: np.ndarray                 # pruned weights, dense float32 (M x K), C order
     A: BSRMatrix                  # the same weights in block-sparse rows
@@ -45,6 +47,9 @@ class Problem:
     sparsity: float
     threads: int
     config: object = None         # `sparsebench` method: KernelConfig, "dense" or None (default)
+    dtype: str = "float32"        # the data type the `sparsebench` method computes in
+    Aq: object = None             # int8: the weights as a QuantizedBSRMatrix
+    fp32_config: object = None    # `sparsebench-fp32` method (float32 kernels whatever the dtype)
 
     @property
     def block(self):
@@ -68,6 +73,10 @@ class Baseline:
     name = "?"
     description = ""
     install_hint: Optional[str] = None
+
+    def dtype(self, problem: Problem) -> str:
+        """The data type this method computes `problem` in (its result's correctness gate)."""
+        return "float32"
 
     def version(self) -> str:
         """Library and version that does the work, for the results' metadata."""

@@ -15,7 +15,9 @@ from collections.abc import Mapping
 import numpy as np
 
 from ..cpu import default_threads
+from ..dtypes import check_dtype
 from ..prune import check_sparsity
+from ..quant import quantize_activations
 from .config import BertConfig, ModelError, model_config
 from .linear import SparseLinear, detect_block
 from .parallel import Lanes, blas_threads, shared_lanes
@@ -201,13 +203,17 @@ class BertEncoder:
     ("dense" or a KernelConfig) forces one kernel on every linear layer. `threads`: kernel
     threads and BLAS threads of dense linear layers; `lanes` (default `threads`): threads that
     share the attention heads and the numpy GELU of dense layers (1: the calling thread only).
+    `dtype` "int8" runs the linear layers on the int8 kernels (AVX512-VNNI; s8 weights per row,
+    activations quantized per tensor as each layer reads them, once for Q, K and V); attention,
+    softmax and LayerNorm stay float32.
     """
 
     def __init__(self, config, weights, *, sparsity=None, block=None, tuned=None, linear_config=None,
-                 threads=None, lanes=None):
+                 threads=None, lanes=None, dtype="float32"):
         if not isinstance(config, BertConfig):
             raise ModelError(f"config must be a BertConfig, got {type(config).__name__}")
         self.config = config
+        self.dtype = check_dtype(dtype)
         self.threads = threads or default_threads()
         self.lanes = lanes or self.threads
         self.sparsity = None if sparsity is None else check_sparsity(sparsity)
@@ -247,7 +253,8 @@ class BertEncoder:
                     W, param(p + hf + ".bias"), sparsity=self.sparsity, block=blk,
                     scale=scale if name == "query" else 1.0,
                     activation="gelu" if name == "ffn_in" else None,
-                    config=linear_config, tuned=table, threads=self.threads, name=f"layer{i}.{name}")
+                    config=linear_config, tuned=table, threads=self.threads, name=f"layer{i}.{name}",
+                    dtype=dtype)
             self.layers.append(_Layer(**linears,
                                       ln1=(column(p + "attention.output.LayerNorm.weight"),
                                            column(p + "attention.output.LayerNorm.bias")),
@@ -291,9 +298,18 @@ class BertEncoder:
     def as_dense(self):
         """The same encoder (same pruned weights) with every linear layer on numpy's dense
         matmul: the dense baseline of our own runner."""
+        return self._with_linears(SparseLinear.as_dense, "float32")
+
+    def as_float32(self):
+        """The same encoder with every linear layer on the float32 sparse kernels (an int8
+        encoder's dequantized weights): the yardstick of the int8 runner."""
+        return self._with_linears(SparseLinear.as_float32, "float32")
+
+    def _with_linears(self, convert, dtype):
         enc = copy.copy(self)
-        enc.layers = [dataclasses.replace(layer, **{name: lin.as_dense() for name, lin in layer.linears()})
+        enc.layers = [dataclasses.replace(layer, **{name: convert(lin) for name, lin in layer.linears()})
                       for layer in self.layers]
+        enc.dtype = dtype
         enc._ws = None
         return enc
 
@@ -337,7 +353,8 @@ class BertEncoder:
         c = self.config
         return (f"{c.name}: {c.layers} layers, hidden {c.hidden}, {c.heads} heads, intermediate "
                 f"{c.intermediate}; linear weights {how} {mean_sparsity:.1%} sparse in "
-                f"{','.join(blocks)} blocks; {tuned}; {self.threads} threads, {self.lanes} lanes")
+                f"{','.join(blocks)} blocks, {self.dtype} kernels; {tuned}; {self.threads} threads, "
+                f"{self.lanes} lanes")
 
     # -- forward ------------------------------------------------------------------------------
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, out=None):
@@ -414,8 +431,9 @@ class BertEncoder:
 
         with blas_threads(1):                    # per-head attention GEMMs are fastest on one thread
             for layer in self.layers:
+                x = self._qkv_input(layer, ws.hidden)
                 for lin, buf in ((layer.query, ws.q), (layer.key, ws.k), (layer.value, ws.v)):
-                    lin.matmul(ws.hidden, out=buf)
+                    lin.matmul(x, out=buf)
                     timer.lap(_GEMM_CATEGORY[lin.method])
                 attention_lanes.run(attention, head_parts)
                 timer.lap("lane sync")
@@ -442,6 +460,16 @@ class BertEncoder:
         np.copyto(out.reshape(batch * seq, c.hidden), ws.hidden.T)
         timer.lap("copies/other")
         return out
+
+    def _qkv_input(self, layer, hidden):
+        """What Q, K and V read: `hidden`, or, when all three run the same int8 kernels' layout,
+        `hidden` quantized once for the three."""
+        qkv = (layer.query, layer.key, layer.value)
+        n = hidden.shape[1]
+        if all(lin.dtype == "int8" and lin.block == layer.query.block and lin.plan(n).method == "sparse"
+               for lin in qkv):
+            return quantize_activations(hidden, layer.query.block, threads=self.threads)
+        return hidden
 
     def _embed(self, ws, ids, types):
         """word + position + token type embeddings, into ws.hidden (hidden x tokens)."""

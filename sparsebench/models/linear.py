@@ -8,11 +8,12 @@ import dataclasses
 import numpy as np
 
 from ..blocks import SUPPORTED_BLOCKS, check_block
-from ..bsr import BSRMatrix
 from ..config import KernelConfig, check_config, default_config
 from ..cpu import default_threads
-from ..errors import ConfigError
+from ..dtypes import check_dtype_blocks, sparse_matrix
+from ..errors import ConfigError, UnsupportedISAError
 from ..prune import prune
+from ..quant import QuantizedActivations
 from ..spmm import spmm
 from .config import ModelError
 from .parallel import blas_threads
@@ -73,7 +74,9 @@ class KernelPlan:
 
 
 class SparseLinear:
-    """Y = act(scale (W @ X + b)) for X of shape (in_features, N), W stored as a BSRMatrix.
+    """Y = act(scale (W @ X + b)) for X of shape (in_features, N), W stored as a BSRMatrix
+    (dtype "float32") or a QuantizedBSRMatrix (dtype "int8": s8 weights per row, X quantized
+    per call to u8 unless it is given as QuantizedActivations, Y float32).
 
     `weight` (out_features x in_features) is pruned to `sparsity` with sparsebench.prune in
     `block` blocks, or kept as it is with sparsity=None; `scale` (e.g. attention's 1/sqrt(d))
@@ -84,7 +87,7 @@ class SparseLinear:
     """
 
     def __init__(self, weight, bias=None, *, sparsity=None, block=(4, 1), scale=1.0, activation=None,
-                 config=None, tuned=None, threads=None, name="linear"):
+                 config=None, tuned=None, threads=None, name="linear", dtype="float32"):
         weight = np.asarray(weight)
         if weight.ndim != 2 or not np.issubdtype(weight.dtype, np.floating):
             raise ModelError(f"{name}: weight must be a 2-D floating-point matrix, "
@@ -94,7 +97,12 @@ class SparseLinear:
             raise ModelError(f"{name}: unknown activation {activation!r}; choose one of {ACTIVATIONS}")
         if not (config is None or config == "dense" or isinstance(config, KernelConfig)):
             raise ModelError(f"{name}: config must be a KernelConfig, 'dense' or None, got {config!r}")
+        try:
+            check_dtype_blocks(dtype, [block])
+        except (ValueError, UnsupportedISAError) as e:
+            raise ModelError(f"{name}: {e}") from None
         self.name = name
+        self.dtype = dtype
         self.activation = activation
         self.threads = threads or default_threads()
         self.tuned = tuned
@@ -102,7 +110,7 @@ class SparseLinear:
         if sparsity is not None:
             weight = prune(weight, sparsity, block)
         self.scale = float(scale)
-        self.A = BSRMatrix.from_dense(weight * np.float32(scale) if scale != 1 else weight, block)
+        self.A = sparse_matrix(weight * np.float32(scale) if scale != 1 else weight, block, dtype)
         self.out_features, self.in_features = self.A.shape
         if bias is None:
             self.bias = None
@@ -145,8 +153,7 @@ class SparseLinear:
         if self.tuned is None:
             return KernelPlan("sparse", heuristic, "default heuristic", "no tuned file")
         M, K = self.A.shape
-        entry = self.tuned.lookup(M, K, n, self.sparsity, self.block, dtype="float32",
-                                  threads=self.threads)
+        entry = self.tuned.lookup(M, K, n, self.sparsity, self.block, dtype=self.dtype, threads=self.threads)
         if entry.method == "sparse" and entry.config is None:
             return KernelPlan("sparse", heuristic, "default heuristic", entry.note)
         source = "tuned" if entry.exact else "tuned (nearest)"
@@ -166,16 +173,19 @@ class SparseLinear:
 
     def matmul(self, X, out=None):
         """scale (W @ X + b) into `out` with the planned kernel, and the activation too when the
-        kernel applies it in its epilogue (the sparse kernels do). Sets `kernel` and `method`."""
-        if not (isinstance(X, np.ndarray) and X.ndim == 2):
-            raise ModelError(f"{self.name}: X must be a 2-D numpy array (in_features x tokens), "
-                             f"got {type(X).__name__} {getattr(X, 'shape', '')}")
+        kernel applies it in its epilogue (the sparse kernels do). Sets `kernel` and `method`.
+        An int8 layer also takes X as QuantizedActivations (quantize_activations(X, block))."""
+        quantized = isinstance(X, QuantizedActivations)
+        if not ((isinstance(X, np.ndarray) and X.ndim == 2) or (quantized and self.dtype == "int8")):
+            raise ModelError(f"{self.name}: X must be a 2-D numpy array (in_features x tokens)"
+                             + (" or QuantizedActivations" if self.dtype == "int8" else "")
+                             + f", got {type(X).__name__} {getattr(X, 'shape', '')}")
         n = X.shape[1]
         plan = self._plans.get(n) or self.plan(n)
         if plan.method == "sparse":
             out = spmm(self.A, X, plan.config, out=out, bias=self.bias, activation=self.activation)
         else:
-            out = self._dense_matmul(X, out)
+            out = self._dense_matmul(X.to_float() if quantized else X, out)
         self.kernel, self.method = plan.kernel, plan.method
         return out
 
@@ -221,8 +231,17 @@ class SparseLinear:
         return SparseLinear(W, b, block=self.block, scale=self.scale, activation=self.activation,
                             config="dense", threads=self.threads, name=self.name)
 
+    def as_float32(self):
+        """The same layer on the float32 sparse kernels (an int8 layer's dequantized weights),
+        its kernel chosen as this layer's is (tuned table or heuristic)."""
+        W, b = self.dense_weight()
+        return SparseLinear(W, b, block=self.block, scale=self.scale, activation=self.activation,
+                            config=None if self._config != "dense" else "dense", tuned=self.tuned,
+                            threads=self.threads, name=self.name)
+
     def __repr__(self):
         act = f", {self.activation}" if self.activation else ""
+        act += ", int8" if self.dtype == "int8" else ""
         return (f"<SparseLinear {self.name} {self.out_features}x{self.in_features}, block "
                 f"{self.block[0]}x{self.block[1]}, sparsity {self.sparsity:.3f}{act}>")
 

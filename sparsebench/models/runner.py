@@ -21,8 +21,11 @@ from .. import __version__
 from ..timing import Stats
 from .bert import CATEGORIES
 
-#: methods `compare` can add beside ours ("sparsebench")
-BASELINES = ("dense", "torch", "onnxruntime")
+#: methods `compare` can add beside ours ("sparsebench"); "fp32" is our runner on the float32
+#: sparse kernels, the yardstick of an int8 encoder
+BASELINES = ("dense", "fp32", "torch", "onnxruntime")
+_OURS = {"sparsebench": "block-sparse kernels", "dense": "numpy dense matmul for every linear layer",
+         "fp32": "float32 block-sparse kernels"}
 
 
 class MethodUnavailable(Exception):
@@ -49,9 +52,9 @@ def make_inputs(config, batch, seq, seed=0):
 def ours(enc, inputs, name="sparsebench"):
     ids, mask, types = inputs
     out = np.empty(ids.shape + (enc.config.hidden,), np.float32)
-    return Method(name, "sparsebench encoder, " + ("block-sparse kernels" if name == "sparsebench"
-                                                   else "numpy dense matmul for every linear layer"),
-                  lambda: enc(ids, mask, types, out=out), f"sparsebench {__version__}, numpy {np.__version__}")
+    what = _OURS[name] + (" (int8)" if name == "sparsebench" and enc.dtype == "int8" else "")
+    return Method(name, "sparsebench encoder, " + what, lambda: enc(ids, mask, types, out=out),
+                  f"sparsebench {__version__}, numpy {np.__version__}")
 
 
 def torch_model(enc):
@@ -184,6 +187,8 @@ def compare(enc, batch, seq, baselines=("dense",), threads=None, samples=30, tim
             try:
                 if name == "dense":
                     methods.append(ours(enc.as_dense(), inputs, name="dense"))
+                elif name == "fp32":
+                    methods.append(ours(enc.as_float32(), inputs, name="fp32"))
                 elif name == "torch":
                     methods.append(torch_method(enc, inputs, threads))
                 elif name == "onnxruntime":

@@ -13,8 +13,8 @@ import time
 
 import numpy as np
 
-from ..bsr import BSRMatrix
 from ..compare import problem_arrays
+from ..dtypes import reference, sparse_matrix
 from ..errors import ConfigError
 from ..prune import prune
 from ..spmm import spmm
@@ -45,8 +45,8 @@ class Autotuner:
         self.log = log
         self.progress = progress or (lambda *a: None)
 
-    def tune_all(self, shapes, sparsities, blocks, threads):
-        tasks = [(sh, Task(sh.M, sh.K, sh.N, s, b, "float32", threads))
+    def tune_all(self, shapes, sparsities, blocks, threads, dtype="float32"):
+        tasks = [(sh, Task(sh.M, sh.K, sh.N, s, b, dtype, threads))
                  for sh in shapes for b in blocks for s in sparsities]
         results = []
         for i, (shape, task) in enumerate(tasks):
@@ -67,8 +67,9 @@ class Autotuner:
             return done[-1]
         W, X = problem_arrays(task_shape(task))
         Wp = prune(W, task.sparsity, task.block)
-        A = BSRMatrix.from_dense(Wp, task.block)
-        ref = Reference(Wp, X)
+        A = sparse_matrix(Wp, task.block, task.dtype)
+        # dense computes in float32; int8 candidates are checked exactly against their operands
+        refs = {"dense": Reference(Wp, X), "sparse": reference(A, Wp, X, task.threads)}
         space = SearchSpace(A, task.N, task.threads, self.isas)
         cache = {} if self.retune else self.db.measurements(task)
         runners = {"dense": _dense_runner(Wp, X)}
@@ -86,7 +87,7 @@ class Autotuner:
                 raise strategies.BudgetExhausted
             rec = cache.get(candidate)
             if rec is None:
-                rec = self._measure(task, candidate, A, Wp, X, ref, runners)
+                rec = self._measure(task, candidate, A, X, refs, runners)
             t = rec["median_s"] if rec["status"] == "ok" else math.inf
             times[candidate] = t
             order.append(candidate)
@@ -117,18 +118,18 @@ class Autotuner:
                 found[candidate_of(rec)] = min(distance(t), found.get(candidate_of(rec), math.inf))
         return sorted(found, key=found.get)[:count]
 
-    def _measure(self, task, candidate, A, Wp, X, ref, runners):
-        rec = {"kind": "measurement", "task": task.key(), "strategy": self.strategy_name,
-               "method": "dense" if candidate == "dense" else "sparse",
+    def _measure(self, task, candidate, A, X, refs, runners):
+        method = "dense" if candidate == "dense" else "sparse"
+        rec = {"kind": "measurement", "task": task.key(), "strategy": self.strategy_name, "method": method,
                "config": None if candidate == "dense" else candidate.to_dict()}
         try:
             if candidate != "dense":
                 runners[candidate] = _sparse_runner(A, X, candidate)
             fresh = np.full((A.shape[0], X.shape[1]), np.nan, dtype=np.float32)
-            ok, err = ref.check(runners[candidate](fresh))
+            ok, err = refs[method].check(runners[candidate](fresh))
             if not ok:
-                rec.update(status="wrong", reason=f"result differs from the float64 reference "
-                           f"(max rel. error {err:.2e})")
+                rec.update(status="wrong", reason=f"result differs from the float64 reference of its "
+                           f"{task.dtype} operands (max rel. error {err:.2e})")
             else:
                 out = np.empty_like(fresh)
                 fn = runners[candidate]

@@ -33,13 +33,13 @@ class SearchSpace:
 
     def neighbours(self, config, param):
         """Valid configs equal to `config` except for `param` (every other value of it)."""
-        out = []
-        for v in self.params[param]:
-            if v != getattr(config, param):
-                c = dataclasses.replace(config, **{param: v})
-                if c in self._valid:
-                    out.append(c)
-        return out
+        others = (self.replace(config, **{param: v}) for v in self.params[param] if v != getattr(config, param))
+        return [c for c in others if c is not None]
+
+    def replace(self, config, **changes):
+        """`config` with `changes` applied, or None if that is not a valid config."""
+        c = dataclasses.replace(config, **changes)
+        return c if c in self._valid else None
 
     def closest(self, config):
         """The valid config sharing the most parameters with `config` (e.g. from another shape)."""

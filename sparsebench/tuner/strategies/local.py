@@ -1,16 +1,26 @@
-"""Smart: coordinate descent seeded by the heuristic and by winners of nearby shapes.
+"""Smart: coordinate descent seeded by the heuristic and by winners of nearby shapes, plus
+sweeps of the parameter pairs that interact.
 
 From the best seed, sweep one parameter at a time over all its valid values and move to
 the best point; repeat until a full round over the parameters improves nothing by more
 than the noise margin. Then restart from the best measured config not yet used as a
-start (another basin); stop when a restart no longer improves on the best so far. Parameters are swept in order of measured impact
-on these kernels: tile width first, then K slicing, prefetch, scheduling, panels, ISA.
+start (another basin); stop when a restart no longer improves on the best so far.
+Parameters are swept in order of measured impact on these kernels: tile width first,
+then K slicing, prefetch, scheduling, panels, ISA.
+
+One parameter at a time misses optima that need two changes at once: prefetching pays
+with one schedule and not another, a cache panel changes which K slice and tile width
+fit. So the converged best is then swept over the grid of each such pair (PAIRS); if
+that finds a better config, the descent starts again from it.
 """
+import itertools
 import math
 
 from ..space import TUNABLE
 
 ORDER = ("n_tile", "k_slice", "prefetch", "m_tile", "n_panel", "isa")
+#: parameter pairs whose best values depend on each other (measured on the BERT shapes)
+PAIRS = (("m_tile", "prefetch"), ("n_panel", "k_slice"), ("n_tile", "n_panel"))
 #: an improvement smaller than this fraction is treated as noise (no move)
 MARGIN = 0.02
 assert set(ORDER) == set(TUNABLE)
@@ -24,9 +34,22 @@ def search(space, evaluate, rng, seeds):
             times[config] = evaluate(config)
         return times[config]
 
+    def best():
+        finite = [c for c in times if math.isfinite(times[c])]
+        return min(finite, key=times.get) if finite else None
+
     for s in seeds:
         ev(s)
     starts = set()
+    while True:
+        _descend(space, ev, times, starts, rng)
+        top = best()
+        if top is None or not _sweep_pairs(space, ev, times, top):
+            return
+
+
+def _descend(space, ev, times, starts, rng):
+    """Coordinate descent from the best unused start, restarting until a restart gains nothing."""
     best_before = math.inf
     while True:
         finite = [c for c in sorted(times, key=times.get) if math.isfinite(times[c])]
@@ -49,6 +72,17 @@ def search(space, evaluate, rng, seeds):
                 options = [current] + space.neighbours(current, param)
                 for c in options:
                     ev(c)
-                best = min(options, key=lambda c: times[c])
-                if times[best] < times[current] * (1 - MARGIN):
-                    current, improved = best, True
+                top = min(options, key=lambda c: times[c])
+                if times[top] < times[current] * (1 - MARGIN):
+                    current, improved = top, True
+
+
+def _sweep_pairs(space, ev, times, center):
+    """Measure every valid config that differs from `center` in one of PAIRS; True if one beats it."""
+    for a, b in PAIRS:
+        for va, vb in itertools.product(space.params[a], space.params[b]):
+            c = space.replace(center, **{a: va, b: vb})
+            if c is not None:
+                ev(c)
+    top = min((c for c in times if math.isfinite(times[c])), key=times.get)
+    return times[top] < times[center] * (1 - MARGIN)
