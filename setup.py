@@ -41,6 +41,9 @@ INT8_ISAS = {
 }
 INT8_BLOCKS = [(4, 1), (4, 4), (1, 4)]
 PREFETCH_PAD = 64
+#: what the kernels of each dtype are rendered and compiled from (see kernel_hashes)
+KERNEL_SOURCES = {"float32": ("spmm.pyx.tp", "simd.h", "pool.h"),
+                  "int8": ("spmm_int8.pyx.tp", "vnni.h", "simd.h", "pool.h")}
 COMMON_FLAGS = ["-O3", "-pthread", "-fno-math-errno", "-Wno-unused-function", "-Wno-unreachable-code"]
 
 
@@ -78,15 +81,18 @@ def render(template, out, **namespace):
     os.replace(tmp, out)
 
 
-def template_hash():
-    h = hashlib.sha256()
-    for name in sorted(os.listdir(KERNELS)):
-        path = os.path.join(KERNELS, name)
-        if os.path.isfile(path) and name.endswith((".tp", ".pyx", ".h")):   # sources, not Cython's .c
+def kernel_hashes():
+    """Per dtype, a hash of the sources its kernels are made of: it keys the tuning records, so a
+    change to the int8 kernels does not orphan the float32 records, nor the other way round."""
+    out = {}
+    for dtype, names in KERNEL_SOURCES.items():
+        h = hashlib.sha256()
+        for name in names:
             h.update(name.encode())
-            with open(path, "rb") as f:
+            with open(os.path.join(KERNELS, name), "rb") as f:
                 h.update(f.read())
-    return h.hexdigest()[:16]
+        out[dtype] = h.hexdigest()[:16]
+    return out
 
 
 def compiler_version():
@@ -136,7 +142,7 @@ def extensions():
                           extra_compile_args=["-O3", "-pthread"], extra_link_args=["-pthread"]))
     buildinfo = {"target": target, "isas": isas, "flags": flags_by_isa,
                  "int8_isas": int8_isas, "int8_flags": int8_flags,
-                 "compiler": compiler_version(), "template_hash": template_hash(),
+                 "compiler": compiler_version(), "kernel_hashes": kernel_hashes(),
                  "prefetch_pad": PREFETCH_PAD, "blocks": BLOCKS, "int8_blocks": INT8_BLOCKS,
                  "python": platform.python_version(), "numpy_build": numpy.__version__}
     write_if_changed(os.path.join(HERE, "sparsebench", "_buildinfo.py"),

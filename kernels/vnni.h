@@ -1,8 +1,9 @@
 /* AVX512-VNNI helpers for the int8 SpMM kernels (kernels/spmm_int8.pyx.tp).
  *
- * Quantized operands: weights s8; activations u8 = q + 128 with q = clamp(rint(x / scale),
- * -127, 127) (zero point 128, so the kernels subtract 128 * (row sum of the weights) once per
- * output). vpdpbusd multiplies 4 adjacent u8 by 4 adjacent s8 and adds the 4 products to a
+ * Quantized operands: weights s8 with a scale per row; activations u8 = q + 128 with
+ * q = clamp(rint(x / scale[n]), -127, 127) and a scale per column n of X (per token; zero point
+ * 128, so the kernels subtract 128 * (row sum of the weights) once per output, and scale
+ * output (r, n) by rscale[r] * scale[n]). vpdpbusd multiplies 4 adjacent u8 by 4 adjacent s8 and adds the 4 products to a
  * 32-bit lane (wrapping, never saturating), so each lane needs the 4 K values of one column of
  * X side by side ("quads"). Two packed layouts of X provide them:
  *
@@ -64,21 +65,23 @@ static inline void sb_interleave4(const uint8_t *p0, const uint8_t *p1, const ui
     *q3 = _mm512_unpackhi_epi16(t1, t3);
 }
 
-/* Epilogue: float32 (acc - comp) * scale (+ bias), one rounding each for the conversion and
- * the multiply(-add). comp = 128 * (row sum of the s8 weights) undoes the zero point. */
-static inline vf sb_dequant(vi acc, vi comp, vf scale) {
-    return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc, comp)), scale);
+/* Epilogue: float32 (acc - comp) * (rscale * xscale) (+ bias), one rounding each for the
+ * conversion, the scale product and the multiply(-add). comp = 128 * (row sum of the s8
+ * weights) undoes the zero point; rscale is the row's, xscale the 16 columns'. */
+static inline vf sb_dequant(vi acc, vi comp, vf rscale, vf xscale) {
+    return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc, comp)), _mm512_mul_ps(rscale, xscale));
 }
-static inline vf sb_dequant_bias(vi acc, vi comp, vf scale, vf bias) {
-    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc, comp)), scale, bias);
+static inline vf sb_dequant_bias(vi acc, vi comp, vf rscale, vf xscale, vf bias) {
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc, comp)), _mm512_mul_ps(rscale, xscale), bias);
 }
 
 /* -- quantize and pack X (K x N float32, rows ldx floats apart) ------------------------------
- * Two modes. Dynamic (scale = max |X| / 127, after sb_absmax_bits found X finite): every
- * |x * inv| <= 127.5, so rint and the saturating packs need no clamp. Calibrated (a given
- * scale): x * inv is capped at 127 before the conversion (which turns anything beyond 2^31,
- * and NaN, into INT_MIN), -128 is lifted to -127, and the largest |x| is tracked so that
- * the caller can refuse inf and NaN. */
+ * inv[n] = 1 / scale[n] per column (inv holds npad floats). Two modes. Dynamic (scale[n] =
+ * max |X[:, n]| / 127, after sb_colmax_bits found X finite): every |x * inv| <= 127.5, so
+ * rint and the saturating packs need no clamp. Calibrated (one given scale): x * inv is
+ * capped at 127 before the conversion (which turns anything beyond 2^31, and NaN, into
+ * INT_MIN), -128 is lifted to -127, and the largest |x| is tracked so that the caller can
+ * refuse inf and NaN. */
 
 /* |x| as float bits: ordered like |x| for finite x, >= 0x7f800000 for inf and NaN */
 static inline vi sb_absbits(vf x) {
@@ -103,50 +106,62 @@ static inline vf sb_load16(const float *p, int n) {
     return n >= 16 ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(vm_first(n), p);
 }
 
-/* Largest |x| (as bits, see sb_absbits) over rows k0..k1 of X. */
-static uint32_t sb_absmax_bits(const float *X, ptrdiff_t ldx, int k0, int k1, int N) {
-    vi b0 = vi_zero(), b1 = vi_zero(), b2 = vi_zero(), b3 = vi_zero();
-    for (int k = k0; k < k1; k++) {
-        const float *x = X + (ptrdiff_t)k * ldx;
-        int c = 0;
-        for (; c + 64 <= N; c += 64) {
-            b0 = _mm512_max_epu32(b0, sb_absbits(_mm512_loadu_ps(x + c)));
-            b1 = _mm512_max_epu32(b1, sb_absbits(_mm512_loadu_ps(x + c + 16)));
-            b2 = _mm512_max_epu32(b2, sb_absbits(_mm512_loadu_ps(x + c + 32)));
-            b3 = _mm512_max_epu32(b3, sb_absbits(_mm512_loadu_ps(x + c + 48)));
+/* Largest |x| (as bits, see sb_absbits) of each column c0..c1 of X over its K rows, into
+ * out[c0..c1] (c0 a multiple of 16; whole vectors are stored up to c1 rounded up to 16). */
+static void sb_colmax_bits(const float *X, ptrdiff_t ldx, int K, int c0, int c1, uint32_t *out) {
+    int c = c0;
+    for (; c + 64 <= c1; c += 64) {
+        vi b0 = vi_zero(), b1 = vi_zero(), b2 = vi_zero(), b3 = vi_zero();
+        for (int k = 0; k < K; k++) {
+            const float *x = X + (ptrdiff_t)k * ldx + c;
+            b0 = _mm512_max_epu32(b0, sb_absbits(_mm512_loadu_ps(x)));
+            b1 = _mm512_max_epu32(b1, sb_absbits(_mm512_loadu_ps(x + 16)));
+            b2 = _mm512_max_epu32(b2, sb_absbits(_mm512_loadu_ps(x + 32)));
+            b3 = _mm512_max_epu32(b3, sb_absbits(_mm512_loadu_ps(x + 48)));
         }
-        for (; c < N; c += 16)
-            b0 = _mm512_max_epu32(b0, sb_absbits(sb_load16(x + c, N - c)));
+        _mm512_storeu_si512((void *)(out + c), b0);
+        _mm512_storeu_si512((void *)(out + c + 16), b1);
+        _mm512_storeu_si512((void *)(out + c + 32), b2);
+        _mm512_storeu_si512((void *)(out + c + 48), b3);
     }
-    return _mm512_reduce_max_epu32(_mm512_max_epu32(_mm512_max_epu32(b0, b1), _mm512_max_epu32(b2, b3)));
+    for (; c < c1; c += 16) {
+        vi b = vi_zero();
+        for (int k = 0; k < K; k++)
+            b = _mm512_max_epu32(b, sb_absbits(sb_load16(X + (ptrdiff_t)k * ldx + c, c1 - c)));
+        _mm512_storeu_si512((void *)(out + c), b);
+    }
 }
 
-/* 64 u8 from 4 vectors of floats (see sb_to_u8 for the order); tracks |x| if calibrated */
-static inline vi sb_quant64(vf v0, vf v1, vf v2, vf v3, vf inv, vi *bits, int calibrated) {
+/* 64 u8 from 4 vectors of floats and their inverse scales (see sb_to_u8 for the order);
+ * tracks |x| if calibrated */
+static inline vi sb_quant64(vf v0, vf v1, vf v2, vf v3, vf i0, vf i1, vf i2, vf i3, vi *bits,
+                            int calibrated) {
     if (calibrated)
         *bits = _mm512_max_epu32(_mm512_max_epu32(*bits, _mm512_max_epu32(sb_absbits(v0), sb_absbits(v1))),
                                  _mm512_max_epu32(sb_absbits(v2), sb_absbits(v3)));
-    return sb_to_u8(sb_quant16(v0, inv, calibrated), sb_quant16(v1, inv, calibrated),
-                    sb_quant16(v2, inv, calibrated), sb_quant16(v3, inv, calibrated));
+    return sb_to_u8(sb_quant16(v0, i0, calibrated), sb_quant16(v1, i1, calibrated),
+                    sb_quant16(v2, i2, calibrated), sb_quant16(v3, i3, calibrated));
 }
 
 /* Rows k0..k1 of X into the rows layout (out row k at out + k * ldo, npad columns, npad a
  * multiple of 64); returns the largest |x| seen, as bits (calibrated mode; else 0). */
 static inline uint32_t sb_pack_rows(const float *X, ptrdiff_t ldx, int k0, int k1, int N, int npad,
-                                    float inv_scale, uint8_t *out, ptrdiff_t ldo, int calibrated) {
-    vf inv = _mm512_set1_ps(inv_scale);
+                                    const float *inv, uint8_t *out, ptrdiff_t ldo, int calibrated) {
     vi bits = vi_zero();
     for (int k = k0; k < k1; k++) {
         const float *x = X + (ptrdiff_t)k * ldx;
         uint8_t *o = out + (ptrdiff_t)k * ldo;
-        int c = 0;
-        for (; c + 64 <= N; c += 64)        /* whole chunks, then the padded tail */
-            _mm512_storeu_si512((void *)(o + c), sb_quant64(_mm512_loadu_ps(x + c), _mm512_loadu_ps(x + c + 16),
-                                _mm512_loadu_ps(x + c + 32), _mm512_loadu_ps(x + c + 48), inv, &bits, calibrated));
-        for (; c < npad; c += 64)
-            _mm512_storeu_si512((void *)(o + c), sb_quant64(sb_load16(x + c, N - c), sb_load16(x + c + 16, N - c - 16),
-                                sb_load16(x + c + 32, N - c - 32), sb_load16(x + c + 48, N - c - 48), inv, &bits,
-                                calibrated));
+        for (int c = 0; c < npad; c += 64) {
+            vf i0 = _mm512_loadu_ps(inv + c), i1 = _mm512_loadu_ps(inv + c + 16);
+            vf i2 = _mm512_loadu_ps(inv + c + 32), i3 = _mm512_loadu_ps(inv + c + 48);
+            vi q = c + 64 <= N    /* whole chunks, then the padded tail */
+                ? sb_quant64(_mm512_loadu_ps(x + c), _mm512_loadu_ps(x + c + 16), _mm512_loadu_ps(x + c + 32),
+                             _mm512_loadu_ps(x + c + 48), i0, i1, i2, i3, &bits, calibrated)
+                : sb_quant64(sb_load16(x + c, N - c), sb_load16(x + c + 16, N - c - 16),
+                             sb_load16(x + c + 32, N - c - 32), sb_load16(x + c + 48, N - c - 48),
+                             i0, i1, i2, i3, &bits, calibrated);
+            _mm512_storeu_si512((void *)(o + c), q);
+        }
     }
     return _mm512_reduce_max_epu32(bits);
 }
@@ -155,11 +170,10 @@ static inline uint32_t sb_pack_rows(const float *X, ptrdiff_t ldx, int k0, int k
  * quad-row g at out + g * ldo, npad columns of 4 bytes, npad a multiple of 16); returns the
  * largest |x| seen, as bits (calibrated mode; else 0). */
 static inline uint32_t sb_pack_quads(const float *X, ptrdiff_t ldx, int K, int g0, int g1, int N,
-                                     int npad, float inv_scale, uint8_t *out, ptrdiff_t ldo,
+                                     int npad, const float *inv, uint8_t *out, ptrdiff_t ldo,
                                      int calibrated) {
     /* in each 16-byte lane, byte 4t + i (row t, column i) moves to byte 4i + t */
     const vi transpose = _mm512_set4_epi32(0x0F0B0703, 0x0E0A0602, 0x0D090501, 0x0C080400);
-    vf inv = _mm512_set1_ps(inv_scale);
     vi bits = vi_zero();
     for (int g = g0; g < g1; g++) {
         const float *x[4];
@@ -171,14 +185,18 @@ static inline uint32_t sb_pack_quads(const float *X, ptrdiff_t ldx, int K, int g
         uint8_t *o = out + (ptrdiff_t)g * ldo;
         int c = 0;
         if (4 * g + 3 < K)                     /* whole vectors of 4 rows, then the rest */
-            for (; c + 16 <= N; c += 16)
+            for (; c + 16 <= N; c += 16) {
+                vf i = _mm512_loadu_ps(inv + c);
                 _mm512_storeu_si512((void *)(o + 4 * c), _mm512_shuffle_epi8(sb_quant64(
                     _mm512_loadu_ps(x[0] + c), _mm512_loadu_ps(x[1] + c), _mm512_loadu_ps(x[2] + c),
-                    _mm512_loadu_ps(x[3] + c), inv, &bits, calibrated), transpose));
-        for (; c < npad; c += 16)
+                    _mm512_loadu_ps(x[3] + c), i, i, i, i, &bits, calibrated), transpose));
+            }
+        for (; c < npad; c += 16) {
+            vf i = _mm512_loadu_ps(inv + c);
             _mm512_storeu_si512((void *)(o + 4 * c), _mm512_shuffle_epi8(sb_quant64(
                 sb_load16(x[0] + c, n[0] - c), sb_load16(x[1] + c, n[1] - c), sb_load16(x[2] + c, n[2] - c),
-                sb_load16(x[3] + c, n[3] - c), inv, &bits, calibrated), transpose));
+                sb_load16(x[3] + c, n[3] - c), i, i, i, i, &bits, calibrated), transpose));
+        }
     }
     return _mm512_reduce_max_epu32(bits);
 }

@@ -84,7 +84,7 @@ class Compare:
         self.skipped = set()
         meta_hw = fingerprint.hardware()
         self.meta = {"cpu": meta_hw["cpu"], "hardware_id": fingerprint.hardware_id(),
-                     "build_id": fingerprint.build_id(), "sparsebench": __version__}
+                     "build_id": fingerprint.build_id(self.dtype), "sparsebench": __version__}
 
     def run(self, shapes, sparsities, blocks):
         done = set()

@@ -14,11 +14,15 @@ def hardware():
             "cores": os.cpu_count() or 1}
 
 
-def build():
-    """sparsebench version, kernel template hash, compiler and flags of the modules that can run."""
-    flags = {isa: BUILD["flags"][isa] for isa in available_isas()}
-    flags.update({"int8-" + isa: BUILD["int8_flags"][isa] for isa in available_isas("int8")})
-    return {"version": __version__, "template_hash": BUILD["template_hash"],
+def build(dtype=None):
+    """sparsebench version, kernel source hashes, compiler and the flags of the modules that can
+    run; with a dtype, only what that dtype's kernels are made of (what build_id(dtype) keys)."""
+    dtypes = [dtype] if dtype else list(BUILD["kernel_hashes"])
+    flags = {}
+    for d in dtypes:
+        key, prefix = ("flags", "") if d == "float32" else (d + "_flags", d + "-")
+        flags.update({prefix + isa: BUILD[key][isa] for isa in available_isas(d)})
+    return {"version": __version__, "kernel_hashes": {d: BUILD["kernel_hashes"][d] for d in dtypes},
             "compiler": BUILD["compiler"], "flags": flags}
 
 
@@ -31,5 +35,6 @@ def hardware_id():
     return digest(hardware())
 
 
-def build_id():
-    return digest(build())
+def build_id(dtype=None):
+    """Id of the build of one dtype's kernels (tuning records carry it), or of all of them."""
+    return digest(build(dtype))

@@ -48,7 +48,7 @@ def format_info(info):
                 " (numpy was imported before sparsebench: its idle BLAS threads spin and slow our "
                 "kernels; import sparsebench first or set OPENBLAS_THREAD_TIMEOUT=4)"),
              f"Build target:   {info['build']['target']}; compiler {info['build']['compiler']}",
-             f"Template hash:  {info['build']['template_hash']}"]
+             "Kernel hashes:  " + ", ".join(f"{d} {h}" for d, h in info["build"]["kernel_hashes"].items())]
     for isa, flags in list(info["build"]["flags"].items()) + list(info["build"]["int8_flags"].items()):
         lines.append(f"  {isa:8} flags: {' '.join(flags)}")
     lines.append("Compiled variants (block/N-tile):")

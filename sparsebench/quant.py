@@ -1,10 +1,14 @@
-"""INT8 operands for the AVX512-VNNI kernels: per-row s8 weights and per-tensor u8 activations.
+"""INT8 operands for the AVX512-VNNI kernels: per-row s8 weights and per-token u8 activations.
 
 Weights: symmetric per output row, w ~ scale[r] * q with q = clamp(rint(w / scale[r]), -127, 127)
-and scale[r] = max |W[r, :]| / 127. Activations: symmetric per tensor, x ~ scale * (u - 128)
-with u = clamp(rint(x / scale), -127, 127) + 128 (u8, zero point 128) and by default
-scale = max |X| / 127. The kernels accumulate sum_k q[r, k] * u[k, n] exactly in 32 bits and
-subtract 128 * sum_k q[r, k]; K is limited to MAX_K so that this can never overflow.
+and scale[r] = max |W[r, :]| / 127. Activations: symmetric per column of X (per token),
+x ~ scales[n] * (u - 128) with u = clamp(rint(x / scales[n]), -127, 127) + 128 (u8, zero point
+128) and by default scales[n] = max |X[:, n]| / 127; or one calibrated scale for every column.
+Per token rather than per tensor because transformer activations have tokens with outliers
+(on MiniLM one token's FFN input reaches 25 where the median is 0.12): a per-tensor scale
+spends the 8 bits of every other token on that one. The kernels accumulate
+sum_k q[r, k] * u[k, n] exactly in 32 bits, subtract 128 * sum_k q[r, k] and scale by
+scale[r] * scales[n]; K is limited to MAX_K so that the sums can never overflow.
 """
 import numpy as np
 
@@ -217,32 +221,40 @@ class QuantizedBSRMatrix:
 
 
 class QuantizedActivations:
-    """X (K x N) as u8 = clamp(rint(x / scale), -127, 127) + 128, packed for the int8 kernels of
-    one block shape (kernels/vnni.h: 'rows' for 4x1 blocks, 'quads' for 4x4 and 1x4).
+    """X (K x N) as u8 = clamp(rint(x / scales[n]), -127, 127) + 128 (a scale per column), packed
+    for the int8 kernels of one block shape (kernels/vnni.h: 'rows' for 4x1 blocks, 'quads' for
+    4x4 and 1x4).
 
     Build it with quantize_activations (from float32) or from_uint8; pass it to sb.spmm in
     place of X to reuse one quantization for several matrices with the same K and layout.
     """
 
-    __slots__ = ("_packed", "_shape", "_layout", "_scale")
+    __slots__ = ("_packed", "_shape", "_layout", "_scales")
 
-    def __init__(self, packed, shape, layout, scale):
-        """Internal: use quantize_activations or from_uint8."""
+    def __init__(self, packed, shape, layout, scales):
+        """Internal: use quantize_activations or from_uint8. scales: float32, one per padded column."""
         self._packed = _frozen(packed)
         self._shape = shape
         self._layout = layout
-        self._scale = scale
+        self._scales = _frozen(scales)
 
     @classmethod
     def from_uint8(cls, U, scale, block=(4, 1)):
-        """From already quantized activations U (K x N uint8; x ~ scale * (U - 128))."""
+        """From already quantized activations U (K x N uint8; x ~ scale * (U - 128)), `scale`
+        one number or one per column."""
         U = np.asarray(U)
         if U.ndim != 2 or U.dtype != np.uint8:
             raise ValueError(f"U must be a 2-D uint8 array, got shape {U.shape} dtype {U.dtype}")
-        scale = _check_scale(scale)
         layout = LAYOUTS[check_int8_block(block)]
         K, N = U.shape
         npad = N_PAD[layout] * -(-N // N_PAD[layout])
+        scales = np.ones(npad, np.float32)
+        if np.ndim(scale) == 0:
+            scales[:N] = _check_scale(scale)
+        elif np.shape(scale) == (N,):
+            scales[:N] = [_check_scale(s) for s in scale]
+        else:
+            raise ValueError(f"scale must be a number or one per column ({N}), got shape {np.shape(scale)}")
         Kq = -(-K // 4)
         full = np.full((4 * Kq if layout == "quads" else K, npad), ZERO_POINT, np.uint8)
         full[:K, :N] = U
@@ -250,16 +262,16 @@ class QuantizedActivations:
             packed = full.reshape(Kq, 4, npad).transpose(0, 2, 1).reshape(Kq, 4 * npad)
         else:                        # each 64-column chunk in _mm512_packs order (vnni.h)
             packed = full.reshape(K, npad // 64, 4, 4, 4).transpose(0, 1, 3, 2, 4).reshape(K, npad)
-        return cls(np.ascontiguousarray(packed), (K, N), layout, scale)
+        return cls(np.ascontiguousarray(packed), (K, N), layout, scales)
 
     @property
     def shape(self):
         return self._shape
 
     @property
-    def scale(self):
-        """The activation scale (float): x ~ scale * (u - 128)."""
-        return self._scale
+    def scales(self):
+        """The scale of each column, float32 (N,): x[:, n] ~ scales[n] * (u[:, n] - 128)."""
+        return self._scales[:self._shape[1]]
 
     @property
     def layout(self):
@@ -278,28 +290,31 @@ class QuantizedActivations:
 
     def to_float(self):
         """The dequantized activations, float32 K x N."""
-        return (self.to_uint8().astype(np.float32) - ZERO_POINT) * np.float32(self._scale)
+        return (self.to_uint8().astype(np.float32) - ZERO_POINT) * self.scales
 
     def __repr__(self):
         K, N = self._shape
-        return f"<QuantizedActivations {K}x{N} u8, layout {self._layout}, scale {self._scale:.6g}>"
+        scales = self.scales
+        what = f"scales {scales.min():.6g}..{scales.max():.6g}" if N else "no columns"
+        return f"<QuantizedActivations {K}x{N} u8, layout {self._layout}, {what}>"
 
 
 def quantize_activations(X, block=(4, 1), scale=None, threads=None):
     """Quantize float32 X (K x N, finite) to u8 and pack it for the int8 kernels of `block`.
 
-    scale None: max |X| / 127 (dynamic, one more pass over X); else a calibrated scale, with
-    values beyond 127 * scale saturating.
+    scale None: dynamic, a scale per column (token) max |X[:, n]| / 127 (one more pass over
+    X); else one calibrated scale for every column, values beyond 127 * scale saturating.
     """
     X = operand(X, "X")
     layout = LAYOUTS[check_int8_block(block)]
     scale = 0.0 if scale is None else _check_scale(scale)
-    packed, scale = pack(X, layout, scale, threads or default_threads())
-    return QuantizedActivations(packed, X.shape, layout, scale)
+    packed, scales = pack(X, layout, scale, threads or default_threads())
+    return QuantizedActivations(packed, X.shape, layout, scales)
 
 
 def pack(X, layout, scale, threads):
-    """(packed u8 array, scale) of a checked float32 X; scale 0 means max |X| / 127."""
+    """(packed u8 array, scale per padded column) of a checked float32 X; scale 0 means
+    max |X[:, n]| / 127 per column."""
     threads = 1 if X.shape[0] * X.shape[1] < SERIAL_PACK else min(threads, MAX_PACK_THREADS)
     return kernel_module(best_isa("int8"), "int8").quantize(X, layout == "quads", scale, threads)
 

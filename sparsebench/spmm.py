@@ -22,7 +22,7 @@ def spmm(A, X, config=None, out=None, bias=None, activation=None):
     `activation` "gelu" applies the exact (erf) GELU of BERT in the kernel's epilogue
     (|error| < 5e-7 against float64 erf).
 
-    With A a QuantizedBSRMatrix (int8, needs AVX512-VNNI), X is quantized per tensor to u8
+    With A a QuantizedBSRMatrix (int8, needs AVX512-VNNI), X is quantized per column to u8
     (quantize_activations with the config's threads) unless it is already a
     QuantizedActivations packed for A's block shape; Y is float32, dequantized in the kernel.
     """
@@ -75,11 +75,11 @@ def spmm(A, X, config=None, out=None, bias=None, activation=None):
     if int8:
         module, vid = plan
         if isinstance(X, QuantizedActivations):
-            packed, xscale = X._packed, X.scale
+            packed, xscales = X._packed, X._scales
         else:
-            packed, xscale = pack(X, LAYOUTS[A.block], 0.0, config.threads)
+            packed, xscales = pack(X, LAYOUTS[A.block], 0.0, config.threads)
         module.run(vid, A._data, A._indices_padded, A._gptr, A.task_bounds(config.threads, config.m_tile),
-                   A._comp, A._scales, packed, xscale, y, M, packed.shape[0], config.prefetch,
+                   A._comp, A._scales, packed, xscales, y, M, packed.shape[0], config.prefetch,
                    config.threads, bias, ACTIVATIONS[activation])
         return out
     if K == 0:

@@ -101,7 +101,7 @@ def tuned_file():
                 "default_s": 2e-4, "speedup": 10.0, "strategy": "smart", "evals": 4}]
     return {"format": tuned.FORMAT, "version": tuned.VERSION, "created": "2026-01-02T05:00:00",
             "database": "tuning.jsonl", "hardware": {"cpu": "Test CPU 9000", "isa": ["avx2", "avx512f"], "cores": 2},
-            "hardware_id": "hw0123456789", "build": {"version": "0.1.0", "template_hash": "abc",
+            "hardware_id": "hw0123456789", "build": {"version": "0.1.0", "kernel_hashes": {"float32": "abc"},
                                                      "compiler": "cc 12", "flags": {"avx512": ["-O3", "-mavx512f"]}},
             "build_id": "build0123456", "entries": entries}
 

@@ -250,8 +250,8 @@ def measured_metadata(inputs):
     facts.append(("build id", builds or "not recorded"))
     versions = _unique(list(c["sparsebench"]) + [h["build"].get("version") for h in t])
     facts.append(("sparsebench version", versions or "not recorded"))
-    for key, name in (("compiler", "compiler"), ("template_hash", "kernel template hash")):
-        v = _unique(h["build"].get(key) for h in t)
+    for key, name in (("compiler", "compiler"), ("kernel_hashes", "kernel source hashes")):
+        v = _unique(_text(h["build"].get(key)) for h in t)
         if v:
             facts.append((name, v))
     for isa in dict.fromkeys(i for h in t for i in h["build"].get("flags", {})):
@@ -268,6 +268,13 @@ def measured_metadata(inputs):
     if threads:
         facts.append(("compare threads", threads))
     return facts
+
+
+def _text(value):
+    """A build fact as text ({dtype: hash} as 'float32 ..., int8 ...')."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {v}" for k, v in value.items())
+    return value
 
 
 def this_machine(info, data_hardware_ids, this_hardware_id):

@@ -12,6 +12,7 @@ import warnings
 
 from .. import fingerprint, store
 from ..config import KernelConfig
+from ..dtypes import DTYPES
 from ..errors import ConfigError
 
 FORMAT = 1
@@ -56,7 +57,8 @@ class TuningDB:
     def __init__(self, path, foreign=False, log=print, writable=True):
         self.path = path
         self.hardware_id = fingerprint.hardware_id()
-        self.build_id = fingerprint.build_id()
+        # each dtype's kernels have their own build: changing one orphans only its records
+        self.build_ids = {dtype: fingerprint.build_id(dtype) for dtype in DTYPES}
         self.records = []
         self.ignored = 0
         if writable:
@@ -70,17 +72,19 @@ class TuningDB:
                 warnings.warn(f"{path}: record {lineno} is not a sparsebench tuning record, skipped",
                               stacklevel=2)
                 continue
-            if not foreign and (rec.get("hardware_id") != self.hardware_id or rec.get("build_id") != self.build_id):
+            if not foreign and (rec.get("hardware_id") != self.hardware_id
+                                or rec.get("build_id") != self.build_ids.get(rec["task"]["dtype"])):
                 self.ignored += 1
                 continue
             self.records.append(rec)
         if self.ignored:
             log(f"{path}: ignoring {self.ignored} records from another machine or build "
-                f"(this one: hardware {self.hardware_id}, build {self.build_id}); "
+                f"(this one: hardware {self.hardware_id}, builds "
+                + ", ".join(f"{d} {b}" for d, b in self.build_ids.items()) + "); "
                 "pass --use-foreign to use them anyway")
 
     def _stamp(self, rec):
-        rec.update(format=FORMAT, hardware_id=self.hardware_id, build_id=self.build_id,
+        rec.update(format=FORMAT, hardware_id=self.hardware_id, build_id=self.build_ids[rec["task"]["dtype"]],
                    timestamp=datetime.datetime.now().isoformat(timespec="seconds"))
         return rec
 
@@ -105,4 +109,4 @@ class TuningDB:
     def header(self):
         """Hardware and build descriptions for exported files."""
         return {"hardware": fingerprint.hardware(), "hardware_id": self.hardware_id,
-                "build": fingerprint.build(), "build_id": self.build_id}
+                "build": fingerprint.build(), "build_id": fingerprint.build_id()}
