@@ -380,3 +380,18 @@ def test_cli_exit_status_and_default_out(tmp_path, capsys):
     os.remove(os.path.join(results, "compare-broken.csv"))
     assert _run_cli(["report", results, "--out", str(tmp_path / "elsewhere")]) == 0
     assert "2 figures, 5 skipped" in capsys.readouterr().out
+
+
+def test_int8_compare_runs_add_one_method_and_no_duplicates(tmp_path):
+    write_compare(tmp_path / "compare-x.csv", compare_rows())
+    int8 = []
+    for s in (0.8, 0.9):
+        for method, sp in (("dense", 1.0), ("sparsebench-fp32", 3.0), ("sparsebench", 7.5)):
+            int8.append(compare_row(SHAPES[0], s, method, speedup=sp, dtype="int8"))
+    write_compare(tmp_path / "compare-x-int8.csv", int8)
+    inputs = load_results(str(tmp_path))
+    c = inputs.compare
+    assert set(c[c["dtype"] == "int8"]["method"]) == {"sparsebench-int8"}
+    assert len(c[(c["method"] == "dense") & (c["shape"] == "attn")]) == 2      # only the float32 run's
+    build_report(str(tmp_path), str(tmp_path / "report"))
+    assert "sparsebench-int8" in open(tmp_path / "report" / "report.md").read()
