@@ -23,6 +23,9 @@ from setuptools.command.build_ext import build_ext
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 KERNELS = os.path.join(HERE, "kernels")
+# fused encoder ops (LayerNorm, attention): a subfolder, so template_hash (the build id of the
+# tuning records) covers only the SpMM kernels' sources
+ENCODER = os.path.join(KERNELS, "encoder")
 GENERATED = os.path.join(KERNELS, "_generated")
 BANNER = "# DO NOT EDIT: generated from {src} by setup.py; edit the template instead.\n"
 
@@ -133,6 +136,15 @@ def extensions():
                               include_dirs=[KERNELS, numpy.get_include()],
                               define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
                               extra_compile_args=flags, extra_link_args=["-pthread"]))
+    encoder_sources = [os.path.join(ENCODER, n) for n in sorted(os.listdir(ENCODER)) if n.endswith(".h")]
+    for isa in isas:
+        pyx = os.path.join(GENERATED, f"encoder_{isa}.pyx")
+        render(os.path.join(ENCODER, "encoder.pyx.tp"), pyx, isa=isa, VW=ISAS[isa][1])
+        exts.append(Extension(f"sparsebench._encoder_{isa}", [os.path.relpath(pyx, HERE)],
+                              include_dirs=[ENCODER, numpy.get_include()],
+                              define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
+                              extra_compile_args=flags_by_isa[isa], extra_link_args=["-pthread"],
+                              depends=encoder_sources + [os.path.join(KERNELS, n) for n in ("simd.h", "pool.h")]))
     exts.append(Extension("sparsebench._cpu", ["kernels/cpu.pyx"], include_dirs=[KERNELS],
                           extra_compile_args=["-O2"]))
     # baseline-ISA flags: the untuned reference must run everywhere
@@ -140,7 +152,7 @@ def extensions():
                           include_dirs=[KERNELS, numpy.get_include()],
                           define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
                           extra_compile_args=["-O3", "-pthread"], extra_link_args=["-pthread"]))
-    buildinfo = {"target": target, "isas": isas, "flags": flags_by_isa,
+    buildinfo = {"target": target, "isas": isas, "flags": flags_by_isa, "encoder_isas": isas,
                  "int8_isas": int8_isas, "int8_flags": int8_flags,
                  "compiler": compiler_version(), "kernel_hashes": kernel_hashes(),
                  "prefetch_pad": PREFETCH_PAD, "blocks": BLOCKS, "int8_blocks": INT8_BLOCKS,

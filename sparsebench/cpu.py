@@ -104,12 +104,39 @@ def kernel_module(isa, dtype="float32"):
             f"the {kind}{isa!r} kernels need {', '.join(missing)}, which this CPU ({cpu_model()}) "
             f"lacks; {hint}")
     module = importlib.import_module(f"sparsebench.{prefix}{isa}")
+    _apply_spin(module)
+    return module
+
+
+def _apply_spin(module):
+    """SPARSEBENCH_SPIN_US, if set, for the thread pool of a compiled module."""
     spin = os.environ.get(ENV_SPIN_US)
     if spin:
         try:
             module.set_spin_us(int(spin))
         except ValueError:
             raise ValueError(f"{ENV_SPIN_US}={spin!r} must be a whole number of microseconds") from None
+
+
+@functools.lru_cache(maxsize=None)
+def encoder_module(isa=None):
+    """Import the compiled encoder ops (LayerNorm, attention) for `isa`, by default the first of
+    available_isas() (SPARSEBENCH_ISA applies) that this build has them for. They are built for
+    every float32 ISA, with the same flags and CPU check as the SpMM kernels."""
+    built = BUILD.get("encoder_isas", [])
+    if isa is None:
+        usable = [i for i in available_isas() if i in built]
+        if not usable:
+            raise UnsupportedISAError(
+                f"this build of sparsebench has no encoder ops for {', '.join(available_isas())}; "
+                "rebuild it (python setup.py build_ext --inplace, or pip install -e .)")
+        isa = usable[0]
+    kernel_module(isa)          # raises with the reason if this CPU or build cannot run `isa`
+    if isa not in built:
+        raise UnsupportedISAError(f"this build of sparsebench has no {isa!r} encoder ops (built: "
+                                  f"{', '.join(built) or 'none'}); rebuild it")
+    module = importlib.import_module(f"sparsebench._encoder_{isa}")
+    _apply_spin(module)
     return module
 
 

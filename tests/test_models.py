@@ -346,7 +346,7 @@ def test_profile_categories(tiny_encoder):
     ids, mask, types = padded_batch(TINY)
     seconds = tiny_encoder.profile(ids, mask, types, repeats=2)
     assert list(seconds) == list(runner.CATEGORIES)
-    assert seconds["sparse GEMMs"] > 0 and seconds["softmax"] > 0 and seconds["LayerNorm"] > 0
+    assert seconds["sparse GEMMs"] > 0 and seconds["attention"] > 0 and seconds["LayerNorm"] > 0
     assert seconds["GELU"] == 0 and seconds["dense GEMMs"] == 0          # GELU is in the kernel
     dense = tiny_encoder.as_dense().profile(ids, mask, types, repeats=2)
     assert dense["dense GEMMs"] > 0 and dense["GELU"] > 0 and dense["sparse GEMMs"] == 0
@@ -394,10 +394,8 @@ def test_cli_bad_arguments(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_large_attention_scores_take_the_stable_softmax(hf_tiny, monkeypatch):
+def test_large_attention_scores_match_transformers(hf_tiny):
     import torch
-
-    from sparsebench.models import bert
 
     weights = state_dict(hf_tiny)
     for i in range(TINY.layers):
@@ -408,9 +406,6 @@ def test_large_attention_scores_take_the_stable_softmax(hf_tiny, monkeypatch):
     ids, mask, types = padded_batch(TINY)
     enc = BertEncoder(TINY, weights, block=(4, 1))
     assert rel_diff(enc(ids, mask, types), hf_output(model, ids, mask, types)) <= 1e-4
-    monkeypatch.setattr(bert, "EXP_SAFE", np.inf)        # never subtract the max: exp overflows
-    with np.errstate(all="ignore"):
-        assert np.isnan(enc(ids, mask, types)).any()
 
 
 def test_all_padding_sequence_stays_finite(tiny_encoder):

@@ -2,7 +2,9 @@
 
 Activations stay features x tokens (hidden x batch*seq) from the embeddings to the last
 LayerNorm, the layout the kernels compute in, so the 6 linear layers of a transformer layer
-chain with no transposes or copies. Buffers are allocated once per (batch, seq).
+chain with no transposes or copies. LayerNorm (with the residual add) and self-attention run
+fused in compiled kernels (kernels/encoder/, sparsebench.cpu.encoder_module). Buffers are
+allocated once per (batch, seq).
 """
 import collections
 import copy
@@ -14,26 +16,24 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ..cpu import default_threads
+from ..cpu import default_threads, encoder_module
 from ..dtypes import check_dtype
 from ..prune import check_sparsity
 from ..quant import quantize_activations
 from .config import BertConfig, ModelError, model_config
 from .linear import SparseLinear, detect_block
-from .parallel import Lanes, blas_threads, shared_lanes
+from .parallel import shared_lanes
 
 #: block used for a dense checkpoint kept as it is (sparsity=None) when no block is given
 DEFAULT_BLOCK = (4, 1)
-#: scores within +-EXP_SAFE go through exp without subtracting their max (no overflow, no underflow
-#: to an all-zero column even for 512 keys)
-EXP_SAFE = 60.0
-#: below this many elements a numpy step is not split over lanes (a hand-over costs ~20 us)
+#: below this many elements the numpy GELU of dense layers is not split over lanes (a hand-over
+#: costs ~20 us)
 LANE_MIN_ELEMENTS = 1 << 16
 #: per-op categories of BertEncoder.profile, in report order ("sparse GEMMs" includes the GELU
-#: the kernels apply in their epilogue, "GELU" is the numpy GELU of dense FFN layers, "LayerNorm"
-#: includes the residual add, "lane sync" is waiting for heads another lane is still computing)
-CATEGORIES = ("sparse GEMMs", "dense GEMMs", "attention matmuls", "softmax", "GELU", "LayerNorm",
-              "embeddings", "lane sync", "copies/other")
+#: the kernels apply in their epilogue, "GELU" is the numpy GELU of dense FFN layers, "attention"
+#: is the fused scores-softmax-context kernel, "LayerNorm" includes the residual add)
+CATEGORIES = ("sparse GEMMs", "dense GEMMs", "attention", "GELU", "LayerNorm", "embeddings",
+              "copies/other")
 _LINEARS = (("query", "attention.self.query"), ("key", "attention.self.key"),
             ("value", "attention.self.value"), ("attn_out", "attention.output.dense"),
             ("ffn_in", "intermediate.dense"), ("ffn_out", "output.dense"))
@@ -120,7 +120,7 @@ class _Layer:
     attn_out: SparseLinear
     ffn_in: SparseLinear
     ffn_out: SparseLinear
-    ln1: tuple                  # (gamma, beta) as (hidden, 1) columns
+    ln1: tuple                  # (gamma, beta), each (hidden,) float32
     ln2: tuple
 
     def linears(self):
@@ -128,32 +128,21 @@ class _Layer:
 
 
 class _Workspace:
-    """Every buffer of one forward pass for a (batch, seq), plus the attention views on them."""
+    """Every buffer of one forward pass for a (batch, seq)."""
 
     def __init__(self, config, batch, seq):
-        H, I, nh, d, T = config.hidden, config.intermediate, config.heads, config.head_dim, batch * seq
+        H, I, T = config.hidden, config.intermediate, batch * seq
         self.shape = (batch, seq)
         f32 = np.float32
         self.hidden = np.empty((H, T), f32)          # the residual stream
-        self.qkv = np.empty((3 * H, T), f32)
+        self.qkv = np.empty((3 * H, T), f32)         # Q, K, V stacked: the attention kernel's input
         self.ctx = np.empty((H, T), f32)
-        self.sub = np.empty((H, T), f32)             # sublayer output; LayerNorm scratch
+        self.sub = np.empty((H, T), f32)             # sublayer output, added back by the LayerNorm
         self.inter = np.empty((I, T), f32)
         self._gelu_scratch = None
         self.rows = np.empty((T, H), f32)            # embeddings, token-major
-        self.scores = np.empty((batch, nh, seq, seq), f32)   # keys x queries per head
-        self.colstat = np.empty((batch, nh, 1, seq), f32)
-        self.ones_seq = np.ones((1, seq), f32)
-        self.mask = np.empty((batch, 1, seq, 1), f32)
-        self.mean = np.empty((1, T), f32)
-        self.var = np.empty((1, T), f32)
-
-        def heads(a):                                # (H, T) -> (batch, heads, d, seq) view
-            return a.reshape(nh, d, batch, seq).transpose(2, 0, 1, 3)
-
+        self.mask = np.empty((batch, seq), f32)      # additive: 0 or float32 min per key
         self.q, self.k, self.v = self.qkv[:H], self.qkv[H:2 * H], self.qkv[2 * H:]
-        self.q4, self.v4, self.ctx4 = heads(self.q), heads(self.v), heads(self.ctx)
-        self.kt4 = heads(self.k).transpose(0, 1, 3, 2)
 
     def gelu_scratch(self):
         """Scratch of the numpy GELU (only dense FFN layers need it)."""
@@ -200,12 +189,12 @@ class BertEncoder:
     (then each layer's block pattern is detected unless `block` is given). `tuned`, a path to a
     tuned-config file (or a table from sparsebench.tuned.load_tuned), picks each linear layer's
     kernel; without it the default heuristic runs (kernel_report says so). `linear_config`
-    ("dense" or a KernelConfig) forces one kernel on every linear layer. `threads`: kernel
-    threads and BLAS threads of dense linear layers; `lanes` (default `threads`): threads that
-    share the attention heads and the numpy GELU of dense layers (1: the calling thread only).
-    `dtype` "int8" runs the linear layers on the int8 kernels (AVX512-VNNI; s8 weights per row,
-    activations quantized per tensor as each layer reads them, once for Q, K and V); attention,
-    softmax and LayerNorm stay float32.
+    ("dense" or a KernelConfig) forces one kernel on every linear layer. `threads`: threads of
+    the sparse kernels and of the fused LayerNorm and attention kernels, and BLAS threads of
+    dense linear layers; `lanes` (default `threads`): threads that share the numpy GELU of
+    dense layers (1: the calling thread only). `dtype` "int8" runs the linear layers on the int8
+    kernels (AVX512-VNNI; s8 weights per row, activations quantized per token as each layer
+    reads them, once for Q, K and V); attention and LayerNorm stay float32.
     """
 
     def __init__(self, config, weights, *, sparsity=None, block=None, tuned=None, linear_config=None,
@@ -232,13 +221,13 @@ class BertEncoder:
                 raise ModelError(f"parameter {name!r} has dtype {a.dtype}, needs floating point")
             return a.astype(np.float32, copy=False)
 
-        def column(name):
-            return np.ascontiguousarray(param(name), dtype=np.float32).reshape(-1, 1)
+        def vector(name):
+            return np.ascontiguousarray(param(name), dtype=np.float32)
 
         self.word_embeddings = np.ascontiguousarray(param("embeddings.word_embeddings.weight"))
         self.position_embeddings = np.ascontiguousarray(param("embeddings.position_embeddings.weight"))
         self.token_type_embeddings = np.ascontiguousarray(param("embeddings.token_type_embeddings.weight"))
-        self.embeddings_ln = (column("embeddings.LayerNorm.weight"), column("embeddings.LayerNorm.bias"))
+        self.embeddings_ln = (vector("embeddings.LayerNorm.weight"), vector("embeddings.LayerNorm.bias"))
         scale = 1.0 / np.sqrt(config.head_dim)
         self.layers = []
         for i in range(config.layers):
@@ -256,11 +245,11 @@ class BertEncoder:
                     config=linear_config, tuned=table, threads=self.threads, name=f"layer{i}.{name}",
                     dtype=dtype)
             self.layers.append(_Layer(**linears,
-                                      ln1=(column(p + "attention.output.LayerNorm.weight"),
-                                           column(p + "attention.output.LayerNorm.bias")),
-                                      ln2=(column(p + "output.LayerNorm.weight"),
-                                           column(p + "output.LayerNorm.bias"))))
-        self._ones = np.ones((1, config.hidden), np.float32)
+                                      ln1=(vector(p + "attention.output.LayerNorm.weight"),
+                                           vector(p + "attention.output.LayerNorm.bias")),
+                                      ln2=(vector(p + "output.LayerNorm.weight"),
+                                           vector(p + "output.LayerNorm.bias"))))
+        self._ops = encoder_module()
         self._ws = None
 
     # -- construction -------------------------------------------------------------------------
@@ -318,14 +307,14 @@ class BertEncoder:
         out = {"embeddings.word_embeddings.weight": self.word_embeddings,
                "embeddings.position_embeddings.weight": self.position_embeddings,
                "embeddings.token_type_embeddings.weight": self.token_type_embeddings,
-               "embeddings.LayerNorm.weight": self.embeddings_ln[0].ravel(),
-               "embeddings.LayerNorm.bias": self.embeddings_ln[1].ravel()}
+               "embeddings.LayerNorm.weight": self.embeddings_ln[0],
+               "embeddings.LayerNorm.bias": self.embeddings_ln[1]}
         for i, layer in enumerate(self.layers):
             p = f"encoder.layer.{i}."
             for (_, lin), (_, hf) in zip(layer.linears(), _LINEARS):
                 out[p + hf + ".weight"], out[p + hf + ".bias"] = lin.dense_weight()
             for ln, (gamma, beta) in (("attention.output.LayerNorm", layer.ln1), ("output.LayerNorm", layer.ln2)):
-                out[p + ln + ".weight"], out[p + ln + ".bias"] = gamma.ravel(), beta.ravel()
+                out[p + ln + ".weight"], out[p + ln + ".bias"] = gamma, beta
         return out
 
     # -- reports ------------------------------------------------------------------------------
@@ -411,47 +400,37 @@ class BertEncoder:
     def _forward(self, ids, mask, types, out, timer):
         batch, seq = ids.shape
         ws = self._workspace(batch, seq)
-        c = self.config
+        c, ops, threads = self.config, self._ops, self.threads
+        eps = c.layer_norm_eps
         timer.start()
         self._embed(ws, ids, types)
         timer.lap("embeddings")
-        self._layer_norm(ws, ws.hidden, self.embeddings_ln)
+        ops.add_layer_norm(ws.hidden, *self.embeddings_ln, eps, None, threads)
         timer.lap("LayerNorm")
+        key_mask = None
         if mask is not None:
-            np.multiply(1.0 - mask.reshape(ws.mask.shape), np.finfo(np.float32).min, out=ws.mask)
-        all_padding = mask is not None and not mask.any(axis=1).all()
-        attention_lanes = shared_lanes(self.lanes if ws.scores.size >= LANE_MIN_ELEMENTS else 1)
+            key_mask = np.multiply(1.0 - mask, np.finfo(np.float32).min, out=ws.mask)
         gelu_lanes = shared_lanes(self.lanes if ws.inter.size >= LANE_MIN_ELEMENTS else 1)
-        # a few heads per part: lanes claim parts as they come free
-        head_parts = 1 if attention_lanes.n == 1 else min(c.heads, 3 * attention_lanes.n)
-
-        def attention(part, lane):
-            self._attention(ws, Lanes.split(c.heads, head_parts, part), mask is not None, all_padding,
-                            timer if lane == 0 else _NO_TIMER)
-
-        with blas_threads(1):                    # per-head attention GEMMs are fastest on one thread
-            for layer in self.layers:
-                x = self._qkv_input(layer, ws.hidden)
-                for lin, buf in ((layer.query, ws.q), (layer.key, ws.k), (layer.value, ws.v)):
-                    lin.matmul(x, out=buf)
-                    timer.lap(_GEMM_CATEGORY[lin.method])
-                attention_lanes.run(attention, head_parts)
-                timer.lap("lane sync")
-                layer.attn_out.matmul(ws.ctx, out=ws.sub)
-                timer.lap(_GEMM_CATEGORY[layer.attn_out.method])
-                np.add(ws.hidden, ws.sub, out=ws.hidden)
-                self._layer_norm(ws, ws.hidden, layer.ln1)
-                timer.lap("LayerNorm")
-                layer.ffn_in.matmul(ws.hidden, out=ws.inter)     # sparse: GELU fused in the kernel
-                timer.lap(_GEMM_CATEGORY[layer.ffn_in.method])
-                if layer.ffn_in.method == "dense":
-                    layer.ffn_in.activate(ws.inter, ws.gelu_scratch(), gelu_lanes)
-                    timer.lap("GELU")
-                layer.ffn_out.matmul(ws.inter, out=ws.sub)
-                timer.lap(_GEMM_CATEGORY[layer.ffn_out.method])
-                np.add(ws.hidden, ws.sub, out=ws.hidden)
-                self._layer_norm(ws, ws.hidden, layer.ln2)
-                timer.lap("LayerNorm")
+        for layer in self.layers:
+            x = self._qkv_input(layer, ws.hidden)
+            for lin, buf in ((layer.query, ws.q), (layer.key, ws.k), (layer.value, ws.v)):
+                lin.matmul(x, out=buf)
+                timer.lap(_GEMM_CATEGORY[lin.method])
+            ops.attention(ws.qkv, ws.ctx, c.heads, batch, key_mask, threads)
+            timer.lap("attention")
+            layer.attn_out.matmul(ws.ctx, out=ws.sub)
+            timer.lap(_GEMM_CATEGORY[layer.attn_out.method])
+            ops.add_layer_norm(ws.hidden, *layer.ln1, eps, ws.sub, threads)    # hidden += sub, LN
+            timer.lap("LayerNorm")
+            layer.ffn_in.matmul(ws.hidden, out=ws.inter)         # sparse: GELU fused in the kernel
+            timer.lap(_GEMM_CATEGORY[layer.ffn_in.method])
+            if layer.ffn_in.method == "dense":
+                layer.ffn_in.activate(ws.inter, ws.gelu_scratch(), gelu_lanes)
+                timer.lap("GELU")
+            layer.ffn_out.matmul(ws.inter, out=ws.sub)
+            timer.lap(_GEMM_CATEGORY[layer.ffn_out.method])
+            ops.add_layer_norm(ws.hidden, *layer.ln2, eps, ws.sub, threads)
+            timer.lap("LayerNorm")
         if out is None:
             out = np.empty((batch, seq, c.hidden), np.float32)
         elif not (isinstance(out, np.ndarray) and out.shape == (batch, seq, c.hidden)
@@ -485,50 +464,6 @@ class BertEncoder:
             np.take(self.token_type_embeddings, types.reshape(-1), axis=0, out=gathered)
             np.add(rows, gathered, out=rows)
         np.copyto(ws.hidden, rows.T)
-
-    def _layer_norm(self, ws, x, params):
-        """LayerNorm over the features (rows) of each token (column) of x, in place."""
-        gamma, beta = params
-        inv_h = 1.0 / x.shape[0]
-        np.matmul(self._ones, x, out=ws.mean)
-        np.multiply(ws.mean, inv_h, out=ws.mean)
-        np.subtract(x, ws.mean, out=x)
-        np.square(x, out=ws.sub)
-        np.matmul(self._ones, ws.sub, out=ws.var)
-        np.multiply(ws.var, inv_h, out=ws.var)
-        np.add(ws.var, self.config.layer_norm_eps, out=ws.var)
-        np.sqrt(ws.var, out=ws.var)
-        np.divide(1.0, ws.var, out=ws.var)
-        np.multiply(x, ws.var, out=x)
-        np.multiply(x, gamma, out=x)
-        np.add(x, beta, out=x)
-
-    @staticmethod
-    def _attention(ws, heads, masked, stable, timer):
-        """Self-attention of a range of heads, into their rows of ws.ctx.
-
-        Scores are kept keys x queries (K^T Q per head), so the softmax reduces over rows and
-        P V^T is a plain GEMM writing straight into the (hidden x tokens) context; the 1/sqrt(d)
-        scale is folded into the query weights, and the softmax's division into the context
-        (d x seq instead of seq x seq per head). The running max is subtracted only when a score
-        could overflow exp (|score| >= EXP_SAFE) or a sequence is all padding (`stable`).
-        """
-        s, stat, ctx = ws.scores[:, heads], ws.colstat[:, heads], ws.ctx4[:, heads]
-        np.matmul(ws.kt4[:, heads], ws.q4[:, heads], out=s)
-        timer.lap("attention matmuls")
-        stable = stable or not (-EXP_SAFE < s.min() and s.max() < EXP_SAFE)
-        if masked:
-            np.add(s, ws.mask, out=s)
-        if stable:
-            np.max(s, axis=-2, keepdims=True, out=stat)
-            np.subtract(s, stat, out=s)
-        np.exp(s, out=s)
-        np.matmul(ws.ones_seq, s, out=stat)              # column sums
-        timer.lap("softmax")
-        np.matmul(ws.v4[:, heads], s, out=ctx)
-        timer.lap("attention matmuls")
-        np.divide(ctx, stat, out=ctx)
-        timer.lap("softmax")
 
 
 def _integer_array(a, name):

@@ -1,11 +1,10 @@
 """Two-core helpers for the numpy parts of the encoder: BLAS thread count and parallel lanes.
 
-numpy's ufuncs run on one thread and OpenBLAS gains nothing from threads on the small
-per-head attention GEMMs (128 x 128 x 64: 273 us on one thread, 400 us on two). Work that
-splits into independent parts (heads, rows) instead runs on `Lanes`: the calling thread and
-helper threads claim the parts one at a time; numpy releases the GIL inside its loops, so
-the parts run at the same time. A helper whose core is busy (another process, a kernel pool
-still spinning) starts late and simply takes fewer parts, so nobody waits for it.
+numpy's ufuncs run on one thread. Work that splits into independent parts (the rows of the
+numpy GELU of dense layers) runs on `Lanes`: the calling thread and helper threads claim the
+parts one at a time; numpy releases the GIL inside its loops, so the parts run at the same
+time. A helper whose core is busy (another process, a kernel pool still spinning) starts late
+and simply takes fewer parts, so nobody waits for it.
 """
 import contextlib
 import functools

@@ -1,0 +1,321 @@
+/* The non-GEMM ops of the BERT encoder, fused: LayerNorm (with the residual add) and
+ * self-attention (scores, softmax and context in one pass per query tile).
+ *
+ * Activations are features x tokens: row f of an (F, T) C-ordered array holds feature f of every
+ * token. Both ops vectorise across tokens (contiguous in memory), so their reductions over
+ * features or keys are plain vertical vector adds and maxima, with no shuffles. Work is split
+ * into tasks run on the persistent pool of ../pool.h. Nothing here checks its arguments: the
+ * Cython wrapper (encoder.pyx.tp) validates them all before releasing the GIL.
+ */
+#ifndef SPARSEBENCH_ENCODER_OPS_H
+#define SPARSEBENCH_ENCODER_OPS_H
+
+#include <math.h>
+#include <stddef.h>
+
+#include "../pool.h"
+#include "vecmath.h"
+
+#define SB_INLINE static inline __attribute__((always_inline))
+
+/* `masked` is a constant at every call site, so each caller gets a branch-free copy */
+SB_INLINE vf sb_load(const float *p, vmask m, int masked) {
+    return masked ? vf_maskloadu(p, m) : vf_loadu(p);
+}
+SB_INLINE void sb_store(float *p, vmask m, vf v, int masked) {
+    if (masked) vf_maskstoreu(p, m, v);
+    else vf_storeu(p, v);
+}
+
+/* ---- LayerNorm ------------------------------------------------------------------------------
+ * x <- (x + res - mean) / sqrt(var + eps) * gamma + beta, per token column, mean and (biased)
+ * variance over the rows; two passes (sum, then sum of squared deviations), so the variance
+ * does not cancel. Columns go in strips of SB_LN_J vectors (8 with AVX-512: a 128-token row is
+ * read whole, so each sweep streams through memory; in the BERT forward pass that is 42 us per
+ * 768 x 128 LayerNorm instead of 53 with 4); a strip of x (768 x 128: 393 KB) stays in L2
+ * across its three sweeps. The op is bound by memory bandwidth, so a second thread gains
+ * nothing below a few thousand columns (768 x 128: 21 us on one thread or two; 768 x 4096:
+ * 2.9 ms vs 2.3 ms) while a worker that is late or preempted on a busy core makes the caller
+ * wait (71 us instead of 23): a task takes at least SB_LN_TASK_COLS columns. */
+#if defined(__AVX512F__)
+#define SB_LN_J 8            /* 8 sums, then 8 means + 8 scales live: 24 of 32 registers */
+#else
+#define SB_LN_J 4            /* 12 of 16 */
+#endif
+#define SB_LN_STRIP (SB_LN_J * SB_VW)
+#define SB_LN_TASK_COLS 512
+_Static_assert(SB_LN_TASK_COLS % SB_LN_STRIP == 0, "a task is whole strips");
+
+typedef struct {
+    float *x;
+    const float *res;          /* NULL: no residual */
+    const float *gamma;
+    const float *beta;
+    ptrdiff_t ldx, ldr;
+    int rows, cols;
+    float eps;
+} sb_ln_job_t;
+
+SB_INLINE void sb_ln_strip(const sb_ln_job_t *job, int c0, int masked, int with_res) {
+    const int rows = job->rows;
+    const ptrdiff_t ldx = job->ldx, ldr = job->ldr;
+    float *x = job->x + c0;
+    const float *res = with_res ? job->res + c0 : NULL;
+    vmask m[SB_LN_J];
+    vf acc[SB_LN_J], mean[SB_LN_J], scale[SB_LN_J];
+    int h, j;
+#pragma GCC unroll 8
+    for (j = 0; j < SB_LN_J; j++) {
+        m[j] = vm_first(job->cols - c0 - j * SB_VW);
+        acc[j] = vf_zero();
+    }
+    for (h = 0; h < rows; h++) {
+        float *xr = x + h * ldx;
+#pragma GCC unroll 8
+        for (j = 0; j < SB_LN_J; j++) {
+            vf v = sb_load(xr + j * SB_VW, m[j], masked);
+            if (with_res) {
+                v = vf_add(v, sb_load(res + h * ldr + j * SB_VW, m[j], masked));
+                sb_store(xr + j * SB_VW, m[j], v, masked);
+            }
+            acc[j] = vf_add(acc[j], v);
+        }
+    }
+    const vf n = vf_set1((float)rows);
+#pragma GCC unroll 8
+    for (j = 0; j < SB_LN_J; j++) {
+        mean[j] = vf_div(acc[j], n);
+        acc[j] = vf_zero();
+    }
+    for (h = 0; h < rows; h++) {
+        const float *xr = x + h * ldx;
+#pragma GCC unroll 8
+        for (j = 0; j < SB_LN_J; j++) {
+            vf d = vf_sub(sb_load(xr + j * SB_VW, m[j], masked), mean[j]);
+            acc[j] = vf_fmadd(d, d, acc[j]);
+        }
+    }
+#pragma GCC unroll 8
+    for (j = 0; j < SB_LN_J; j++)
+        scale[j] = vf_div(vf_set1(1.0f), vf_sqrt(vf_add(vf_div(acc[j], n), vf_set1(job->eps))));
+    for (h = 0; h < rows; h++) {
+        float *xr = x + h * ldx;
+        const vf g = vf_set1(job->gamma[h]), b = vf_set1(job->beta[h]);
+#pragma GCC unroll 8
+        for (j = 0; j < SB_LN_J; j++) {
+            vf d = vf_sub(sb_load(xr + j * SB_VW, m[j], masked), mean[j]);
+            sb_store(xr + j * SB_VW, m[j], vf_fmadd(d, vf_mul(scale[j], g), b), masked);
+        }
+    }
+}
+
+static void sb_ln_task(void *ctx, int task) {
+    const sb_ln_job_t *job = (const sb_ln_job_t *)ctx;
+    int c0 = task * SB_LN_TASK_COLS;
+    int c1 = job->cols - c0 > SB_LN_TASK_COLS ? c0 + SB_LN_TASK_COLS : job->cols;
+    for (; c1 - c0 >= SB_LN_STRIP; c0 += SB_LN_STRIP) {
+        if (job->res) sb_ln_strip(job, c0, 0, 1);
+        else sb_ln_strip(job, c0, 0, 0);
+    }
+    if (c0 < c1) {                 /* the last strip of the array: c1 == cols */
+        if (job->res) sb_ln_strip(job, c0, 1, 1);
+        else sb_ln_strip(job, c0, 1, 0);
+    }
+}
+
+/* x (rows x cols, row stride ldx) <- LayerNorm(x + res) per column; res (stride ldr) may be NULL. */
+static void sb_add_layer_norm(float *x, const float *res, ptrdiff_t ldx, ptrdiff_t ldr, int rows,
+                              int cols, const float *gamma, const float *beta, float eps, int threads) {
+    sb_ln_job_t job = {x, res, gamma, beta, ldx, ldr, rows, cols, eps};
+    sb_pool_run(threads, (int)(((ptrdiff_t)cols + SB_LN_TASK_COLS - 1) / SB_LN_TASK_COLS), sb_ln_task, &job);
+}
+
+/* ---- self-attention --------------------------------------------------------------------------
+ * qkv is (3H, T) with T = batch * seq tokens, H = heads * d; head h of sequence b reads rows
+ * h*d.. of Q, K and V (blocks 0, 1, 2 of qkv) and columns b*seq.. . Per (sequence, head, tile of
+ * SB_ATT_QT queries), with the 1/sqrt(d) scale already in Q:
+ *   1. S = K_h^T Q_tile (+ mask per key), keys x queries, into an L1/L2 scratch tile, keeping the
+ *      running maximum of each query column;
+ *   2. S <- exp(S - max) and the column sums (the max is always subtracted: it costs one max and
+ *      one subtraction per score, and no score can overflow);
+ *   3. ctx rows of the head, tile columns = V_h S / column sums.
+ * Both products are register tiles of SB_ATT_RB broadcast scalars (keys of K, or rows of V) times
+ * SB_ATT_J query vectors. Tasks (one per thread, each with its own scratch) claim
+ * (sequence, head, tile) items one at a time, so a late or slow thread just takes fewer. */
+#define SB_ATT_J 2
+#define SB_ATT_QT (SB_ATT_J * SB_VW)
+#if defined(__AVX512F__)
+#define SB_ATT_RB 8          /* 16 accumulators + 2 query vectors + broadcast + maxima of 32 */
+#else
+#define SB_ATT_RB 4          /* 8 accumulators + 2 query vectors + broadcast + maxima of 16 */
+#endif
+
+typedef struct {
+    const float *qkv;
+    float *ctx;
+    const float *mask;         /* (batch, seq) additive, or NULL */
+    ptrdiff_t ld;              /* T */
+    int heads, head_dim, seq, tiles, items;
+    float *scratch;            /* per task: S tile (seq x QT), then the packed Q tile (d x QT) */
+    ptrdiff_t scratch_floats;
+    int next;                  /* next item to claim (atomic) */
+} sb_att_job_t;
+
+/* Floats of scratch each attention task needs (a multiple of 16: 64-byte aligned slots). */
+static inline ptrdiff_t sb_attention_scratch_floats(int seq, int head_dim) {
+    return ((ptrdiff_t)(seq + head_dim) * SB_ATT_QT + 15) / 16 * 16;
+}
+
+/* S rows k0..k0+R-1 = keys k0.. of K (d x seq, stride ld) times the packed query tile qp
+ * (d x QT), plus mask[k]; mx: running maximum per query lane. */
+SB_INLINE void sb_score_rows(const float *K, ptrdiff_t ld, int d, const float *qp,
+                             const float *mask, int k0, int R, float *S, vf *mx) {
+    vf acc[SB_ATT_RB][SB_ATT_J];
+    int i, r, j;
+#pragma GCC unroll 8
+    for (r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (j = 0; j < SB_ATT_J; j++) acc[r][j] = vf_zero();
+    for (i = 0; i < d; i++) {
+        const float *kr = K + i * ld + k0;
+        vf q[SB_ATT_J];
+#pragma GCC unroll 4
+        for (j = 0; j < SB_ATT_J; j++) q[j] = vf_loadu(qp + i * SB_ATT_QT + j * SB_VW);
+#pragma GCC unroll 8
+        for (r = 0; r < R; r++) {
+            vf k = vf_set1(kr[r]);
+#pragma GCC unroll 4
+            for (j = 0; j < SB_ATT_J; j++) acc[r][j] = vf_fmadd(k, q[j], acc[r][j]);
+        }
+    }
+#pragma GCC unroll 8
+    for (r = 0; r < R; r++) {
+        vf add = mask ? vf_set1(mask[k0 + r]) : vf_zero();
+#pragma GCC unroll 4
+        for (j = 0; j < SB_ATT_J; j++) {
+            vf s = vf_add(acc[r][j], add);
+            mx[j] = vf_max(s, mx[j]);
+            vf_storeu(S + (ptrdiff_t)(k0 + r) * SB_ATT_QT + j * SB_VW, s);
+        }
+    }
+}
+
+/* out rows i0..i0+R-1 (stride ldo) = rows i0.. of V (d x seq, stride ld) times P (seq x QT),
+ * times inv (1 / column sums); `masked`: only the first columns of the tile are stored (m). */
+SB_INLINE void sb_context_rows(const float *V, ptrdiff_t ld, int seq, const float *P, int i0,
+                               int R, const vf *inv, float *out, ptrdiff_t ldo, const vmask *m,
+                               int masked) {
+    vf acc[SB_ATT_RB][SB_ATT_J];
+    const float *vr[SB_ATT_RB];
+    int k, r, j;
+#pragma GCC unroll 8
+    for (r = 0; r < R; r++) {
+        vr[r] = V + (ptrdiff_t)(i0 + r) * ld;
+#pragma GCC unroll 4
+        for (j = 0; j < SB_ATT_J; j++) acc[r][j] = vf_zero();
+    }
+    for (k = 0; k < seq; k++) {
+        vf p[SB_ATT_J];
+#pragma GCC unroll 4
+        for (j = 0; j < SB_ATT_J; j++) p[j] = vf_loadu(P + (ptrdiff_t)k * SB_ATT_QT + j * SB_VW);
+#pragma GCC unroll 8
+        for (r = 0; r < R; r++) {
+            vf v = vf_set1(vr[r][k]);
+#pragma GCC unroll 4
+            for (j = 0; j < SB_ATT_J; j++) acc[r][j] = vf_fmadd(v, p[j], acc[r][j]);
+        }
+    }
+#pragma GCC unroll 8
+    for (r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (j = 0; j < SB_ATT_J; j++)
+            sb_store(out + (ptrdiff_t)(i0 + r) * ldo + j * SB_VW, m[j], vf_mul(acc[r][j], inv[j]),
+                     masked);
+}
+
+SB_INLINE void sb_context(const float *V, ptrdiff_t ld, int d, int seq, const float *P,
+                          const vf *inv, float *out, const vmask *m, int masked) {
+    int i = 0;
+    for (; d - i >= SB_ATT_RB; i += SB_ATT_RB)
+        sb_context_rows(V, ld, seq, P, i, SB_ATT_RB, inv, out, ld, m, masked);
+    for (; i < d; i++)
+        sb_context_rows(V, ld, seq, P, i, 1, inv, out, ld, m, masked);
+}
+
+static void sb_attention_item(const sb_att_job_t *job, int item, float *scratch) {
+    const int d = job->head_dim, seq = job->seq;
+    const ptrdiff_t ld = job->ld;
+    const int tile = item % job->tiles, bh = item / job->tiles;
+    const int h = bh % job->heads, b = bh / job->heads;
+    const ptrdiff_t H = (ptrdiff_t)job->heads * d;
+    const int q0 = tile * SB_ATT_QT;
+    const int nq = seq - q0 < SB_ATT_QT ? seq - q0 : SB_ATT_QT;
+    const float *Q = job->qkv + h * d * ld + (ptrdiff_t)b * seq;
+    const float *K = Q + H * ld;
+    const float *V = K + H * ld;
+    const float *mask = job->mask ? job->mask + (ptrdiff_t)b * seq : NULL;
+    float *out = job->ctx + h * d * ld + (ptrdiff_t)b * seq + q0;
+    float *S = scratch;
+    float *qp = scratch + (ptrdiff_t)seq * SB_ATT_QT;
+    vmask m[SB_ATT_J];
+    vf mx[SB_ATT_J], sum[SB_ATT_J];
+    int i, j, k;
+
+    for (j = 0; j < SB_ATT_J; j++) {
+        m[j] = vm_first(nq - j * SB_VW);
+        mx[j] = vf_set1(-INFINITY);
+        sum[j] = vf_zero();
+    }
+    for (i = 0; i < d; i++)      /* the query tile, packed and zero-padded */
+        for (j = 0; j < SB_ATT_J; j++)
+            vf_storeu(qp + i * SB_ATT_QT + j * SB_VW, vf_maskloadu(Q + i * ld + q0 + j * SB_VW, m[j]));
+    for (k = 0; seq - k >= SB_ATT_RB; k += SB_ATT_RB)
+        sb_score_rows(K, ld, d, qp, mask, k, SB_ATT_RB, S, mx);
+    for (; k < seq; k++)
+        sb_score_rows(K, ld, d, qp, mask, k, 1, S, mx);
+    for (k = 0; k < seq; k++) {
+        float *row = S + (ptrdiff_t)k * SB_ATT_QT;
+        for (j = 0; j < SB_ATT_J; j++) {
+            vf p = vf_exp_nonpos(vf_sub(vf_loadu(row + j * SB_VW), mx[j]));
+            sum[j] = vf_add(sum[j], p);
+            vf_storeu(row + j * SB_VW, p);
+        }
+    }
+    for (j = 0; j < SB_ATT_J; j++)  /* >= 1: the maximum's own term is exp(0) */
+        sum[j] = vf_div(vf_set1(1.0f), sum[j]);
+    if (nq == SB_ATT_QT)
+        sb_context(V, ld, d, seq, S, sum, out, m, 0);
+    else
+        sb_context(V, ld, d, seq, S, sum, out, m, 1);
+}
+
+static void sb_attention_task(void *ctx, int task) {
+    sb_att_job_t *job = (sb_att_job_t *)ctx;
+    float *scratch = job->scratch + task * job->scratch_floats;
+    int item;
+    while ((item = __atomic_fetch_add(&job->next, 1, __ATOMIC_RELAXED)) < job->items)
+        sb_attention_item(job, item, scratch);
+}
+
+/* ctx (H x T) = self-attention of qkv (3H x T), both with row stride ld; mask: (batch x seq)
+ * additive per key, or NULL. `tasks` tasks (at most one per thread) each use scratch_floats
+ * (sb_attention_scratch_floats) floats of `scratch`, 64-byte aligned. */
+static void sb_attention(const float *qkv, float *ctx, const float *mask, ptrdiff_t ld, int heads,
+                         int head_dim, int batch, int seq, float *scratch, int tasks, int threads) {
+    sb_att_job_t job;
+    job.qkv = qkv;
+    job.ctx = ctx;
+    job.mask = mask;
+    job.ld = ld;
+    job.heads = heads;
+    job.head_dim = head_dim;
+    job.seq = seq;
+    job.tiles = (int)(((ptrdiff_t)seq + SB_ATT_QT - 1) / SB_ATT_QT);
+    job.items = batch * heads * job.tiles;
+    job.scratch = scratch;
+    job.scratch_floats = sb_attention_scratch_floats(seq, head_dim);
+    job.next = 0;
+    sb_pool_run(threads, tasks, sb_attention_task, &job);
+}
+
+#endif /* SPARSEBENCH_ENCODER_OPS_H */
