@@ -24,13 +24,13 @@ IDLE_SPINCOUNT = "1000"
 
 
 @functools.lru_cache(maxsize=None)
-def _tame_idle_spin():
+def tame_torch_idle_spin():
     """Set GOMP_SPINCOUNT once, before libgomp.so.1 loads, unless the user chose; returns a note."""
     return tame_idle_spin("GOMP_SPINCOUNT", IDLE_SPINCOUNT, "libgomp.so.1", "idle torch threads spin for about 4 ms after each call")
 
 
 def _torch():
-    _tame_idle_spin()
+    tame_torch_idle_spin()
     try:
         import torch
     except ImportError:
@@ -60,7 +60,7 @@ class Torch(Baseline):
         backend = next((line.split(":", 1)[1].strip() for line in
                         torch.__config__.parallel_info().splitlines()
                         if line.startswith("ATen parallel backend")), "unknown")
-        return f"torch {torch.__version__}, parallel backend {backend}, {_tame_idle_spin()}"
+        return f"torch {torch.__version__}, parallel backend {backend}, {tame_torch_idle_spin()}"
 
     def prepare(self, problem):
         torch = _torch()

@@ -59,6 +59,9 @@ def ours(enc, inputs, name="sparsebench"):
 
 def torch_model(enc):
     """A transformers BertModel (no pooler, eval mode) holding `enc`'s weights."""
+    from ..baselines.torch_ import tame_torch_idle_spin
+
+    tame_torch_idle_spin()       # idle torch threads would spin on the cores of the next method
     try:
         import torch
         from transformers import BertConfig as HFBertConfig, BertModel
