@@ -106,29 +106,23 @@ static inline vf sb_load16(const float *p, int n) {
     return n >= 16 ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(vm_first(n), p);
 }
 
-/* Largest |x| (as bits, see sb_absbits) of each column c0..c1 of X over its K rows, into
- * out[c0..c1] (c0 a multiple of 16; whole vectors are stored up to c1 rounded up to 16). */
-static void sb_colmax_bits(const float *X, ptrdiff_t ldx, int K, int c0, int c1, uint32_t *out) {
-    int c = c0;
-    for (; c + 64 <= c1; c += 64) {
-        vi b0 = vi_zero(), b1 = vi_zero(), b2 = vi_zero(), b3 = vi_zero();
-        for (int k = 0; k < K; k++) {
+/* Largest |x| (as bits, see sb_absbits) of each of the N columns of X over rows k0..k1, into
+ * out[0..N) (whole vectors are stored, up to N rounded up to 16). Rows are read in order, 128
+ * columns at a time, so a task streams through its rows like the packers do. */
+static void sb_colmax_bits(const float *X, ptrdiff_t ldx, int k0, int k1, int N, uint32_t *out) {
+    for (int c = 0; c < N; c += 128) {
+        int w = N - c < 128 ? N - c : 128;
+        vi b[8];
+        for (int j = 0; j < 8; j++)
+            b[j] = vi_zero();
+        for (int k = k0; k < k1; k++) {
             const float *x = X + (ptrdiff_t)k * ldx + c;
-            b0 = _mm512_max_epu32(b0, sb_absbits(_mm512_loadu_ps(x)));
-            b1 = _mm512_max_epu32(b1, sb_absbits(_mm512_loadu_ps(x + 16)));
-            b2 = _mm512_max_epu32(b2, sb_absbits(_mm512_loadu_ps(x + 32)));
-            b3 = _mm512_max_epu32(b3, sb_absbits(_mm512_loadu_ps(x + 48)));
+            for (int j = 0; j < 8; j++)
+                if (16 * j < w)
+                    b[j] = _mm512_max_epu32(b[j], sb_absbits(sb_load16(x + 16 * j, w - 16 * j)));
         }
-        _mm512_storeu_si512((void *)(out + c), b0);
-        _mm512_storeu_si512((void *)(out + c + 16), b1);
-        _mm512_storeu_si512((void *)(out + c + 32), b2);
-        _mm512_storeu_si512((void *)(out + c + 48), b3);
-    }
-    for (; c < c1; c += 16) {
-        vi b = vi_zero();
-        for (int k = 0; k < K; k++)
-            b = _mm512_max_epu32(b, sb_absbits(sb_load16(X + (ptrdiff_t)k * ldx + c, c1 - c)));
-        _mm512_storeu_si512((void *)(out + c), b);
+        for (int j = 0; 16 * j < w; j++)
+            _mm512_storeu_si512((void *)(out + c + 16 * j), b[j]);
     }
 }
 
@@ -151,17 +145,17 @@ static inline uint32_t sb_pack_rows(const float *X, ptrdiff_t ldx, int k0, int k
     for (int k = k0; k < k1; k++) {
         const float *x = X + (ptrdiff_t)k * ldx;
         uint8_t *o = out + (ptrdiff_t)k * ldo;
-        for (int c = 0; c < npad; c += 64) {
-            vf i0 = _mm512_loadu_ps(inv + c), i1 = _mm512_loadu_ps(inv + c + 16);
-            vf i2 = _mm512_loadu_ps(inv + c + 32), i3 = _mm512_loadu_ps(inv + c + 48);
-            vi q = c + 64 <= N    /* whole chunks, then the padded tail */
-                ? sb_quant64(_mm512_loadu_ps(x + c), _mm512_loadu_ps(x + c + 16), _mm512_loadu_ps(x + c + 32),
-                             _mm512_loadu_ps(x + c + 48), i0, i1, i2, i3, &bits, calibrated)
-                : sb_quant64(sb_load16(x + c, N - c), sb_load16(x + c + 16, N - c - 16),
-                             sb_load16(x + c + 32, N - c - 32), sb_load16(x + c + 48, N - c - 48),
-                             i0, i1, i2, i3, &bits, calibrated);
-            _mm512_storeu_si512((void *)(o + c), q);
-        }
+        int c = 0;
+        for (; c + 64 <= N; c += 64)        /* whole chunks, then the padded tail */
+            _mm512_storeu_si512((void *)(o + c), sb_quant64(
+                _mm512_loadu_ps(x + c), _mm512_loadu_ps(x + c + 16), _mm512_loadu_ps(x + c + 32),
+                _mm512_loadu_ps(x + c + 48), _mm512_loadu_ps(inv + c), _mm512_loadu_ps(inv + c + 16),
+                _mm512_loadu_ps(inv + c + 32), _mm512_loadu_ps(inv + c + 48), &bits, calibrated));
+        for (; c < npad; c += 64)
+            _mm512_storeu_si512((void *)(o + c), sb_quant64(
+                sb_load16(x + c, N - c), sb_load16(x + c + 16, N - c - 16), sb_load16(x + c + 32, N - c - 32),
+                sb_load16(x + c + 48, N - c - 48), _mm512_loadu_ps(inv + c), _mm512_loadu_ps(inv + c + 16),
+                _mm512_loadu_ps(inv + c + 32), _mm512_loadu_ps(inv + c + 48), &bits, calibrated));
     }
     return _mm512_reduce_max_epu32(bits);
 }
