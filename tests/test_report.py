@@ -395,3 +395,16 @@ def test_int8_compare_runs_add_one_method_and_no_duplicates(tmp_path):
     assert len(c[(c["method"] == "dense") & (c["shape"] == "attn")]) == 2      # only the float32 run's
     build_report(str(tmp_path), str(tmp_path / "report"))
     assert "sparsebench-int8" in open(tmp_path / "report" / "report.md").read()
+
+
+def test_int8_bert_runs_add_one_runner_and_their_own_breakdown(tmp_path):
+    head = "model,sparsity,block,dtype,runner,batch,seq,threads,p50_ms,p90_ms\n"
+    (tmp_path / "a-latency.csv").write_text(head + "bert-base,0.9,4x1,float32,sparsebench,1,128,2,20,21\n"
+                                            "bert-base,0.9,4x1,float32,onnxruntime,1,128,2,120,125\n")
+    (tmp_path / "b-latency.csv").write_text(head + "bert-base,0.9,4x1,int8,sparsebench,1,128,2,12,13\n"
+                                            "bert-base,0.9,4x1,int8,fp32,1,128,2,19,20\n")
+    (tmp_path / "b-breakdown.csv").write_text("model,sparsity,block,dtype,batch,seq,category,ms,share\n"
+                                              "bert-base,0.9,4x1,int8,1,128,sparse GEMMs,7,0.6\n")
+    inputs = load_results(str(tmp_path))
+    assert sorted(inputs.bert["runner"]) == ["onnxruntime", "sparsebench", "sparsebench-int8"]
+    assert set(inputs.breakdown["model"]) == {"bert-base int8"}

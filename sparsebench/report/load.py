@@ -278,6 +278,11 @@ def _read_bert(path):
         if col not in df:
             df[col] = "" if col in ("block", "unstable") else float("nan")
     df["unstable"] = df["unstable"].astype(str) == "True"
+    if "dtype" in df:
+        # an int8 run adds its own runner; its other runners repeat the float32 run's
+        int8 = df["dtype"] == "int8"
+        df = df[~int8 | (df["runner"] == "sparsebench")].copy()
+        df.loc[df["dtype"] == "int8", "runner"] = "sparsebench-int8"
     if df["throughput"].isna().any():
         df["throughput"] = df["throughput"].fillna(df["batch"] / df["p50_ms"] * 1e3)
     df["source"] = os.path.basename(path)
@@ -290,6 +295,8 @@ def _read_breakdown(path):
     for col in BREAKDOWN_OPTIONAL:
         if col not in df:
             df[col] = "" if col == "block" else float("nan")
+    if "dtype" in df:               # the int8 encoder is a configuration of its own
+        df.loc[df["dtype"] == "int8", "model"] = df["model"].astype(str) + " int8"
     df["source"] = os.path.basename(path)
     return {"breakdown": df.reset_index(drop=True)}, len(df), "rows", dropped
 
