@@ -47,6 +47,8 @@ PREFETCH_PAD = 64
 #: what the kernels of each dtype are rendered and compiled from (see kernel_hashes)
 KERNEL_SOURCES = {"float32": ("spmm.pyx.tp", "simd.h", "pool.h"),
                   "int8": ("spmm_int8.pyx.tp", "vnni.h", "simd.h", "pool.h")}
+#: headers compiled into the int8 module (attention_int8.h: its attention kernel, not the SpMM)
+INT8_HEADERS = ("vnni.h", "simd.h", "pool.h", "attention_int8.h")
 COMMON_FLAGS = ["-O3", "-pthread", "-fno-math-errno", "-Wno-unused-function", "-Wno-unreachable-code"]
 
 
@@ -125,7 +127,8 @@ def extensions():
         exts.append(Extension(f"sparsebench._spmm_{isa}", [os.path.relpath(pyx, HERE)],
                               include_dirs=[KERNELS, numpy.get_include()],
                               define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
-                              extra_compile_args=flags, extra_link_args=["-pthread"]))
+                              extra_compile_args=flags, extra_link_args=["-pthread"],
+                              depends=[os.path.join(KERNELS, n) for n in ("simd.h", "pool.h")]))
     for isa in int8_isas:
         pyx = os.path.join(GENERATED, f"spmm_int8_{isa}.pyx")
         render(os.path.join(KERNELS, "spmm_int8.pyx.tp"), pyx, isa=isa, BLOCKS=INT8_BLOCKS,
@@ -135,7 +138,8 @@ def extensions():
         exts.append(Extension(f"sparsebench._spmm_int8_{isa}", [os.path.relpath(pyx, HERE)],
                               include_dirs=[KERNELS, numpy.get_include()],
                               define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
-                              extra_compile_args=flags, extra_link_args=["-pthread"]))
+                              extra_compile_args=flags, extra_link_args=["-pthread"],
+                              depends=[os.path.join(KERNELS, n) for n in INT8_HEADERS]))
     encoder_sources = [os.path.join(ENCODER, n) for n in sorted(os.listdir(ENCODER)) if n.endswith(".h")]
     for isa in isas:
         pyx = os.path.join(GENERATED, f"encoder_{isa}.pyx")

@@ -56,6 +56,8 @@ def add_parser(subparsers):
     q.add_argument("--batch", type=positive, default=1, help="sequences per forward pass (default 1)")
     q.add_argument("--dtype", choices=("float32", "int8"), default="float32",
                    help="linear-layer kernels: float32, or int8 (AVX512-VNNI; 4x1, 4x4, 1x4 blocks)")
+    q.add_argument("--attention", choices=("float32", "int8"), default=None,
+                   help="self-attention kernel (default: as --dtype; int8 needs AVX512-VNNI)")
     q.add_argument("--tuned", default=None, metavar="FILE", help="tuned kernel configs (from the tuner)")
     q.add_argument("--compare", type=_methods, default=None,
                    help="baselines, comma-separated: dense,fp32,torch,onnxruntime, or none (default dense; "
@@ -78,7 +80,7 @@ def run(args):
     threads = args.threads or default_threads()
     t0 = time.perf_counter()
     options = dict(sparsity=args.sparsity, block=args.block, tuned=args.tuned, threads=threads,
-                   dtype=args.dtype)
+                   dtype=args.dtype, attention=args.attention)
     baselines = args.compare if args.compare is not None else (
         ["dense", "fp32"] if args.dtype == "int8" else ["dense"])
     if args.checkpoint:

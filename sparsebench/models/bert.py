@@ -16,7 +16,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ..cpu import default_threads, encoder_module
+from ..cpu import best_isa, default_threads, encoder_module, kernel_module
+from ..errors import UnsupportedISAError
 from ..dtypes import check_dtype
 from ..prune import check_sparsity
 from ..quant import quantize_activations
@@ -194,15 +195,18 @@ class BertEncoder:
     dense linear layers; `lanes` (default `threads`): threads that share the numpy GELU of
     dense layers (1: the calling thread only). `dtype` "int8" runs the linear layers on the int8
     kernels (AVX512-VNNI; s8 weights per row, activations quantized per token as each layer
-    reads them, once for Q, K and V); attention and LayerNorm stay float32.
+    reads them, once for Q, K and V). `attention` "int8" (the default with dtype "int8") runs
+    both products of self-attention on VNNI too (kernels/attention_int8.h); "float32" keeps the
+    float32 kernel. LayerNorm stays float32.
     """
 
     def __init__(self, config, weights, *, sparsity=None, block=None, tuned=None, linear_config=None,
-                 threads=None, lanes=None, dtype="float32"):
+                 threads=None, lanes=None, dtype="float32", attention=None):
         if not isinstance(config, BertConfig):
             raise ModelError(f"config must be a BertConfig, got {type(config).__name__}")
         self.config = config
         self.dtype = check_dtype(dtype)
+        self.attention = _check_attention(attention or self.dtype, config)
         self.threads = threads or default_threads()
         self.lanes = lanes or self.threads
         self.sparsity = None if sparsity is None else check_sparsity(sparsity)
@@ -250,6 +254,7 @@ class BertEncoder:
                                       ln2=(vector(p + "output.LayerNorm.weight"),
                                            vector(p + "output.LayerNorm.bias"))))
         self._ops = encoder_module()
+        self._attend = _attention_kernel(self.attention, self._ops)
         self._ws = None
 
     # -- construction -------------------------------------------------------------------------
@@ -295,10 +300,12 @@ class BertEncoder:
         return self._with_linears(SparseLinear.as_float32, "float32")
 
     def _with_linears(self, convert, dtype):
+        """A copy with every linear layer converted and float32 attention."""
         enc = copy.copy(self)
         enc.layers = [dataclasses.replace(layer, **{name: convert(lin) for name, lin in layer.linears()})
                       for layer in self.layers]
-        enc.dtype = dtype
+        enc.dtype = enc.attention = dtype
+        enc._attend = _attention_kernel(enc.attention, enc._ops)
         enc._ws = None
         return enc
 
@@ -342,7 +349,7 @@ class BertEncoder:
         c = self.config
         return (f"{c.name}: {c.layers} layers, hidden {c.hidden}, {c.heads} heads, intermediate "
                 f"{c.intermediate}; linear weights {how} {mean_sparsity:.1%} sparse in "
-                f"{','.join(blocks)} blocks, {self.dtype} kernels; {tuned}; {self.threads} threads, "
+                f"{','.join(blocks)} blocks, {self.dtype} kernels, {self.attention} attention; {tuned}; {self.threads} threads, "
                 f"{self.lanes} lanes")
 
     # -- forward ------------------------------------------------------------------------------
@@ -416,7 +423,7 @@ class BertEncoder:
             for lin, buf in ((layer.query, ws.q), (layer.key, ws.k), (layer.value, ws.v)):
                 lin.matmul(x, out=buf)
                 timer.lap(_GEMM_CATEGORY[lin.method])
-            ops.attention(ws.qkv, ws.ctx, c.heads, batch, key_mask, threads)
+            self._attend(ws.qkv, ws.ctx, c.heads, batch, key_mask, threads)
             timer.lap("attention")
             layer.attn_out.matmul(ws.ctx, out=ws.sub)
             timer.lap(_GEMM_CATEGORY[layer.attn_out.method])
@@ -464,6 +471,25 @@ class BertEncoder:
             np.take(self.token_type_embeddings, types.reshape(-1), axis=0, out=gathered)
             np.add(rows, gathered, out=rows)
         np.copyto(ws.hidden, rows.T)
+
+
+def _check_attention(attention, config):
+    if attention not in ("float32", "int8"):
+        raise ModelError(f"attention must be 'float32' or 'int8', got {attention!r}")
+    if attention == "int8" and config.head_dim % 4:
+        raise ModelError(f"int8 attention needs a head size that is a multiple of 4, {config.name} "
+                         f"has {config.head_dim}: use attention='float32'")
+    return attention
+
+
+def _attention_kernel(attention, ops):
+    """The attention function (qkv, ctx, heads, batch, mask, threads) of `attention`."""
+    if attention == "float32":
+        return ops.attention
+    try:
+        return kernel_module(best_isa("int8"), "int8").attention
+    except UnsupportedISAError as e:
+        raise ModelError(f"int8 attention: {e}; use attention='float32'") from None
 
 
 def _integer_array(a, name):
