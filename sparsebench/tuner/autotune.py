@@ -25,8 +25,12 @@ from .check import task_shape
 from .db import Task, candidate_of, task_of
 from .space import SearchSpace
 
-#: re-timed side by side at the end of each task
-FINALISTS = 3
+#: re-timed side by side at the end of each task: the best configs of the search, up to
+#: FINALISTS of them, those within FINALIST_MARGIN of the best (at least 2). One search sample
+#: of a few repetitions cannot rank configs closer than that: the same config's time moves by
+#: up to 12% from one process to the next here (768x768x1024)
+FINALISTS = 6
+FINALIST_MARGIN = 0.10
 
 
 class Autotuner:
@@ -145,7 +149,8 @@ class Autotuner:
 
     def _confirm(self, task, space, times, order, A, X, runners, tag):
         ok = sorted((c for c in times if c != "dense" and math.isfinite(times[c])), key=times.get)
-        finalists = list(dict.fromkeys(ok[:FINALISTS] + [space.default]))
+        close = [c for c in ok[:FINALISTS] if times[c] <= times[ok[0]] * (1 + FINALIST_MARGIN)]
+        finalists = list(dict.fromkeys(ok[:2] + close + [space.default]))
         fns = {}
         for c in ["dense"] + finalists:
             run = runners.get(c) or runners.setdefault(c, _sparse_runner(A, X, c))
@@ -155,7 +160,7 @@ class Autotuner:
         best = min(st, key=lambda c: st[c].median)
         rec = {"kind": "result", "task": task.key(), "strategy": self.strategy_name,
                "name": tag, "max_evals": self.max_evals, "evals": len(order) - 1,
-               "space_size": len(space),
+               "space_size": len(space), "finalists": len(finalists),
                "method": "dense" if best == "dense" else "sparse",
                "config": None if best == "dense" else best.to_dict(),
                "best_s": st[best].median, "best_p20_s": st[best].p20, "best_p80_s": st[best].p80,
