@@ -201,6 +201,8 @@ def cmd_check_strategy(args):
     db = TuningDB(args.db, foreign=args.use_foreign, writable=False)
     tasks = [Task(sh.M, sh.K, sh.N, s, b, args.dtype, threads)
              for sh in load_shapes(args.shapes) for b in args.block for s in args.sparsity]
+    if args.replay:
+        return _replay_strategy(args, db, tasks, format_table)
     rows = check_strategy(db, tasks, args.strategy, args.against, samples=args.samples, processes=args.processes)
     lines, fractions, slowdowns = [], [], []
     for r in rows:
@@ -222,6 +224,32 @@ def cmd_check_strategy(args):
     if slowdowns:
         print(f"worst slowdown {max(slowdowns):.3f}, median {sorted(slowdowns)[len(slowdowns) // 2]:.3f}; "
               f"evaluations used: {min(fractions):.0%}-{max(fractions):.0%} of {args.against}'s")
+
+
+def _replay_strategy(args, db, tasks, format_table):
+    from .tuner.check import replay_strategy
+
+    rows = replay_strategy(db, tasks, args.strategy)
+    lines, fractions, slowdowns = [], [], []
+    for r in rows:
+        t = r["task"]
+        head = [f"{t.M}x{t.K}x{t.N}", "%dx%d" % t.block, f"{t.sparsity:g}"]
+        if "missing" in r:
+            lines.append(head + [f"no {r['missing']}"] + [""] * 4)
+            continue
+        fractions.append(r["evals"] / r["space"])
+        slowdowns.append(r["slowdown"])
+        lines.append(head + [f"{r['evals']}/{r['space']}", f"{r['mine_ms']:.4f}", f"{r['ref_ms']:.4f}",
+                             f"{r['slowdown']:.3f}", r["mine"]])
+    print(f"{args.strategy} replayed on the database's measurements of the whole space (no timing): "
+          f"slowdown = time of the best config {args.strategy} found / the best of the space, both as "
+          "measured there")
+    print(format_table(["MxKxN", "block", "sparsity", "evals", f"{args.strategy} ms", "optimum ms",
+                        "slowdown", f"{args.strategy} winner"], lines))
+    if slowdowns:
+        print(f"worst slowdown {max(slowdowns):.3f}, median {sorted(slowdowns)[len(slowdowns) // 2]:.3f}; "
+              f"evaluations used: {min(fractions):.0%}-{max(fractions):.0%} of the space")
+    return 0 if slowdowns else 1
 
 
 def _short_config(d):
@@ -293,6 +321,9 @@ def build_parser():
     q.add_argument("--against", default="exhaustive")
     q.add_argument("--samples", type=positive, default=41, help="interleaved samples per process")
     q.add_argument("--processes", type=positive, default=3, help="fresh processes to time in (pyperf style)")
+    q.add_argument("--replay", action="store_true",
+                   help="no timing: run --strategy on the database's measurements of the whole space "
+                   "(Kernel Tuner's simulation mode; needs an exhaustive run)")
     q.add_argument("--db", default=os.path.join("results", "tuning.jsonl"))
     q.add_argument("--use-foreign", action="store_true", help="use records of another machine or build")
     q.set_defaults(func=cmd_check_strategy)

@@ -266,3 +266,25 @@ def test_check_strategy_retimes_both_winners_in_fresh_processes(tmp_path, capsys
     line = next(ln for ln in out.splitlines() if ln.strip().startswith("40x32x16"))
     slowdown, low, high = (float(x) for x in re.findall(r"(\d+\.\d+) \[(\d+\.\d+)-(\d+\.\d+)\]", line)[0])
     assert 0 < low <= slowdown <= high
+
+
+def test_check_strategy_replays_smart_on_the_exhaustive_measurements(tmp_path, capsys):
+    db = tmp_path / "t.jsonl"
+    assert main(["autotune", "--shapes", "40x32x16", "--sparsity", "0.8", "--threads", "1", "--samples", "3",
+                 "--db", str(db), "--strategy", "exhaustive"]) == 0
+    capsys.readouterr()
+    assert main(["check-strategy", "--shapes", "40x32x16,48x32x16", "--sparsity", "0.8", "--threads", "1",
+                 "--db", str(db), "--replay"]) == 0
+    out = capsys.readouterr().out
+    assert "replayed on the database's measurements" in out
+    assert "no measurements of all" in out                   # 48x32x16 was never tuned
+    line = next(ln for ln in out.splitlines() if ln.strip().startswith("40x32x16"))
+    evals, space = (int(x) for x in re.search(r"(\d+)/(\d+)", line).groups())
+    mine, best, slowdown = (float(x) for x in line.split()[4:7])
+    assert 1 <= evals <= space and best <= mine and slowdown >= 1
+    assert slowdown == pytest.approx(mine / best, rel=0.05)            # printed to 4 decimals
+    # the optimum is the fastest of every measured config of the task
+    from sparsebench.tuner import Task, TuningDB
+    times = [r["median_s"] for c, r in TuningDB(str(db), writable=False).measurements(
+        Task(40, 32, 16, 0.8, (4, 1), "float32", 1)).items() if c != "dense" and r["status"] == "ok"]
+    assert best == pytest.approx(min(times) * 1e3, abs=6e-5)

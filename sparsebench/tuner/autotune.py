@@ -22,7 +22,7 @@ from ..timing import interleaved, measure
 from ..verify import Reference
 from . import strategies
 from .check import task_shape
-from .db import Task, candidate_of, task_of
+from .db import Task, nearby_winners
 from .space import SearchSpace
 
 #: re-timed side by side at the end of each task: the best configs of the search, up to
@@ -100,7 +100,7 @@ class Autotuner:
             return t
 
         evaluate("dense")
-        seeds = [space.default] + [space.closest(c) for c in self._nearby_winners(task)]
+        seeds = [space.default] + [space.closest(c) for c in nearby_winners(self.db, task)]
         rng = np.random.default_rng(self.seed)
         try:
             self.strategy.search(space, evaluate, rng, list(dict.fromkeys(seeds)))
@@ -108,19 +108,6 @@ class Autotuner:
             pass
         self.progress(0, 0, "")
         return self._confirm(task, space, times, order, A, X, runners, tag)
-
-    def _nearby_winners(self, task, count=2):
-        """Sparse winners of other tuned tasks with the same block, dtype and threads, nearest first."""
-        def distance(t):
-            return (sum(abs(math.log(a / b)) for a, b in ((t.M, task.M), (t.K, task.K), (t.N, task.N)))
-                    + abs(t.sparsity - task.sparsity))
-        found = {}
-        for rec in self.db.results():
-            t = task_of(rec)
-            if (t != task and rec["method"] == "sparse" and t.block == task.block and t.dtype == task.dtype
-                    and t.threads == task.threads):
-                found[candidate_of(rec)] = min(distance(t), found.get(candidate_of(rec), math.inf))
-        return sorted(found, key=found.get)[:count]
 
     def _measure(self, task, candidate, A, X, refs, runners):
         method = "dense" if candidate == "dense" else "sparse"

@@ -1,4 +1,5 @@
-"""How good is a strategy? Its winner against another strategy's, re-timed side by side.
+"""How good is a strategy? Its winner against another strategy's, re-timed side by side; or
+the strategy replayed on the other's measurements.
 
 For each task tuned by both strategies (in one database), both winners are measured again,
 interleaved, on the same matrix, so the comparison is not biased by either run's noise.
@@ -9,6 +10,7 @@ wins can flip with it. The slowdown reported is the median over the processes of
 process's median per-round ratio; the spread is the lowest and highest process.
 """
 import concurrent.futures
+import math
 import multiprocessing
 
 import numpy as np
@@ -18,7 +20,9 @@ from ..dtypes import sparse_matrix
 from ..prune import prune
 from ..spmm import spmm
 from ..timing import interleaved, ratio
-from .db import candidate_of
+from . import strategies
+from .db import candidate_of, nearby_winners
+from .space import SearchSpace
 
 
 def check_strategy(db, tasks, strategy, against, samples=41, processes=3):
@@ -65,6 +69,42 @@ def time_winners(jobs, samples):
         st = interleaved(fns, samples=samples, warmup=2)
         out.append((st["mine"].median, st["ref"].median, 1 / ratio(st["ref"], st["mine"]).median))
     return out
+
+
+def replay_strategy(db, tasks, strategy, seed=0):
+    """Kernel Tuner's simulation mode: run `strategy` on the database's measurements of each
+    task's whole space (the latest of each config: the table an exhaustive run completes and
+    picks from), looking times up instead of timing, seeded as the tuner seeds it. The strategy and the optimum then see the
+    same landscape, so the result measures the search alone, free of the machine's drift between
+    runs (on this shared host, large-N kernels that stream through L3 shift with the neighbours'
+    load). Rows: task, evaluations, space size, best time found, optimum, winners."""
+    rows = []
+    for task in tasks:
+        table = {c: (r["median_s"] if r["status"] == "ok" else math.inf)
+                 for c, r in db.measurements(task).items() if c != "dense"}
+        W, X = problem_arrays(task_shape(task))
+        A = sparse_matrix(prune(W, task.sparsity, task.block), task.block, task.dtype)
+        isas = sorted({c.isa for c in table})
+        space = SearchSpace(A, task.N, task.threads, isas or None)
+        missing = [c for c in space.configs if c not in table]
+        if not table or missing:
+            rows.append({"task": task, "missing": f"measurements of {len(missing) if table else 'all'} "
+                         f"of {len(space)} configs (run the exhaustive strategy)"})
+            continue
+        seen = {}
+
+        def evaluate(config):
+            seen.setdefault(config, table[config])
+            return seen[config]
+
+        seeds = [space.default] + [space.closest(c) for c in nearby_winners(db, task)]
+        strategies.get(strategy).search(space, evaluate, np.random.default_rng(seed), list(dict.fromkeys(seeds)))
+        mine = min(seen, key=seen.get)
+        ref = min(table, key=table.get)
+        rows.append({"task": task, "evals": len(seen), "space": len(space), "mine": str(mine), "ref": str(ref),
+                     "mine_ms": seen[mine] * 1e3, "ref_ms": table[ref] * 1e3,
+                     "slowdown": seen[mine] / table[ref]})
+    return rows
 
 
 def task_shape(task):

@@ -8,6 +8,7 @@ a concurrent run loses at most the measurement in flight.
 """
 import dataclasses
 import datetime
+import math
 import warnings
 
 from .. import fingerprint, store
@@ -110,3 +111,18 @@ class TuningDB:
         """Hardware and build descriptions for exported files."""
         return {"hardware": fingerprint.hardware(), "hardware_id": self.hardware_id,
                 "build": fingerprint.build(), "build_id": fingerprint.build_id()}
+
+
+def nearby_winners(db, task, count=2):
+    """Sparse winners of other tuned tasks with the same block, dtype and threads, nearest first:
+    the smart strategy's seeds besides the default heuristic."""
+    def distance(t):
+        return (sum(abs(math.log(a / b)) for a, b in ((t.M, task.M), (t.K, task.K), (t.N, task.N)))
+                + abs(t.sparsity - task.sparsity))
+    found = {}
+    for rec in db.results():
+        t = task_of(rec)
+        if (t != task and rec["method"] == "sparse" and t.block == task.block and t.dtype == task.dtype
+                and t.threads == task.threads):
+            found[candidate_of(rec)] = min(distance(t), found.get(candidate_of(rec), math.inf))
+    return sorted(found, key=found.get)[:count]
