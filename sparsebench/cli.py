@@ -229,7 +229,7 @@ def cmd_check_strategy(args):
 def _replay_strategy(args, db, tasks, format_table):
     from .tuner.check import replay_strategy
 
-    rows = replay_strategy(db, tasks, args.strategy)
+    rows = replay_strategy(db, tasks, args.strategy, args.against)
     lines, fractions, slowdowns = [], [], []
     for r in rows:
         t = r["task"]
@@ -241,7 +241,7 @@ def _replay_strategy(args, db, tasks, format_table):
         slowdowns.append(r["slowdown"])
         lines.append(head + [f"{r['evals']}/{r['space']}", f"{r['mine_ms']:.4f}", f"{r['ref_ms']:.4f}",
                              f"{r['slowdown']:.3f}", r["mine"]])
-    print(f"{args.strategy} replayed on the database's measurements of the whole space (no timing): "
+    print(f"{args.strategy} replayed on the whole-space table {args.against}'s run measured (no timing): "
           f"slowdown = time of the best config {args.strategy} found / the best of the space, both as "
           "measured there")
     print(format_table(["MxKxN", "block", "sparsity", "evals", f"{args.strategy} ms", "optimum ms",
@@ -322,8 +322,8 @@ def build_parser():
     q.add_argument("--samples", type=positive, default=41, help="interleaved samples per process")
     q.add_argument("--processes", type=positive, default=3, help="fresh processes to time in (pyperf style)")
     q.add_argument("--replay", action="store_true",
-                   help="no timing: run --strategy on the database's measurements of the whole space "
-                   "(Kernel Tuner's simulation mode; needs an exhaustive run)")
+                   help="no timing: run --strategy on the whole-space table --against's run measured "
+                   "(Kernel Tuner's simulation mode; --against must be exhaustive)")
     q.add_argument("--db", default=os.path.join("results", "tuning.jsonl"))
     q.add_argument("--use-foreign", action="store_true", help="use records of another machine or build")
     q.set_defaults(func=cmd_check_strategy)

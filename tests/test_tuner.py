@@ -276,8 +276,8 @@ def test_check_strategy_replays_smart_on_the_exhaustive_measurements(tmp_path, c
     assert main(["check-strategy", "--shapes", "40x32x16,48x32x16", "--sparsity", "0.8", "--threads", "1",
                  "--db", str(db), "--replay"]) == 0
     out = capsys.readouterr().out
-    assert "replayed on the database's measurements" in out
-    assert "no measurements of all" in out                   # 48x32x16 was never tuned
+    assert "replayed on the whole-space table exhaustive's run measured" in out
+    assert "no exhaustive sweep of all" in out               # 48x32x16 was never tuned
     line = next(ln for ln in out.splitlines() if ln.strip().startswith("40x32x16"))
     evals, space = (int(x) for x in re.search(r"(\d+)/(\d+)", line).groups())
     mine, best, slowdown = (float(x) for x in line.split()[4:7])

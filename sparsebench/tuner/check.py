@@ -71,25 +71,38 @@ def time_winners(jobs, samples):
     return out
 
 
-def replay_strategy(db, tasks, strategy, seed=0):
-    """Kernel Tuner's simulation mode: run `strategy` on the database's measurements of each
-    task's whole space (the latest of each config: the table an exhaustive run completes and
-    picks from), looking times up instead of timing, seeded as the tuner seeds it. The strategy and the optimum then see the
+def sweep_table(db, task, against):
+    """{config: seconds} of the task's sparse configs as `against`'s latest run saw them: the
+    latest measurement of each config recorded before that run's result (inf if it failed)."""
+    key, table, seen = task.key(), {}, {}
+    for rec in db.records:
+        if rec["task"] != key:
+            continue
+        if rec["kind"] == "measurement" and rec["method"] == "sparse":
+            seen[candidate_of(rec)] = rec["median_s"] if rec["status"] == "ok" else math.inf
+        elif rec["kind"] == "result" and rec["strategy"] == against:
+            table = dict(seen)
+    return table
+
+
+def replay_strategy(db, tasks, strategy, against="exhaustive", seed=0):
+    """Kernel Tuner's simulation mode: run `strategy` on the table of each task's whole space
+    that `against` (an exhaustive run) measured and picked from (sweep_table), looking times up
+    instead of timing, seeded as the tuner seeds it. The strategy and the optimum then see the
     same landscape, so the result measures the search alone, free of the machine's drift between
     runs (on this shared host, large-N kernels that stream through L3 shift with the neighbours'
     load). Rows: task, evaluations, space size, best time found, optimum, winners."""
     rows = []
     for task in tasks:
-        table = {c: (r["median_s"] if r["status"] == "ok" else math.inf)
-                 for c, r in db.measurements(task).items() if c != "dense"}
+        table = sweep_table(db, task, against)
         W, X = problem_arrays(task_shape(task))
         A = sparse_matrix(prune(W, task.sparsity, task.block), task.block, task.dtype)
         isas = sorted({c.isa for c in table})
         space = SearchSpace(A, task.N, task.threads, isas or None)
         missing = [c for c in space.configs if c not in table]
         if not table or missing:
-            rows.append({"task": task, "missing": f"measurements of {len(missing) if table else 'all'} "
-                         f"of {len(space)} configs (run the exhaustive strategy)"})
+            rows.append({"task": task, "missing": f"{against} sweep of {len(missing) if table else 'all'} "
+                         f"of {len(space)} configs"})
             continue
         seen = {}
 
