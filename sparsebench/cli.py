@@ -192,63 +192,49 @@ def cmd_autotune(args):
 
 
 def cmd_check_strategy(args):
-    from .compare import format_table
     from .cpu import default_threads
     from .tuner import Task, TuningDB
-    from .tuner.check import check_strategy
+    from .tuner.check import check_strategy, replay_strategy
 
     threads = args.threads or default_threads()
     db = TuningDB(args.db, foreign=args.use_foreign, writable=False)
     tasks = [Task(sh.M, sh.K, sh.N, s, b, args.dtype, threads)
              for sh in load_shapes(args.shapes) for b in args.block for s in args.sparsity]
     if args.replay:
-        return _replay_strategy(args, db, tasks, format_table)
-    rows = check_strategy(db, tasks, args.strategy, args.against, samples=args.samples, processes=args.processes)
-    lines, fractions, slowdowns = [], [], []
-    for r in rows:
-        t = r["task"]
-        head = [f"{t.M}x{t.K}x{t.N}", "%dx%d" % t.block, f"{t.sparsity:g}"]
-        if "missing" in r:
-            lines.append(head + [f"not tuned with {r['missing']}"] + [""] * 4)
-            continue
-        fractions.append(r["evals"] / max(r["ref_evals"], 1))
-        slowdowns.append(r["slowdown"])
-        lines.append(head + [f"{r['evals']}/{r['ref_evals']}", f"{r['mine_ms']:.4f}", f"{r['ref_ms']:.4f}",
-                             f"{r['slowdown']:.3f} [{r['slowdown_low']:.3f}-{r['slowdown_high']:.3f}]",
-                             r["mine"]])
+        print(f"{args.strategy} replayed on the whole-space table {args.against}'s run measured (no timing): "
+              f"slowdown = time of the best config {args.strategy} found / the best of the space, both as "
+              "measured there")
+        rows = replay_strategy(db, tasks, args.strategy, args.against)
+        return _strategy_table(args, rows, "optimum ms", "space", "no ", "the space",
+                               lambda r: f"{r['slowdown']:.3f}")
     print(f"{args.strategy} vs {args.against}: winners re-timed side by side, {args.samples} interleaved "
           f"samples in each of {args.processes} fresh processes; slowdown = {args.strategy} winner time / "
           f"{args.against} winner time, median over the processes [lowest-highest process]")
-    print(format_table(["MxKxN", "block", "sparsity", "evals", f"{args.strategy} ms", f"{args.against} ms",
-                        "slowdown [range]", f"{args.strategy} winner"], lines))
-    if slowdowns:
-        print(f"worst slowdown {max(slowdowns):.3f}, median {sorted(slowdowns)[len(slowdowns) // 2]:.3f}; "
-              f"evaluations used: {min(fractions):.0%}-{max(fractions):.0%} of {args.against}'s")
+    rows = check_strategy(db, tasks, args.strategy, args.against, samples=args.samples, processes=args.processes)
+    _strategy_table(args, rows, f"{args.against} ms", "ref_evals", "not tuned with ", f"{args.against}'s",
+                    lambda r: f"{r['slowdown']:.3f} [{r['slowdown_low']:.3f}-{r['slowdown_high']:.3f}]")
 
 
-def _replay_strategy(args, db, tasks, format_table):
-    from .tuner.check import replay_strategy
+def _strategy_table(args, rows, ref_title, evals_of, missing, evals_what, slowdown):
+    """Print check-strategy's table and summary; 0 if any task was compared, else 1."""
+    from .compare import format_table
 
-    rows = replay_strategy(db, tasks, args.strategy, args.against)
     lines, fractions, slowdowns = [], [], []
     for r in rows:
         t = r["task"]
         head = [f"{t.M}x{t.K}x{t.N}", "%dx%d" % t.block, f"{t.sparsity:g}"]
         if "missing" in r:
-            lines.append(head + [f"no {r['missing']}"] + [""] * 4)
+            lines.append(head + [missing + r["missing"]] + [""] * 4)
             continue
-        fractions.append(r["evals"] / r["space"])
+        fractions.append(r["evals"] / max(r[evals_of], 1))
         slowdowns.append(r["slowdown"])
-        lines.append(head + [f"{r['evals']}/{r['space']}", f"{r['mine_ms']:.4f}", f"{r['ref_ms']:.4f}",
-                             f"{r['slowdown']:.3f}", r["mine"]])
-    print(f"{args.strategy} replayed on the whole-space table {args.against}'s run measured (no timing): "
-          f"slowdown = time of the best config {args.strategy} found / the best of the space, both as "
-          "measured there")
-    print(format_table(["MxKxN", "block", "sparsity", "evals", f"{args.strategy} ms", "optimum ms",
+        lines.append(head + [f"{r['evals']}/{r[evals_of]}", f"{r['mine_ms']:.4f}", f"{r['ref_ms']:.4f}",
+                             slowdown(r), r["mine"]])
+    print(format_table(["MxKxN", "block", "sparsity", "evals", f"{args.strategy} ms", ref_title,
                         "slowdown", f"{args.strategy} winner"], lines))
     if slowdowns:
         print(f"worst slowdown {max(slowdowns):.3f}, median {sorted(slowdowns)[len(slowdowns) // 2]:.3f}; "
-              f"evaluations used: {min(fractions):.0%}-{max(fractions):.0%} of the space")
+              f"evaluations used: {min(fractions):.0%}-{max(fractions):.0%} of {evals_what}")
     return 0 if slowdowns else 1
 
 
