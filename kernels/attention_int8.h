@@ -83,12 +83,16 @@ static inline ptrdiff_t sb_attention_int8_scratch(int seq, int head_dim) {
     return sb_aq_layout(seq, head_dim, NULL, &unused);
 }
 
-/* 64 s8 = clamp(rint(q), -127, 127) from 4 vectors, bytes in vnni.h's quads order after the
- * in-lane transpose: element c of q_t lands at byte 4c + t. */
+/* Bytes packed from 4 vectors of 16 (packs/packus order: in each 16-byte lane, byte 4t + i is
+ * element i of vector t) into vnni.h's quads order: element c of vector t at byte 4c + t. */
+SB_AQ_INLINE vi sb_aq_to_quads(vi packed) {
+    return _mm512_shuffle_epi8(packed, _mm512_set4_epi32(0x0F0B0703, 0x0E0A0602, 0x0D090501, 0x0C080400));
+}
+
+/* 64 s8 = clamp(rint(q), -127, 127) from 4 vectors, in quads order. */
 SB_AQ_INLINE vi sb_aq_quads_s8(vi q0, vi q1, vi q2, vi q3) {
-    const vi transpose = _mm512_set4_epi32(0x0F0B0703, 0x0E0A0602, 0x0D090501, 0x0C080400);
     vi b = _mm512_packs_epi16(_mm512_packs_epi32(q0, q1), _mm512_packs_epi32(q2, q3));
-    return _mm512_shuffle_epi8(_mm512_max_epi8(b, _mm512_set1_epi8(-127)), transpose);
+    return sb_aq_to_quads(_mm512_max_epi8(b, _mm512_set1_epi8(-127)));
 }
 
 /* 1 / scale and scale for the largest |x| of each lane (an all-zero column gets scale 1) */
@@ -263,10 +267,8 @@ static void sb_aq_tile(const sb_aq_job_t *job, const sb_aq_scratch_t *w, const f
                 sum[j] = _mm512_add_epi32(sum[j], p[t]);
             }
             /* 0..255: signed packs to s16 keep them, unsigned packs to u8 */
-            const vi transpose = _mm512_set4_epi32(0x0F0B0703, 0x0E0A0602, 0x0D090501, 0x0C080400);
             vi b = _mm512_packus_epi16(_mm512_packs_epi32(p[0], p[1]), _mm512_packs_epi32(p[2], p[3]));
-            _mm512_storeu_si512((void *)(w->pq + (ptrdiff_t)g * 4 * SB_AQ_QT + 64 * j),
-                                _mm512_shuffle_epi8(b, transpose));
+            _mm512_storeu_si512((void *)(w->pq + (ptrdiff_t)g * 4 * SB_AQ_QT + 64 * j), sb_aq_to_quads(b));
         }
     for (j = 0; j < SB_AQ_J; j++)    /* sums >= 255: the maximum's own term */
         inv[j] = _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_cvtepi32_ps(_mm512_max_epi32(sum[j], vi_set1(1))));
