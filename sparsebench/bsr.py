@@ -72,7 +72,7 @@ class BSRMatrix:
         init(self, "_indptr", indptr)
         init(self, "_row_nnz", _frozen(np.diff(indptr)))
         init(self, "_tasks", {})     # (threads, m_tile) -> task bounds
-        init(self, "_slices", {})    # k_slice -> slice pointers
+        init(self, "_slices", {})    # k_slice -> blocks in slice order (see sliced)
         init(self, "_plans", {})     # KernelConfig -> (module, variant id) once validated; N -> default
 
     def __setattr__(self, name, value):
@@ -184,28 +184,35 @@ class BSRMatrix:
         return (f"<BSRMatrix {M}x{K} float32, block {br}x{bc}, {self.nnz_blocks} blocks, "
                 f"density {self.density:.3f}>")
 
-    def slice_ptr(self, k_slice):
-        """(S + 1) x block-rows int32: blocks of row i in K slice s are [ptr[s, i], ptr[s + 1, i]).
+    def sliced(self, k_slice):
+        """The blocks reordered K slice by K slice, as the K-sliced kernels visit them.
 
-        A slice covers k_slice rows of X (a multiple of the block's column count).
+        Returns read-only (data, padded indices, ptr): the blocks of block row i in slice s
+        are ptr[s * block_rows + i] .. ptr[s * block_rows + i + 1]. Built once per k_slice and
+        kept (one more copy of the blocks): in row order, a slice's pass over the rows would
+        read each row's few blocks from a different place in memory, which the hardware
+        prefetchers cannot follow once W outgrows the L2 cache.
         """
-        ptr = self._slices.get(k_slice)
-        if ptr is None:
+        plan = self._slices.get(k_slice)
+        if plan is None:
             bc = self.block[1]
             if k_slice <= 0 or k_slice % bc:
                 raise ValueError(f"k_slice must be a positive multiple of {bc}, got {k_slice}")
             nslices = max(1, -(-self.shape[1] // k_slice))
             nbrows = self._indptr.shape[0] - 1
+            nnzb = self.nnz_blocks
             rows = np.repeat(np.arange(nbrows), self._row_nnz)
-            counts = np.zeros((nslices, nbrows), dtype=np.int64)
-            np.add.at(counts, (self.indices // (k_slice // bc), rows), 1)
-            ptr = np.empty((nslices + 1, nbrows), dtype=np.int64)
-            ptr[0] = self._indptr[:-1]
-            np.cumsum(counts, axis=0, out=ptr[1:])
-            ptr[1:] += self._indptr[:-1]
-            ptr = _frozen(ptr.astype(np.int32))
-            self._slices[k_slice] = ptr
-        return ptr
+            slice_of = self.indices // (k_slice // bc)
+            # stable: the blocks of a (slice, row) pair keep their column order
+            order = np.lexsort((rows, slice_of))
+            counts = np.bincount(slice_of * nbrows + rows, minlength=nslices * nbrows)
+            ptr = np.zeros(nslices * nbrows + 1, dtype=np.int64)
+            np.cumsum(counts, out=ptr[1:])
+            indices = np.zeros(nnzb + PREFETCH_PAD, dtype=np.int32)
+            indices[:nnzb] = self.indices[order]
+            plan = (_frozen(self._data[order]), _frozen(indices), _frozen(ptr.astype(np.int32)))
+            self._slices[k_slice] = plan
+        return plan
 
     # -- work partition for the threaded kernels ------------------------------------------------
     def task_bounds(self, threads, m_tile):

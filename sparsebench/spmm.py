@@ -95,8 +95,9 @@ def spmm(A, X, config=None, out=None, bias=None, activation=None):
         Xp = np.zeros((K + bc - K % bc, N), dtype=np.float32)
         Xp[:K] = X
         X = Xp
-    slices = A.slice_ptr(config.k_slice) if config.k_slice else None
-    module.run(vid, A._data, A._indices_padded, A._indptr, A.task_bounds(config.threads, config.m_tile),
+    data, indices, ptr = A.sliced(config.k_slice) if config.k_slice else (A._data, A._indices_padded,
+                                                                           A._indptr)
+    module.run(vid, data, indices, ptr, A.task_bounds(config.threads, config.m_tile),
                X, y, M, config.n_panel or N, config.prefetch, config.threads, -(-K // bc) * bc,
-               bias, slices, ACTIVATIONS[activation])
+               bias, ACTIVATIONS[activation])
     return out

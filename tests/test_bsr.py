@@ -310,6 +310,40 @@ def test_task_bounds_of_matrix_without_rows():
         assert b[0] == 0 and b[-1] == 0
 
 
+@pytest.mark.parametrize("block", SUPPORTED_BLOCKS, ids=block_ids)
+@pytest.mark.parametrize("k_slice", [8, 64, 96, 1000])
+def test_sliced_holds_every_block_once_grouped_by_slice_then_row(block, k_slice):
+    """A.sliced(k): the same blocks, reordered so that (slice, block row) runs are contiguous,
+    each run inside its slice's columns and in column order."""
+    W, A = random_pruned(37, 203, block, 0.6, seed=4, empty_block_rows=0.3)
+    k_slice = -(-k_slice // block[1]) * block[1]
+    data, indices, ptr = A.sliced(k_slice)
+    nbrows = A.indptr.shape[0] - 1
+    nslices = max(1, -(-A.shape[1] // k_slice))
+    assert ptr.dtype == np.int32 and ptr.shape == (nslices * nbrows + 1,)
+    assert ptr[0] == 0 and ptr[-1] == A.nnz_blocks and np.all(np.diff(ptr) >= 0)
+    assert indices.shape == A._indices_padded.shape and data.shape == A.data.shape
+    assert not (data.flags.writeable or indices.flags.writeable or ptr.flags.writeable)
+    per_slice = k_slice // block[1]
+    rebuilt = np.zeros((nbrows, -(-A.shape[1] // block[1])) + block, np.float32)
+    for s in range(nslices):
+        for i in range(nbrows):
+            lo, hi = ptr[s * nbrows + i], ptr[s * nbrows + i + 1]
+            cols = indices[lo:hi]
+            assert np.all(cols // per_slice == s) and np.all(np.diff(cols) > 0)
+            rebuilt[i, cols] = data[lo:hi]
+    dense = rebuilt.transpose(0, 2, 1, 3).reshape(nbrows * block[0], -1)[:A.shape[0], :A.shape[1]]
+    assert np.array_equal(dense, W)
+    assert A.sliced(k_slice) is A.sliced(k_slice)          # built once
+
+
+def test_sliced_rejects_bad_k_slice():
+    _, A = random_pruned(8, 16, (1, 4), 0.5)
+    for bad in (0, -4, 6):
+        with pytest.raises(ValueError, match="k_slice must be a positive multiple of 4"):
+            A.sliced(bad)
+
+
 def test_pickle_round_trip_keeps_structure_and_immutability():
     import pickle
 

@@ -16,6 +16,7 @@ FIXED_SHAPES = [
     (5, 7, 33),
     (3, 5, 2),
     (9, 13, 261),   # N > 128 and > 256: the n_panel variants actually split N
+    (21, 300, 24),  # K > 256: every k_slice splits K, with a remainder slice
 ]
 
 
@@ -90,9 +91,10 @@ def test_every_config_matches_reference(block, shape):
 
 @pytest.mark.parametrize("block", SUPPORTED_BLOCKS, ids=lambda b: "%dx%d" % b)
 def test_result_independent_of_threads_and_schedule_bitwise(block):
-    """For a given compiled variant (isa, n_tile), threads, m_tile, n_panel and prefetch only
-    reorder work between rows/columns, never the sum inside one output: bitwise identical."""
-    M, K, N = 45, 31, 300
+    """For a given compiled variant (isa, n_tile), threads, m_tile, n_panel, k_slice and prefetch
+    only reorder work between rows/columns, never the sum inside one output (a K slice's partial
+    sum is stored and reloaded exactly): bitwise identical."""
+    M, K, N = 45, 131, 300
     W, A = random_pruned(M, K, block, 0.5, seed=3)
     X = random_x(K, N)
     results = {}
