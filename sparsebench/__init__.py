@@ -10,6 +10,7 @@ BLAS_IDLE_SPIN_TAMED = "numpy" not in _sys.modules or "OPENBLAS_THREAD_TIMEOUT" 
 if "numpy" not in _sys.modules:
     _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
+from .arrays import empty  # noqa: E402
 from .blocks import SUPPORTED_BLOCKS  # noqa: E402
 from .bsr import BSRMatrix  # noqa: E402
 from .config import KernelConfig, default_config, kernel_configs  # noqa: E402
@@ -22,4 +23,5 @@ from .tuned import TunedFallbackWarning, load_tuned  # noqa: E402
 __version__ = "0.1.0"
 __all__ = ["BSRMatrix", "KernelConfig", "ConfigError", "QuantizedActivations", "QuantizedBSRMatrix",
            "SparsebenchError", "SUPPORTED_BLOCKS", "UnsupportedISAError", "default_config",
-           "kernel_configs", "load_tuned", "prune", "quantize_activations", "spmm", "TunedFallbackWarning"]
+           "empty", "kernel_configs", "load_tuned", "prune", "quantize_activations", "spmm",
+           "TunedFallbackWarning"]

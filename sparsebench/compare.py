@@ -18,6 +18,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from . import __version__, baselines, fingerprint, store
+from .arrays import empty
 from .bsr import BSRMatrix
 from .dtypes import check_dtype, reference, sparse_matrix
 from .prune import prune
@@ -32,10 +33,13 @@ KEY = ("shape", "M", "K", "N", "block", "sparsity", "dtype", "threads", "cache")
 
 
 def problem_arrays(shape, seed=0):
-    """Seeded random W (M x K) and X (K x N), float32, the same for every method."""
+    """Seeded random W (M x K) and X (K x N), float32, the same for every method; X lives on
+    huge pages (arrays.empty), as the activations of our encoder runner do."""
     rng = np.random.default_rng(seed)
-    return (rng.standard_normal((shape.M, shape.K), dtype=np.float32),
-            rng.standard_normal((shape.K, shape.N), dtype=np.float32))
+    W = rng.standard_normal((shape.M, shape.K), dtype=np.float32)
+    X = empty((shape.K, shape.N))
+    X[...] = rng.standard_normal((shape.K, shape.N), dtype=np.float32)
+    return W, X
 
 
 def case_key(shape, block, sparsity, threads, cache, dtype="float32"):

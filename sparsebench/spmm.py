@@ -1,7 +1,7 @@
 """Y = W @ X for a block-sparse W: argument checks, then the compiled kernel."""
 import numpy as np
 
-from .arrays import operand as _operand
+from .arrays import empty as _empty, operand as _operand
 from .bsr import BSRMatrix
 from .config import KernelConfig, check_config, default_config, variant_id
 from .quant import LAYOUTS, QuantizedActivations, QuantizedBSRMatrix, pack
@@ -51,7 +51,7 @@ def spmm(A, X, config=None, out=None, bias=None, activation=None):
                 and bias.flags.c_contiguous):
             raise ValueError(f"bias must be a contiguous float32 array of shape ({M},)")
     if out is None:
-        out = np.empty((M, N), dtype=np.float32)
+        out = _empty((M, N))
         y = out
     else:
         y = _operand(out, "out")
