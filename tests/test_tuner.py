@@ -288,3 +288,20 @@ def test_check_strategy_replays_smart_on_the_exhaustive_measurements(tmp_path, c
     times = [r["median_s"] for c, r in TuningDB(str(db), writable=False).measurements(
         Task(40, 32, 16, 0.8, (4, 1), "float32", 1)).items() if c != "dense" and r["status"] == "ok"]
     assert best == pytest.approx(min(times) * 1e3, abs=6e-5)
+
+
+def test_nearby_winners_of_one_strategy_only(tmp_path):
+    """The replay seeds a strategy with its own winners of other tasks, never with the optima of
+    the exhaustive run it is judged against."""
+    from sparsebench.tuner.db import candidate_of, nearby_winners
+    db = TuningDB(str(tmp_path / "db.jsonl"), log=lambda *a: None)
+    quiet = dict(samples=3, confirm_samples=3, log=lambda *a: None)
+    for strategy, n in (("random", 64), ("exhaustive", 96)):
+        Autotuner(db, strategy, max_evals=3, **quiet).tune_all([Shape("s", 256, 256, n)], [0.9], [(4, 1)],
+                                                               threads=1)
+    winners = {r["strategy"]: candidate_of(r) for r in db.results() if r["method"] == "sparse"}
+    assert set(winners) == {"random", "exhaustive"}, "both runs must pick a sparse config here"
+    third = Task(256, 256, 80, 0.9, (4, 1), "float32", 1)
+    assert set(nearby_winners(db, third)) == set(winners.values())
+    assert nearby_winners(db, third, strategy="random") == [winners["random"]]
+    assert nearby_winners(db, third, strategy="smart") == []

@@ -110,7 +110,8 @@ def replay_strategy(db, tasks, strategy, against="exhaustive", seed=0):
             seen.setdefault(config, table[config])
             return seen[config]
 
-        seeds = [space.default] + [space.closest(c) for c in nearby_winners(db, task)]
+        # seeded with the strategy's own winners of other tasks, never with `against`'s optima
+        seeds = [space.default] + [space.closest(c) for c in nearby_winners(db, task, strategy=strategy)]
         strategies.get(strategy).search(space, evaluate, np.random.default_rng(seed), list(dict.fromkeys(seeds)))
         mine = min(seen, key=seen.get)
         ref = min(table, key=table.get)

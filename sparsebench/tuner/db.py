@@ -113,9 +113,9 @@ class TuningDB:
                 "build": fingerprint.build(), "build_id": fingerprint.build_id()}
 
 
-def nearby_winners(db, task, count=2):
+def nearby_winners(db, task, count=2, strategy=None):
     """Sparse winners of other tuned tasks with the same block, dtype and threads, nearest first:
-    the smart strategy's seeds besides the default heuristic."""
+    the smart strategy's seeds besides the default heuristic. `strategy`: only its winners."""
     def distance(t):
         return (sum(abs(math.log(a / b)) for a, b in ((t.M, task.M), (t.K, task.K), (t.N, task.N)))
                 + abs(t.sparsity - task.sparsity))
@@ -123,6 +123,6 @@ def nearby_winners(db, task, count=2):
     for rec in db.results():
         t = task_of(rec)
         if (t != task and rec["method"] == "sparse" and t.block == task.block and t.dtype == task.dtype
-                and t.threads == task.threads):
+                and t.threads == task.threads and strategy in (None, rec["strategy"])):
             found[candidate_of(rec)] = min(distance(t), found.get(candidate_of(rec), math.inf))
     return sorted(found, key=found.get)[:count]
