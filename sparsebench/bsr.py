@@ -185,20 +185,23 @@ class BSRMatrix:
                 f"density {self.density:.3f}>")
 
     def sliced(self, k_slice):
-        """The blocks reordered K slice by K slice, as the K-sliced kernels visit them.
+        """The blocks as the kernels visit them with K slices of k_slice columns (0: no slicing).
 
-        Returns read-only (data, padded indices, ptr): the blocks of block row i in slice s
-        are ptr[s * block_rows + i] .. ptr[s * block_rows + i + 1]. Built once per k_slice and
-        kept (one more copy of the blocks): in row order, a slice's pass over the rows would
-        read each row's few blocks from a different place in memory, which the hardware
-        prefetchers cannot follow once W outgrows the L2 cache.
+        Returns (nslices, data, padded indices, ptr), read-only: the blocks of block row i in
+        slice s are ptr[s * block_rows + i] .. ptr[s * block_rows + i + 1]. With more than one
+        slice the blocks are a copy, regrouped slice by slice, built once per k_slice and kept:
+        in row order, a slice's pass over the rows would read each row's few blocks from a
+        different place in memory, which the hardware prefetchers cannot follow once W outgrows
+        the L2 cache (1x1, 3072x768, 70%: 36 -> 82 GFLOP/s on one core).
         """
+        bc = self.block[1]
+        if k_slice < 0 or k_slice % bc:
+            raise ValueError(f"k_slice must be 0 or a positive multiple of {bc}, got {k_slice}")
+        nslices = max(1, -(-self.shape[1] // k_slice)) if k_slice else 1
+        if nslices == 1:
+            return 1, self._data.view(), self._indices_padded.view(), self._indptr.view()
         plan = self._slices.get(k_slice)
         if plan is None:
-            bc = self.block[1]
-            if k_slice <= 0 or k_slice % bc:
-                raise ValueError(f"k_slice must be a positive multiple of {bc}, got {k_slice}")
-            nslices = max(1, -(-self.shape[1] // k_slice))
             nbrows = self._indptr.shape[0] - 1
             nnzb = self.nnz_blocks
             rows = np.repeat(np.arange(nbrows), self._row_nnz)
@@ -212,7 +215,7 @@ class BSRMatrix:
             indices[:nnzb] = self.indices[order]
             plan = (_frozen(self._data[order]), _frozen(indices), _frozen(ptr.astype(np.int32)))
             self._slices[k_slice] = plan
-        return plan
+        return (nslices,) + tuple(a.view() for a in plan)
 
     # -- work partition for the threaded kernels ------------------------------------------------
     def task_bounds(self, threads, m_tile):

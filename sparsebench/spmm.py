@@ -1,7 +1,7 @@
 """Y = W @ X for a block-sparse W: argument checks, then the compiled kernel."""
 import numpy as np
 
-from .arrays import empty as _empty, operand as _operand
+from .arrays import operand as _operand
 from .bsr import BSRMatrix
 from .config import KernelConfig, check_config, default_config, variant_id
 from .quant import LAYOUTS, QuantizedActivations, QuantizedBSRMatrix, pack
@@ -51,7 +51,7 @@ def spmm(A, X, config=None, out=None, bias=None, activation=None):
                 and bias.flags.c_contiguous):
             raise ValueError(f"bias must be a contiguous float32 array of shape ({M},)")
     if out is None:
-        out = _empty((M, N))
+        out = np.empty((M, N), dtype=np.float32)
         y = out
     else:
         y = _operand(out, "out")
@@ -95,9 +95,8 @@ def spmm(A, X, config=None, out=None, bias=None, activation=None):
         Xp = np.zeros((K + bc - K % bc, N), dtype=np.float32)
         Xp[:K] = X
         X = Xp
-    data, indices, ptr = A.sliced(config.k_slice) if config.k_slice else (A._data, A._indices_padded,
-                                                                           A._indptr)
+    nslices, data, indices, ptr = A.sliced(config.k_slice)
     module.run(vid, data, indices, ptr, A.task_bounds(config.threads, config.m_tile),
                X, y, M, config.n_panel or N, config.prefetch, config.threads, -(-K // bc) * bc,
-               bias, ACTIVATIONS[activation])
+               bias, ACTIVATIONS[activation], nslices)
     return out

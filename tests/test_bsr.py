@@ -317,13 +317,15 @@ def test_sliced_holds_every_block_once_grouped_by_slice_then_row(block, k_slice)
     each run inside its slice's columns and in column order."""
     W, A = random_pruned(37, 203, block, 0.6, seed=4, empty_block_rows=0.3)
     k_slice = -(-k_slice // block[1]) * block[1]
-    data, indices, ptr = A.sliced(k_slice)
+    nslices, data, indices, ptr = A.sliced(k_slice)
     nbrows = A.indptr.shape[0] - 1
-    nslices = max(1, -(-A.shape[1] // k_slice))
+    assert nslices == max(1, -(-A.shape[1] // k_slice))
     assert ptr.dtype == np.int32 and ptr.shape == (nslices * nbrows + 1,)
     assert ptr[0] == 0 and ptr[-1] == A.nnz_blocks and np.all(np.diff(ptr) >= 0)
     assert indices.shape == A._indices_padded.shape and data.shape == A.data.shape
-    assert not (data.flags.writeable or indices.flags.writeable or ptr.flags.writeable)
+    for a in (data, indices, ptr):
+        with pytest.raises(ValueError):
+            a.flags.writeable = True                      # views of frozen arrays
     per_slice = k_slice // block[1]
     rebuilt = np.zeros((nbrows, -(-A.shape[1] // block[1])) + block, np.float32)
     for s in range(nslices):
@@ -334,14 +336,17 @@ def test_sliced_holds_every_block_once_grouped_by_slice_then_row(block, k_slice)
             rebuilt[i, cols] = data[lo:hi]
     dense = rebuilt.transpose(0, 2, 1, 3).reshape(nbrows * block[0], -1)[:A.shape[0], :A.shape[1]]
     assert np.array_equal(dense, W)
-    assert A.sliced(k_slice) is A.sliced(k_slice)          # built once
+    assert A.sliced(k_slice)[3].base is A.sliced(k_slice)[3].base    # built once
+    if nslices == 1:                                                  # no copy at all
+        assert ptr.base is A._indptr and data.base is A._data
 
 
 def test_sliced_rejects_bad_k_slice():
     _, A = random_pruned(8, 16, (1, 4), 0.5)
-    for bad in (0, -4, 6):
-        with pytest.raises(ValueError, match="k_slice must be a positive multiple of 4"):
+    for bad in (-4, 6):
+        with pytest.raises(ValueError, match="k_slice must be 0 or a positive multiple of 4"):
             A.sliced(bad)
+    assert A.sliced(0)[0] == 1
 
 
 def test_pickle_round_trip_keeps_structure_and_immutability():

@@ -16,7 +16,7 @@ FIXED_SHAPES = [
     (5, 7, 33),
     (3, 5, 2),
     (9, 13, 261),   # N > 128 and > 256: the n_panel variants actually split N
-    (21, 300, 24),  # K > 256: every k_slice splits K, with a remainder slice
+    (21, 300, 48),  # K > 256: every k_slice splits K, with a remainder slice
 ]
 
 

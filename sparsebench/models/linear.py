@@ -7,7 +7,6 @@ import dataclasses
 
 import numpy as np
 
-from ..arrays import empty
 from ..blocks import SUPPORTED_BLOCKS, check_block
 from ..config import KernelConfig, check_config, default_config
 from ..cpu import default_threads
@@ -211,7 +210,7 @@ class SparseLinear:
             raise ModelError(f"{self.name}: X must be float32 with {self.in_features} rows, "
                              f"got {X.dtype} of shape {X.shape}")
         if out is None:
-            out = empty((self.out_features, X.shape[1]))
+            out = np.empty((self.out_features, X.shape[1]), dtype=np.float32)
         with blas_threads(self.threads):
             np.matmul(self._dense, X, out=out)
         if self._bias_column is not None:

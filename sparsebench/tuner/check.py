@@ -88,7 +88,8 @@ def sweep_table(db, task, against):
 def replay_strategy(db, tasks, strategy, against="exhaustive", seed=0):
     """Kernel Tuner's simulation mode: run `strategy` on the table of each task's whole space
     that `against` (an exhaustive run) measured and picked from (sweep_table), looking times up
-    instead of timing, seeded as the tuner seeds it. The strategy and the optimum then see the
+    instead of timing, seeded as the tuner seeds it but with the strategy's own winners of other
+    tasks only (never `against`'s optima). The strategy and the optimum then see the
     same landscape, so the result measures the search alone, free of the machine's drift between
     runs (on this shared host, large-N kernels that stream through L3 shift with the neighbours'
     load). Rows: task, evaluations, space size, best time found, optimum, winners."""
