@@ -69,17 +69,18 @@ def spmm(A, X, config=None, out=None, bias=None, activation=None):
     plan = A._plans.get(config)
     if plan is None:
         check_config(config, A)
-        plan = A._plans[config] = variant_id(config)
+        # the kernel, its arrays and the task split, looked up once per (matrix, config)
+        arrays = () if int8 else A._slice_plan(config.k_slice)
+        plan = A._plans[config] = variant_id(config) + arrays + (A.task_bounds(config.threads, config.m_tile),)
     if M == 0 or N == 0:
         return out
     if int8:
-        module, vid = plan
+        module, vid, bounds = plan
         if isinstance(X, QuantizedActivations):
             packed, xscales = X._packed, X._scales
         else:
             packed, xscales = pack(X, LAYOUTS[A.block], 0.0, config.threads)
-        module.run(vid, A._data, A._indices_padded, A._gptr, A.task_bounds(config.threads, config.m_tile),
-                   A._comp, A._scales, packed, xscales, y, M, packed.shape[0], config.prefetch,
+        module.run(vid, A._data, A._indices_padded, A._gptr, bounds, A._comp, A._scales, packed, xscales, y, M, packed.shape[0], config.prefetch,
                    config.threads, bias, ACTIVATIONS[activation])
         return out
     if K == 0:
@@ -88,15 +89,13 @@ def spmm(A, X, config=None, out=None, bias=None, activation=None):
             from scipy.special import erf
             y[...] = 0.5 * y * (1 + erf(y / np.sqrt(2, dtype=np.float32)))
         return out
-    module, vid = plan
+    module, vid, nslices, data, indices, ptr, bounds = plan
     bc = A.block[1]
     if K % bc:
         # the last block column reads whole blocks of X rows: give it zero rows past K
         Xp = np.zeros((K + bc - K % bc, N), dtype=np.float32)
         Xp[:K] = X
         X = Xp
-    nslices, data, indices, ptr = A.sliced(config.k_slice)
-    module.run(vid, data, indices, ptr, A.task_bounds(config.threads, config.m_tile),
-               X, y, M, config.n_panel or N, config.prefetch, config.threads, -(-K // bc) * bc,
+    module.run(vid, data, indices, ptr, bounds, X, y, M, config.n_panel or N, config.prefetch, config.threads, -(-K // bc) * bc,
                bias, ACTIVATIONS[activation], nslices)
     return out

@@ -16,7 +16,6 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ..arrays import empty
 from ..cpu import best_isa, default_threads, encoder_module, kernel_module
 from ..errors import UnsupportedISAError
 from ..dtypes import check_dtype
@@ -130,19 +129,20 @@ class _Layer:
 
 
 class _Workspace:
-    """Every buffer of one forward pass for a (batch, seq); the large ones on huge pages."""
+    """Every buffer of one forward pass for a (batch, seq)."""
 
     def __init__(self, config, batch, seq):
         H, I, T = config.hidden, config.intermediate, batch * seq
         self.shape = (batch, seq)
-        self.hidden = empty((H, T))                  # the residual stream
-        self.qkv = empty((3 * H, T))                 # Q, K, V stacked: the attention kernel's input
-        self.ctx = empty((H, T))
-        self.sub = empty((H, T))                     # sublayer output, added back by the LayerNorm
-        self.inter = empty((I, T))
+        f32 = np.float32
+        self.hidden = np.empty((H, T), f32)          # the residual stream
+        self.qkv = np.empty((3 * H, T), f32)         # Q, K, V stacked: the attention kernel's input
+        self.ctx = np.empty((H, T), f32)
+        self.sub = np.empty((H, T), f32)             # sublayer output, added back by the LayerNorm
+        self.inter = np.empty((I, T), f32)
         self._gelu_scratch = None
-        self.rows = empty((T, H))                    # embeddings, token-major
-        self.mask = np.empty((batch, seq), np.float32)   # additive: 0 or float32 min per key
+        self.rows = np.empty((T, H), f32)            # embeddings, token-major
+        self.mask = np.empty((batch, seq), f32)      # additive: 0 or float32 min per key
         self.q, self.k, self.v = self.qkv[:H], self.qkv[H:2 * H], self.qkv[2 * H:]
 
     def gelu_scratch(self):
