@@ -1,25 +1,10 @@
-"""Kernel configurations: what can be tuned, what is valid for a matrix, and the default choice."""
+"""Kernel configurations: the config type and whether a config can run on a matrix."""
 import dataclasses
 import json
 
-from .cpu import available_isas, best_isa, kernel_module, default_threads
+from .cpu import kernel_module
 from .errors import ConfigError
 from .quant import QuantizedBSRMatrix
-
-#: cache panel widths (columns of X kept hot while every block row is swept); 0 = all of N
-PANELS = (0, 128, 256, 512)
-#: rows of X per K slice (partial sums go through Y so a slice of X stays in cache); 0 = all of K
-K_SLICES = (0, 64, 128, 256, 512)
-#: block rows per dynamically scheduled task; 0 = one nonzero-balanced range per thread
-M_TILES = (0, 1, 4, 16)
-#: software prefetch distance in blocks; 0 = off
-PREFETCH = (0, 4, 16)
-#: below this many multiply-adds a call runs on one thread (waking a team costs more)
-SERIAL_WORK = 1 << 17
-#: X above this many bytes no longer fits the L2 of the machines we target
-L2_PANEL_BYTES = 512 * 1024
-#: the int8 kernels run about 3x the multiply-adds per second: a higher bar for threads
-SERIAL_WORK_INT8 = 1 << 19
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -33,7 +18,7 @@ class KernelConfig:
     k_slice: int = 0        # rows of X per K slice, a multiple of the block's columns; 0 = whole K
     m_tile: int = 0         # block rows per task (dynamic schedule); 0 = static, balanced by nnz
     prefetch: int = 0       # software prefetch distance in blocks (int8: groups); 0 = off
-    threads: int = 1        # OpenMP threads
+    threads: int = 1        # threads of the kernel pool (the caller included)
     dtype: str = "float32"  # float32 (BSRMatrix) or int8 (QuantizedBSRMatrix) kernels
 
     def __post_init__(self):
@@ -110,87 +95,3 @@ def check_config(config, A):
         raise ConfigError(f"prefetch={config.prefetch} must be in [0, {module.PREFETCH_PAD}]")
     if not 1 <= config.threads <= 4096:
         raise ConfigError(f"threads={config.threads} must be in [1, 4096]")
-
-
-def kernel_configs(A, n, threads=None, isas=None):
-    """Every valid KernelConfig for matrix A times a K x n X: the autotuner's search space.
-
-    Tiles much wider than n are left out (they would only run their masked tail path),
-    as are panels that would not split N.
-    """
-    threads = threads or default_threads()
-    if isinstance(A, QuantizedBSRMatrix):
-        return _int8_configs(A, n, threads, isas)
-    out = []
-    for isa in isas or available_isas():
-        module = kernel_module(isa)
-        vw = module.VECTOR_WIDTH
-        widest = max(vw, -(-n // vw) * vw)
-        for br, bc, nt, _ in module.VARIANTS:
-            if (br, bc) != A.block or nt > widest:
-                continue
-            for n_panel in PANELS:
-                if n_panel and (n_panel % nt or n_panel >= n):
-                    continue
-                for k_slice in K_SLICES:
-                    if k_slice and k_slice >= A.shape[1]:
-                        continue
-                    for m_tile in M_TILES:
-                        for prefetch in PREFETCH:
-                            out.append(KernelConfig(A.block, isa, nt, n_panel, k_slice, m_tile,
-                                                    prefetch, threads))
-    return out
-
-
-def _int8_configs(A, n, threads, isas):
-    """kernel_configs for a QuantizedBSRMatrix: N-tile, m_tile, prefetch (no panels or slices)."""
-    out = []
-    for isa in isas or [best_isa("int8")]:
-        module = kernel_module(isa, "int8")
-        widths = sorted(nt for br, bc, nt in module.VARIANTS if (br, bc) == A.block)
-        widest = max(widths[0], -(-n // 16) * 16)
-        for nt in widths:
-            if nt > widest:
-                continue
-            for m_tile in M_TILES:
-                for prefetch in PREFETCH:
-                    out.append(KernelConfig(A.block, isa, nt, 0, 0, m_tile, prefetch, threads, "int8"))
-    return out
-
-
-def _int8_default(A, n, threads):
-    isa = best_isa("int8")
-    module = kernel_module(isa, "int8")
-    widths = sorted(nt for br, bc, nt in module.VARIANTS if (br, bc) == A.block)
-    n_tile = max([w for w in widths if w <= max(64, widths[0]) and w < n + 16] or widths[:1])
-    work = A.nnz * max(n, 1)
-    # prefetching the X rows of the group 4 ahead won by a few % on the BERT-Base shapes
-    return KernelConfig(A.block, isa, n_tile, 0, 0, 0, 4,
-                        threads if work >= SERIAL_WORK_INT8 else 1, "int8")
-
-
-def default_config(A, n, threads=None):
-    """The heuristic used when no tuned config is given: sensible, not optimal."""
-    threads = threads or default_threads()
-    if isinstance(A, QuantizedBSRMatrix):
-        return _int8_default(A, n, threads)
-    isa = available_isas()[0]
-    module = kernel_module(isa)
-    br, bc = A.block
-    # prefer variants that hold a whole block row in registers (one pass over the blocks)
-    widths = (sorted(nt for vbr, vbc, nt, rb in module.VARIANTS if (vbr, vbc) == A.block and rb == br)
-              or sorted(nt for vbr, vbc, nt, rb in module.VARIANTS if (vbr, vbc) == A.block))
-    # about 16-24 accumulators: wide tiles for short blocks, narrow for tall ones
-    target = max(module.VECTOR_WIDTH, (24 // (br + 1)) * module.VECTOR_WIDTH)
-    n_tile = max([w for w in widths if w <= target] or widths[:1])
-    while n_tile > module.VECTOR_WIDTH and n_tile // 2 >= n and n_tile // 2 in widths:
-        n_tile //= 2
-    K = A.shape[1]
-    # single-row blocks load one X vector per multiply-add: keep a K slice of X in cache;
-    # the others prefetch the X rows of coming blocks, further ahead once X outgrows L2
-    # (what won most often in results/bench-bert-spmm.csv)
-    k_slice = 128 if br == 1 and K > 128 else 0
-    prefetch = 0 if br == 1 else (16 if K * n * 4 > L2_PANEL_BYTES else 4)
-    work = A.nnz * max(n, 1)
-    return KernelConfig(A.block, isa, n_tile, 0, k_slice, 0, prefetch,
-                        threads if work >= SERIAL_WORK else 1)

@@ -7,7 +7,7 @@ dtype's results are held to, for the autotuner, compare and the checks of both.
 from .bsr import BSRMatrix
 from .cpu import best_isa
 from .quant import INT8_BLOCKS, QuantizedBSRMatrix, quantize_activations
-from .verify import Reference
+from .bench.verify import Reference
 
 DTYPES = ("float32", "int8")
 

@@ -3,7 +3,8 @@ import numpy as np
 
 from .arrays import operand as _operand
 from .bsr import BSRMatrix
-from .config import KernelConfig, check_config, default_config, variant_id
+from .config import KernelConfig, check_config, variant_id
+from .dispatch import default_config
 from .quant import LAYOUTS, QuantizedActivations, QuantizedBSRMatrix, pack
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import sparsebench as sb
-from sparsebench.baselines import MethodUnavailable, Problem, mkl, torch_
+from sparsebench.bench.baselines import MethodUnavailable, Problem, mkl, torch_
 
 U32 = 2.0 ** -24
 

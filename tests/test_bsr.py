@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import sparsebench as sb
-from sparsebench.config import M_TILES
+from sparsebench.tune.space import M_TILES
 from conftest import (SUPPORTED_BLOCKS, blocks, examples, random_dense, random_pruned, seeds,
                       sparsities)
 

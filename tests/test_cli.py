@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from sparsebench.cli import main
+from sparsebench.cli.main import main
 
 
 def test_info_json_lists_variants_and_flags(capsys):

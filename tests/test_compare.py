@@ -5,13 +5,14 @@ import os
 import numpy as np
 import pytest
 
-from sparsebench import baselines, store
-from sparsebench.baselines import MethodUnavailable, Problem
-from sparsebench.cli import main
-from sparsebench.compare import FIELDS, Compare, read_rows
-from sparsebench.shapes import Shape
-from sparsebench.timing import Stats, interleaved, ratio
-from sparsebench.verify import Reference
+from sparsebench import store
+from sparsebench.bench import baselines
+from sparsebench.bench.baselines import MethodUnavailable, Problem
+from sparsebench.cli.main import main
+from sparsebench.bench.compare import FIELDS, Compare, read_rows
+from sparsebench.bench.shapes import Shape
+from sparsebench.bench.timing import Stats, interleaved, ratio
+from sparsebench.bench.verify import Reference
 
 TINY = [Shape("tiny", 40, 36, 9)]
 

@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 
 import sparsebench as sb
 from sparsebench import cpu
-from sparsebench.config import PANELS, check_config
+from sparsebench.config import check_config
+from sparsebench.tune.space import PANELS
 from conftest import SUPPORTED_BLOCKS, assert_spmm_close, examples, random_pruned, random_x
 
 block_ids = lambda b: "%dx%d" % b          # noqa: E731

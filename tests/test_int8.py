@@ -482,7 +482,7 @@ def test_kernel_entry_points_refuse_garbage():
 
 
 def test_info_lists_the_int8_kernels():
-    from sparsebench.info import collect, format_info
+    from sparsebench.cli.info import collect, format_info
     info = collect()
     if HAS_VNNI:
         assert "4x1/nt64" in info["int8_variants"]["avx512vnni"]

@@ -8,15 +8,15 @@ import pytest
 
 import sparsebench as sb
 from sparsebench import cpu
-from sparsebench.cli import main
-from sparsebench.compare import Compare
+from sparsebench.cli.main import main
+from sparsebench.bench.compare import Compare
 from sparsebench.dtypes import check_dtype_blocks, reference, sparse_matrix
 from sparsebench.models import BertEncoder
 from sparsebench.models.config import ModelError
 from sparsebench.models.linear import SparseLinear
-from sparsebench.shapes import Shape
-from sparsebench.tuned import TunedFallbackWarning, export, load_tuned
-from sparsebench.tuner import Autotuner, TuningDB
+from sparsebench.bench.shapes import Shape
+from sparsebench.tune.apply import TunedFallbackWarning, export, load_tuned
+from sparsebench.tune import Autotuner, TuningDB
 from test_models import TINY, minilm_path
 
 needs_vnni = pytest.mark.skipif(not cpu.available_isas("int8"),
@@ -99,7 +99,7 @@ def test_autotune_int8_records_export_and_lookup(tmp_path):
 
 
 def test_wrong_int8_candidates_are_recorded(tmp_path, monkeypatch):
-    from sparsebench.tuner import autotune
+    from sparsebench.tune import autotune
     real = autotune._sparse_runner
 
     def wrong_when_prefetching(A, X, config):

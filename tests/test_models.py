@@ -246,7 +246,7 @@ def write_tuned(path, entries):
 
 
 def test_tuned_file_picks_kernels_per_layer(tmp_path):
-    tuned = pytest.importorskip("sparsebench.tuned", reason="sparsebench.tuned is not available")
+    tuned = pytest.importorskip("sparsebench.tune.apply", reason="sparsebench.tune.apply is not available")
     H, I = TINY.hidden, TINY.intermediate
     config = sb.KernelConfig((4, 1), sb.cpu.best_isa(), 16, threads=2)
     path = write_tuned(tmp_path / "tuned.json", [(H, H, 16, 0.75, "sparse", config), (I, H, 16, 0.75, "dense", None)])
@@ -269,7 +269,7 @@ def test_tuned_file_picks_kernels_per_layer(tmp_path):
 
 
 def test_tuned_file_missing_is_an_error(tmp_path):
-    pytest.importorskip("sparsebench.tuned", reason="sparsebench.tuned is not available")
+    pytest.importorskip("sparsebench.tune.apply", reason="sparsebench.tune.apply is not available")
     with pytest.raises(sb.ConfigError, match="not found"):
         BertEncoder.random(TINY, tuned=str(tmp_path / "tuned.json"))
 
@@ -361,7 +361,7 @@ def test_latency_budget_finds_the_largest_batch(tiny_encoder):
 
 
 def test_cli_writes_results(tmp_path, capsys):
-    from sparsebench import bert_cli
+    from sparsebench.cli import bert as bert_cli
 
     parser = argparse.ArgumentParser(prog="sparsebench")
     bert_cli.add_parser(parser.add_subparsers(dest="command"))
@@ -385,7 +385,7 @@ def test_cli_writes_results(tmp_path, capsys):
     (["bert", "--model", "gpt2"], "invalid choice"),
 ])
 def test_cli_bad_arguments(argv, message, capsys):
-    from sparsebench import bert_cli
+    from sparsebench.cli import bert as bert_cli
 
     parser = argparse.ArgumentParser(prog="sparsebench")
     bert_cli.add_parser(parser.add_subparsers(dest="command"))

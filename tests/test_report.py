@@ -7,9 +7,10 @@ import os
 import pandas as pd
 import pytest
 
-from sparsebench import tuned
-from sparsebench.compare import FIELDS
-from sparsebench.report import ReportError, build_report, cli
+from sparsebench.tune import apply as tuned
+from sparsebench.bench.compare import FIELDS
+from sparsebench.cli import report as cli
+from sparsebench.report import ReportError, build_report
 from sparsebench.report import analysis
 from sparsebench.report.load import load_results
 

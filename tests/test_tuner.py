@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 
 import sparsebench as sb
-from sparsebench.cli import main
+from sparsebench.cli.main import main
 from sparsebench.config import check_config
 from sparsebench.errors import ConfigError
-from sparsebench.shapes import Shape
-from sparsebench.tuned import TunedFallbackWarning, export, load_tuned
-from sparsebench.tuner import Autotuner, SearchSpace, Task, TuningDB, autotune, strategies
-from sparsebench.tuner.space import TUNABLE
+from sparsebench.bench.shapes import Shape
+from sparsebench.tune.apply import TunedFallbackWarning, export, load_tuned
+from sparsebench.tune import Autotuner, SearchSpace, Task, TuningDB, autotune, strategies
+from sparsebench.tune.space import TUNABLE
 
 SMALL = Shape("small", 64, 48, 24)
 
@@ -284,7 +284,7 @@ def test_check_strategy_replays_smart_on_the_exhaustive_measurements(tmp_path, c
     assert 1 <= evals <= space and best <= mine and slowdown >= 1
     assert slowdown == pytest.approx(mine / best, rel=0.05)            # printed to 4 decimals
     # the optimum is the fastest of every measured config of the task
-    from sparsebench.tuner import Task, TuningDB
+    from sparsebench.tune import Task, TuningDB
     times = [r["median_s"] for c, r in TuningDB(str(db), writable=False).measurements(
         Task(40, 32, 16, 0.8, (4, 1), "float32", 1)).items() if c != "dense" and r["status"] == "ok"]
     assert best == pytest.approx(min(times) * 1e3, abs=6e-5)
@@ -293,7 +293,7 @@ def test_check_strategy_replays_smart_on_the_exhaustive_measurements(tmp_path, c
 def test_nearby_winners_of_one_strategy_only(tmp_path):
     """The replay seeds a strategy with its own winners of other tasks, never with the optima of
     the exhaustive run it is judged against."""
-    from sparsebench.tuner.db import candidate_of, nearby_winners
+    from sparsebench.tune.records import candidate_of, nearby_winners
     db = TuningDB(str(tmp_path / "db.jsonl"), log=lambda *a: None)
     quiet = dict(samples=3, confirm_samples=3, log=lambda *a: None)
     for strategy, n in (("random", 64), ("exhaustive", 96)):

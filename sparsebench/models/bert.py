@@ -188,7 +188,7 @@ class BertEncoder:
     `weights` maps Hugging Face parameter names (no "bert." prefix) to arrays. Linear weights are
     pruned to `sparsity` in `block` blocks (default 4x1), or kept as they are with sparsity=None
     (then each layer's block pattern is detected unless `block` is given). `tuned`, a path to a
-    tuned-config file (or a table from sparsebench.tuned.load_tuned), picks each linear layer's
+    tuned-config file (or a table from sparsebench.tune.apply.load_tuned), picks each linear layer's
     kernel; without it the default heuristic runs (kernel_report says so). `linear_config`
     ("dense" or a KernelConfig) forces one kernel on every linear layer. `threads`: threads of
     the sparse kernels and of the fused LayerNorm and attention kernels, and BLAS threads of
@@ -500,9 +500,9 @@ def _integer_array(a, name):
 
 
 def _load_tuned(tuned):
-    """A tuned-config table from a path (via sparsebench.tuned), or `tuned` itself if it is one."""
+    """A tuned-config table from a path (via sparsebench.tune.apply), or `tuned` itself if it is one."""
     if tuned is None or hasattr(tuned, "lookup"):
         return tuned
-    from ..tuned import load_tuned
+    from ..tune.apply import load_tuned
 
     return load_tuned(os.fspath(tuned))

@@ -8,7 +8,8 @@ import dataclasses
 import numpy as np
 
 from ..blocks import SUPPORTED_BLOCKS, check_block
-from ..config import KernelConfig, check_config, default_config
+from ..config import KernelConfig, check_config
+from ..dispatch import default_config
 from ..cpu import default_threads
 from ..dtypes import check_dtype_blocks, sparse_matrix
 from ..errors import ConfigError, UnsupportedISAError
@@ -82,7 +83,7 @@ class SparseLinear:
     `block` blocks, or kept as it is with sparsity=None; `scale` (e.g. attention's 1/sqrt(d))
     is then folded into the stored W and b. `config` picks the kernel: a
     KernelConfig, "dense" (numpy matmul on the dense weight) or None; with None, `tuned` (a
-    table from sparsebench.tuned.load_tuned) is asked per (M, K, N, sparsity, block), and
+    table from sparsebench.tune.apply.load_tuned) is asked per (M, K, N, sparsity, block), and
     without a table the default heuristic is used. `kernel` names what the last call ran.
     """
 

@@ -18,7 +18,7 @@ import warnings
 import numpy as np
 
 from .. import __version__
-from ..timing import Stats
+from ..bench.timing import Stats
 from .bert import CATEGORIES
 
 #: methods `compare` can add beside ours ("sparsebench"); "fp32" is our runner on the float32
@@ -59,7 +59,7 @@ def ours(enc, inputs, name="sparsebench"):
 
 def torch_model(enc):
     """A transformers BertModel (no pooler, eval mode) holding `enc`'s weights."""
-    from ..baselines.torch_ import tame_torch_idle_spin
+    from ..bench.baselines.torch_ import tame_torch_idle_spin
 
     tame_torch_idle_spin()       # idle torch threads would spin on the cores of the next method
     try:

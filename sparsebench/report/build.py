@@ -196,7 +196,7 @@ def _metadata_section(inputs):
         h["hardware_id"] for h in inputs.tuned_headers}
     out.append(Heading(3, "Machine that built this report (`sparsebench info`)"))
     try:
-        from ..info import collect
+        from ..cli.info import collect
         facts = tables.this_machine(collect(), hardware_ids, fingerprint.hardware_id())
     except Exception as e:           # a broken kernel build must not stop the report
         return out + [Para(f"Not available: {type(e).__name__}: {e}")]

@@ -3,7 +3,7 @@
 Every CSV/JSON/JSON-lines file in the folder and in its immediate subfolders (the BERT runner
 writes to results/bert/) is classified by content, and by name when the content is unusable:
 
-* compare results: a CSV with the header of `sparsebench.compare.FIELDS` (or named compare*.csv);
+* compare results: a CSV with the header of `sparsebench.bench.compare.FIELDS` (or named compare*.csv);
 * BERT latencies: a CSV with columns model, runner (or method), p50_ms, p90_ms and optionally
   sparsity, block, batch, seq, threads, throughput (or throughput_seq_s), unstable: what
   `sparsebench bert` writes as *-latency.csv, or a hand-made bert*.csv;
@@ -23,8 +23,9 @@ import warnings
 
 import pandas as pd
 
-from .. import store, tuned
-from ..compare import FIELDS as COMPARE_FIELDS
+from .. import store
+from ..tune import apply as tuned
+from ..bench.compare import FIELDS as COMPARE_FIELDS
 from ..errors import SparsebenchError
 
 #: columns a BERT latency CSV must have, and the optional ones the report uses

@@ -7,8 +7,8 @@ import collections
 import re
 import time
 
-from .cliargs import block, positive
-from .prune import check_sparsity
+from .args import block, positive
+from ..prune import check_sparsity
 
 UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
 
@@ -31,7 +31,7 @@ def _duration(text):
 
 
 def _methods(text):
-    from .models.runner import BASELINES
+    from ..models.runner import BASELINES
 
     names = [x.strip() for x in text.split(",") if x.strip() and x.strip() != "none"]
     bad = [n for n in names if n not in BASELINES]
@@ -42,7 +42,7 @@ def _methods(text):
 
 def add_parser(subparsers):
     """Register the `bert` subcommand on an argparse subparsers object."""
-    from .models.config import MODELS
+    from ..models.config import MODELS
 
     q = subparsers.add_parser("bert", help="BERT encoder on the sparse kernels vs dense runners, end to end")
     q.add_argument("--model", default="bert-base", choices=list(MODELS), help="named model size (random weights)")
@@ -73,9 +73,9 @@ def add_parser(subparsers):
 
 
 def run(args):
-    from .cpu import default_threads
-    from .models import BertEncoder
-    from .models import runner
+    from ..cpu import default_threads
+    from ..models import BertEncoder
+    from ..models import runner
 
     threads = args.threads or default_threads()
     t0 = time.perf_counter()

@@ -15,13 +15,13 @@ import multiprocessing
 
 import numpy as np
 
-from ..compare import problem_arrays
+from ..bench.problems import problem_arrays
 from ..dtypes import sparse_matrix
 from ..prune import prune
 from ..spmm import spmm
-from ..timing import interleaved, ratio
+from ..bench.timing import interleaved, ratio
 from . import strategies
-from .db import candidate_of, nearby_winners
+from .records import candidate_of, nearby_winners
 from .space import SearchSpace
 
 
@@ -123,5 +123,5 @@ def replay_strategy(db, tasks, strategy, against="exhaustive", seed=0):
 
 
 def task_shape(task):
-    from ..shapes import Shape
+    from ..bench.shapes import Shape
     return Shape(str(task), task.M, task.K, task.N)

@@ -1,8 +1,8 @@
 """argparse types shared by the sparsebench commands."""
 import argparse
 
-from .blocks import parse_block
-from .prune import check_sparsity
+from ..blocks import parse_block
+from ..prune import check_sparsity
 
 
 def floats(text):

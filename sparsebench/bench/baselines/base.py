@@ -6,7 +6,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from ..bsr import BSRMatrix
+from ...bsr import BSRMatrix
 
 
 def library_loaded(soname):

@@ -17,8 +17,8 @@ import math
 import os
 import warnings
 
-from .config import KernelConfig
-from .errors import ConfigError
+from ..config import KernelConfig
+from ..errors import ConfigError
 
 FORMAT = "sparsebench-tuned"
 VERSION = 1
@@ -53,7 +53,7 @@ class TunedConfigs:
                  and (threads is None or e["threads"] == threads)]
         if exact:
             if threads is None:
-                from .cpu import default_threads
+                from ..cpu import default_threads
                 exact.sort(key=lambda e: (e["threads"] != default_threads(), -e["threads"]))
             return self._choice(exact[0], threads, True, "tuned")
         what = f"{M}x{K}x{N} sparsity {sparsity:g} block {block[0]}x{block[1]} {dtype}"

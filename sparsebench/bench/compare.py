@@ -17,11 +17,12 @@ import time
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from . import __version__, baselines, fingerprint, store
-from .arrays import empty
-from .bsr import BSRMatrix
-from .dtypes import check_dtype, reference, sparse_matrix
-from .prune import prune
+from .. import __version__, fingerprint, store
+from . import baselines
+from ..bsr import BSRMatrix
+from ..dtypes import check_dtype, reference, sparse_matrix
+from ..prune import prune
+from .problems import problem_arrays
 from .timing import interleaved, ratio
 from .verify import Reference
 
@@ -30,16 +31,6 @@ FIELDS = ["shape", "M", "K", "N", "block", "sparsity", "dtype", "threads", "cach
           "gflops", "effective_gflops", "speedup", "speedup_p20", "speedup_p80", "max_rel_error",
           "config", "library", "cpu", "hardware_id", "build_id", "sparsebench", "timestamp"]
 KEY = ("shape", "M", "K", "N", "block", "sparsity", "dtype", "threads", "cache")
-
-
-def problem_arrays(shape, seed=0):
-    """Seeded random W (M x K) and X (K x N), float32, the same for every method; X lives on
-    huge pages (arrays.empty), as the activations of our encoder runner do."""
-    rng = np.random.default_rng(seed)
-    W = rng.standard_normal((shape.M, shape.K), dtype=np.float32)
-    X = empty((shape.K, shape.N))
-    X[...] = rng.standard_normal((shape.K, shape.N), dtype=np.float32)
-    return W, X
 
 
 def case_key(shape, block, sparsity, threads, cache, dtype="float32"):

@@ -1,6 +1,6 @@
 """The autotuner: search spaces from the kernels, strategies, the tuning database."""
 from .autotune import Autotuner
-from .db import Task, TuningDB
+from .records import Task, TuningDB
 from .space import SearchSpace
 from .strategies import STRATEGIES
 

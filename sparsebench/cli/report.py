@@ -21,7 +21,7 @@ def add_parser(subparsers):
 
 
 def run(args):
-    from .build import build_report
+    from ..report.build import build_report
 
     out = args.out or os.path.join(args.results_dir, "report")
     summary = build_report(args.results_dir, out, log=lambda line: print(line, flush=True))

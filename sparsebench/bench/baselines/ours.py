@@ -5,8 +5,8 @@ import dataclasses
 
 import numpy as np
 
-from ..config import default_config
-from ..spmm import spmm
+from ...dispatch import default_config
+from ...spmm import spmm
 from .base import Baseline
 
 
@@ -16,7 +16,7 @@ class Sparsebench(Baseline):
     float32_only = False
 
     def version(self):
-        from .. import __version__
+        from ... import __version__
         return f"sparsebench {__version__}"
 
     def dtype(self, problem):

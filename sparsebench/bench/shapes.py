@@ -1,9 +1,11 @@
-"""GEMM shape sets: named CSV files in shapes/ (name,M,K,N) or inline MxKxN."""
+"""GEMM shape sets: named CSV files shipped in sparsebench/shapes/ (name,M,K,N), CSV paths, or
+inline MxKxN."""
 import csv
 import dataclasses
 import os
 import re
 
+#: the named shape sets, installed with the package
 SHAPES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "shapes")
 
 

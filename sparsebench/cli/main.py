@@ -5,13 +5,13 @@ import os
 import re
 import sys
 
-from .baselines import DEFAULT_METHODS, names as _method_names
-from .errors import SparsebenchError
-from . import bert_cli
-from .report import cli as report_cli
-from .cliargs import blocks, floats, positive
-from .dtypes import DTYPES, check_dtype_blocks
-from .shapes import ShapeFileError, load_shapes
+from ..bench.baselines import DEFAULT_METHODS, names as _method_names
+from ..errors import SparsebenchError
+from . import bert as bert_cli
+from . import report as report_cli
+from .args import blocks, floats, positive
+from ..dtypes import DTYPES, check_dtype_blocks
+from ..bench.shapes import ShapeFileError, load_shapes
 
 
 def add_problem_args(q, threads_help="default: all cores", dtype=True):
@@ -33,8 +33,8 @@ def cmd_info(args):
 
 
 def cmd_bench(args):
-    from .bench import call_overhead, run_bench, thread_interplay
-    from .cpu import default_threads
+    from ..bench.interplay import call_overhead, run_bench, thread_interplay
+    from ..cpu import default_threads
 
     threads = args.threads or default_threads()
     shapes = load_shapes(args.shapes)
@@ -61,10 +61,11 @@ def _set_name(spec):
 
 
 def cmd_compare(args):
-    from . import baselines, store
-    from .compare import Compare, int8_table, read_rows, speedup_table, tty_progress
-    from .config import KernelConfig
-    from .cpu import default_threads
+    from ..bench import baselines
+    from .. import store
+    from ..bench.compare import Compare, int8_table, read_rows, speedup_table, tty_progress
+    from ..config import KernelConfig
+    from ..cpu import default_threads
 
     threads = args.threads or default_threads()
     shapes = load_shapes(args.shapes)
@@ -80,7 +81,7 @@ def cmd_compare(args):
         fixed = KernelConfig.from_json(args.config)
         config_for = lambda A, n, s: fixed if fixed.dtype == A.dtype else None      # noqa: E731
     elif args.tuned:
-        from .tuned import load_tuned
+        from ..tune.apply import load_tuned
         tuned = load_tuned(args.tuned)
 
         def config_for(A, n, s):
@@ -154,9 +155,9 @@ def _duration(text):
 
 
 def cmd_autotune(args):
-    from .compare import format_table, tty_progress
-    from .cpu import available_isas, default_threads
-    from .tuner import Autotuner, TuningDB, strategies
+    from ..bench.compare import format_table, tty_progress
+    from ..cpu import available_isas, default_threads
+    from ..tune import Autotuner, TuningDB, strategies
 
     strategies.get(args.strategy)
     threads = args.threads or default_threads()
@@ -192,9 +193,9 @@ def cmd_autotune(args):
 
 
 def cmd_check_strategy(args):
-    from .cpu import default_threads
-    from .tuner import Task, TuningDB
-    from .tuner.check import check_strategy, replay_strategy
+    from ..cpu import default_threads
+    from ..tune import Task, TuningDB
+    from ..tune.check import check_strategy, replay_strategy
 
     threads = args.threads or default_threads()
     db = TuningDB(args.db, foreign=args.use_foreign, writable=False)
@@ -217,7 +218,7 @@ def cmd_check_strategy(args):
 
 def _strategy_table(args, rows, ref_title, evals_of, missing, evals_what, slowdown):
     """Print check-strategy's table and summary; 0 if any task was compared, else 1."""
-    from .compare import format_table
+    from ..bench.compare import format_table
 
     lines, fractions, slowdowns = [], [], []
     for r in rows:
@@ -239,13 +240,13 @@ def _strategy_table(args, rows, ref_title, evals_of, missing, evals_what, slowdo
 
 
 def _short_config(d):
-    from .config import KernelConfig
+    from ..config import KernelConfig
     return str(KernelConfig.from_dict(d))
 
 
 def cmd_export(args):
-    from .tuned import export
-    from .tuner import TuningDB
+    from ..tune.apply import export
+    from ..tune import TuningDB
 
     db = TuningDB(args.db, foreign=args.use_foreign, writable=False)
     if not db.results():

@@ -4,11 +4,11 @@ import platform
 
 import numpy as np
 
-from . import __version__
-from ._buildinfo import BUILD
-from .cpu import INT8_ISA_REQUIREMENTS, ISA_REQUIREMENTS, available_isas, cpu_features, cpu_model
-from .cpu import isa_supported, kernel_module
-from .cpu import default_threads
+from .. import __version__
+from .._buildinfo import BUILD
+from ..cpu import INT8_ISA_REQUIREMENTS, ISA_REQUIREMENTS, available_isas, cpu_features, cpu_model
+from ..cpu import isa_supported, kernel_module
+from ..cpu import default_threads
 
 
 def collect():
@@ -25,9 +25,9 @@ def collect():
             int8_variants[isa] = ["%dx%d/nt%d" % v for v in kernel_module(isa, "int8").VARIANTS]
         else:
             int8_variants[isa] = "not runnable here (needs %s)" % ", ".join(INT8_ISA_REQUIREMENTS[isa])
-    from .baselines.dense import blas_version
+    from ..bench.baselines.dense import blas_version
 
-    from . import BLAS_IDLE_SPIN_TAMED
+    from .. import BLAS_IDLE_SPIN_TAMED
 
     return {"sparsebench": __version__, "python": platform.python_version(), "numpy": np.__version__,
             "blas": blas_version(), "blas_idle_spin_tamed": BLAS_IDLE_SPIN_TAMED,

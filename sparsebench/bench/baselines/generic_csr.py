@@ -1,7 +1,7 @@
 """`generic-csr`: our untuned row-at-a-time CSR SpMM (always available; the floor to beat)."""
 import numpy as np
 
-from .. import _generic_csr
+from ... import _generic_csr
 from .base import Baseline
 
 
@@ -18,7 +18,7 @@ class GenericCSR(Baseline):
     description = "untuned CSR, one row at a time, no tiling (ours)"
 
     def version(self):
-        from .. import __version__
+        from ... import __version__
         return f"sparsebench {__version__} generic-csr"
 
     def prepare(self, problem):

@@ -13,16 +13,16 @@ import time
 
 import numpy as np
 
-from ..compare import problem_arrays
+from ..bench.problems import problem_arrays
 from ..dtypes import reference, sparse_matrix
 from ..errors import ConfigError
 from ..prune import prune
 from ..spmm import spmm
-from ..timing import interleaved, measure
-from ..verify import Reference
+from ..bench.timing import interleaved, measure
+from ..bench.verify import Reference
 from . import strategies
 from .check import task_shape
-from .db import Task, nearby_winners
+from .records import Task, nearby_winners
 from .space import SearchSpace
 
 #: re-timed side by side at the end of each task: the best configs of the search, up to

@@ -6,12 +6,13 @@ import time
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from .bsr import BSRMatrix
-from .compare import problem_arrays
-from .config import default_config, kernel_configs
-from .cpu import available_isas
-from .prune import prune
-from .spmm import spmm
+from ..bsr import BSRMatrix
+from .problems import problem_arrays
+from ..dispatch import default_config
+from ..tune.space import kernel_configs
+from ..cpu import available_isas
+from ..prune import prune
+from ..spmm import spmm
 from .timing import interleaved, measure, ratio
 from .verify import Reference
 

@@ -1,0 +1,49 @@
+"""The kernel config used when nothing is tuned: a heuristic, sensible rather than optimal."""
+from .config import KernelConfig
+from .cpu import available_isas, best_isa, default_threads, kernel_module
+from .quant import QuantizedBSRMatrix
+
+#: below this many multiply-adds a call runs on one thread (waking the pool costs more)
+SERIAL_WORK = 1 << 17
+#: the int8 kernels run about 3x the multiply-adds per second: a higher bar for threads
+SERIAL_WORK_INT8 = 1 << 19
+#: X above this many bytes no longer fits the L2 of the machines we target
+L2_PANEL_BYTES = 512 * 1024
+
+
+def _int8_default(A, n, threads):
+    isa = best_isa("int8")
+    module = kernel_module(isa, "int8")
+    widths = sorted(nt for br, bc, nt in module.VARIANTS if (br, bc) == A.block)
+    n_tile = max([w for w in widths if w <= max(64, widths[0]) and w < n + 16] or widths[:1])
+    work = A.nnz * max(n, 1)
+    # prefetching the X rows of the group 4 ahead won by a few % on the BERT-Base shapes
+    return KernelConfig(A.block, isa, n_tile, 0, 0, 0, 4,
+                        threads if work >= SERIAL_WORK_INT8 else 1, "int8")
+
+
+def default_config(A, n, threads=None):
+    """The heuristic used when no tuned config is given: sensible, not optimal."""
+    threads = threads or default_threads()
+    if isinstance(A, QuantizedBSRMatrix):
+        return _int8_default(A, n, threads)
+    isa = available_isas()[0]
+    module = kernel_module(isa)
+    br, bc = A.block
+    # prefer variants that hold a whole block row in registers (one pass over the blocks)
+    widths = (sorted(nt for vbr, vbc, nt, rb in module.VARIANTS if (vbr, vbc) == A.block and rb == br)
+              or sorted(nt for vbr, vbc, nt, rb in module.VARIANTS if (vbr, vbc) == A.block))
+    # about 16-24 accumulators: wide tiles for short blocks, narrow for tall ones
+    target = max(module.VECTOR_WIDTH, (24 // (br + 1)) * module.VECTOR_WIDTH)
+    n_tile = max([w for w in widths if w <= target] or widths[:1])
+    while n_tile > module.VECTOR_WIDTH and n_tile // 2 >= n and n_tile // 2 in widths:
+        n_tile //= 2
+    K = A.shape[1]
+    # single-row blocks load one X vector per multiply-add: keep a K slice of X in cache;
+    # the others prefetch the X rows of coming blocks, further ahead once X outgrows L2
+    # (what won most often in results/bench-bert-spmm.csv)
+    k_slice = 128 if br == 1 and K > 128 else 0
+    prefetch = 0 if br == 1 else (16 if K * n * 4 > L2_PANEL_BYTES else 4)
+    work = A.nnz * max(n, 1)
+    return KernelConfig(A.block, isa, n_tile, 0, k_slice, 0, prefetch,
+                        threads if work >= SERIAL_WORK else 1)
