@@ -11,3 +11,8 @@ class ConfigError(SparsebenchError, ValueError):
 
 class UnsupportedISAError(ConfigError, RuntimeError):
     """A kernel variant needs instructions this CPU (or this build) does not have."""
+
+
+class MethodUnavailable(SparsebenchError):
+    """A method (a baseline, a runtime) cannot run here (package missing) or cannot run this
+    problem; the message is one line saying why, with an install hint where one helps."""

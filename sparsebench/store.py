@@ -1,4 +1,5 @@
-"""Append-only result files that survive Ctrl-C, `kill -9` and concurrent writers.
+"""Result files that survive Ctrl-C, `kill -9` and concurrent writers: append-only logs, and
+whole files replaced atomically (`atomic_file`).
 
 Each append writes whole lines with one write() on a file opened O_APPEND, under an
 exclusive flock, then fsyncs. A crash can at worst leave the last line cut short: readers
@@ -49,6 +50,24 @@ def _cut_partial_tail(fd):
             return
         pos = start
     os.ftruncate(fd, 0)
+
+
+@contextlib.contextmanager
+def atomic_file(path, mode="w"):
+    """Open a temporary file beside `path`; on a clean exit, flush it to disk and move it onto
+    `path` in one step, so a reader (or a crash) never sees half a file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": ""})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def check_writable(path):

@@ -16,17 +16,16 @@ def test_info_json_lists_variants_and_flags(capsys):
     assert any(v.startswith("4x1/") for v in info["variants"][best])
 
 
-def test_bench_tiny_shape_writes_csv(tmp_path, capsys):
-    out = tmp_path / "bench.csv"
+def test_bench_is_run_with_the_exhaustive_tuner_heuristic_and_dense(tmp_path, capsys):
     assert main(["bench", "--shapes", "64x48x20", "--sparsity", "0.5", "--block", "4x1",
-                 "--threads", "1", "--samples", "3", "--out", str(out)]) == 0
+                 "--threads", "1", "--results", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
-    assert "speedup" in printed and "call overhead" in printed
-    rows = list(csv.DictReader(open(out)))
-    assert len(rows) == 1
-    assert rows[0]["shape"] == "64x48x20" and rows[0]["block"] == "4x1"
-    assert float(rows[0]["max_rel_error"]) < 1e-5
-    assert float(rows[0]["speedup_p20"]) <= float(rows[0]["speedup_median"]) <= float(rows[0]["speedup_p80"])
+    assert "--strategy exhaustive" in printed and "call overhead" in printed
+    rows = list(csv.DictReader(open(tmp_path / "compare-64x48x20.csv")))
+    assert {r["method"] for r in rows} == {"dense", "sparsebench", "sparsebench-default"}
+    assert all(r["status"] == "ok" and float(r["max_rel_error"]) < 1e-5 for r in rows)
+    tuned = json.load(open(tmp_path / "tuned.json"))["entries"]
+    assert len(tuned) == 1 and tuned[0]["strategy"] == "exhaustive"
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -135,6 +135,22 @@ def test_compare_int8_gates_each_method_against_its_own_arithmetic():
     assert 1e-4 < float(rows["sparsebench"]["max_rel_error"]) < 0.02     # the quantization error
 
 
+def test_compare_int8_kernel_alone_and_the_heuristic_rows():
+    methods = ["dense", "sparsebench", "sparsebench-int8-kernel", "sparsebench-default"]
+    cmp = Compare(methods, threads=1, samples=3, log=lambda *a: None, dtype="int8",
+                  config_for=lambda A, n, s: sb.KernelConfig((4, 1), "avx512vnni", 64, 0, 0, 1, 0, 1, "int8")
+                  if A.dtype == "int8" else None)
+    rows = {r["method"]: r for r in cmp.run([SMALL], [0.8], [(4, 1)])}
+    assert all(rows[m]["status"] == "ok" for m in methods)
+    # the kernel alone computes exactly what the quantize-included row does
+    assert rows["sparsebench-int8-kernel"]["max_rel_error"] == rows["sparsebench"]["max_rel_error"]
+    assert rows["sparsebench-int8-kernel"]["config"] == rows["sparsebench"]["config"]
+    assert rows["sparsebench-default"]["config"] != rows["sparsebench"]["config"]     # tuned is ignored
+    float32 = Compare(["sparsebench-int8-kernel"], threads=1, samples=3, log=lambda *a: None)
+    (row,) = float32.run([SMALL], [0.8], [(4, 1)])
+    assert row["status"] == "skipped" and "--dtype int8" in row["reason"]
+
+
 def test_compare_int8_uses_the_tuned_config_of_each_dtype(tmp_path):
     int8_cfg = sb.KernelConfig((4, 1), "avx512vnni", 64, 0, 0, 4, 0, 1, "int8")
     fp32_cfg = sb.default_config(sparse_matrix(_pruned(64, 52), (4, 1)), 24, 1)

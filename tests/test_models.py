@@ -382,6 +382,7 @@ def test_cli_writes_results(tmp_path, capsys):
     (["bert", "--block", "3x3"], "unsupported block shape"),
     (["bert", "--compare", "tensorflow"], "unknown method 'tensorflow'"),
     (["bert", "--latency-budget", "fast"], "positive duration"),
+    (["bert", "--latency-budget", "20"], "with its unit"),
     (["bert", "--model", "gpt2"], "invalid choice"),
 ])
 def test_cli_bad_arguments(argv, message, capsys):

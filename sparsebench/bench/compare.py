@@ -14,7 +14,6 @@ import io
 import os
 import time
 
-import numpy as np
 from threadpoolctl import threadpool_limits
 
 from .. import __version__, fingerprint, store

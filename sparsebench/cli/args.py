@@ -1,5 +1,6 @@
 """argparse types shared by the sparsebench commands."""
 import argparse
+import re
 
 from ..blocks import parse_block
 from ..prune import check_sparsity
@@ -38,3 +39,18 @@ def block(text):
         return parse_block(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+#: seconds per unit of a duration
+UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def duration(text):
+    """'500us', '20ms', '90s', '10m', '1.5h' -> seconds. The unit is required: a bare number
+    would mean seconds to one reader and milliseconds to another."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(us|ms|s|m|h)\s*", str(text))
+    if not m or float(m.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive duration with its unit (us, ms, s, m or h), such as 20ms or 10m, "
+            f"got {text!r}")
+    return float(m.group(1)) * UNITS[m.group(2)]

@@ -4,13 +4,10 @@ Hook into the main CLI with ``bert_cli.add_parser(subparsers)``; the parser's ``
 """
 import argparse
 import collections
-import re
 import time
 
-from .args import block, positive
 from ..prune import check_sparsity
-
-UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
+from .args import block, duration, positive
 
 
 def _sparsity(text):
@@ -20,14 +17,6 @@ def _sparsity(text):
         return check_sparsity(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(f"{e}, or 'keep' for the checkpoint's weights as they are") from None
-
-
-def _duration(text):
-    """'20ms', '0.02s', '500us' or a bare number of milliseconds -> seconds."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(us|ms|s)?\s*", text)
-    if not m or float(m.group(1)) <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive duration such as 20ms, got {text!r}")
-    return float(m.group(1)) * UNITS[m.group(2) or "ms"]
 
 
 def _methods(text):
@@ -62,7 +51,7 @@ def add_parser(subparsers):
     q.add_argument("--compare", type=_methods, default=None,
                    help="baselines, comma-separated: dense,fp32,torch,onnxruntime, or none (default dense; "
                    "dense,fp32 with --dtype int8; fp32 = our runner on the float32 sparse kernels)")
-    q.add_argument("--latency-budget", type=_duration, default=None, metavar="TIME",
+    q.add_argument("--latency-budget", type=duration, default=None, metavar="TIME",
                    help="also find the largest batch whose p90 latency fits, e.g. 20ms")
     q.add_argument("--threads", type=positive, default=None, help="default: sparsebench's thread count")
     q.add_argument("--samples", type=positive, default=30, help="latency samples per method (default 30)")

@@ -9,7 +9,7 @@ from ..bench.baselines import DEFAULT_METHODS, names as _method_names
 from ..errors import SparsebenchError
 from . import bert as bert_cli
 from . import report as report_cli
-from .args import blocks, floats, positive
+from .args import blocks, duration, floats, positive
 from ..dtypes import DTYPES, check_dtype_blocks
 from ..bench.shapes import ShapeFileError, load_shapes
 
@@ -33,21 +33,19 @@ def cmd_info(args):
 
 
 def cmd_bench(args):
-    from ..bench.interplay import call_overhead, run_bench, thread_interplay
+    """A view over run: the exhaustive tuner's winner, the default heuristic and numpy dense side by
+    side (compare), then the cost of one call and how our pool gets along with numpy's."""
+    from ..bench.interplay import call_overhead, thread_interplay
     from ..cpu import default_threads
 
-    threads = args.threads or default_threads()
-    shapes = load_shapes(args.shapes)
-    print(f"sparsebench bench: {len(shapes)} shapes x {len(args.block)} blocks x {len(args.sparsity)} "
-          f"sparsities, {threads} threads; speedup = numpy dense time / sparse time, median of "
-          f"{args.samples} interleaved samples [p20-p80]", flush=True)
-    run_bench(shapes, args.sparsity, args.block, threads, samples=args.samples, out=args.out,
-              log=lambda line: print(line, flush=True))
-    if args.out:
-        print(f"results written to {args.out}")
+    args.strategy, args.max_evals, args.dtype = "exhaustive", None, "float32"
+    args.methods = args.methods or "dense,sparsebench,sparsebench-default"
+    rc = cmd_run(args, report=False)
+    if rc:
+        return rc
     for name, st in call_overhead().items():
         print(f"call overhead {name}: {st.median * 1e6:.2f} us per call (median of {st.n})")
-    inter = thread_interplay(threads)
+    inter = thread_interplay(args.threads or default_threads())
     print("thread pools, alternating numpy dense and spmm (768x768x128, 90%, 4x1): "
           f"dense {inter['dense_alone_ms']:.3f} -> {inter['dense_alternating_ms']:.3f} ms "
           f"({inter['dense_slowdown']:.2f}x), sparse {inter['sparse_alone_ms']:.3f} -> "
@@ -122,7 +120,7 @@ def default_methods(dtype):
     return list(DEFAULT_METHODS) + (["sparsebench-fp32"] if dtype == "int8" else [])
 
 
-def cmd_run(args):
+def cmd_run(args, report=True):
     """autotune -> export -> compare (tuned) -> report: the main job, all into one results folder."""
     folder = args.results
     common = ["--shapes", args.shapes, "--sparsity", ",".join(f"{s:g}" for s in args.sparsity),
@@ -136,22 +134,15 @@ def cmd_run(args):
     steps = [["autotune", *common, "--db", db, "--strategy", args.strategy]
              + (["--max-evals", str(args.max_evals)] if args.max_evals else []),
              ["export", "--db", db, "--out", tuned],
-             ["compare", *common, "--tuned", tuned, "--methods", methods, "--out", compare_out],
-             ["report", folder, "--out", os.path.join(folder, "report")]]
+             ["compare", *common, "--tuned", tuned, "--methods", methods, "--out", compare_out]]
+    if report:
+        steps.append(["report", folder, "--out", os.path.join(folder, "report")])
     for step in steps:
         print(f"\n$ sparsebench {' '.join(step)}", flush=True)
         sub = build_parser().parse_args(step)
         rc = sub.func(sub)
         if rc:
             return rc
-
-
-def _duration(text):
-    """'90', '90s', '10m', '1.5h' -> seconds."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(s|m|h|ms)?\s*", text)
-    if not m or float(m.group(1)) <= 0:
-        raise argparse.ArgumentTypeError(f"expected a duration such as 90s, 10m or 1h, got {text!r}")
-    return float(m.group(1)) * {"s": 1, None: 1, "m": 60, "h": 3600, "ms": 1e-3}[m.group(2)]
 
 
 def cmd_autotune(args):
@@ -263,10 +254,11 @@ def build_parser():
     q = sub.add_parser("info", help="CPU, instruction sets, build flags, OpenMP threads, kernel variants")
     q.add_argument("--json", action="store_true", help="machine-readable output")
     q.set_defaults(func=cmd_info)
-    q = sub.add_parser("bench", help="best kernel config vs numpy dense, side by side")
+    q = sub.add_parser("bench", help="run with the exhaustive tuner: its winner, the default heuristic "
+                       "and numpy dense side by side; then call overhead and thread interplay")
     add_problem_args(q, dtype=False)
-    q.add_argument("--samples", type=positive, default=40)
-    q.add_argument("--out", default=None, help="CSV file for the results")
+    q.add_argument("--methods", default=None, help="default: dense,sparsebench,sparsebench-default")
+    q.add_argument("--results", default="results", help="folder for the database, tuned file and CSV")
     q.set_defaults(func=cmd_bench)
     q = sub.add_parser("compare", help="every method (dense, scipy, MKL, torch, ours) side by side")
     add_problem_args(q, "for every method (default: all cores)")
@@ -286,7 +278,7 @@ def build_parser():
     add_problem_args(q)
     q.add_argument("--strategy", default="smart", help="smart (local search), exhaustive or random")
     q.add_argument("--max-evals", type=positive, default=None, help="sparse configs measured per task")
-    q.add_argument("--time-limit", type=_duration, default=None, help="for the whole run, e.g. 10m")
+    q.add_argument("--time-limit", type=duration, default=None, help="for the whole run, e.g. 10m")
     q.add_argument("--samples", type=positive, default=7, help="timing samples per candidate")
     q.add_argument("--isa", choices=("best", "all"), default="best",
                    help="search the best instruction set only, or every one this CPU runs")

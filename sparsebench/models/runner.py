@@ -5,7 +5,6 @@ pruned ones, dense where the method is dense): our encoder on the sparse kernels
 runner with numpy dense matmuls, and optionally PyTorch (transformers BertModel) and ONNX
 Runtime (that model exported with torch.onnx). Each forward pass is one latency sample.
 """
-import contextlib
 import csv
 import dataclasses
 import json
@@ -18,6 +17,8 @@ import warnings
 import numpy as np
 
 from .. import __version__
+from ..errors import MethodUnavailable
+from ..store import atomic_file
 from ..bench.timing import Stats
 from .bert import CATEGORIES
 
@@ -26,10 +27,6 @@ from .bert import CATEGORIES
 BASELINES = ("dense", "fp32", "torch", "onnxruntime")
 _OURS = {"sparsebench": "block-sparse kernels", "dense": "numpy dense matmul for every linear layer",
          "fp32": "float32 block-sparse kernels"}
-
-
-class MethodUnavailable(Exception):
-    """A baseline that cannot run here; the message is one line saying why."""
 
 
 @dataclasses.dataclass
@@ -282,21 +279,14 @@ def write_results(out_dir, stem, tables, meta):
     for name, rows in tables.items():
         if rows:
             path = os.path.join(out_dir, f"{stem}-{name}.csv")
-            with _atomic(path) as f:
+            with atomic_file(path) as f:
                 writer = csv.DictWriter(f, fieldnames=list(rows[0]))
                 writer.writeheader()
                 writer.writerows(rows)
             paths.append(path)
     path = os.path.join(out_dir, f"{stem}.json")
-    with _atomic(path) as f:
+    with atomic_file(path) as f:
         json.dump({"meta": meta, **tables}, f, indent=1, default=str)
     paths.append(path)
     return paths
 
-
-@contextlib.contextmanager
-def _atomic(path):
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
-        yield f
-    os.replace(tmp, path)

@@ -9,7 +9,8 @@ TASK = ["M", "K", "N", "sparsity", "block", "dtype", "threads"]
 #: a tuning run has "converged" once its best-so-far is within this factor of the task's best
 CONVERGED = 1.05
 #: order in which methods are listed (others follow alphabetically)
-METHOD_ORDER = ("sparsebench", "sparsebench-int8", "dense", "mkl", "mkl-bsr", "scipy-bsr", "scipy-csr", "generic-csr")
+METHOD_ORDER = ("sparsebench", "sparsebench-int8", "sparsebench-int8-kernel", "sparsebench-default", "dense", "mkl",
+                "mkl-bsr", "scipy-bsr", "scipy-csr", "generic-csr")
 
 
 def is_true(v):

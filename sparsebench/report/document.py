@@ -9,6 +9,8 @@ import html
 import os
 import re
 
+from ..store import atomic_file
+
 
 @dataclasses.dataclass
 class Heading:
@@ -140,7 +142,5 @@ def to_html(blocks, title):
 
 def write(path, text):
     """Write `text` to `path` atomically (a reader never sees half a report)."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_file(path) as f:
         f.write(text)
-    os.replace(tmp, path)

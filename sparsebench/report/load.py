@@ -44,6 +44,10 @@ RESULT_KEYS = ("strategy", "evals", "space_size", "method", "config", "best_s", 
 TASK_KEYS = ("M", "K", "N", "sparsity", "block", "dtype", "threads")
 
 
+#: an int8 compare run's own methods, as the report names them
+INT8_METHODS = {"sparsebench": "sparsebench-int8", "sparsebench-int8-kernel": "sparsebench-int8-kernel"}
+
+
 class ReportError(SparsebenchError, ValueError):
     """The results folder cannot be used at all (missing, unreadable); says which and why."""
 
@@ -251,11 +255,12 @@ def _read_compare(path):
         raise InputError(f"{path}: line {ok_without_time.idxmax()}: status ok but no median_ms")
     df["unstable"] = df["unstable"] == "True"
     df["source"] = os.path.basename(path)
-    # an int8 run's own row becomes method sparsebench-int8; its float32 methods repeat what the
-    # float32 runs measure (each speedup is still against the dense of its own run)
+    # an int8 run's own rows become methods sparsebench-int8 (quantization of X included) and
+    # sparsebench-int8-kernel; its float32 methods repeat what the float32 runs measure (each
+    # speedup is still against the dense of its own run)
     int8 = df["dtype"] == "int8"
-    df = df[~int8 | (df["method"] == "sparsebench")].copy()
-    df.loc[df["dtype"] == "int8", "method"] = "sparsebench-int8"
+    df = df[~int8 | df["method"].isin(list(INT8_METHODS))].copy()
+    df.loc[df["dtype"] == "int8", "method"] = df.loc[df["dtype"] == "int8", "method"].map(INT8_METHODS)
     return {"compare": df.reset_index(drop=True)}, len(df), "rows", dropped
 
 

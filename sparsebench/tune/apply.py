@@ -17,6 +17,7 @@ import math
 import os
 import warnings
 
+from .. import store
 from ..config import KernelConfig
 from ..errors import ConfigError
 
@@ -132,11 +133,6 @@ def export(db, path):
     data = {"format": FORMAT, "version": VERSION,
             "created": datetime.datetime.now().isoformat(timespec="seconds"), "database": os.path.abspath(db.path),
             **db.header(), "entries": entries}
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    with store.atomic_file(path) as f:
         json.dump(data, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
     return data

@@ -2,7 +2,8 @@
 
 `get(name)` returns the plug-in; `names()` lists them in the order tables show them.
 """
-from .base import Baseline, MethodUnavailable, Problem
+from ...errors import MethodUnavailable
+from .base import Baseline, Problem
 from . import dense, generic_csr, mkl, ours, scipy_sparse, torch_
 
 _MODULES = (dense, ours, generic_csr, scipy_sparse, mkl, torch_)

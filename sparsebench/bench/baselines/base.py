@@ -31,10 +31,6 @@ def tame_idle_spin(var, value, soname, spin_note):
     return f"{var}={value} (set by sparsebench)"
 
 
-class MethodUnavailable(Exception):
-    """A method cannot run here (package missing) or cannot run this problem; the message says why."""
-
-
 @dataclasses.dataclass
 class Problem:
     """One GEMM Y = W @ X with W block-sparse; every method gets the same arrays. With dtype

@@ -22,7 +22,8 @@ import weakref
 
 import numpy as np
 
-from .base import Baseline, MethodUnavailable, tame_idle_spin
+from ...errors import MethodUnavailable
+from .base import Baseline, tame_idle_spin
 from .generic_csr import csr_arrays
 
 INSTALL_HINT = 'pip install "sparsebench[mkl]"'

@@ -1,11 +1,19 @@
-"""`sparsebench`: our block-sparse kernels in the problem's dtype, with a given or tuned config
-(or "dense" where the tuner found dense fastest), else the default heuristic;
-`sparsebench-fp32`: our float32 kernels whatever the dtype, the yardstick of the int8 ones."""
+"""Our kernels as compare methods.
+
+`sparsebench`: our block-sparse kernels in the problem's dtype, with a given or tuned config (or
+"dense" where the tuner found dense fastest), else the default heuristic;
+`sparsebench-default`: the default heuristic whatever is tuned (what tuning gains);
+`sparsebench-fp32`: our float32 kernels whatever the dtype, the yardstick of the int8 ones;
+`sparsebench-int8-kernel`: the int8 kernel alone, on activations quantized beforehand (the
+`sparsebench` method of an int8 run includes quantizing X).
+"""
 import dataclasses
 
 import numpy as np
 
 from ...dispatch import default_config
+from ...errors import MethodUnavailable
+from ...quant import quantize_activations
 from ...spmm import spmm
 from .base import Baseline
 
@@ -14,6 +22,7 @@ class Sparsebench(Baseline):
     name = "sparsebench"
     description = "sparsebench block-sparse kernel (tuned or default config), in the compare dtype"
     float32_only = False
+    heuristic = False
 
     def version(self):
         from ... import __version__
@@ -31,6 +40,8 @@ class Sparsebench(Baseline):
     def config_for(self, problem):
         """The KernelConfig that runs ("dense" when the tuned choice is dense)."""
         A, cfg = self._operands(problem)
+        if self.heuristic:
+            cfg = None
         if cfg == "dense":
             return "dense"
         cfg = cfg or default_config(A, problem.X.shape[1], problem.threads)
@@ -54,4 +65,26 @@ class SparsebenchFloat32(Sparsebench):
     float32_only = True
 
 
-BASELINES = [Sparsebench(), SparsebenchFloat32()]
+class SparsebenchDefault(Sparsebench):
+    name = "sparsebench-default"
+    description = "sparsebench block-sparse kernel with the default heuristic's config, in the compare dtype"
+    heuristic = True
+
+
+class SparsebenchInt8Kernel(Sparsebench):
+    name = "sparsebench-int8-kernel"
+    description = "sparsebench int8 kernel alone, on activations quantized and packed beforehand"
+
+    def prepare(self, problem):
+        if problem.dtype != "int8":
+            raise MethodUnavailable("only in int8 runs (compare --dtype int8)")
+        A, X = problem.Aq, problem.X
+        Xq = quantize_activations(X, A.block, threads=problem.threads)
+        Y = np.empty((A.shape[0], X.shape[1]), dtype=np.float32)
+        cfg = self.config_for(problem)
+        if cfg == "dense":
+            raise MethodUnavailable("the tuned choice for this case is dense")
+        return lambda: spmm(A, Xq, cfg, out=Y)
+
+
+BASELINES = [Sparsebench(), SparsebenchDefault(), SparsebenchFloat32(), SparsebenchInt8Kernel()]

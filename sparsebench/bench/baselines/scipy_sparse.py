@@ -1,5 +1,6 @@
 """`scipy-csr`, `scipy-bsr`: scipy.sparse (single-threaded: scipy has no threaded SpMM)."""
-from .base import Baseline, MethodUnavailable
+from ...errors import MethodUnavailable
+from .base import Baseline
 
 
 def _scipy():

@@ -11,12 +11,12 @@ Unless the user set GOMP_SPINCOUNT or OMP_WAIT_POLICY, we set GOMP_SPINCOUNT=100
 multiplies 1.5-3x slower). version() says what is in effect.
 """
 import functools
-import os
 import warnings
 
 import numpy as np
 
-from .base import Baseline, MethodUnavailable, tame_idle_spin
+from ...errors import MethodUnavailable
+from .base import Baseline, tame_idle_spin
 
 INSTALL_HINT = 'pip install "sparsebench[torch]"'
 #: busy-wait iterations of idle libgomp threads before they sleep (~15 ns each on Zen 4)
