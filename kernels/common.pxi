@@ -16,19 +16,19 @@ cdef extern from "pool.h":
 sb_pool_import()
 
 
-cdef int _require(bint ok, str what) except -1:
+cdef inline int _require(bint ok, str what) except -1:
     if not ok:
         raise ValueError(f"sparsebench {KERNEL_KIND} called with invalid arguments: {what}")
     return 0
 
 
-cdef bint _c_array(cnp.ndarray a, int typenum, int ndim):
+cdef inline bint _c_array(cnp.ndarray a, int typenum, int ndim):
     """a is a C-contiguous numpy array of type `typenum` with ndim dimensions."""
     return (a is not None and cnp.PyArray_TYPE(a) == typenum and a.ndim == ndim
             and cnp.PyArray_IS_C_CONTIGUOUS(a))
 
 
-cdef bint _never_decreases(const int32_t *a, Py_ssize_t n) noexcept nogil:
+cdef inline bint _never_decreases(const int32_t *a, Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t i
     for i in range(1, n):
         if a[i] < a[i - 1]:

@@ -21,10 +21,14 @@ _C_API = PyCapsule_New(<void *>&sb_pool_table, SB_POOL_CAPSULE, NULL)
 DEFAULT_SPIN_US = SB_POOL_DEFAULT_SPIN_US
 
 
+#: the longest spin set_spin_us accepts (an hour), so that microseconds x 1000 fits a C long
+MAX_SPIN_US = 3600 * 10 ** 6
+
+
 def set_spin_us(long us):
     """How long idle worker threads keep yielding (ready at once) before they sleep, for every
-    kernel module of the process (negative: 0)."""
-    sb_pool_set_spin_ns(us * 1000 if us > 0 else 0)
+    kernel module of the process (negative: 0; at most MAX_SPIN_US)."""
+    sb_pool_set_spin_ns(min(max(us, 0), MAX_SPIN_US) * 1000)
 
 
 def spin_us():
