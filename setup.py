@@ -3,12 +3,13 @@
 Environment:
   SPARSEBENCH_TARGET  native (default): build the ISA variants this build machine can run and tune
                       instruction scheduling for it (-mtune=native);
-                      portable: build every variant (generic, avx2, avx512, and the int8
-                      avx512vnni kernels) with generic tuning, for wheels that run anywhere.
+                      portable: build every variant of kernels/variants.py (generic, avx2, avx512,
+                      avx512vnni) with generic tuning, for wheels that run anywhere.
   Both are safe on any CPU: each variant is compiled with an explicit instruction-set list (never
   -march=native) and sparsebench imports a variant only after checking the CPU has that list.
 """
 import hashlib
+import importlib.util
 import pprint
 import os
 import platform
@@ -23,32 +24,26 @@ from setuptools.command.build_ext import build_ext
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 KERNELS = os.path.join(HERE, "kernels")
-# fused encoder ops (LayerNorm, attention): a subfolder, so template_hash (the build id of the
-# tuning records) covers only the SpMM kernels' sources
 ENCODER = os.path.join(KERNELS, "encoder")
 GENERATED = os.path.join(KERNELS, "_generated")
 BANNER = "# DO NOT EDIT: generated from {src} by setup.py; edit the template instead.\n"
 
-BLOCKS = [(1, 1), (1, 4), (4, 1), (4, 4), (8, 1), (16, 1)]
-ISAS = {
-    # name: (compiler flags, vector lanes, vector registers, N-tile widths in vectors)
-    "generic": ([], 4, 16, (1, 2, 4, 8)),
-    "avx2": (["-mavx2", "-mfma"], 8, 16, (1, 2, 3, 4, 6, 8)),
-    "avx512": (["-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq", "-mavx2", "-mfma"],
-               16, 32, (1, 2, 3, 4, 6, 8)),
-}
-# int8 kernels (kernels/spmm_int8.pyx.tp): u8 activations x s8 weights -> s32 with vpdpbusd
-INT8_ISAS = {
-    "avx512vnni": ["-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq", "-mavx512vnni",
-                   "-mavx2", "-mfma"],
-}
-INT8_BLOCKS = [(4, 1), (4, 4), (1, 4)]
-PREFETCH_PAD = 64
+
+def load_variants():
+    """kernels/variants.py, the table of ISAs and kernel variants (loaded by path: it is not
+    part of the installed package)."""
+    spec = importlib.util.spec_from_file_location("sparsebench_variants", os.path.join(KERNELS, "variants.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+VARIANTS = load_variants()
+#: shared by every kernel: the variant table, the pool (client and implementation), common.pxi
+SHARED_SOURCES = ("variants.py", "pool.h", "pool_impl.h", "pool.pyx", "common.pxi", "simd.h")
 #: what the kernels of each dtype are rendered and compiled from (see kernel_hashes)
-KERNEL_SOURCES = {"float32": ("spmm.pyx.tp", "simd.h", "pool.h"),
-                  "int8": ("spmm_int8.pyx.tp", "vnni.h", "simd.h", "pool.h")}
-#: headers compiled into the int8 module (attention_int8.h: its attention kernel, not the SpMM)
-INT8_HEADERS = ("vnni.h", "simd.h", "pool.h", "attention_int8.h")
+KERNEL_SOURCES = {"float32": SHARED_SOURCES + ("spmm.pyx.tp",),
+                  "int8": SHARED_SOURCES + ("spmm_int8.pyx.tp", "vnni.h")}
 COMMON_FLAGS = ["-O3", "-pthread", "-fno-math-errno", "-Wno-unused-function", "-Wno-unreachable-code"]
 
 
@@ -59,7 +54,7 @@ def host_isas():
     try:
         flags = set(open("/proc/cpuinfo").read().split())
     except OSError:
-        return list(ISAS)
+        return list(VARIANTS.ISAS)
     isas = ["generic"]
     if {"avx2", "fma"} <= flags:
         isas.append("avx2")
@@ -71,10 +66,9 @@ def host_isas():
 
 
 def render(template, out, **namespace):
-    """Render a Tempita template to `out` unless `out` is newer than the template, the headers
-    and this file."""
-    headers = [os.path.join(KERNELS, n) for n in os.listdir(KERNELS) if n.endswith(".h")]
-    deps = [template, __file__] + headers
+    """Render a Tempita template to `out` unless `out` is newer than the template, the shared
+    kernel sources and this file."""
+    deps = [template, __file__] + [os.path.join(KERNELS, n) for n in SHARED_SOURCES]
     if os.path.exists(out) and os.path.getmtime(out) >= max(map(os.path.getmtime, deps)):
         return
     with open(template) as f:
@@ -108,58 +102,54 @@ def compiler_version():
         return "unknown"
 
 
+def kernel_extension(name, pyx, flags, depends=()):
+    """sparsebench.<name> from the Cython file `pyx`, compiled with `flags`."""
+    return Extension(f"sparsebench.{name}", [os.path.relpath(pyx, HERE)],
+                     include_dirs=[KERNELS, numpy.get_include()],
+                     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
+                     extra_compile_args=flags, extra_link_args=["-pthread"],
+                     depends=[os.path.join(KERNELS, n) for n in SHARED_SOURCES + tuple(depends)])
+
+
 def extensions():
     target = os.environ.get("SPARSEBENCH_TARGET", "native")
     if target not in ("native", "portable"):
         sys.exit(f"SPARSEBENCH_TARGET must be 'native' or 'portable', not {target!r}")
-    wanted = host_isas() if target == "native" else list(ISAS) + list(INT8_ISAS)
-    isas = [isa for isa in wanted if isa in ISAS]
-    int8_isas = [isa for isa in wanted if isa in INT8_ISAS]
+    wanted = host_isas() if target == "native" else list(VARIANTS.ISAS)
     tune = ["-mtune=native"] if target == "native" else []
-    exts, flags_by_isa, int8_flags = [], {}, {}
-    for isa in isas:
-        isa_flags, vw, nregs, j_choices = ISAS[isa]
+    flags = {isa: COMMON_FLAGS + VARIANTS.ISAS[isa].flags + tune for isa in wanted}
+    built = {module: [isa for isa in VARIANTS.isas_with(module) if isa in wanted]
+             for module in ("spmm", "spmm_int8", "encoder")}
+    exts = []
+    for isa in built["spmm"]:
         pyx = os.path.join(GENERATED, f"spmm_{isa}.pyx")
-        render(os.path.join(KERNELS, "spmm.pyx.tp"), pyx, isa=isa, VW=vw, NREGS=nregs,
-               J_CHOICES=j_choices, BLOCKS=BLOCKS, PREFETCH_PAD=PREFETCH_PAD)
-        flags = COMMON_FLAGS + isa_flags + tune
-        flags_by_isa[isa] = flags
-        exts.append(Extension(f"sparsebench._spmm_{isa}", [os.path.relpath(pyx, HERE)],
-                              include_dirs=[KERNELS, numpy.get_include()],
-                              define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
-                              extra_compile_args=flags, extra_link_args=["-pthread"],
-                              depends=[os.path.join(KERNELS, n) for n in ("simd.h", "pool.h")]))
-    for isa in int8_isas:
+        render(os.path.join(KERNELS, "spmm.pyx.tp"), pyx, isa=isa, VW=VARIANTS.ISAS[isa].lanes,
+               VARIANTS=VARIANTS.fp32_variants(isa), PREFETCH_PAD=VARIANTS.PREFETCH_PAD)
+        exts.append(kernel_extension(f"_spmm_{isa}", pyx, flags[isa]))
+    for isa in built["spmm_int8"]:
         pyx = os.path.join(GENERATED, f"spmm_int8_{isa}.pyx")
-        render(os.path.join(KERNELS, "spmm_int8.pyx.tp"), pyx, isa=isa, BLOCKS=INT8_BLOCKS,
-               PREFETCH_PAD=PREFETCH_PAD)
-        flags = COMMON_FLAGS + INT8_ISAS[isa] + tune
-        int8_flags[isa] = flags
-        exts.append(Extension(f"sparsebench._spmm_int8_{isa}", [os.path.relpath(pyx, HERE)],
-                              include_dirs=[KERNELS, numpy.get_include()],
-                              define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
-                              extra_compile_args=flags, extra_link_args=["-pthread"],
-                              depends=[os.path.join(KERNELS, n) for n in INT8_HEADERS]))
-    encoder_sources = [os.path.join(ENCODER, n) for n in sorted(os.listdir(ENCODER)) if n.endswith(".h")]
-    for isa in isas:
+        render(os.path.join(KERNELS, "spmm_int8.pyx.tp"), pyx, isa=isa,
+               VARIANTS=VARIANTS.int8_variants(), PREFETCH_PAD=VARIANTS.PREFETCH_PAD)
+        exts.append(kernel_extension(f"_spmm_int8_{isa}", pyx, flags[isa], ["vnni.h"]))
+    encoder_headers = [os.path.join("encoder", n) for n in sorted(os.listdir(ENCODER)) if n.endswith(".h")]
+    for isa in built["encoder"]:
         pyx = os.path.join(GENERATED, f"encoder_{isa}.pyx")
-        render(os.path.join(ENCODER, "encoder.pyx.tp"), pyx, isa=isa, VW=ISAS[isa][1])
-        exts.append(Extension(f"sparsebench._encoder_{isa}", [os.path.relpath(pyx, HERE)],
-                              include_dirs=[ENCODER, numpy.get_include()],
-                              define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
-                              extra_compile_args=flags_by_isa[isa], extra_link_args=["-pthread"],
-                              depends=encoder_sources + [os.path.join(KERNELS, n) for n in ("simd.h", "pool.h")]))
+        int8 = "spmm_int8" in VARIANTS.ISAS[isa].modules
+        render(os.path.join(ENCODER, "encoder.pyx.tp"), pyx, isa=isa, VW=VARIANTS.ISAS[isa].lanes, INT8=int8)
+        exts.append(kernel_extension(f"_encoder_{isa}", pyx, flags[isa],
+                                     encoder_headers + (["vnni.h"] if int8 else [])))
+    # the pool and the untuned reference: baseline-ISA flags, they must run everywhere
+    exts.append(kernel_extension("_pool", os.path.join(KERNELS, "pool.pyx"), ["-O2", "-pthread"]))
+    exts.append(kernel_extension("_generic_csr", os.path.join(KERNELS, "generic_csr.pyx"), ["-O3", "-pthread"]))
     exts.append(Extension("sparsebench._cpu", ["kernels/cpu.pyx"], include_dirs=[KERNELS],
                           extra_compile_args=["-O2"]))
-    # baseline-ISA flags: the untuned reference must run everywhere
-    exts.append(Extension("sparsebench._generic_csr", ["kernels/generic_csr.pyx"],
-                          include_dirs=[KERNELS, numpy.get_include()],
-                          define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
-                          extra_compile_args=["-O3", "-pthread"], extra_link_args=["-pthread"]))
-    buildinfo = {"target": target, "isas": isas, "flags": flags_by_isa, "encoder_isas": isas,
-                 "int8_isas": int8_isas, "int8_flags": int8_flags,
+    buildinfo = {"target": target, "isas": built["spmm"],
+                 "flags": {isa: flags[isa] for isa in built["spmm"]},
+                 "encoder_isas": built["encoder"], "int8_isas": built["spmm_int8"],
+                 "int8_flags": {isa: flags[isa] for isa in built["spmm_int8"]},
                  "compiler": compiler_version(), "kernel_hashes": kernel_hashes(),
-                 "prefetch_pad": PREFETCH_PAD, "blocks": BLOCKS, "int8_blocks": INT8_BLOCKS,
+                 "prefetch_pad": VARIANTS.PREFETCH_PAD, "blocks": VARIANTS.FP32_BLOCKS,
+                 "int8_blocks": list(VARIANTS.INT8_TILES),
                  "python": platform.python_version(), "numpy_build": numpy.__version__}
     write_if_changed(os.path.join(HERE, "sparsebench", "_buildinfo.py"),
                      BANNER.format(src="setup.py") + f"BUILD = {pprint.pformat(buildinfo)}\n")

@@ -4,14 +4,9 @@
 One row of W at a time, Y[i, :] += W[i, j] * X[j, :] over the row's nonzeros, no tiling,
 no blocking; rows split evenly (by count, not by nonzeros) over the threads.
 """
-cimport numpy as cnp
-from libc.stdint cimport int32_t
+include "common.pxi"
 
-cnp.import_array()
-
-cdef extern from "pool.h" nogil:
-    ctypedef void (*sb_task_fn)(void *ctx, int task) noexcept nogil
-    int sb_pool_run(int threads, int ntasks, sb_task_fn fn, void *ctx)
+KERNEL_KIND = "CSR kernel"
 
 ctypedef struct csr_job_t:
     const int32_t *ptr

@@ -1,138 +1,59 @@
-/* A small persistent thread pool for the SpMM kernels.
+/* The kernels' thread pool, as its clients see it: sb_pool_run and SB_POOL_MAX.
  *
- * Why not OpenMP's own team: on a small machine that also runs BLAS, an idle OpenMP team either
- * spins on PAUSE (numpy's OpenBLAS, alternating with us, measured 6x slower on 2 cores) or
- * sleeps in the kernel (our worker then wakes after the short kernel is over). Here idle workers
- * spin with sched_yield(), which hands the core to any runnable thread at once, and sleep on a
- * condition variable after SB_SPIN_NS. Tasks are claimed one at a time with a compare-and-swap
- * on (generation, next task), so the calling thread does every task itself if the workers are
- * late, and a late worker can never run a task of a job that has ended.
+ * The pool itself (pool_impl.h) is compiled once, into sparsebench._pool, which publishes its
+ * entry points as a table in the PyCapsule SB_POOL_CAPSULE (as numpy does its C API). Every
+ * kernel module calls sb_pool_import() when it is imported (common.pxi), so all of them share
+ * one set of worker threads and one spin setting.
  */
 #ifndef SPARSEBENCH_POOL_H
 #define SPARSEBENCH_POOL_H
 
-#include <pthread.h>
-#include <sched.h>
-#include <stdint.h>
-#include <time.h>
+#include <Python.h>
 
 #define SB_POOL_MAX 256
+#define SB_POOL_CAPSULE "sparsebench._pool._C_API"
+#define SB_POOL_API_VERSION 1
 
 typedef void (*sb_task_fn)(void *ctx, int task);
 
 typedef struct {
-    pthread_mutex_t call;          /* one job at a time: concurrent callers queue here */
-    pthread_mutex_t lock;
-    pthread_cond_t wake;
-    int nworkers;                  /* workers started so far */
-    int sleepers;                  /* workers blocked on `wake` */
-    long spin_ns;                  /* how long an idle worker yields before sleeping */
-    uint64_t state;                /* generation << 32 | next task index (atomic) */
-    int active;                    /* workers the current job may use */
-    sb_task_fn fn;
-    void *ctx;
-    int ntasks;
-    int done;                      /* tasks finished in the current job (atomic) */
-} sb_pool_t;
+    int version;                   /* SB_POOL_API_VERSION of the provider */
+    /* Run fn(ctx, t) for t in [0, ntasks) on up to `threads` threads, the caller included.
+     * Concurrent callers run one after the other. Returns 0, or -1 if a worker thread could
+     * not be started (the tasks still all run, on the threads there are). */
+    int (*run)(int threads, int ntasks, sb_task_fn fn, void *ctx);
+    void (*set_spin_ns)(long ns);  /* how long idle workers yield before they sleep */
+    long (*spin_ns)(void);
+} sb_pool_api_t;
 
-static sb_pool_t sb_pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER,
-                            PTHREAD_COND_INITIALIZER, 0, 0, 2000000L,
-                            0, 0, 0, 0, 0, 0};
+#ifndef SB_POOL_PROVIDER
+static const sb_pool_api_t *sb_pool_api = NULL;
 
-static inline long sb_now_ns(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec * 1000000000L + t.tv_nsec;
+/* Fill sb_pool_api from sparsebench._pool; 0, or -1 with ImportError set. */
+static int sb_pool_import(void) {
+    const sb_pool_api_t *api = (const sb_pool_api_t *)PyCapsule_Import(SB_POOL_CAPSULE, 0);
+    if (api == NULL) {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        PyErr_Format(PyExc_ImportError, "sparsebench kernels need the thread pool %s: %S",
+                     SB_POOL_CAPSULE, value ? value : Py_None);
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(tb);
+        return -1;
+    }
+    if (api->version != SB_POOL_API_VERSION) {
+        PyErr_Format(PyExc_ImportError, "sparsebench._pool has API version %d, this module needs %d: "
+                     "rebuild sparsebench", api->version, SB_POOL_API_VERSION);
+        return -1;
+    }
+    sb_pool_api = api;
+    return 0;
 }
 
-/* Claim and run tasks of generation `gen` until none is left; returns how many it ran. */
-static int sb_pool_work(uint32_t gen) {
-    int ran = 0;
-    for (;;) {
-        uint64_t s = __atomic_load_n(&sb_pool.state, __ATOMIC_ACQUIRE);
-        if ((uint32_t)(s >> 32) != gen) return ran;
-        sb_task_fn fn = sb_pool.fn;
-        void *ctx = sb_pool.ctx;
-        uint32_t next = (uint32_t)s;
-        if ((int)next >= sb_pool.ntasks) return ran;
-        if (!__atomic_compare_exchange_n(&sb_pool.state, &s, s + 1, 0, __ATOMIC_ACQ_REL,
-                                         __ATOMIC_ACQUIRE))
-            continue;
-        /* the CAS succeeded on an unfinished job of `gen`: fn and ctx belong to it */
-        fn(ctx, (int)next);
-        __atomic_add_fetch(&sb_pool.done, 1, __ATOMIC_RELEASE);
-        ran++;
-    }
+static inline int sb_pool_run(int threads, int ntasks, sb_task_fn fn, void *ctx) {
+    return sb_pool_api->run(threads, ntasks, fn, ctx);
 }
-
-static void *sb_pool_worker(void *arg) {
-    int id = (int)(intptr_t)arg;
-    uint32_t seen = (uint32_t)(__atomic_load_n(&sb_pool.state, __ATOMIC_ACQUIRE) >> 32);
-    for (;;) {
-        long start = sb_now_ns();
-        uint32_t gen;
-        while ((gen = (uint32_t)(__atomic_load_n(&sb_pool.state, __ATOMIC_ACQUIRE) >> 32)) == seen) {
-            if (sb_now_ns() - start > sb_pool.spin_ns) {
-                pthread_mutex_lock(&sb_pool.lock);
-                sb_pool.sleepers++;
-                while ((uint32_t)(__atomic_load_n(&sb_pool.state, __ATOMIC_ACQUIRE) >> 32) == seen)
-                    pthread_cond_wait(&sb_pool.wake, &sb_pool.lock);
-                sb_pool.sleepers--;
-                pthread_mutex_unlock(&sb_pool.lock);
-                start = sb_now_ns();
-            } else {
-                sched_yield();
-            }
-        }
-        seen = gen;
-        if (id < __atomic_load_n(&sb_pool.active, __ATOMIC_ACQUIRE))
-            sb_pool_work(gen);
-    }
-    return NULL;
-}
-
-/* Run fn(ctx, t) for t in [0, ntasks) on up to `threads` threads, the caller included.
- * Concurrent callers run one after the other. Returns 0, or -1 if a worker thread could not
- * be started (the tasks still all run, on the threads there are). */
-static int sb_pool_run(int threads, int ntasks, sb_task_fn fn, void *ctx) {
-    int t, rc = 0;
-    if (threads > SB_POOL_MAX) threads = SB_POOL_MAX;
-    if (threads <= 1 || ntasks <= 1) {
-        for (t = 0; t < ntasks; t++) fn(ctx, t);
-        return 0;
-    }
-    pthread_mutex_lock(&sb_pool.call);
-    while (sb_pool.nworkers < threads - 1) {
-        pthread_t th;
-        pthread_attr_t attr;
-        pthread_attr_init(&attr);
-        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        if (pthread_create(&th, &attr, sb_pool_worker, (void *)(intptr_t)sb_pool.nworkers)) {
-            pthread_attr_destroy(&attr);
-            rc = -1;
-            break;
-        }
-        pthread_attr_destroy(&attr);
-        sb_pool.nworkers++;
-    }
-    sb_pool.fn = fn;
-    sb_pool.ctx = ctx;
-    sb_pool.ntasks = ntasks;
-    __atomic_store_n(&sb_pool.done, 0, __ATOMIC_RELAXED);
-    __atomic_store_n(&sb_pool.active, threads - 1 < sb_pool.nworkers ? threads - 1 : sb_pool.nworkers,
-                     __ATOMIC_RELAXED);
-    uint32_t gen = (uint32_t)(__atomic_load_n(&sb_pool.state, __ATOMIC_ACQUIRE) >> 32) + 1;
-    __atomic_store_n(&sb_pool.state, (uint64_t)gen << 32, __ATOMIC_RELEASE);
-    pthread_mutex_lock(&sb_pool.lock);
-    if (sb_pool.sleepers) pthread_cond_broadcast(&sb_pool.wake);
-    pthread_mutex_unlock(&sb_pool.lock);
-    sb_pool_work(gen);
-    while (__atomic_load_n(&sb_pool.done, __ATOMIC_ACQUIRE) < ntasks)
-        sched_yield();
-    pthread_mutex_unlock(&sb_pool.call);
-    return rc;
-}
-
-static void sb_pool_set_spin_ns(long ns) { sb_pool.spin_ns = ns < 0 ? 0 : ns; }
+#endif
 
 #endif /* SPARSEBENCH_POOL_H */

@@ -1,4 +1,5 @@
-/* Vector helpers for the sparsebench SpMM kernels.
+/* Vector math of every sparsebench kernel (SpMM, encoder ops): loads, stores, arithmetic, exp
+ * and GELU.
  *
  * One header, three implementations, chosen by the flags the including
  * module is compiled with (setup.py builds one extension per ISA):
@@ -15,12 +16,22 @@
 #include <stdint.h>
 #include <string.h>
 
-/* GELU(x) = x/2 (1 + erf(x / sqrt 2)), the exact (erf) form BERT uses, for the kernel epilogue.
- * erf from Abramowitz & Stegun 7.1.26 (|error| <= 1.5e-7): with z = |x|/sqrt 2 and
- * t = 1/(1 + p z), 1 - erf(z) = q = t (a1 + t (a2 + ... + t a5)) exp(-z^2), so
+/* vf_exp_nonpos(v) = exp(v) for v <= 0 (the softmax subtracts the maximum first, GELU passes
+ * -z^2): v = k ln2 + r with k = round(v / ln2) and |r| <= ln2/2 (ln2 split in two parts, so
+ * k ln2 is exact to float32), exp(r) by its degree-7 Taylor polynomial (truncation error < 5e-9
+ * relative), times 2^k. Within 2 ulp of the exact value over [-87, 0] (tests compare it with
+ * float64 exp); arguments below -87 (exp < 1.7e-38) and -inf give exactly 0, NaN gives NaN. */
+#define SB_EXP_MIN -87.0f
+#define SB_LOG2E 1.44269504f
+#define SB_LN2_HI 0.693359375f
+#define SB_LN2_LO -2.12194440e-4f
+
+/* GELU(x) = x/2 (1 + erf(x / sqrt 2)), the exact (erf) form BERT uses (vf_gelu, below the three
+ * implementations). erf from Abramowitz & Stegun 7.1.26 (|error| <= 1.5e-7): with z = |x|/sqrt 2
+ * and t = 1/(1 + p z), 1 - erf(z) = q = t (a1 + t (a2 + ... + t a5)) exp(-z^2), so
  * 1 + erf(x/sqrt 2) is q for x < 0 (no cancellation: tails stay accurate) and 2 - q otherwise.
- * exp(v) for v in [-87, 0]: v = k ln2 + r, |r| <= ln2/2, degree-6 Taylor polynomial times 2^k.
- * Measured against float64 erf over [-10, 10]: |error| < 5e-7. */
+ * Against float64 erf GELU: within 4e-7 max(1, |GELU(x)|) (tests); GELU(inf) = inf,
+ * GELU(-inf) = NaN (-inf times 0), NaN stays NaN. */
 #define SB_GELU_P 0.3275911f
 #define SB_GELU_A1 0.254829592f
 #define SB_GELU_A2 -0.284496736f
@@ -28,18 +39,28 @@
 #define SB_GELU_A4 -1.453152027f
 #define SB_GELU_A5 1.061405429f
 
+/* The operations AVX-512 and AVX2 spell alike, but for the prefix (_mm512, _mm256) */
+#define SB_X86_OPS(P)                                                                          \
+    static inline vf vf_zero(void) { return P##_setzero_ps(); }                                \
+    static inline vf vf_set1(float a) { return P##_set1_ps(a); }                               \
+    static inline vf vf_loadu(const float *p) { return P##_loadu_ps(p); }                      \
+    static inline void vf_storeu(float *p, vf v) { P##_storeu_ps(p, v); }                      \
+    static inline vf vf_fmadd(vf a, vf b, vf c) { return P##_fmadd_ps(a, b, c); }              \
+    static inline vf vf_fnmadd(vf a, vf b, vf c) { return P##_fnmadd_ps(a, b, c); }            \
+    static inline vf vf_add(vf a, vf b) { return P##_add_ps(a, b); }                           \
+    static inline vf vf_sub(vf a, vf b) { return P##_sub_ps(a, b); }                           \
+    static inline vf vf_mul(vf a, vf b) { return P##_mul_ps(a, b); }                           \
+    static inline vf vf_div(vf a, vf b) { return P##_div_ps(a, b); }                           \
+    static inline vf vf_sqrt(vf a) { return P##_sqrt_ps(a); }                                  \
+    static inline vf vf_max(vf a, vf b) { return P##_max_ps(a, b); }
+
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #define SB_VW 16
 #define SB_ISA_NAME "avx512"
 typedef __m512 vf;
 typedef __mmask16 vmask;
-static inline vf vf_zero(void) { return _mm512_setzero_ps(); }
-static inline vf vf_set1(float a) { return _mm512_set1_ps(a); }
-static inline vf vf_loadu(const float *p) { return _mm512_loadu_ps(p); }
-static inline void vf_storeu(float *p, vf v) { _mm512_storeu_ps(p, v); }
-static inline vf vf_fmadd(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
-static inline vf vf_add(vf a, vf b) { return _mm512_add_ps(a, b); }
+SB_X86_OPS(_mm512)
 /* mask with the first n lanes set (n may be <= 0 or >= SB_VW) */
 static inline vmask vm_first(int n) {
     if (n <= 0) return 0;
@@ -49,32 +70,16 @@ static inline vmask vm_first(int n) {
 static inline vf vf_maskloadu(const float *p, vmask m) { return _mm512_maskz_loadu_ps(m, p); }
 static inline void vf_maskstoreu(float *p, vmask m, vf v) { _mm512_mask_storeu_ps(p, m, v); }
 
-static inline vf vf_exp_neg(vf v) {           /* exp(v) for v <= 0 */
-    v = _mm512_max_ps(v, _mm512_set1_ps(-87.0f));
-    vf k = _mm512_roundscale_ps(_mm512_mul_ps(v, _mm512_set1_ps(1.44269504f)),
-                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    vf r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), v);
-    r = _mm512_fnmadd_ps(k, _mm512_set1_ps(-2.12194440e-4f), r);
-    vf p = _mm512_set1_ps(1.0f / 720);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    return _mm512_scalef_ps(p, k);
+static inline vf vf_abs(vf a) { return _mm512_abs_ps(a); }
+/* lanes of x below 0: a; the others (and NaN): b */
+static inline vf vf_if_negative(vf x, vf a, vf b) {
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ), b, a);
 }
-static inline vf vf_gelu(vf x) {
-    vf z = _mm512_mul_ps(_mm512_abs_ps(x), _mm512_set1_ps(0.70710678f));
-    vf t = _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_fmadd_ps(z, _mm512_set1_ps(SB_GELU_P), _mm512_set1_ps(1.0f)));
-    vf s = _mm512_fmadd_ps(_mm512_set1_ps(SB_GELU_A5), t, _mm512_set1_ps(SB_GELU_A4));
-    s = _mm512_fmadd_ps(s, t, _mm512_set1_ps(SB_GELU_A3));
-    s = _mm512_fmadd_ps(s, t, _mm512_set1_ps(SB_GELU_A2));
-    s = _mm512_fmadd_ps(s, t, _mm512_set1_ps(SB_GELU_A1));
-    vf q = _mm512_mul_ps(_mm512_mul_ps(s, t), vf_exp_neg(_mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), z), z)));
-    __mmask16 neg = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ);
-    vf onep = _mm512_mask_blend_ps(neg, _mm512_sub_ps(_mm512_set1_ps(2.0f), q), q);
-    return _mm512_mul_ps(_mm512_mul_ps(x, _mm512_set1_ps(0.5f)), onep);
+
+static inline vf vf_round(vf a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+/* p 2^k for whole k in [-126, 0], and 0 in the lanes where v < SB_EXP_MIN (the end of vf_exp_nonpos) */
+static inline vf sb_exp_scale(vf p, vf k, vf v) {
+    return _mm512_maskz_scalef_ps(_mm512_cmp_ps_mask(v, _mm512_set1_ps(SB_EXP_MIN), _CMP_NLT_UQ), p, k);
 }
 
 #elif defined(__AVX2__) && defined(__FMA__)
@@ -83,12 +88,7 @@ static inline vf vf_gelu(vf x) {
 #define SB_ISA_NAME "avx2"
 typedef __m256 vf;
 typedef __m256i vmask;
-static inline vf vf_zero(void) { return _mm256_setzero_ps(); }
-static inline vf vf_set1(float a) { return _mm256_set1_ps(a); }
-static inline vf vf_loadu(const float *p) { return _mm256_loadu_ps(p); }
-static inline void vf_storeu(float *p, vf v) { _mm256_storeu_ps(p, v); }
-static inline vf vf_fmadd(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
-static inline vf vf_add(vf a, vf b) { return _mm256_add_ps(a, b); }
+SB_X86_OPS(_mm256)
 static inline vmask vm_first(int n) {
     const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), lanes);
@@ -96,34 +96,17 @@ static inline vmask vm_first(int n) {
 static inline vf vf_maskloadu(const float *p, vmask m) { return _mm256_maskload_ps(p, m); }
 static inline void vf_maskstoreu(float *p, vmask m, vf v) { _mm256_maskstore_ps(p, m, v); }
 
-static inline vf vf_exp_neg(vf v) {           /* exp(v) for v <= 0 */
-    v = _mm256_max_ps(v, _mm256_set1_ps(-87.0f));
-    vf k = _mm256_round_ps(_mm256_mul_ps(v, _mm256_set1_ps(1.44269504f)),
-                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    vf r = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693359375f), v);
-    r = _mm256_fnmadd_ps(k, _mm256_set1_ps(-2.12194440e-4f), r);
-    vf p = _mm256_set1_ps(1.0f / 720);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-    /* 2^k for k in [-126, 0]: build the float's exponent field */
-    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+static inline vf vf_abs(vf a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a); }
+static inline vf vf_if_negative(vf x, vf a, vf b) {
+    return _mm256_blendv_ps(b, a, _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_LT_OQ));
 }
-static inline vf vf_gelu(vf x) {
-    vf z = _mm256_mul_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.0f), x), _mm256_set1_ps(0.70710678f));
-    vf t = _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_fmadd_ps(z, _mm256_set1_ps(SB_GELU_P), _mm256_set1_ps(1.0f)));
-    vf s = _mm256_fmadd_ps(_mm256_set1_ps(SB_GELU_A5), t, _mm256_set1_ps(SB_GELU_A4));
-    s = _mm256_fmadd_ps(s, t, _mm256_set1_ps(SB_GELU_A3));
-    s = _mm256_fmadd_ps(s, t, _mm256_set1_ps(SB_GELU_A2));
-    s = _mm256_fmadd_ps(s, t, _mm256_set1_ps(SB_GELU_A1));
-    vf q = _mm256_mul_ps(_mm256_mul_ps(s, t), vf_exp_neg(_mm256_mul_ps(_mm256_sub_ps(_mm256_setzero_ps(), z), z)));
-    vf neg = _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_LT_OQ);
-    vf onep = _mm256_blendv_ps(_mm256_sub_ps(_mm256_set1_ps(2.0f), q), q, neg);
-    return _mm256_mul_ps(_mm256_mul_ps(x, _mm256_set1_ps(0.5f)), onep);
+
+static inline vf vf_round(vf a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+static inline vf sb_exp_scale(vf p, vf k, vf v) {
+    /* 2^k: the float whose exponent field is k + 127 */
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+    return _mm256_and_ps(_mm256_cmp_ps(v, _mm256_set1_ps(SB_EXP_MIN), _CMP_NLT_UQ),
+                         _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
 }
 
 #else
@@ -147,12 +130,70 @@ static inline void vf_maskstoreu(float *p, vmask m, vf v) {
     for (int i = 0; i < m; i++) p[i] = v[i];
 }
 
-static inline vf vf_gelu(vf x) {
-    vf y;
-    for (int i = 0; i < SB_VW; i++) y[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.70710678f));
-    return y;
+static inline vf vf_sub(vf a, vf b) { return a - b; }
+static inline vf vf_mul(vf a, vf b) { return a * b; }
+static inline vf vf_div(vf a, vf b) { return a / b; }
+static inline vf vf_sqrt(vf a) {
+    for (int i = 0; i < SB_VW; i++) a[i] = sqrtf(a[i]);
+    return a;
+}
+static inline vf vf_max(vf a, vf b) {         /* b if either is NaN, as maxps */
+    for (int i = 0; i < SB_VW; i++) a[i] = a[i] > b[i] ? a[i] : b[i];
+    return a;
+}
+static inline vf vf_abs(vf a) {
+    for (int i = 0; i < SB_VW; i++) a[i] = fabsf(a[i]);
+    return a;
+}
+static inline vf vf_if_negative(vf x, vf a, vf b) {
+    for (int i = 0; i < SB_VW; i++) b[i] = x[i] < 0.0f ? a[i] : b[i];
+    return b;
+}
+static inline vf vf_exp_nonpos(vf v) {
+    for (int i = 0; i < SB_VW; i++) v[i] = v[i] < SB_EXP_MIN ? 0.0f : expf(v[i]);
+    return v;
 }
 #endif
+
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+static inline vf vf_exp_nonpos(vf v) {
+    const vf x = vf_max(vf_set1(SB_EXP_MIN), v);              /* NaN stays NaN */
+    const vf k = vf_round(vf_mul(x, vf_set1(SB_LOG2E)));
+    vf r = vf_fnmadd(k, vf_set1(SB_LN2_HI), x);
+    r = vf_fnmadd(k, vf_set1(SB_LN2_LO), r);
+    vf p = vf_set1(1.0f / 5040);
+    p = vf_fmadd(p, r, vf_set1(1.0f / 720));
+    p = vf_fmadd(p, r, vf_set1(1.0f / 120));
+    p = vf_fmadd(p, r, vf_set1(1.0f / 24));
+    p = vf_fmadd(p, r, vf_set1(1.0f / 6));
+    p = vf_fmadd(p, r, vf_set1(0.5f));
+    p = vf_fmadd(p, r, vf_set1(1.0f));
+    p = vf_fmadd(p, r, vf_set1(1.0f));
+    return sb_exp_scale(p, k, v);
+}
+#endif
+
+static inline vf vf_gelu(vf x) {
+    const vf z = vf_mul(vf_abs(x), vf_set1(0.70710678f));
+    const vf t = vf_div(vf_set1(1.0f), vf_fmadd(z, vf_set1(SB_GELU_P), vf_set1(1.0f)));
+    vf s = vf_fmadd(vf_set1(SB_GELU_A5), t, vf_set1(SB_GELU_A4));
+    s = vf_fmadd(s, t, vf_set1(SB_GELU_A3));
+    s = vf_fmadd(s, t, vf_set1(SB_GELU_A2));
+    s = vf_fmadd(s, t, vf_set1(SB_GELU_A1));
+    const vf q = vf_mul(vf_mul(s, t), vf_exp_nonpos(vf_mul(vf_sub(vf_zero(), z), z)));
+    return vf_mul(vf_mul(x, vf_set1(0.5f)), vf_if_negative(x, q, vf_sub(vf_set1(2.0f), q)));
+}
+
+/* GELU over y[0:n] in place. Out of line on purpose: inlined into every SpMM tile, its
+ * constants and code slowed the (far more frequent) tiles without it by ~10%. */
+static __attribute__((noinline)) void sb_gelu_inplace(float *y, int n) {
+    int j = 0;
+    for (; j + SB_VW <= n; j += SB_VW) vf_storeu(y + j, vf_gelu(vf_loadu(y + j)));
+    if (j < n) {
+        vmask m = vm_first(n - j);
+        vf_maskstoreu(y + j, m, vf_gelu(vf_maskloadu(y + j, m)));
+    }
+}
 
 static inline void sb_prefetch(const void *p) { __builtin_prefetch(p, 0, 3); }
 

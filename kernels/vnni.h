@@ -1,4 +1,5 @@
-/* AVX512-VNNI helpers for the int8 SpMM kernels (kernels/spmm_int8.pyx.tp).
+/* AVX512-VNNI helpers for the int8 kernels: the SpMM (kernels/spmm_int8.pyx.tp) and the int8
+ * self-attention (kernels/encoder/attention_int8.h).
  *
  * Quantized operands: weights s8 with a scale per row; activations u8 = q + 128 with
  * q = clamp(rint(x / scale[n]), -127, 127) and a scale per column n of X (per token; zero point
@@ -94,12 +95,20 @@ static inline vi sb_quant16(vf x, vf inv, int calibrated) {
         v = _mm512_min_ps(v, _mm512_set1_ps(127.0f));
     return _mm512_cvt_roundps_epi32(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
 }
-/* 4 vectors of s32 -> 64 u8 = clamp(q, -127, 127) + 128; lane L of the result holds elements
+/* 4 vectors of s32 -> 64 s8 = clamp(q, -127, 127); lane L of the result holds elements
  * 4L..4L+3 of q0, then of q1, q2 and q3 */
-static inline vi sb_to_u8(vi q0, vi q1, vi q2, vi q3) {
+static inline vi sb_to_s8(vi q0, vi q1, vi q2, vi q3) {
     vi b = _mm512_packs_epi16(_mm512_packs_epi32(q0, q1), _mm512_packs_epi32(q2, q3));
-    b = _mm512_max_epi8(b, _mm512_set1_epi8(-127));
-    return _mm512_xor_si512(b, _mm512_set1_epi8((char)0x80));
+    return _mm512_max_epi8(b, _mm512_set1_epi8(-127));
+}
+/* sb_to_s8 + 128: the u8 operand */
+static inline vi sb_to_u8(vi q0, vi q1, vi q2, vi q3) {
+    return _mm512_xor_si512(sb_to_s8(q0, q1, q2, q3), _mm512_set1_epi8((char)0x80));
+}
+/* The bytes of sb_to_s8/sb_to_u8 (byte 4t + i of each 16-byte lane: element i of vector t) in
+ * quads order: element c of vector t at byte 4c + t. */
+static inline vi sb_to_quads(vi packed) {
+    return _mm512_shuffle_epi8(packed, _mm512_set4_epi32(0x0F0B0703, 0x0E0A0602, 0x0D090501, 0x0C080400));
 }
 /* 16 floats at p, of which n (may be <= 0 or >= 16) are valid; the rest read as 0 */
 static inline vf sb_load16(const float *p, int n) {
@@ -166,8 +175,6 @@ static inline uint32_t sb_pack_rows(const float *X, ptrdiff_t ldx, int k0, int k
 static inline uint32_t sb_pack_quads(const float *X, ptrdiff_t ldx, int K, int g0, int g1, int N,
                                      int npad, const float *inv, uint8_t *out, ptrdiff_t ldo,
                                      int calibrated) {
-    /* in each 16-byte lane, byte 4t + i (row t, column i) moves to byte 4i + t */
-    const vi transpose = _mm512_set4_epi32(0x0F0B0703, 0x0E0A0602, 0x0D090501, 0x0C080400);
     vi bits = vi_zero();
     for (int g = g0; g < g1; g++) {
         const float *x[4];
@@ -181,15 +188,15 @@ static inline uint32_t sb_pack_quads(const float *X, ptrdiff_t ldx, int K, int g
         if (4 * g + 3 < K)                     /* whole vectors of 4 rows, then the rest */
             for (; c + 16 <= N; c += 16) {
                 vf i = _mm512_loadu_ps(inv + c);
-                _mm512_storeu_si512((void *)(o + 4 * c), _mm512_shuffle_epi8(sb_quant64(
+                _mm512_storeu_si512((void *)(o + 4 * c), sb_to_quads(sb_quant64(
                     _mm512_loadu_ps(x[0] + c), _mm512_loadu_ps(x[1] + c), _mm512_loadu_ps(x[2] + c),
-                    _mm512_loadu_ps(x[3] + c), i, i, i, i, &bits, calibrated), transpose));
+                    _mm512_loadu_ps(x[3] + c), i, i, i, i, &bits, calibrated)));
             }
         for (; c < npad; c += 16) {
             vf i = _mm512_loadu_ps(inv + c);
-            _mm512_storeu_si512((void *)(o + 4 * c), _mm512_shuffle_epi8(sb_quant64(
+            _mm512_storeu_si512((void *)(o + 4 * c), sb_to_quads(sb_quant64(
                 sb_load16(x[0] + c, n[0] - c), sb_load16(x[1] + c, n[1] - c), sb_load16(x[2] + c, n[2] - c),
-                sb_load16(x[3] + c, n[3] - c), i, i, i, i, &bits, calibrated), transpose));
+                sb_load16(x[3] + c, n[3] - c), i, i, i, i, &bits, calibrated)));
         }
     }
     return _mm512_reduce_max_epu32(bits);

@@ -9,7 +9,7 @@ import importlib
 import os
 import platform
 
-from . import _cpu
+from . import _cpu, _pool
 from ._buildinfo import BUILD
 from .errors import UnsupportedISAError
 
@@ -23,11 +23,14 @@ ISA_REQUIREMENTS = {
 INT8_ISA_REQUIREMENTS = {
     "avx512vnni": ("avx512f", "avx512vl", "avx512bw", "avx512dq", "avx512vnni", "avx2", "fma"),
 }
+#: what each compiled encoder-op module needs, best first (avx512vnni: with int8 attention)
+ENCODER_ISA_REQUIREMENTS = {**INT8_ISA_REQUIREMENTS, **ISA_REQUIREMENTS}
 #: per dtype: requirements, the BUILD key listing compiled modules, module name prefix
 _KERNELS = {"float32": (ISA_REQUIREMENTS, "isas", "_spmm_"),
             "int8": (INT8_ISA_REQUIREMENTS, "int8_isas", "_spmm_int8_")}
 ENV_ISA = "SPARSEBENCH_ISA"
-#: microseconds idle kernel threads keep yielding before they sleep (default 2000)
+#: microseconds idle pool workers keep yielding before they sleep (default
+#: sparsebench._pool.DEFAULT_SPIN_US), for every kernel module: they share one pool
 ENV_SPIN_US = "SPARSEBENCH_SPIN_US"
 
 
@@ -80,13 +83,6 @@ def best_isa(dtype="float32"):
     return isas[0]
 
 
-#: idle spin of the int8 module's pool workers, in microseconds. In the int8 encoder the int8
-#: GEMMs alternate with the encoder ops' pool every ~100 us, and a worker spinning through the
-#: others' work takes the second core from them: bert-base int8, seq 128, 2 threads, p50 about
-#: 14 ms with the float32 modules' 2000 us, 11 ms with 100 us (3 runs each, float32 unchanged).
-INT8_SPIN_US = 100
-
-
 @functools.lru_cache(maxsize=None)
 def kernel_module(isa, dtype="float32"):
     """Import the compiled `dtype` kernels for `isa`, after checking the CPU can execute them."""
@@ -110,44 +106,57 @@ def kernel_module(isa, dtype="float32"):
         raise UnsupportedISAError(
             f"the {kind}{isa!r} kernels need {', '.join(missing)}, which this CPU ({cpu_model()}) "
             f"lacks; {hint}")
-    module = importlib.import_module(f"sparsebench.{prefix}{isa}")
-    _apply_spin(module, INT8_SPIN_US if dtype == "int8" else None)
-    return module
+    _apply_spin_setting()
+    return importlib.import_module(f"sparsebench.{prefix}{isa}")
 
 
-def _apply_spin(module, default_us=None):
-    """SPARSEBENCH_SPIN_US, if set, else `default_us` (None: the module's own) for the idle
-    workers of a compiled module's thread pool."""
+def _apply_spin_setting():
+    """SPARSEBENCH_SPIN_US, if set, for the thread pool every kernel module shares."""
     spin = os.environ.get(ENV_SPIN_US)
     if spin:
         try:
-            module.set_spin_us(int(spin))
+            _pool.set_spin_us(int(spin))
         except ValueError:
             raise ValueError(f"{ENV_SPIN_US}={spin!r} must be a whole number of microseconds") from None
-    elif default_us is not None:
-        module.set_spin_us(default_us)
+
+
+@functools.lru_cache(maxsize=None)
+def encoder_isas():
+    """Compiled encoder-op modules this CPU can run, best first: avx512vnni (the only one with
+    int8 attention), avx512, avx2, generic. SPARSEBENCH_ISA, if set, is the only choice."""
+    built = BUILD.get("encoder_isas", [])
+    forced = os.environ.get(ENV_ISA)
+    if forced:
+        return [forced] if forced in built else []
+    return [isa for isa in ENCODER_ISA_REQUIREMENTS if isa in built
+            and set(ENCODER_ISA_REQUIREMENTS[isa]) <= set(cpu_features())]
 
 
 @functools.lru_cache(maxsize=None)
 def encoder_module(isa=None):
-    """Import the compiled encoder ops (LayerNorm, attention) for `isa`, by default the first of
-    available_isas() (SPARSEBENCH_ISA applies) that this build has them for. They are built for
-    every float32 ISA, with the same flags and CPU check as the SpMM kernels."""
+    """Import the compiled encoder ops (LayerNorm, GELU, attention; int8 attention too in the
+    avx512vnni module) for `isa`, by default the first of encoder_isas(). They are built with the
+    same flags and CPU check as the SpMM kernels of their ISA."""
     built = BUILD.get("encoder_isas", [])
     if isa is None:
-        usable = [i for i in available_isas() if i in built]
+        usable = encoder_isas()
         if not usable:
             raise UnsupportedISAError(
                 f"this build of sparsebench has no encoder ops for {', '.join(available_isas())}; "
                 "rebuild it (python setup.py build_ext --inplace, or pip install -e .)")
         isa = usable[0]
-    kernel_module(isa)          # raises with the reason if this CPU or build cannot run `isa`
+    # raises with the reason if this CPU or build cannot run `isa`
+    kernel_module(isa, "int8" if isa in INT8_ISA_REQUIREMENTS else "float32")
     if isa not in built:
         raise UnsupportedISAError(f"this build of sparsebench has no {isa!r} encoder ops (built: "
                                   f"{', '.join(built) or 'none'}); rebuild it")
-    module = importlib.import_module(f"sparsebench._encoder_{isa}")
-    _apply_spin(module)
-    return module
+    return importlib.import_module(f"sparsebench._encoder_{isa}")
+
+
+def int8_attention():
+    """The int8 attention kernel (qkv, ctx, heads, batch, mask, threads) of the avx512vnni
+    encoder module; UnsupportedISAError, saying why, where it cannot run."""
+    return encoder_module("avx512vnni").attention_int8
 
 
 ENV_THREADS = "SPARSEBENCH_NUM_THREADS"

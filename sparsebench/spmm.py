@@ -4,6 +4,7 @@ import numpy as np
 from .arrays import operand as _operand
 from .bsr import BSRMatrix
 from .config import KernelConfig, check_config, variant_id
+from .cpu import encoder_module
 from .dispatch import default_config
 from .quant import LAYOUTS, QuantizedActivations, QuantizedBSRMatrix, pack
 
@@ -85,10 +86,11 @@ def spmm(A, X, config=None, out=None, bias=None, activation=None):
                    config.threads, bias, ACTIVATIONS[activation])
         return out
     if K == 0:
-        y[...] = 0 if bias is None else bias[:, None]
+        # no products: every column is act(bias), or 0, with the kernels' own GELU
+        column = np.zeros(M, np.float32) if bias is None else bias.copy()
         if activation == "gelu":
-            from scipy.special import erf
-            y[...] = 0.5 * y * (1 + erf(y / np.sqrt(2, dtype=np.float32)))
+            encoder_module().gelu_(column, config.threads)
+        y[...] = column[:, None]
         return out
     module, vid, nslices, data, indices, ptr, bounds = plan
     bc = A.block[1]

@@ -156,7 +156,8 @@ def pruned_problems(draw, max_m=70, max_k=70, max_n=150):
 # -- fixtures ---------------------------------------------------------------------------------
 
 def _clear_cpu_caches():
-    for f in (cpu.available_isas, cpu.kernel_module, cpu.encoder_module, cpu.cpu_features):
+    for f in (cpu.available_isas, cpu.kernel_module, cpu.encoder_isas, cpu.encoder_module,
+              cpu.cpu_features):
         f.cache_clear()
 
 

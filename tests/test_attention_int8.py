@@ -1,4 +1,4 @@
-"""int8 self-attention (kernels/attention_int8.h): exact against a numpy emulation of its
+"""int8 self-attention (kernels/encoder/attention_int8.h, in the avx512vnni encoder module): exact against a numpy emulation of its
 quantization, close to float64 attention, and bad input refused before the kernel runs."""
 import dataclasses
 
@@ -19,7 +19,7 @@ F32_MIN = np.finfo(np.float32).min
 
 @pytest.fixture(scope="module")
 def attention():
-    return cpu.kernel_module(cpu.best_isa("int8"), "int8").attention
+    return cpu.int8_attention()
 
 
 def _per_column(x):
@@ -144,25 +144,25 @@ def test_zero_and_constant_inputs(attention):
     np.testing.assert_allclose(ctx, 2.5, rtol=1e-6)
 
 
-@pytest.mark.parametrize("change,match", [
-    (lambda a: dict(a, qkv=a["qkv"].astype(np.float64)), "qkv and ctx"),
-    (lambda a: dict(a, qkv=np.asfortranarray(a["qkv"])), "qkv and ctx"),
-    (lambda a: dict(a, ctx=a["ctx"][:, :4]), "qkv and ctx"),
-    (lambda a: dict(a, heads=4), "multiple of 4"),        # head size 6
-    (lambda a: dict(a, heads=0), "positive"),
-    (lambda a: dict(a, batch=4), "batch x seq"),
-    (lambda a: dict(a, qkv=a["qkv"][:30]), "qkv must be"),
-    (lambda a: dict(a, mask=np.zeros((1, 5), np.float32)), "mask"),
-    (lambda a: dict(a, mask=np.zeros((2, 3), np.float64)), "mask"),
-    (lambda a: dict(a, ctx=a["qkv"][:24]), "overlap"),
-    (lambda a: dict(a, threads=0), "positive"),
+@pytest.mark.parametrize("change,error,match", [
+    (lambda a: dict(a, qkv=a["qkv"].astype(np.float64)), TypeError, "qkv must be float32"),
+    (lambda a: dict(a, qkv=np.asfortranarray(a["qkv"])), ValueError, "qkv must be C-contiguous"),
+    (lambda a: dict(a, ctx=a["ctx"][:, :4]), ValueError, "ctx must be C-contiguous"),
+    (lambda a: dict(a, heads=4), ValueError, "multiple of 4"),        # head size 6
+    (lambda a: dict(a, heads=0), ValueError, "heads must be an integer from 1"),
+    (lambda a: dict(a, batch=4), ValueError, "do not split into 4 sequences"),
+    (lambda a: dict(a, qkv=a["qkv"][:30]), ValueError, "qkv must have shape"),
+    (lambda a: dict(a, mask=np.zeros((1, 5), np.float32)), ValueError, "mask must have shape"),
+    (lambda a: dict(a, mask=np.zeros((2, 3), np.float64)), TypeError, "mask must be float32"),
+    (lambda a: dict(a, ctx=a["qkv"][:24]), ValueError, "overlap"),
+    (lambda a: dict(a, threads=0), ValueError, "threads must be an integer from 1"),
 ])
-def test_bad_arguments_raise(attention, change, match):
+def test_bad_arguments_raise(attention, change, error, match):
     H, T = 24, 6
     args = dict(qkv=np.zeros((3 * H, T), np.float32), ctx=np.zeros((H, T), np.float32), heads=2,
                 batch=2, mask=None, threads=2)
     args = change(args)
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(error, match=match):
         attention(args["qkv"], args["ctx"], args["heads"], args["batch"], args["mask"], args["threads"])
 
 

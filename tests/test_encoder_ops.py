@@ -5,13 +5,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sparsebench import cpu
+from sparsebench import _pool, cpu
 from sparsebench._buildinfo import BUILD
 from sparsebench.errors import UnsupportedISAError
 
 from conftest import U32, examples
 
-ISAS = [isa for isa in cpu.available_isas() if isa in BUILD.get("encoder_isas", ())]
+ISAS = cpu.encoder_isas()
 F32_MIN = float(np.finfo(np.float32).min)
 
 
@@ -289,6 +289,19 @@ def test_encoder_module_is_the_best_isa_and_never_one_the_cpu_lacks(no_cpu_featu
 def test_encoder_module_default_is_first_available():
     module = cpu.encoder_module()
     assert module.ISA == ISAS[0] and module.QUERY_TILE == 2 * module.VECTOR_WIDTH
+    # the best module runs int8 attention exactly where the CPU has VNNI
+    assert hasattr(module, "attention_int8") == bool(cpu.available_isas("int8"))
+
+
+def test_encoder_module_honours_the_forced_isa(clean_cpu_caches):
+    isa = cpu.available_isas()[-1]
+    clean_cpu_caches.setenv(cpu.ENV_ISA, isa)
+    assert cpu.encoder_isas() == [isa] and cpu.encoder_module().ISA == isa
+
+
+def test_int8_attention_needs_vnni(no_cpu_features):
+    with pytest.raises(UnsupportedISAError, match="VNNI|no int8"):
+        cpu.int8_attention()
 
 
 def test_encoder_workers_that_sleep_at_once_are_woken_for_every_call(clean_cpu_caches):
@@ -302,13 +315,13 @@ def test_encoder_workers_that_sleep_at_once_are_woken_for_every_call(clean_cpu_c
     g, b = np.ones(16, np.float32), np.zeros(16, np.float32)
     ln_ref, ln_bound = layer_norm_reference(x, g, b, 1e-5)
     try:
+        assert _pool.spin_us() == 0
         for _ in range(100):
             ctx = np.empty((32, 80), np.float32)
             assert_within(ops.attention(qkv, ctx, 4, 2, None, 3), ref, bound)
             assert_within(ops.add_layer_norm(x.copy(), g, b, 1e-5, None, 3), ln_ref, ln_bound)
     finally:
-        ops.set_spin_us(ops.DEFAULT_SPIN_US)
-        cpu.kernel_module(ops.ISA).set_spin_us(2000)      # loaded (and set) by encoder_module too
+        _pool.set_spin_us(_pool.DEFAULT_SPIN_US)
 
 
 def test_bad_spin_setting_is_explained_for_the_encoder_ops(clean_cpu_caches):

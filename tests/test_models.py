@@ -41,14 +41,48 @@ def padded_batch(config, batch=3, seq=37, seed=0):
 
 # -- SparseLinear and GELU ------------------------------------------------------------------------
 
-def test_gelu_is_erf_gelu_to_float32_accuracy():
-    pytest.importorskip("scipy")
-    x = np.linspace(-12, 12, 200_001, dtype=np.float32)
+@pytest.mark.parametrize("isa", sb.cpu.encoder_isas())
+@pytest.mark.parametrize("threads", [1, 3])
+def test_gelu_is_erf_gelu_to_float32_accuracy(isa, threads):
+    """The compiled GELU (the kernels' epilogue) against float64 erf GELU, tails included."""
+    gelu = sb.cpu.encoder_module(isa).gelu_
+    x = np.concatenate([np.linspace(-12, 12, 200_001, dtype=np.float32),
+                        np.float32(-1) * np.logspace(-30, 38, 1000, dtype=np.float32),
+                        np.logspace(-30, 38, 1000, dtype=np.float32)])
     ref = gelu_reference(x)
-    y = gelu_(x.copy(), np.empty((3,) + x.shape, np.float32))
+    y = x.copy()
+    assert gelu(y, threads) is y
     assert np.all(np.abs(y - ref) <= 4e-7 * np.maximum(1.0, np.abs(ref)))
-    assert np.array_equal(gelu_(np.array([0.0, 1e30, -1e30], np.float32), np.empty((3, 3), np.float32)),
-                          np.array([0.0, 1e30, 0.0], np.float32))
+    special = np.array([0.0, -0.0, 1e30, -1e30, -200.0, np.inf, -np.inf, np.nan], np.float32)
+    assert np.array_equal(gelu(special.copy(), threads),
+                          np.array([0.0, 0.0, 1e30, 0.0, 0.0, np.inf, np.nan, np.nan], np.float32),
+                          equal_nan=True)          # GELU(-inf) is -inf * 0: NaN, as in the epilogue
+    block = np.linspace(-5, 5, 24, dtype=np.float32).reshape(2, 3, 4)    # any shape, any size
+    assert np.array_equal(gelu(block.copy(), threads), gelu(block.reshape(-1).copy(), 1).reshape(2, 3, 4))
+    assert gelu(np.empty(0, np.float32), threads).size == 0
+
+
+def test_gelu_is_the_sparse_kernels_epilogue():
+    X = np.linspace(-6, 6, 4 * 37, dtype=np.float32).reshape(4, 37)
+    A = sb.BSRMatrix.from_dense(np.eye(4, dtype=np.float32), (1, 1))
+    assert np.array_equal(sb.spmm(A, X, activation="gelu"), gelu_(X.copy()))
+
+
+@pytest.mark.parametrize("x, error, match", [
+    ([1.0, 2.0], TypeError, "numpy array"),
+    (np.ones(4), TypeError, "float32"),
+    (np.ones((4, 4), np.float32)[:, ::2], ValueError, "C-contiguous"),
+    (np.ones(4, np.float32)[None].repeat(2, 0).T, ValueError, "C-contiguous"),
+])
+def test_gelu_refuses_bad_arrays(x, error, match):
+    with pytest.raises(error, match=match):
+        gelu_(x)
+    readonly = np.ones(3, np.float32)
+    readonly.flags.writeable = False
+    with pytest.raises(ValueError, match="writeable"):
+        gelu_(readonly)
+    with pytest.raises(ValueError, match="threads"):
+        gelu_(np.ones(3, np.float32), 0)
 
 
 @pytest.mark.parametrize("config", [None, "dense", "first"])
@@ -415,21 +449,3 @@ def test_all_padding_sequence_stays_finite(tiny_encoder):
     y = tiny_encoder(ids, mask, types)
     assert np.isfinite(y).all()
     np.testing.assert_allclose(y[0], tiny_encoder(ids[:1], mask[:1], types[:1])[0], rtol=1e-5, atol=1e-5)
-
-
-def test_lanes_run_every_part_once_and_pass_errors_on():
-    from sparsebench.models.parallel import Lanes, shared_lanes
-
-    lanes = shared_lanes(2)
-    for parts in (0, 1, 7):
-        seen = []
-        lanes.run(lambda part, lane: seen.append((part, lane)), parts)
-        assert sorted(p for p, _ in seen) == list(range(parts)) and {lane for _, lane in seen} <= {0, 1}
-
-    def fail(part, lane):
-        if part == 3:
-            raise RuntimeError("part 3 failed")
-
-    with pytest.raises(RuntimeError, match="part 3 failed"):
-        lanes.run(fail, 6)
-    assert [Lanes.split(12, 5, p) for p in range(5)] == [slice(0, 2), slice(2, 4), slice(4, 7), slice(7, 9), slice(9, 12)]

@@ -1,10 +1,15 @@
-"""The kernels' thread pool: results do not depend on threads, tasks or concurrent callers."""
+"""The kernels' thread pool: one for the process; results do not depend on threads, tasks or
+concurrent callers."""
+import glob
+import importlib
 import threading
 
 import numpy as np
 import pytest
 
 import sparsebench as sb
+from sparsebench import _generic_csr, _pool
+from sparsebench.baselines.generic_csr import csr_arrays
 from conftest import assert_spmm_close, random_pruned, random_x
 
 
@@ -57,10 +62,65 @@ def test_workers_that_sleep_at_once_are_woken_for_every_call(clean_cpu_caches):
         for _ in range(200):
             assert_spmm_close(sb.spmm(A, X, cfg), W, X)
     finally:
-        sb.cpu.kernel_module(cfg.isa).set_spin_us(2000)
+        _pool.set_spin_us(_pool.DEFAULT_SPIN_US)
 
 
 def test_bad_spin_setting_is_explained(clean_cpu_caches):
     clean_cpu_caches.setenv(sb.cpu.ENV_SPIN_US, "soon")
     with pytest.raises(ValueError, match="SPARSEBENCH_SPIN_US='soon' must be a whole number"):
         sb.cpu.kernel_module(sb.cpu.compiled_isas()[-1])
+
+
+def pool_threads():
+    """The pool's worker threads in this process, by name (sb-pool-N)."""
+    names = []
+    for path in glob.glob("/proc/self/task/*/comm"):
+        try:
+            with open(path) as f:
+                names.append(f.read().strip())
+        except OSError:                    # a thread that ended meanwhile
+            pass
+    return sorted(n for n in names if n.startswith("sb-pool-"))
+
+
+def test_every_kernel_module_shares_one_pool():
+    """fp32 SpMM, int8 SpMM, the encoder ops and the CSR reference all run on one set of workers."""
+    threads = _pool.workers() + 3               # more than any earlier test asked for
+    W, A = random_pruned(64, 48, (4, 1), 0.5)
+    X = random_x(48, 40)
+    cfg = sb.KernelConfig((4, 1), sb.cpu.best_isa(), sb.default_config(A, 40).n_tile, m_tile=1,
+                          threads=threads)
+    assert_spmm_close(sb.spmm(A, X, cfg), W, X)
+    started = pool_threads()
+    assert _pool.workers() == threads - 1 and len(started) == threads - 1
+    if sb.cpu.available_isas("int8"):
+        Aq = sb.QuantizedBSRMatrix.from_dense(W, (4, 1))
+        sb.spmm(Aq, X, sb.default_config(Aq, 40, threads=threads))
+        qkv = random_x(3 * 16, 40)
+        sb.cpu.int8_attention()(qkv, np.empty((16, 40), np.float32), 2, 2, None, threads)
+    ops = sb.cpu.encoder_module()
+    ops.add_layer_norm(random_x(16, 4000), np.ones(16, np.float32), np.zeros(16, np.float32), 1e-5,
+                       None, threads)
+    ops.gelu_(random_x(64, 4000), threads)
+    Y = np.empty((64, 40), np.float32)
+    _generic_csr.csr_spmm(*csr_arrays(W), X, Y, threads)
+    assert_spmm_close(Y, W, X)
+    assert pool_threads() == started and _pool.workers() == threads - 1
+
+
+def test_kernel_modules_import_the_pool_capsule():
+    capsule = _pool._C_API
+    assert type(capsule).__name__ == "PyCapsule" and "sparsebench._pool._C_API" in repr(capsule)
+    for name in ["_generic_csr"] + [f"_spmm_{isa}" for isa in sb.cpu.available_isas()]:
+        assert importlib.import_module(f"sparsebench.{name}")     # imported only with the pool
+
+
+def test_spin_setting_is_one_for_the_process():
+    try:
+        _pool.set_spin_us(123)
+        assert _pool.spin_us() == 123
+        _pool.set_spin_us(-5)
+        assert _pool.spin_us() == 0
+    finally:
+        _pool.set_spin_us(_pool.DEFAULT_SPIN_US)
+    assert 100 <= _pool.DEFAULT_SPIN_US <= 2000

@@ -4,8 +4,8 @@
  * Activations are features x tokens: row f of an (F, T) C-ordered array holds feature f of every
  * token. Both ops vectorise across tokens (contiguous in memory), so their reductions over
  * features or keys are plain vertical vector adds and maxima, with no shuffles. Work is split
- * into tasks run on the persistent pool of ../pool.h. Nothing here checks its arguments: the
- * Cython wrapper (encoder.pyx.tp) validates them all before releasing the GIL.
+ * into tasks run on the process's one thread pool (../pool.h). Nothing here checks its
+ * arguments: the Cython wrapper (encoder.pyx.tp) validates them all before releasing the GIL.
  */
 #ifndef SPARSEBENCH_ENCODER_OPS_H
 #define SPARSEBENCH_ENCODER_OPS_H
@@ -13,10 +13,14 @@
 #include <math.h>
 #include <stddef.h>
 
-#include "../pool.h"
-#include "vecmath.h"
+#include "pool.h"
+#include "simd.h"
 
 #define SB_INLINE static inline __attribute__((always_inline))
+/* acc[r][j] = zero for r < R, j < J: the start of a register tile, fully unrolled */
+#define SB_TILE_ZERO(acc, R, J, zero)                                                          \
+    _Pragma("GCC unroll 8") for (int r_ = 0; r_ < (R); r_++)                                   \
+        _Pragma("GCC unroll 4") for (int j_ = 0; j_ < (J); j_++) (acc)[r_][j_] = (zero)
 
 /* `masked` is a constant at every call site, so each caller gets a branch-free copy */
 SB_INLINE vf sb_load(const float *p, vmask m, int masked) {
@@ -130,18 +134,97 @@ static void sb_add_layer_norm(float *x, const float *res, ptrdiff_t ldx, ptrdiff
     sb_pool_run(threads, (int)(((ptrdiff_t)cols + SB_LN_TASK_COLS - 1) / SB_LN_TASK_COLS), sb_ln_task, &job);
 }
 
-/* ---- self-attention --------------------------------------------------------------------------
+/* ---- GELU ------------------------------------------------------------------------------------
+ * x[0:n] <- GELU(x) in place (simd.h's vf_gelu, the SpMM epilogue's), SB_GELU_TASK elements a task. */
+#define SB_GELU_TASK (1 << 14)
+
+typedef struct {
+    float *x;
+    ptrdiff_t n;
+} sb_gelu_job_t;
+
+static void sb_gelu_task(void *ctx, int task) {
+    const sb_gelu_job_t *job = (const sb_gelu_job_t *)ctx;
+    const ptrdiff_t i0 = (ptrdiff_t)task * SB_GELU_TASK;
+    sb_gelu_inplace(job->x + i0, (int)(job->n - i0 < SB_GELU_TASK ? job->n - i0 : SB_GELU_TASK));
+}
+
+static void sb_gelu(float *x, ptrdiff_t n, int threads) {
+    sb_gelu_job_t job = {x, n};
+    sb_pool_run(threads, (int)((n + SB_GELU_TASK - 1) / SB_GELU_TASK), sb_gelu_task, &job);
+}
+
+/* ---- self-attention: the skeleton of the float32 and int8 kernels ------------------------------
  * qkv is (3H, T) with T = batch * seq tokens, H = heads * d; head h of sequence b reads rows
- * h*d.. of Q, K and V (blocks 0, 1, 2 of qkv) and columns b*seq.. . Per (sequence, head, tile of
- * SB_ATT_QT queries), with the 1/sqrt(d) scale already in Q:
+ * h*d.. of Q, K and V (blocks 0, 1, 2 of qkv) and columns b*seq.. ; ctx rows h*d.. are written.
+ * A job is batch * heads * tiles items (a tile: a range of queries, or all of them); tasks (one
+ * per thread, each with its own scratch) claim items one at a time, so a late or slow thread
+ * just takes fewer. */
+typedef struct sb_att_job sb_att_job_t;
+typedef void (*sb_att_item_fn)(const sb_att_job_t *job, int item, unsigned char *scratch);
+
+struct sb_att_job {
+    const float *qkv;
+    float *ctx;
+    const float *mask;         /* (batch, seq) additive, or NULL */
+    ptrdiff_t ld;              /* T */
+    int heads, head_dim, seq, tiles, items;
+    sb_att_item_fn item;
+    unsigned char *scratch;    /* per task: scratch_bytes, 64-byte aligned */
+    ptrdiff_t scratch_bytes;
+    int next;                  /* next item to claim (atomic) */
+};
+
+/* What item `item` reads and writes: Q, K, V and ctx of its head and sequence (column 0 of the
+ * sequence), the sequence's mask, and the item's tile. */
+typedef struct {
+    const float *Q, *K, *V, *mask;
+    float *out;
+    int tile;
+} sb_att_item_t;
+
+SB_INLINE sb_att_item_t sb_att_item(const sb_att_job_t *job, int item) {
+    const int d = job->head_dim, seq = job->seq;
+    const ptrdiff_t ld = job->ld, H = (ptrdiff_t)job->heads * d;
+    const int bh = item / job->tiles, h = bh % job->heads, b = bh / job->heads;
+    sb_att_item_t it;
+    it.Q = job->qkv + h * d * ld + (ptrdiff_t)b * seq;
+    it.K = it.Q + H * ld;
+    it.V = it.K + H * ld;
+    it.mask = job->mask ? job->mask + (ptrdiff_t)b * seq : NULL;
+    it.out = job->ctx + h * d * ld + (ptrdiff_t)b * seq;
+    it.tile = item % job->tiles;
+    return it;
+}
+
+static void sb_att_task(void *ctx, int task) {
+    sb_att_job_t *job = (sb_att_job_t *)ctx;
+    unsigned char *scratch = job->scratch + task * job->scratch_bytes;
+    int item;
+    while ((item = __atomic_fetch_add(&job->next, 1, __ATOMIC_RELAXED)) < job->items)
+        job->item(job, item, scratch);
+}
+
+/* ctx (H x T) = self-attention of qkv (3H x T), both with row stride ld, by `item` over
+ * batch * heads * tiles items; mask: (batch x seq) additive per key, or NULL. `tasks` tasks (at
+ * most one per thread) each use scratch_bytes of `scratch`, 64-byte aligned. */
+static void sb_attention_run(sb_att_item_fn item, int tiles, ptrdiff_t scratch_bytes, const float *qkv,
+                             float *ctx, const float *mask, ptrdiff_t ld, int heads, int head_dim,
+                             int batch, int seq, unsigned char *scratch, int tasks, int threads) {
+    sb_att_job_t job = {qkv, ctx, mask, ld, heads, head_dim, seq, tiles, batch * heads * tiles,
+                        item, scratch, scratch_bytes, 0};
+    sb_pool_run(threads, tasks, sb_att_task, &job);
+}
+
+/* ---- float32 self-attention --------------------------------------------------------------------
+ * Per (sequence, head, tile of SB_ATT_QT queries), with the 1/sqrt(d) scale already in Q:
  *   1. S = K_h^T Q_tile (+ mask per key), keys x queries, into an L1/L2 scratch tile, keeping the
  *      running maximum of each query column;
  *   2. S <- exp(S - max) and the column sums (the max is always subtracted: it costs one max and
  *      one subtraction per score, and no score can overflow);
  *   3. ctx rows of the head, tile columns = V_h S / column sums.
  * Both products are register tiles of SB_ATT_RB broadcast scalars (keys of K, or rows of V) times
- * SB_ATT_J query vectors. Tasks (one per thread, each with its own scratch) claim
- * (sequence, head, tile) items one at a time, so a late or slow thread just takes fewer. */
+ * SB_ATT_J query vectors. An item is one (sequence, head, tile). */
 #define SB_ATT_J 2
 #define SB_ATT_QT (SB_ATT_J * SB_VW)
 #if defined(__AVX512F__)
@@ -150,20 +233,9 @@ static void sb_add_layer_norm(float *x, const float *res, ptrdiff_t ldx, ptrdiff
 #define SB_ATT_RB 4          /* 8 accumulators + 2 query vectors + broadcast + maxima of 16 */
 #endif
 
-typedef struct {
-    const float *qkv;
-    float *ctx;
-    const float *mask;         /* (batch, seq) additive, or NULL */
-    ptrdiff_t ld;              /* T */
-    int heads, head_dim, seq, tiles, items;
-    float *scratch;            /* per task: S tile (seq x QT), then the packed Q tile (d x QT) */
-    ptrdiff_t scratch_floats;
-    int next;                  /* next item to claim (atomic) */
-} sb_att_job_t;
-
-/* Floats of scratch each attention task needs (a multiple of 16: 64-byte aligned slots). */
-static inline ptrdiff_t sb_attention_scratch_floats(int seq, int head_dim) {
-    return ((ptrdiff_t)(seq + head_dim) * SB_ATT_QT + 15) / 16 * 16;
+/* Bytes of scratch each float32 attention task needs (a multiple of 64). */
+static inline ptrdiff_t sb_attention_scratch(int seq, int head_dim) {
+    return ((ptrdiff_t)(seq + head_dim) * SB_ATT_QT + 15) / 16 * 64;
 }
 
 /* S rows k0..k0+R-1 = keys k0.. of K (d x seq, stride ld) times the packed query tile qp
@@ -172,10 +244,7 @@ SB_INLINE void sb_score_rows(const float *K, ptrdiff_t ld, int d, const float *q
                              const float *mask, int k0, int R, float *S, vf *mx) {
     vf acc[SB_ATT_RB][SB_ATT_J];
     int i, r, j;
-#pragma GCC unroll 8
-    for (r = 0; r < R; r++)
-#pragma GCC unroll 4
-        for (j = 0; j < SB_ATT_J; j++) acc[r][j] = vf_zero();
+    SB_TILE_ZERO(acc, R, SB_ATT_J, vf_zero());
     for (i = 0; i < d; i++) {
         const float *kr = K + i * ld + k0;
         vf q[SB_ATT_J];
@@ -208,12 +277,9 @@ SB_INLINE void sb_context_rows(const float *V, ptrdiff_t ld, int seq, const floa
     vf acc[SB_ATT_RB][SB_ATT_J];
     const float *vr[SB_ATT_RB];
     int k, r, j;
+    SB_TILE_ZERO(acc, R, SB_ATT_J, vf_zero());
 #pragma GCC unroll 8
-    for (r = 0; r < R; r++) {
-        vr[r] = V + (ptrdiff_t)(i0 + r) * ld;
-#pragma GCC unroll 4
-        for (j = 0; j < SB_ATT_J; j++) acc[r][j] = vf_zero();
-    }
+    for (r = 0; r < R; r++) vr[r] = V + (ptrdiff_t)(i0 + r) * ld;
     for (k = 0; k < seq; k++) {
         vf p[SB_ATT_J];
 #pragma GCC unroll 4
@@ -242,21 +308,16 @@ SB_INLINE void sb_context(const float *V, ptrdiff_t ld, int d, int seq, const fl
         sb_context_rows(V, ld, seq, P, i, 1, inv, out, ld, m, masked);
 }
 
-static void sb_attention_item(const sb_att_job_t *job, int item, float *scratch) {
+static void sb_attention_item(const sb_att_job_t *job, int item, unsigned char *scratch) {
     const int d = job->head_dim, seq = job->seq;
     const ptrdiff_t ld = job->ld;
-    const int tile = item % job->tiles, bh = item / job->tiles;
-    const int h = bh % job->heads, b = bh / job->heads;
-    const ptrdiff_t H = (ptrdiff_t)job->heads * d;
-    const int q0 = tile * SB_ATT_QT;
+    const sb_att_item_t it = sb_att_item(job, item);
+    const int q0 = it.tile * SB_ATT_QT;
     const int nq = seq - q0 < SB_ATT_QT ? seq - q0 : SB_ATT_QT;
-    const float *Q = job->qkv + h * d * ld + (ptrdiff_t)b * seq;
-    const float *K = Q + H * ld;
-    const float *V = K + H * ld;
-    const float *mask = job->mask ? job->mask + (ptrdiff_t)b * seq : NULL;
-    float *out = job->ctx + h * d * ld + (ptrdiff_t)b * seq + q0;
-    float *S = scratch;
-    float *qp = scratch + (ptrdiff_t)seq * SB_ATT_QT;
+    const float *Q = it.Q, *K = it.K, *V = it.V, *mask = it.mask;
+    float *out = it.out + q0;
+    float *S = (float *)scratch;
+    float *qp = S + (ptrdiff_t)seq * SB_ATT_QT;
     vmask m[SB_ATT_J];
     vf mx[SB_ATT_J], sum[SB_ATT_J];
     int i, j, k;
@@ -289,33 +350,13 @@ static void sb_attention_item(const sb_att_job_t *job, int item, float *scratch)
         sb_context(V, ld, d, seq, S, sum, out, m, 1);
 }
 
-static void sb_attention_task(void *ctx, int task) {
-    sb_att_job_t *job = (sb_att_job_t *)ctx;
-    float *scratch = job->scratch + task * job->scratch_floats;
-    int item;
-    while ((item = __atomic_fetch_add(&job->next, 1, __ATOMIC_RELAXED)) < job->items)
-        sb_attention_item(job, item, scratch);
-}
-
-/* ctx (H x T) = self-attention of qkv (3H x T), both with row stride ld; mask: (batch x seq)
- * additive per key, or NULL. `tasks` tasks (at most one per thread) each use scratch_floats
- * (sb_attention_scratch_floats) floats of `scratch`, 64-byte aligned. */
+/* ctx = float32 self-attention of qkv (see sb_attention_run); `tasks` tasks each use
+ * sb_attention_scratch bytes of `scratch`. */
 static void sb_attention(const float *qkv, float *ctx, const float *mask, ptrdiff_t ld, int heads,
-                         int head_dim, int batch, int seq, float *scratch, int tasks, int threads) {
-    sb_att_job_t job;
-    job.qkv = qkv;
-    job.ctx = ctx;
-    job.mask = mask;
-    job.ld = ld;
-    job.heads = heads;
-    job.head_dim = head_dim;
-    job.seq = seq;
-    job.tiles = (int)(((ptrdiff_t)seq + SB_ATT_QT - 1) / SB_ATT_QT);
-    job.items = batch * heads * job.tiles;
-    job.scratch = scratch;
-    job.scratch_floats = sb_attention_scratch_floats(seq, head_dim);
-    job.next = 0;
-    sb_pool_run(threads, tasks, sb_attention_task, &job);
+                         int head_dim, int batch, int seq, unsigned char *scratch, int tasks, int threads) {
+    sb_attention_run(sb_attention_item, (int)(((ptrdiff_t)seq + SB_ATT_QT - 1) / SB_ATT_QT),
+                     sb_attention_scratch(seq, head_dim), qkv, ctx, mask, ld, heads, head_dim, batch,
+                     seq, scratch, tasks, threads);
 }
 
 #endif /* SPARSEBENCH_ENCODER_OPS_H */

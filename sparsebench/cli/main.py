@@ -251,7 +251,7 @@ def cmd_export(args):
 def build_parser():
     p = argparse.ArgumentParser(prog="sparsebench", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
-    q = sub.add_parser("info", help="CPU, instruction sets, build flags, OpenMP threads, kernel variants")
+    q = sub.add_parser("info", help="CPU, instruction sets, build flags, threads, kernel variants")
     q.add_argument("--json", action="store_true", help="machine-readable output")
     q.set_defaults(func=cmd_info)
     q = sub.add_parser("bench", help="run with the exhaustive tuner: its winner, the default heuristic "

@@ -16,22 +16,18 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ..cpu import best_isa, default_threads, encoder_module, kernel_module
+from ..cpu import default_threads, encoder_module, int8_attention
 from ..errors import UnsupportedISAError
 from ..dtypes import check_dtype
 from ..prune import check_sparsity
 from ..quant import quantize_activations
 from .config import BertConfig, ModelError, model_config
 from .linear import SparseLinear, detect_block
-from .parallel import shared_lanes
 
 #: block used for a dense checkpoint kept as it is (sparsity=None) when no block is given
 DEFAULT_BLOCK = (4, 1)
-#: below this many elements the numpy GELU of dense layers is not split over lanes (a hand-over
-#: costs ~20 us)
-LANE_MIN_ELEMENTS = 1 << 16
 #: per-op categories of BertEncoder.profile, in report order ("sparse GEMMs" includes the GELU
-#: the kernels apply in their epilogue, "GELU" is the numpy GELU of dense FFN layers, "attention"
+#: the kernels apply in their epilogue, "GELU" is the compiled GELU of dense FFN layers, "attention"
 #: is the fused scores-softmax-context kernel, "LayerNorm" includes the residual add)
 CATEGORIES = ("sparse GEMMs", "dense GEMMs", "attention", "GELU", "LayerNorm", "embeddings",
               "copies/other")
@@ -140,16 +136,9 @@ class _Workspace:
         self.ctx = np.empty((H, T), f32)
         self.sub = np.empty((H, T), f32)             # sublayer output, added back by the LayerNorm
         self.inter = np.empty((I, T), f32)
-        self._gelu_scratch = None
         self.rows = np.empty((T, H), f32)            # embeddings, token-major
         self.mask = np.empty((batch, seq), f32)      # additive: 0 or float32 min per key
         self.q, self.k, self.v = self.qkv[:H], self.qkv[H:2 * H], self.qkv[2 * H:]
-
-    def gelu_scratch(self):
-        """Scratch of the numpy GELU (only dense FFN layers need it)."""
-        if self._gelu_scratch is None:
-            self._gelu_scratch = np.empty((3,) + self.inter.shape, np.float32)
-        return self._gelu_scratch
 
 
 class _NoTimer:
@@ -191,24 +180,22 @@ class BertEncoder:
     tuned-config file (or a table from sparsebench.tune.apply.load_tuned), picks each linear layer's
     kernel; without it the default heuristic runs (kernel_report says so). `linear_config`
     ("dense" or a KernelConfig) forces one kernel on every linear layer. `threads`: threads of
-    the sparse kernels and of the fused LayerNorm and attention kernels, and BLAS threads of
-    dense linear layers; `lanes` (default `threads`): threads that share the numpy GELU of
-    dense layers (1: the calling thread only). `dtype` "int8" runs the linear layers on the int8
+    the sparse kernels, of the fused LayerNorm, GELU and attention kernels, and BLAS threads of
+    dense linear layers. `dtype` "int8" runs the linear layers on the int8
     kernels (AVX512-VNNI; s8 weights per row, activations quantized per token as each layer
     reads them, once for Q, K and V). `attention` "int8" (the default with dtype "int8") runs
-    both products of self-attention on VNNI too (kernels/attention_int8.h); "float32" keeps the
+    both products of self-attention on VNNI too (kernels/encoder/attention_int8.h); "float32" keeps the
     float32 kernel. LayerNorm stays float32.
     """
 
     def __init__(self, config, weights, *, sparsity=None, block=None, tuned=None, linear_config=None,
-                 threads=None, lanes=None, dtype="float32", attention=None):
+                 threads=None, dtype="float32", attention=None):
         if not isinstance(config, BertConfig):
             raise ModelError(f"config must be a BertConfig, got {type(config).__name__}")
         self.config = config
         self.dtype = check_dtype(dtype)
         self.attention = _check_attention(attention or self.dtype, config)
         self.threads = threads or default_threads()
-        self.lanes = lanes or self.threads
         self.sparsity = None if sparsity is None else check_sparsity(sparsity)
         self.block = None if block is None else tuple(block)
         self.tuned_source = None if tuned is None else (tuned if isinstance(tuned, (str, os.PathLike))
@@ -349,8 +336,7 @@ class BertEncoder:
         c = self.config
         return (f"{c.name}: {c.layers} layers, hidden {c.hidden}, {c.heads} heads, intermediate "
                 f"{c.intermediate}; linear weights {how} {mean_sparsity:.1%} sparse in "
-                f"{','.join(blocks)} blocks, {self.dtype} kernels, {self.attention} attention; {tuned}; {self.threads} threads, "
-                f"{self.lanes} lanes")
+                f"{','.join(blocks)} blocks, {self.dtype} kernels, {self.attention} attention; {tuned}; {self.threads} threads")
 
     # -- forward ------------------------------------------------------------------------------
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, out=None):
@@ -417,7 +403,6 @@ class BertEncoder:
         key_mask = None
         if mask is not None:
             key_mask = np.multiply(1.0 - mask, np.finfo(np.float32).min, out=ws.mask)
-        gelu_lanes = shared_lanes(self.lanes if ws.inter.size >= LANE_MIN_ELEMENTS else 1)
         for layer in self.layers:
             x = self._qkv_input(layer, ws.hidden)
             for lin, buf in ((layer.query, ws.q), (layer.key, ws.k), (layer.value, ws.v)):
@@ -432,7 +417,7 @@ class BertEncoder:
             layer.ffn_in.matmul(ws.hidden, out=ws.inter)         # sparse: GELU fused in the kernel
             timer.lap(_GEMM_CATEGORY[layer.ffn_in.method])
             if layer.ffn_in.method == "dense":
-                layer.ffn_in.activate(ws.inter, ws.gelu_scratch(), gelu_lanes)
+                layer.ffn_in.activate(ws.inter)
                 timer.lap("GELU")
             layer.ffn_out.matmul(ws.inter, out=ws.sub)
             timer.lap(_GEMM_CATEGORY[layer.ffn_out.method])
@@ -487,7 +472,7 @@ def _attention_kernel(attention, ops):
     if attention == "float32":
         return ops.attention
     try:
-        return kernel_module(best_isa("int8"), "int8").attention
+        return int8_attention()
     except UnsupportedISAError as e:
         raise ModelError(f"int8 attention: {e}; use attention='float32'") from None
 

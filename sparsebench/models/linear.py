@@ -9,8 +9,8 @@ import numpy as np
 
 from ..blocks import SUPPORTED_BLOCKS, check_block
 from ..config import KernelConfig, check_config
+from ..cpu import default_threads, encoder_module
 from ..dispatch import default_config
-from ..cpu import default_threads
 from ..dtypes import check_dtype_blocks, sparse_matrix
 from ..errors import ConfigError, UnsupportedISAError
 from ..prune import prune
@@ -21,42 +21,12 @@ from .parallel import blas_threads
 
 ACTIVATIONS = (None, "gelu")
 
-# The sparse kernels apply GELU in their epilogue (spmm activation="gelu"); this numpy GELU is
-# for the dense path. GELU(x) = x Phi(x) = (x + |x| erf(|x|/sqrt 2)) / 2 with erf from
-# Abramowitz & Stegun 7.1.26: erf(z) = 1 - t P(t) exp(-z^2), t = 1 / (1 + p z), |error| <= 1.5e-7;
-# in float32 within 4e-7 * max(1, |GELU(x)|) of the exact value (tests check it against scipy's
-# erf). scipy.special.erf itself costs 15 ns per element here (5.9 ms for one BERT-Base FFN at 128
-# tokens); these 20 numpy passes take 0.9 ms, the fused epilogue about 0.2 ms.
-_GELU_P = 0.3275911 / np.sqrt(2.0)
-_GELU_A = tuple(np.float32(0.5 * a) for a in
-                (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429))
 
-
-def gelu_(x, scratch):
-    """Exact (erf) GELU of float32 array `x`, in place; `scratch` is 3 arrays shaped like x."""
-    a, t, c = scratch
-    with np.errstate(over="ignore"):       # -x^2 / 2 may overflow to -inf: exp gives 0
-        _gelu_steps(x, a, t, c)
-    return x
-
-
-def _gelu_steps(x, a, t, c):
-    np.abs(x, out=a)
-    np.multiply(a, _GELU_P, out=t)
-    np.add(t, 1.0, out=t)
-    np.divide(1.0, t, out=t)                   # t = 1 / (1 + p |x| / sqrt 2)
-    np.multiply(t, _GELU_A[4], out=c)
-    for coef in _GELU_A[3::-1]:
-        np.add(c, coef, out=c)
-        np.multiply(c, t, out=c)               # c = t P(t) / 2
-    np.multiply(a, -0.5, out=t)
-    np.multiply(t, a, out=t)
-    np.exp(t, out=t)                           # exp(-x^2 / 2)
-    np.multiply(c, t, out=c)
-    np.multiply(c, a, out=c)                   # |x| erfc(|x| / sqrt 2) / 2
-    np.add(x, a, out=x)
-    np.multiply(x, 0.5, out=x)
-    np.subtract(x, c, out=x)
+def gelu_(x, threads=1):
+    """Exact (erf) GELU of a C-contiguous float32 array `x`, in place, on up to `threads` threads:
+    the compiled op of the encoder module (the sparse kernels' epilogue GELU, kernels/simd.h).
+    Returns x."""
+    return encoder_module().gelu_(x, threads)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,9 +138,9 @@ class SparseLinear:
         return KernelPlan("sparse", entry.config, source, entry.note)
 
     # -- compute ------------------------------------------------------------------------------
-    def __call__(self, X, out=None, scratch=None, lanes=None):
+    def __call__(self, X, out=None):
         """act(scale (W @ X + b)) into `out` (a new array if None); see matmul and activate."""
-        return self.activate(self.matmul(X, out), scratch, lanes)
+        return self.activate(self.matmul(X, out))
 
     def matmul(self, X, out=None):
         """scale (W @ X + b) into `out` with the planned kernel, and the activation too when the
@@ -190,21 +160,12 @@ class SparseLinear:
         self.kernel, self.method = plan.kernel, plan.method
         return out
 
-    def activate(self, Y, scratch=None, lanes=None):
-        """The activation of the last `matmul` output `Y`, in place, unless the kernel already
-        applied it. `scratch`: a (3, *Y.shape) float32 array (allocated if None); `lanes`: a
-        parallel.Lanes to split Y's rows over."""
+    def activate(self, Y):
+        """The activation of the last `matmul` output `Y` (C-contiguous), in place, unless the
+        kernel already applied it; GELU runs on the layer's threads."""
         if self.activation != "gelu" or self.method == "sparse":
             return Y
-        if scratch is None:
-            scratch = np.empty((3,) + Y.shape, dtype=np.float32)
-        if lanes is None or lanes.n == 1:
-            gelu_(Y, scratch)
-        else:
-            rows, parts = Y.shape[0], 4 * lanes.n
-            lanes.run(lambda part, lane: gelu_(Y[lanes.split(rows, parts, part)],
-                                               scratch[:, lanes.split(rows, parts, part)]), parts)
-        return Y
+        return gelu_(Y, self.threads)
 
     def _dense_matmul(self, X, out):
         if X.shape[0] != self.in_features or X.dtype != np.float32:

@@ -1,10 +1,12 @@
-/* BERT self-attention with both products on AVX512-VNNI (u8 x s8 -> s32), for the int8 encoder.
+/* BERT self-attention with both products on AVX512-VNNI (u8 x s8 -> s32), for the int8 encoder;
+ * compiled into the avx512vnni encoder module only.
  *
- * Same layout and orientation as the float32 kernel (encoder/encoder_ops.h): qkv is (3H, T),
+ * Same layout, orientation and job skeleton as the float32 kernel (encoder_ops.h): qkv is (3H, T),
  * features x tokens, head h of sequence b reads rows h*d.. of Q, K and V and columns b*seq.. ;
  * scores are keys x queries with the queries in vector lanes; ctx rows = V_h P / column sums.
  * One item is one (sequence, head). Its operands are quantized symmetrically, as the linear
  * layers' activations are:
+ * (vnni.h's rounding, clamping and quads order):
  *   Q: per query, u8 = rint(q / sq) + 128, packed in quads (4 consecutive features of a query
  *      side by side, vnni.h) per tile of SB_AQ_QT queries: the u8 operand of vpdpbusd;
  *   K: per key, s8 = rint(k / sk), in quads over all keys: broadcast 4 features at a time;
@@ -24,27 +26,15 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "pool.h"
+#include "encoder_ops.h"
 #include "vnni.h"
 
 #define SB_AQ_J 2                        /* query vectors per tile */
 #define SB_AQ_QT (16 * SB_AQ_J)          /* queries per tile */
 #define SB_AQ_RB 8                       /* keys (scores) or V rows (context) per register tile */
-#define SB_AQ_INLINE static inline __attribute__((always_inline))
-
-typedef struct {
-    const float *qkv;
-    float *ctx;
-    const float *mask;                   /* (batch, seq) additive, or NULL */
-    ptrdiff_t ld;                        /* T */
-    int heads, head_dim, seq, items;
-    uint8_t *scratch;                    /* per task, sb_attention_int8_scratch bytes */
-    ptrdiff_t scratch_bytes;
-    int next;                            /* next item to claim (atomic) */
-} sb_aq_job_t;
 
 /* keys padded to a multiple of 16 (whole vectors when quantizing K and V) */
-SB_AQ_INLINE int sb_aq_keys(int seq) { return (seq + 15) / 16 * 16; }
+SB_INLINE int sb_aq_keys(int seq) { return (seq + 15) / 16 * 16; }
 
 /* Scratch of one task, carved in this order, every part 64-byte aligned. */
 typedef struct {
@@ -83,20 +73,8 @@ static inline ptrdiff_t sb_attention_int8_scratch(int seq, int head_dim) {
     return sb_aq_layout(seq, head_dim, NULL, &unused);
 }
 
-/* Bytes packed from 4 vectors of 16 (packs/packus order: in each 16-byte lane, byte 4t + i is
- * element i of vector t) into vnni.h's quads order: element c of vector t at byte 4c + t. */
-SB_AQ_INLINE vi sb_aq_to_quads(vi packed) {
-    return _mm512_shuffle_epi8(packed, _mm512_set4_epi32(0x0F0B0703, 0x0E0A0602, 0x0D090501, 0x0C080400));
-}
-
-/* 64 s8 = clamp(rint(q), -127, 127) from 4 vectors, in quads order. */
-SB_AQ_INLINE vi sb_aq_quads_s8(vi q0, vi q1, vi q2, vi q3) {
-    vi b = _mm512_packs_epi16(_mm512_packs_epi32(q0, q1), _mm512_packs_epi32(q2, q3));
-    return sb_aq_to_quads(_mm512_max_epi8(b, _mm512_set1_epi8(-127)));
-}
-
 /* 1 / scale and scale for the largest |x| of each lane (an all-zero column gets scale 1) */
-SB_AQ_INLINE vf sb_aq_inverse(vf amax, float *scale_out) {
+SB_INLINE vf sb_aq_inverse(vf amax, float *scale_out) {
     __mmask16 nz = _mm512_cmp_ps_mask(amax, _mm512_setzero_ps(), _CMP_GT_OQ);
     vf scale = _mm512_mask_mul_ps(_mm512_set1_ps(1.0f), nz, amax, _mm512_set1_ps(1.0f / 127));
     scale = _mm512_max_ps(scale, _mm512_set1_ps(1.17549435e-38f));
@@ -104,15 +82,11 @@ SB_AQ_INLINE vf sb_aq_inverse(vf amax, float *scale_out) {
     return _mm512_div_ps(_mm512_set1_ps(1.0f), scale);
 }
 
-SB_AQ_INLINE vi sb_aq_rint(vf x, vf inv) {
-    return _mm512_cvt_roundps_epi32(_mm512_mul_ps(x, inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-}
-
 /* X (d x n valid columns of 16, stride ld) quantized per column into quads (quad-row g at
  * out + g * ldo, 16 columns of 4 bytes); u8 (+128) or s8; the column scales into `scale`, and
  * 128 * (column sum of the s8 values) into comp if not NULL. */
-SB_AQ_INLINE void sb_aq_quantize_cols(const float *X, ptrdiff_t ld, int d, int n, int u8,
-                                      uint8_t *out, ptrdiff_t ldo, float *scale, int32_t *comp) {
+SB_INLINE void sb_aq_quantize_cols(const float *X, ptrdiff_t ld, int d, int n, int u8,
+                                   uint8_t *out, ptrdiff_t ldo, float *scale, int32_t *comp) {
     const __mmask16 m = vm_first(n);
     vf amax = _mm512_setzero_ps();
     for (int f = 0; f < d; f++)
@@ -121,14 +95,13 @@ SB_AQ_INLINE void sb_aq_quantize_cols(const float *X, ptrdiff_t ld, int d, int n
     vi sum = vi_zero();
     for (int g = 0; 4 * g < d; g++) {
         const float *x = X + 4 * g * ld;
-        vi q0 = sb_aq_rint(_mm512_maskz_loadu_ps(m, x), inv);
-        vi q1 = sb_aq_rint(_mm512_maskz_loadu_ps(m, x + ld), inv);
-        vi q2 = sb_aq_rint(_mm512_maskz_loadu_ps(m, x + 2 * ld), inv);
-        vi q3 = sb_aq_rint(_mm512_maskz_loadu_ps(m, x + 3 * ld), inv);
+        vi q0 = sb_quant16(_mm512_maskz_loadu_ps(m, x), inv, 0);
+        vi q1 = sb_quant16(_mm512_maskz_loadu_ps(m, x + ld), inv, 0);
+        vi q2 = sb_quant16(_mm512_maskz_loadu_ps(m, x + 2 * ld), inv, 0);
+        vi q3 = sb_quant16(_mm512_maskz_loadu_ps(m, x + 3 * ld), inv, 0);
         sum = _mm512_add_epi32(sum, _mm512_add_epi32(_mm512_add_epi32(q0, q1), _mm512_add_epi32(q2, q3)));
-        vi b = sb_aq_quads_s8(q0, q1, q2, q3);
-        if (u8) b = _mm512_xor_si512(b, _mm512_set1_epi8((char)0x80));
-        _mm512_storeu_si512((void *)(out + g * ldo), b);
+        vi b = u8 ? sb_to_u8(q0, q1, q2, q3) : sb_to_s8(q0, q1, q2, q3);
+        _mm512_storeu_si512((void *)(out + g * ldo), sb_to_quads(b));
     }
     if (comp) _mm512_storeu_si512((void *)comp, _mm512_slli_epi32(sum, 7));
 }
@@ -145,31 +118,35 @@ static inline void sb_aq_quantize_row(const float *v, int seq, int keys, int8_t 
     vf inv = _mm512_set1_ps(1.0f / s);
     for (int k = 0; k < keys; k += 16)
         _mm_storeu_si128((__m128i *)(out + k),
-                         _mm512_cvtsepi32_epi8(sb_aq_rint(_mm512_maskz_loadu_ps(vm_first(seq - k), v + k), inv)));
+                         _mm512_cvtsepi32_epi8(sb_quant16(_mm512_maskz_loadu_ps(vm_first(seq - k), v + k), inv, 0)));
+}
+
+/* acc[r][j] = sum over quad-rows g < groups of the u8 quads at u + g * 4 * SB_AQ_QT + 64 j (vector
+ * j of the tile) times the s8 quad at s + g * sg + r * sr, broadcast (row r). */
+SB_INLINE void sb_aq_dot_tile(const uint8_t *u, const int8_t *s, ptrdiff_t sg, ptrdiff_t sr,
+                              int groups, int R, vi acc[SB_AQ_RB][SB_AQ_J]) {
+    int g, r, j;
+    SB_TILE_ZERO(acc, R, SB_AQ_J, vi_zero());
+    for (g = 0; g < groups; g++) {
+        vi x[SB_AQ_J];
+#pragma GCC unroll 2
+        for (j = 0; j < SB_AQ_J; j++)
+            x[j] = vi_loadu_reg(u + (ptrdiff_t)g * 4 * SB_AQ_QT + 64 * j);
+#pragma GCC unroll 8
+        for (r = 0; r < R; r++) {
+            vi b = vi_set1_quad(s + g * sg + r * sr);
+#pragma GCC unroll 2
+            for (j = 0; j < SB_AQ_J; j++) acc[r][j] = vi_dpbusd(acc[r][j], x[j], b);
+        }
+    }
 }
 
 /* Score rows k0..k0+R-1 (keys) of the query tile, plus mask; mx: running maximum per lane. */
-SB_AQ_INLINE void sb_aq_score_rows(const sb_aq_scratch_t *w, int d, int keys, const float *mask,
-                                   int k0, int R, vf *mx) {
+SB_INLINE void sb_aq_score_rows(const sb_aq_scratch_t *w, int d, int keys, const float *mask,
+                                int k0, int R, vf *mx) {
     vi acc[SB_AQ_RB][SB_AQ_J];
-    int g, r, j;
-#pragma GCC unroll 8
-    for (r = 0; r < R; r++)
-#pragma GCC unroll 2
-        for (j = 0; j < SB_AQ_J; j++) acc[r][j] = vi_zero();
-    for (g = 0; 4 * g < d; g++) {
-        vi q[SB_AQ_J];
-        const int8_t *kr = w->kq + (ptrdiff_t)g * 4 * keys + 4 * k0;
-#pragma GCC unroll 2
-        for (j = 0; j < SB_AQ_J; j++)
-            q[j] = vi_loadu_reg(w->qq + (ptrdiff_t)g * 4 * SB_AQ_QT + 64 * j);
-#pragma GCC unroll 8
-        for (r = 0; r < R; r++) {
-            vi k = vi_set1_quad(kr + 4 * r);
-#pragma GCC unroll 2
-            for (j = 0; j < SB_AQ_J; j++) acc[r][j] = vi_dpbusd(acc[r][j], q[j], k);
-        }
-    }
+    int r, j;
+    sb_aq_dot_tile(w->qq, w->kq + 4 * k0, 4 * (ptrdiff_t)keys, 4, d / 4, R, acc);
 #pragma GCC unroll 8
     for (r = 0; r < R; r++) {
         const int k = k0 + r;
@@ -188,27 +165,12 @@ SB_AQ_INLINE void sb_aq_score_rows(const sb_aq_scratch_t *w, int d, int keys, co
 
 /* ctx rows i0..i0+R-1 (stride ld) of the tile: rows of V times the packed P, times scale[j]
  * (1 / column sums) and V's row scale; `masked`: only the first columns are stored. */
-SB_AQ_INLINE void sb_aq_context_rows(const sb_aq_scratch_t *w, int keys, int i0, int R,
-                                     const vf *inv, float *out, ptrdiff_t ld, const __mmask16 *m,
-                                     int masked) {
+SB_INLINE void sb_aq_context_rows(const sb_aq_scratch_t *w, int keys, int i0, int R,
+                                  const vf *inv, float *out, ptrdiff_t ld, const __mmask16 *m,
+                                  int masked) {
     vi acc[SB_AQ_RB][SB_AQ_J];
-    int g, r, j;
-#pragma GCC unroll 8
-    for (r = 0; r < R; r++)
-#pragma GCC unroll 2
-        for (j = 0; j < SB_AQ_J; j++) acc[r][j] = vi_zero();
-    for (g = 0; 4 * g < keys; g++) {
-        vi p[SB_AQ_J];
-#pragma GCC unroll 2
-        for (j = 0; j < SB_AQ_J; j++)
-            p[j] = vi_loadu_reg(w->pq + (ptrdiff_t)g * 4 * SB_AQ_QT + 64 * j);
-#pragma GCC unroll 8
-        for (r = 0; r < R; r++) {
-            vi v = vi_set1_quad(w->vs + (ptrdiff_t)(i0 + r) * keys + 4 * g);
-#pragma GCC unroll 2
-            for (j = 0; j < SB_AQ_J; j++) acc[r][j] = vi_dpbusd(acc[r][j], p[j], v);
-        }
-    }
+    int r, j;
+    sb_aq_dot_tile(w->pq, w->vs + (ptrdiff_t)i0 * keys, 4, keys, keys / 4, R, acc);
 #pragma GCC unroll 8
     for (r = 0; r < R; r++) {
         vf sv = _mm512_set1_ps(w->sv[i0 + r]);
@@ -222,8 +184,8 @@ SB_AQ_INLINE void sb_aq_context_rows(const sb_aq_scratch_t *w, int keys, int i0,
     }
 }
 
-SB_AQ_INLINE void sb_aq_context(const sb_aq_scratch_t *w, int d, int keys, const vf *inv,
-                                float *out, ptrdiff_t ld, const __mmask16 *m, int masked) {
+SB_INLINE void sb_aq_context(const sb_aq_scratch_t *w, int d, int keys, const vf *inv,
+                             float *out, ptrdiff_t ld, const __mmask16 *m, int masked) {
     int i = 0;
     for (; d - i >= SB_AQ_RB; i += SB_AQ_RB)
         sb_aq_context_rows(w, keys, i, SB_AQ_RB, inv, out, ld, m, masked);
@@ -232,7 +194,7 @@ SB_AQ_INLINE void sb_aq_context(const sb_aq_scratch_t *w, int d, int keys, const
 }
 
 /* One query tile (queries q0.., nq of them) of an item whose K and V are quantized. */
-static void sb_aq_tile(const sb_aq_job_t *job, const sb_aq_scratch_t *w, const float *Q,
+static void sb_aq_tile(const sb_att_job_t *job, const sb_aq_scratch_t *w, const float *Q,
                        const float *mask, float *out, int q0, int nq) {
     const int d = job->head_dim, seq = job->seq, keys = sb_aq_keys(seq);
     const ptrdiff_t ld = job->ld;
@@ -259,8 +221,8 @@ static void sb_aq_tile(const sb_aq_job_t *job, const sb_aq_scratch_t *w, const f
             for (int t = 0; t < 4; t++) {
                 k = 4 * g + t;
                 if (k < seq) {
-                    vf e = vf_exp_neg(_mm512_sub_ps(_mm512_loadu_ps(w->s + (ptrdiff_t)k * SB_AQ_QT + 16 * j), mx[j]));
-                    p[t] = sb_aq_rint(e, _mm512_set1_ps(255.0f));
+                    vf e = vf_exp_nonpos(_mm512_sub_ps(_mm512_loadu_ps(w->s + (ptrdiff_t)k * SB_AQ_QT + 16 * j), mx[j]));
+                    p[t] = sb_quant16(e, _mm512_set1_ps(255.0f), 0);
                 } else {
                     p[t] = vi_zero();
                 }
@@ -268,7 +230,7 @@ static void sb_aq_tile(const sb_aq_job_t *job, const sb_aq_scratch_t *w, const f
             }
             /* 0..255: signed packs to s16 keep them, unsigned packs to u8 */
             vi b = _mm512_packus_epi16(_mm512_packs_epi32(p[0], p[1]), _mm512_packs_epi32(p[2], p[3]));
-            _mm512_storeu_si512((void *)(w->pq + (ptrdiff_t)g * 4 * SB_AQ_QT + 64 * j), sb_aq_to_quads(b));
+            _mm512_storeu_si512((void *)(w->pq + (ptrdiff_t)g * 4 * SB_AQ_QT + 64 * j), sb_to_quads(b));
         }
     for (j = 0; j < SB_AQ_J; j++)    /* sums >= 255: the maximum's own term */
         inv[j] = _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_cvtepi32_ps(_mm512_max_epi32(sum[j], vi_set1(1))));
@@ -278,55 +240,31 @@ static void sb_aq_tile(const sb_aq_job_t *job, const sb_aq_scratch_t *w, const f
         sb_aq_context(w, d, keys, inv, out + q0, ld, m, 1);
 }
 
-static void sb_aq_item(const sb_aq_job_t *job, int item, const sb_aq_scratch_t *w) {
+/* One (sequence, head): K and V quantized once, then every query tile. */
+static void sb_aq_item(const sb_att_job_t *job, int item, unsigned char *scratch) {
     const int d = job->head_dim, seq = job->seq, keys = sb_aq_keys(seq);
     const ptrdiff_t ld = job->ld;
-    const int h = item % job->heads, b = item / job->heads;
-    const ptrdiff_t H = (ptrdiff_t)job->heads * d;
-    const float *Q = job->qkv + h * d * ld + (ptrdiff_t)b * seq;
-    const float *K = Q + H * ld;
-    const float *V = K + H * ld;
-    const float *mask = job->mask ? job->mask + (ptrdiff_t)b * seq : NULL;
-    float *out = job->ctx + h * d * ld + (ptrdiff_t)b * seq;
+    const sb_att_item_t it = sb_att_item(job, item);
+    sb_aq_scratch_t w;
     int k, i, q0;
 
+    sb_aq_layout(seq, d, scratch, &w);
     for (k = 0; k < keys; k += 16)
-        sb_aq_quantize_cols(K + k, ld, d, seq - k, 0, (uint8_t *)w->kq + 4 * k, 4 * (ptrdiff_t)keys,
-                            w->sk + k, w->comp + k);
+        sb_aq_quantize_cols(it.K + k, ld, d, seq - k, 0, (uint8_t *)w.kq + 4 * k, 4 * (ptrdiff_t)keys,
+                            w.sk + k, w.comp + k);
     for (i = 0; i < d; i++)
-        sb_aq_quantize_row(V + i * ld, seq, keys, w->vs + (ptrdiff_t)i * keys, w->sv + i);
+        sb_aq_quantize_row(it.V + i * ld, seq, keys, w.vs + (ptrdiff_t)i * keys, w.sv + i);
     for (q0 = 0; q0 < seq; q0 += SB_AQ_QT)
-        sb_aq_tile(job, w, Q, mask, out, q0, seq - q0 < SB_AQ_QT ? seq - q0 : SB_AQ_QT);
+        sb_aq_tile(job, &w, it.Q, it.mask, it.out, q0, seq - q0 < SB_AQ_QT ? seq - q0 : SB_AQ_QT);
 }
 
-static void sb_aq_task(void *ctx, int task) {
-    sb_aq_job_t *job = (sb_aq_job_t *)ctx;
-    sb_aq_scratch_t w;
-    sb_aq_layout(job->seq, job->head_dim, job->scratch + task * job->scratch_bytes, &w);
-    int item;
-    while ((item = __atomic_fetch_add(&job->next, 1, __ATOMIC_RELAXED)) < job->items)
-        sb_aq_item(job, item, &w);
-}
-
-/* ctx (H x T) = int8 self-attention of qkv (3H x T), both with row stride ld; head_dim a
- * multiple of 4; mask (batch x seq) additive per key, or NULL. `tasks` tasks (at most one per
- * thread) each use sb_attention_int8_scratch bytes of `scratch`, 64-byte aligned. */
+/* ctx = int8 self-attention of qkv (see sb_attention_run), head_dim a multiple of 4; `tasks`
+ * tasks each use sb_attention_int8_scratch bytes of `scratch`. */
 static void sb_attention_int8(const float *qkv, float *ctx, const float *mask, ptrdiff_t ld,
-                              int heads, int head_dim, int batch, int seq, uint8_t *scratch,
+                              int heads, int head_dim, int batch, int seq, unsigned char *scratch,
                               int tasks, int threads) {
-    sb_aq_job_t job;
-    job.qkv = qkv;
-    job.ctx = ctx;
-    job.mask = mask;
-    job.ld = ld;
-    job.heads = heads;
-    job.head_dim = head_dim;
-    job.seq = seq;
-    job.items = batch * heads;
-    job.scratch = scratch;
-    job.scratch_bytes = sb_attention_int8_scratch(seq, head_dim);
-    job.next = 0;
-    sb_pool_run(threads, tasks, sb_aq_task, &job);
+    sb_attention_run(sb_aq_item, 1, sb_attention_int8_scratch(seq, head_dim), qkv, ctx, mask, ld,
+                     heads, head_dim, batch, seq, scratch, tasks, threads);
 }
 
 #endif /* SPARSEBENCH_ATTENTION_INT8_H */

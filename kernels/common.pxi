@@ -1,0 +1,36 @@
+# What every kernel module shares (included by the templates and generic_csr.pyx): the thread
+# pool of sparsebench._pool, numpy's C API, and the argument checks that run before nogil code.
+cimport numpy as cnp
+from libc.stdint cimport int32_t
+
+cnp.import_array()
+
+cdef extern from "pool.h" nogil:
+    enum: SB_POOL_MAX
+    ctypedef void (*sb_task_fn)(void *ctx, int task) noexcept nogil
+    int sb_pool_run(int threads, int ntasks, sb_task_fn fn, void *ctx)
+
+cdef extern from "pool.h":
+    int sb_pool_import() except -1
+
+sb_pool_import()
+
+
+cdef inline int _require(bint ok, str what) except -1:
+    if not ok:
+        raise ValueError(f"sparsebench {KERNEL_KIND} called with invalid arguments: {what}")
+    return 0
+
+
+cdef inline bint _c_array(cnp.ndarray a, int typenum, int ndim):
+    """a is a C-contiguous numpy array of type `typenum` with ndim dimensions."""
+    return (a is not None and cnp.PyArray_TYPE(a) == typenum and a.ndim == ndim
+            and cnp.PyArray_IS_C_CONTIGUOUS(a))
+
+
+cdef inline bint _never_decreases(const int32_t *a, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(1, n):
+        if a[i] < a[i - 1]:
+            return False
+    return True
