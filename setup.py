@@ -108,6 +108,21 @@ def compiler_version():
         return "unknown"
 
 
+def resolved_tune(tune_flags):
+    """What the compiler's -mtune resolves to under `tune_flags` (-mtune=native: this CPU's kind,
+    e.g. znver4), so a build on another CPU kind gets another build id; "unknown" if it cannot tell."""
+    try:
+        out = subprocess.run(os.environ.get("CC", "cc").split() + tune_flags + ["-Q", "--help=target"],
+                             capture_output=True, text=True).stdout
+    except OSError:
+        return "unknown"
+    for line in out.splitlines():
+        name, _, value = line.strip().partition(" ")
+        if name == "-mtune=" and value.strip():
+            return value.strip()
+    return "unknown"
+
+
 def extensions():
     target = os.environ.get("SPARSEBENCH_TARGET", "native")
     if target not in ("native", "portable"):
@@ -158,7 +173,7 @@ def extensions():
                           extra_compile_args=["-O3", "-pthread"], extra_link_args=["-pthread"]))
     buildinfo = {"target": target, "isas": isas, "flags": flags_by_isa, "encoder_isas": isas,
                  "int8_isas": int8_isas, "int8_flags": int8_flags,
-                 "compiler": compiler_version(), "kernel_hashes": kernel_hashes(),
+                 "compiler": compiler_version(), "kernel_hashes": kernel_hashes(), "tune": resolved_tune(tune),
                  "prefetch_pad": PREFETCH_PAD, "blocks": BLOCKS, "int8_blocks": INT8_BLOCKS,
                  "python": platform.python_version(), "numpy_build": numpy.__version__}
     write_if_changed(os.path.join(HERE, "sparsebench", "_buildinfo.py"),
