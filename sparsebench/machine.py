@@ -121,10 +121,16 @@ def _caches():
             level, kind, size = (_read(os.path.join(index, name)) for name in ("level", "type", "size"))
             name = _CACHE_NAMES.get((level, kind))
             if name:
-                out[name] = int(size[:-1]) * {"K": 1 << 10, "M": 1 << 20}[size[-1]] if size[-1] in "KM" else int(size)
-        except (OSError, ValueError, IndexError):
+                out[name] = _bytes(size)
+        except (OSError, ValueError):
             continue
     return out
+
+
+def _bytes(size):
+    """sysfs cache size ("32K", "1024K", "32M", "512") in bytes."""
+    unit = {"K": 1 << 10, "M": 1 << 20}.get(size[-1:], 1)
+    return int(size[:-1] if unit > 1 else size) * unit
 
 
 def _topology():
