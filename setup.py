@@ -111,6 +111,21 @@ def kernel_extension(name, pyx, flags, depends=()):
                      depends=[os.path.join(KERNELS, n) for n in SHARED_SOURCES + tuple(depends)])
 
 
+def resolved_tune(tune_flags):
+    """What the compiler's -mtune resolves to under `tune_flags` (-mtune=native: this CPU's kind,
+    e.g. znver4), so a build on another CPU kind gets another build id; "unknown" if it cannot tell."""
+    try:
+        out = subprocess.run(os.environ.get("CC", "cc").split() + tune_flags + ["-Q", "--help=target"],
+                             capture_output=True, text=True).stdout
+    except OSError:
+        return "unknown"
+    for line in out.splitlines():
+        name, _, value = line.strip().partition(" ")
+        if name == "-mtune=" and value.strip():
+            return value.strip()
+    return "unknown"
+
+
 def extensions():
     target = os.environ.get("SPARSEBENCH_TARGET", "native")
     if target not in ("native", "portable"):
@@ -150,6 +165,17 @@ def extensions():
                  "compiler": compiler_version(), "kernel_hashes": kernel_hashes(),
                  "prefetch_pad": VARIANTS.PREFETCH_PAD, "blocks": VARIANTS.FP32_BLOCKS,
                  "int8_blocks": list(VARIANTS.INT8_TILES),
+
+
+    # baseline-ISA flags: the untuned reference must run everywhere
+    exts.append(Extension("sparsebench._generic_csr", ["kernels/generic_csr.pyx"],
+                          include_dirs=[KERNELS, numpy.get_include()],
+                          define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
+                          extra_compile_args=["-O3", "-pthread"], extra_link_args=["-pthread"]))
+    buildinfo = {"target": target, "isas": isas, "flags": flags_by_isa, "encoder_isas": isas,
+                 "int8_isas": int8_isas, "int8_flags": int8_flags,
+                 "compiler": compiler_version(), "kernel_hashes": kernel_hashes(), "tune": resolved_tune(tune),
+                 "prefetch_pad": PREFETCH_PAD, "blocks": BLOCKS, "int8_blocks": INT8_BLOCKS,
                  "python": platform.python_version(), "numpy_build": numpy.__version__}
     write_if_changed(os.path.join(HERE, "sparsebench", "_buildinfo.py"),
                      BANNER.format(src="setup.py") + f"BUILD = {pprint.pformat(buildinfo)}\n")

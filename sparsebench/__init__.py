@@ -21,10 +21,10 @@ from .errors import ConfigError, SparsebenchError, UnsupportedISAError  # noqa: 
 from .prune import prune  # noqa: E402
 from .quant import QuantizedActivations, QuantizedBSRMatrix, quantize_activations  # noqa: E402
 from .spmm import spmm  # noqa: E402
-from .tune.apply import TunedFallbackWarning, load_tuned  # noqa: E402
+from .tune.apply import ForeignTunedWarning, TunedFallbackWarning, load_tuned  # noqa: E402
 from .tune.space import kernel_configs  # noqa: E402
 
 __all__ = ["BSRMatrix", "KernelConfig", "ConfigError", "QuantizedActivations", "QuantizedBSRMatrix",
            "SparsebenchError", "SUPPORTED_BLOCKS", "UnsupportedISAError", "default_config",
            "empty", "kernel_configs", "load_tuned", "prune", "quantize_activations", "spmm",
-           "TunedFallbackWarning"]
+           "TunedFallbackWarning", "ForeignTunedWarning"]

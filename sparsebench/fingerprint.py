@@ -1,29 +1,31 @@
 """Hardware and build fingerprints: results from another machine or build are not silently reused."""
 import hashlib
 import json
-import os
 
 from . import __version__
 from ._buildinfo import BUILD
-from .cpu import available_isas, cpu_features, cpu_model
+from .cpu import available_isas
+from .machine import cpu_identity
 
 
 def hardware():
-    """CPU model, relevant instruction sets and core count."""
-    return {"cpu": cpu_model(), "isa": list(cpu_features()),
-            "cores": os.cpu_count() or 1}
+    """The CPU's identity (sparsebench.machine.cpu_identity: vendor, family, model, stepping,
+    uarch, caches, cores, threads, isa) and its model name as "cpu"."""
+    identity = cpu_identity()
+    return {"cpu": identity["brand"], **identity}
 
 
 def build(dtype=None):
-    """sparsebench version, kernel source hashes, compiler and the flags of the modules that can
-    run; with a dtype, only what that dtype's kernels are made of (what build_id(dtype) keys)."""
+    """sparsebench version, kernel source hashes, compiler, what -mtune resolved to at build time
+    and the flags of the modules that can run; with a dtype, only what that dtype's kernels are
+    made of (what build_id(dtype) keys)."""
     dtypes = [dtype] if dtype else list(BUILD["kernel_hashes"])
     flags = {}
     for d in dtypes:
         key, prefix = ("flags", "") if d == "float32" else (d + "_flags", d + "-")
         flags.update({prefix + isa: BUILD[key][isa] for isa in available_isas(d)})
     return {"version": __version__, "kernel_hashes": {d: BUILD["kernel_hashes"][d] for d in dtypes},
-            "compiler": BUILD["compiler"], "flags": flags}
+            "compiler": BUILD["compiler"], "tune": BUILD.get("tune", "unrecorded"), "flags": flags}
 
 
 def digest(obj):
@@ -32,6 +34,7 @@ def digest(obj):
 
 
 def hardware_id():
+    """Id of this CPU kind (a hash of hardware()): tuning records and results carry it."""
     return digest(hardware())
 
 

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 import sparsebench as sb
+from sparsebench import fingerprint
+from sparsebench.machine import cpu_label
 from sparsebench.models import BertConfig, BertEncoder, ModelError, SparseLinear, detect_block, gelu_
 from sparsebench.models import runner
 from sparsebench.models.linear import KernelPlan
@@ -272,8 +274,9 @@ def test_minilm_checkpoint_matches_transformers():
 # -- kernel choice: given, tuned, default ------------------------------------------------------
 
 def write_tuned(path, entries):
-    """A tuned-config file as `sparsebench export` writes it."""
-    path.write_text(json.dumps({"format": "sparsebench-tuned", "version": 1, "entries": [
+    """A tuned-config file as `sparsebench export` writes it (on this machine)."""
+    path.write_text(json.dumps({"format": "sparsebench-tuned", "version": 1, "hardware_id": fingerprint.hardware_id(),
+                                "cpu": cpu_label(), "entries": [
         {"M": M, "K": K, "N": N, "sparsity": s, "block": [4, 1], "dtype": "float32", "threads": 2,
          "method": method, "config": config and config.to_dict()} for M, K, N, s, method, config in entries]}))
     return str(path)

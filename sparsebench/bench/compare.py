@@ -20,6 +20,7 @@ from .. import __version__, fingerprint, store
 from . import baselines
 from ..bsr import BSRMatrix
 from ..dtypes import check_dtype, reference, sparse_matrix
+from ..machine import cpu_label
 from ..prune import prune
 from .problems import problem_arrays
 from .timing import interleaved, ratio
@@ -76,8 +77,7 @@ class Compare:
         self.log = log
         self.progress = progress or (lambda *a: None)
         self.skipped = set()
-        meta_hw = fingerprint.hardware()
-        self.meta = {"cpu": meta_hw["cpu"], "hardware_id": fingerprint.hardware_id(),
+        self.meta = {"cpu": cpu_label(), "hardware_id": fingerprint.hardware_id(),
                      "build_id": fingerprint.build_id(self.dtype), "sparsebench": __version__}
 
     def run(self, shapes, sparsities, blocks):

@@ -4,8 +4,9 @@ import platform
 
 import numpy as np
 
-from .. import __version__
+from .. import __version__, fingerprint
 from .._buildinfo import BUILD
+from ..machine import cpu_identity, cpu_label
 from ..cpu import INT8_ISA_REQUIREMENTS, ISA_REQUIREMENTS, available_isas, cpu_features, cpu_model
 from ..cpu import isa_supported, kernel_module
 from ..cpu import default_threads
@@ -33,13 +34,16 @@ def collect():
             "blas": blas_version(), "blas_idle_spin_tamed": BLAS_IDLE_SPIN_TAMED,
             "openblas_thread_timeout": os.environ.get("OPENBLAS_THREAD_TIMEOUT"), "cpu": cpu_model(), "machine": platform.machine(),
             "cpu_features": list(cpu_features()), "isas_available": available_isas(),
-            "default_threads": default_threads(), "build": BUILD, "variants": variants,
+            "default_threads": default_threads(), "cpu_identity": cpu_identity(), "cpu_label": cpu_label(),
+            "hardware_id": fingerprint.hardware_id(), "build_id": fingerprint.build_id(),
+            "tune": BUILD.get("tune", "unrecorded"), "build": BUILD, "variants": variants,
             "int8_variants": int8_variants}
 
 
 def format_info(info):
     lines = [f"sparsebench {info['sparsebench']} (Python {info['python']}, numpy {info['numpy']})",
              f"CPU:            {info['cpu']} ({info['machine']})",
+             *_identity_lines(info),
              f"CPU features:   {' '.join(info['cpu_features']) or 'none of avx2/avx512'}",
              f"Kernels usable: {', '.join(info['isas_available'])} (first is the default)",
              f"Threads:        {info['default_threads']} (SPARSEBENCH_NUM_THREADS or OMP_NUM_THREADS to change)",
@@ -47,7 +51,9 @@ def format_info(info):
              + ("" if info["blas_idle_spin_tamed"] else
                 " (numpy was imported before sparsebench: its idle BLAS threads spin and slow our "
                 "kernels; import sparsebench first or set OPENBLAS_THREAD_TIMEOUT=4)"),
-             f"Build target:   {info['build']['target']}; compiler {info['build']['compiler']}",
+             f"Build target:   {info['build']['target']}; compiler {info['build']['compiler']}; "
+             f"-mtune resolved to {info['tune']}",
+             f"Build id:       {info['build_id']}",
              "Kernel hashes:  " + ", ".join(f"{d} {h}" for d, h in info["build"]["kernel_hashes"].items())]
     for isa, flags in list(info["build"]["flags"].items()) + list(info["build"]["int8_flags"].items()):
         lines.append(f"  {isa:8} flags: {' '.join(flags)}")
@@ -60,3 +66,19 @@ def format_info(info):
     if not info["int8_variants"]:
         lines.append("  none (built on a CPU without AVX512-VNNI; SPARSEBENCH_TARGET=portable builds them)")
     return "\n".join(lines)
+
+
+def _identity_lines(info):
+    """The CPU identity lines of `sparsebench info`."""
+    ident = info["cpu_identity"]
+    caches = ", ".join(f"{name} {_size(size)}" for name, size in ident["caches"].items() if size) or "unknown"
+    return [f"CPU kind:       {info['cpu_label']}; vendor {ident['vendor']}, uarch {ident['uarch']}, "
+            f"family {ident['family']} model {ident['model']} stepping {ident['stepping']}",
+            f"Caches:         {caches}",
+            f"Cores/threads:  {ident['cores'] or 'unknown'} cores, {ident['threads']} logical CPUs",
+            f"Hardware id:    {info['hardware_id']}"]
+
+
+def _size(nbytes):
+    """1024 -> '1 KiB', 33554432 -> '32 MiB'."""
+    return f"{nbytes >> 20} MiB" if nbytes >= 1 << 20 and not nbytes % (1 << 20) else f"{nbytes >> 10} KiB"

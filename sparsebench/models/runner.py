@@ -265,8 +265,12 @@ def latency_budget(enc, seq, budget_s, max_batch=256, samples=12, log=print):
 # -- results ------------------------------------------------------------------------------------
 
 def machine_info():
-    from ..cpu import available_isas, cpu_model
-    return {"cpu": cpu_model(), "isas": available_isas(), "cpus": os.cpu_count(),
+    """Where a result was measured: the CPU (label, identity, hardware id), build id, versions, time."""
+    from .. import fingerprint
+    from ..cpu import available_isas
+    from ..machine import cpu_identity, cpu_label
+    return {"cpu": cpu_label(), "cpu_identity": cpu_identity(), "hardware_id": fingerprint.hardware_id(),
+            "build_id": fingerprint.build_id(), "isas": available_isas(), "cpus": os.cpu_count(),
             "python": platform.python_version(), "numpy": np.__version__,
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 

@@ -361,7 +361,9 @@ def _read_tuning(path):
 
 def _read_tuned(path):
     try:
-        data = tuned.load_tuned(path).data
+        with warnings.catch_warnings():      # a report shows whose results they are in its metadata
+            warnings.simplefilter("ignore", tuned.ForeignTunedWarning)
+            data = tuned.load_tuned(path).data
     except SparsebenchError as e:
         raise InputError(str(e)) from None
     rows = []

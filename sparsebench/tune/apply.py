@@ -9,6 +9,9 @@ threads), the winning choice ("sparse" with its KernelConfig, or "dense") and it
 2. otherwise the nearest tuned task with the same block and dtype, if it is close
    (each of M, K, N within 2x, sparsity within 0.1) -> its choice, with a warning;
 3. otherwise the default heuristic (sparse, config None), with a warning.
+
+The file's header names the machine it was tuned on (hardware, hardware_id, cpu); loading
+it on another machine warns (ForeignTunedWarning): its choices may not be the best here.
 """
 import dataclasses
 import datetime
@@ -17,9 +20,10 @@ import math
 import os
 import warnings
 
-from .. import store
+from .. import fingerprint, store
 from ..config import KernelConfig
 from ..errors import ConfigError
+from ..machine import cpu_label
 
 FORMAT = "sparsebench-tuned"
 VERSION = 1
@@ -28,6 +32,10 @@ SPARSITY_MATCH = 0.005
 
 class TunedFallbackWarning(UserWarning):
     """A lookup for a task that was not tuned; the message says what is used instead."""
+
+
+class ForeignTunedWarning(UserWarning):
+    """A tuned-config file tuned on another machine (or before sparsebench told CPU kinds apart)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,7 +118,20 @@ def load_tuned(path):
             tuple(e["block"]), e["M"], e["K"], e["N"], e["sparsity"], e["dtype"], e["threads"]
     except (KeyError, TypeError, ConfigError) as e:
         raise ConfigError(f"{path}: malformed entry ({e}); re-export it with `sparsebench export`") from None
+    _warn_if_foreign(data, path)
     return TunedConfigs(data, path)
+
+
+def _warn_if_foreign(data, path):
+    """One line of ForeignTunedWarning if `data` (a tuned-config file) was tuned on another machine."""
+    here = fingerprint.hardware_id()
+    if data.get("cpu") and data.get("hardware_id") == here:
+        return
+    tuned_on = (f"another machine (hardware {data.get('hardware_id')}, {data['cpu']})" if data.get("cpu")
+                else "a machine an older sparsebench could not tell apart (no CPU identity)")
+    warnings.warn(f"{path} was tuned on {tuned_on}, not this one (hardware {here}, {cpu_label()}); its "
+                  "choices may not be the fastest here: re-tune with `sparsebench autotune` and "
+                  "`sparsebench export`", ForeignTunedWarning, stacklevel=3)
 
 
 def export(db, path):

@@ -1,11 +1,14 @@
 """The tuning database: append-only JSON lines, one record per measured config.
 
-Every record carries the hardware and build fingerprints and the task key (shape,
-sparsity, block, dtype, threads). Records of other machines or builds are set aside with
-a message, never silently reused; `foreign=True` (the CLI's --use-foreign) takes them
-anyway. Appends go through sparsebench.store (whole lines, flock, fsync), so a crash or
-a concurrent run loses at most the measurement in flight.
+Every record carries the hardware and build fingerprints, a short label of the CPU kind
+("cpu", e.g. "AMD EPYC Zen 4 (family 25 model 17)") and the task key (shape, sparsity,
+block, dtype, threads). Records of other machines or builds, and records without "cpu"
+(written before sparsebench told CPU kinds apart), are set aside with a message saying
+whose they are, never silently reused; `foreign=True` (the CLI's --use-foreign) takes
+them anyway. Appends go through sparsebench.store (whole lines, flock, fsync), so a
+crash or a concurrent run loses at most the measurement in flight.
 """
+import collections
 import dataclasses
 import datetime
 import math
@@ -15,6 +18,7 @@ from .. import fingerprint, store
 from ..config import KernelConfig
 from ..dtypes import DTYPES
 from ..errors import ConfigError
+from ..machine import cpu_label
 
 FORMAT = 1
 
@@ -58,10 +62,12 @@ class TuningDB:
     def __init__(self, path, foreign=False, log=print, writable=True):
         self.path = path
         self.hardware_id = fingerprint.hardware_id()
+        self.cpu = cpu_label()
         # each dtype's kernels have their own build: changing one orphans only its records
         self.build_ids = {dtype: fingerprint.build_id(dtype) for dtype in DTYPES}
         self.records = []
-        self.ignored = 0
+        #: {why: count} of the records set aside as another machine's or build's
+        self.ignored_reasons = collections.Counter()
         if writable:
             store.check_writable(path)
         for lineno, rec in enumerate(store.read_json(path), 1):
@@ -73,19 +79,36 @@ class TuningDB:
                 warnings.warn(f"{path}: record {lineno} is not a sparsebench tuning record, skipped",
                               stacklevel=2)
                 continue
-            if not foreign and (rec.get("hardware_id") != self.hardware_id
-                                or rec.get("build_id") != self.build_ids.get(rec["task"]["dtype"])):
-                self.ignored += 1
+            why = None if foreign else self._foreign_reason(rec)
+            if why:
+                self.ignored_reasons[why] += 1
                 continue
             self.records.append(rec)
         if self.ignored:
-            log(f"{path}: ignoring {self.ignored} records from another machine or build "
-                f"(this one: hardware {self.hardware_id}, builds "
+            log(f"{path}: {self.ignored} records from another machine or build ignored: "
+                + ", ".join(f"{n} {why}" for why, n in self.ignored_reasons.most_common())
+                + f" (this one: hardware {self.hardware_id} ({self.cpu}), builds "
                 + ", ".join(f"{d} {b}" for d, b in self.build_ids.items()) + "); "
                 "pass --use-foreign to use them anyway")
 
+    @property
+    def ignored(self):
+        """How many records were set aside as another machine's or build's."""
+        return sum(self.ignored_reasons.values())
+
+    def _foreign_reason(self, rec):
+        """Why `rec` is not this machine's and build's ("from ..."), or None if it is."""
+        if not rec.get("cpu"):
+            return "from an older sparsebench without CPU identity"
+        if rec.get("hardware_id") != self.hardware_id:
+            return f"from hardware {rec.get('hardware_id')} ({rec['cpu']})"
+        if rec.get("build_id") != self.build_ids.get(rec["task"]["dtype"]):
+            return f"from build {rec.get('build_id')}"
+        return None
+
     def _stamp(self, rec):
-        rec.update(format=FORMAT, hardware_id=self.hardware_id, build_id=self.build_ids[rec["task"]["dtype"]],
+        rec.update(format=FORMAT, hardware_id=self.hardware_id, cpu=self.cpu,
+                   build_id=self.build_ids[rec["task"]["dtype"]],
                    timestamp=datetime.datetime.now().isoformat(timespec="seconds"))
         return rec
 
@@ -109,7 +132,7 @@ class TuningDB:
 
     def header(self):
         """Hardware and build descriptions for exported files."""
-        return {"hardware": fingerprint.hardware(), "hardware_id": self.hardware_id,
+        return {"hardware": fingerprint.hardware(), "hardware_id": self.hardware_id, "cpu": self.cpu,
                 "build": fingerprint.build(), "build_id": fingerprint.build_id()}
 
 
