@@ -162,20 +162,9 @@ def extensions():
                  "flags": {isa: flags[isa] for isa in built["spmm"]},
                  "encoder_isas": built["encoder"], "int8_isas": built["spmm_int8"],
                  "int8_flags": {isa: flags[isa] for isa in built["spmm_int8"]},
-                 "compiler": compiler_version(), "kernel_hashes": kernel_hashes(),
+                 "compiler": compiler_version(), "kernel_hashes": kernel_hashes(), "tune": resolved_tune(tune),
                  "prefetch_pad": VARIANTS.PREFETCH_PAD, "blocks": VARIANTS.FP32_BLOCKS,
                  "int8_blocks": list(VARIANTS.INT8_TILES),
-
-
-    # baseline-ISA flags: the untuned reference must run everywhere
-    exts.append(Extension("sparsebench._generic_csr", ["kernels/generic_csr.pyx"],
-                          include_dirs=[KERNELS, numpy.get_include()],
-                          define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
-                          extra_compile_args=["-O3", "-pthread"], extra_link_args=["-pthread"]))
-    buildinfo = {"target": target, "isas": isas, "flags": flags_by_isa, "encoder_isas": isas,
-                 "int8_isas": int8_isas, "int8_flags": int8_flags,
-                 "compiler": compiler_version(), "kernel_hashes": kernel_hashes(), "tune": resolved_tune(tune),
-                 "prefetch_pad": PREFETCH_PAD, "blocks": BLOCKS, "int8_blocks": INT8_BLOCKS,
                  "python": platform.python_version(), "numpy_build": numpy.__version__}
     write_if_changed(os.path.join(HERE, "sparsebench", "_buildinfo.py"),
                      BANNER.format(src="setup.py") + f"BUILD = {pprint.pformat(buildinfo)}\n")

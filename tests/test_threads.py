@@ -9,7 +9,7 @@ import pytest
 
 import sparsebench as sb
 from sparsebench import _generic_csr, _pool
-from sparsebench.baselines.generic_csr import csr_arrays
+from sparsebench.bench.baselines.generic_csr import csr_arrays
 from conftest import assert_spmm_close, random_pruned, random_x
 
 
