@@ -16,15 +16,33 @@ def parse_block(text):
     return check_block((r, c))
 
 
-def check_block(block):
+def check_block(block, supported=SUPPORTED_BLOCKS, refusal="unsupported block shape {}; supported: {}"):
+    """block as (rows, cols) if `supported` has it, else ValueError(refusal with the block and the
+    supported list)."""
     try:
         br, bc = (int(b) for b in block)
     except (TypeError, ValueError):
         raise ValueError(f"block must be a pair (rows, cols) such as (4, 1), got {block!r}") from None
-    if (br, bc) not in SUPPORTED_BLOCKS:
-        raise ValueError(f"unsupported block shape {br}x{bc}; supported: "
-                         + ", ".join(f"{r}x{c}" for r, c in SUPPORTED_BLOCKS))
+    if (br, bc) not in supported:
+        raise ValueError(refusal.format(f"{br}x{bc}", ", ".join(f"{r}x{c}" for r, c in supported)))
     return br, bc
+
+
+class BlockGrid:
+    """What a block-sparse matrix with `shape`, `block` and `nnz_blocks` says of its block grid."""
+
+    __slots__ = ()
+
+    @property
+    def density(self):
+        """Fraction of the (padded) block grid that is stored."""
+        br, bc = self.block
+        total = -(-self.shape[0] // br) * -(-self.shape[1] // bc)
+        return self.nnz_blocks / total if total else 0.0
+
+    @property
+    def sparsity(self):
+        return 1.0 - self.density
 
 
 def padded_blocks(W, block):

@@ -2,12 +2,12 @@
 import numpy as np
 
 from ._buildinfo import BUILD
-from .blocks import check_block, padded_blocks
+from .blocks import BlockGrid, check_block, padded_blocks
 
 PREFETCH_PAD = BUILD["prefetch_pad"]
 
 
-class BSRMatrix:
+class BSRMatrix(BlockGrid):
     """An M x K float32 matrix stored as nonzero br x bc blocks, row of blocks by row of blocks.
 
     Same arrays as scipy.sparse.bsr_matrix: ``data`` (nnz_blocks, br, bc), ``indices`` (block
@@ -146,17 +146,6 @@ class BSRMatrix:
     def nnz(self):
         """Stored entries, zeros inside stored blocks included."""
         return self._data.size
-
-    @property
-    def density(self):
-        """Fraction of the (padded) block grid that is stored."""
-        br, bc = self.block
-        total = -(-self.shape[0] // br) * -(-self.shape[1] // bc)
-        return self.nnz_blocks / total if total else 0.0
-
-    @property
-    def sparsity(self):
-        return 1.0 - self.density
 
     def to_dense(self):
         br, bc = self.block

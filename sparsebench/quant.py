@@ -14,7 +14,7 @@ import numpy as np
 
 from ._buildinfo import BUILD
 from .arrays import operand
-from .blocks import padded_blocks
+from .blocks import BlockGrid, check_block, padded_blocks
 from .bsr import PREFETCH_PAD, _frozen, task_bounds
 from .cpu import best_isa, default_threads, kernel_module
 
@@ -33,17 +33,10 @@ MAX_PACK_THREADS = 256
 
 
 def check_int8_block(block):
-    try:
-        br, bc = (int(b) for b in block)
-    except (TypeError, ValueError):
-        raise ValueError(f"block must be a pair (rows, cols) such as (4, 1), got {block!r}") from None
-    if (br, bc) not in INT8_BLOCKS:
-        raise ValueError(f"no int8 kernels for {br}x{bc} blocks; int8 blocks: "
-                         + ", ".join("%dx%d" % b for b in INT8_BLOCKS))
-    return br, bc
+    return check_block(block, INT8_BLOCKS, "no int8 kernels for {} blocks; int8 blocks: {}")
 
 
-class QuantizedBSRMatrix:
+class QuantizedBSRMatrix(BlockGrid):
     """An M x K weight matrix as s8 blocks with one float32 scale per row, for sb.spmm.
 
     Stored as groups of 4 K values per row, the unit of one vpdpbusd: a 4x4 or 1x4 block is one
@@ -170,17 +163,6 @@ class QuantizedBSRMatrix:
     @property
     def nnz(self):
         return self._nnzb * self._block[0] * self._block[1]
-
-    @property
-    def density(self):
-        """Fraction of the (padded) block grid that is stored."""
-        br, bc = self._block
-        total = -(-self._shape[0] // br) * -(-self._shape[1] // bc)
-        return self._nnzb / total if total else 0.0
-
-    @property
-    def sparsity(self):
-        return 1.0 - self.density
 
     def to_int8(self):
         """The quantized weights as a dense int8 M x K matrix."""
