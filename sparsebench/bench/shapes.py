@@ -35,7 +35,7 @@ _INLINE = re.compile(r"^\s*(\d+)\s*x\s*(\d+)\s*x\s*(\d+)\s*$", re.I)
 
 
 def load_shapes(spec):
-    """Shapes from a comma-separated mix of set names (shapes/NAME.csv), CSV paths and MxKxN."""
+    """Shapes from a comma-separated mix of set names (sparsebench/shapes/NAME.csv), CSV paths and MxKxN."""
     shapes = []
     for part in str(spec).split(","):
         part = part.strip()

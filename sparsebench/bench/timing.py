@@ -99,13 +99,12 @@ def measure(fn, samples=30, warmup=3, sample_time=2e-3, cold=False):
     return interleaved({"_": fn}, samples, warmup, sample_time, cold=cold)["_"]
 
 
-def interleaved(fns, samples=30, warmup=3, sample_time=2e-3, time_limit=None, cold=False):
+def interleaved(fns, samples=30, warmup=3, sample_time=2e-3, cold=False):
     """Stats per name for a dict of callables, sampled round-robin (rotating the order each round).
 
     Warm (default): each sample times a calibrated loop of calls, so weights and inputs stay
     in cache as they would in a steady stream of calls. Cold: the caches are flushed before
     every call and each sample is one call (first-touch cost included).
-    Stops early (with at least 5 samples each) once `time_limit` seconds have passed.
     """
     names = list(fns)
     flush = CacheFlusher() if cold else None
@@ -114,15 +113,12 @@ def interleaved(fns, samples=30, warmup=3, sample_time=2e-3, time_limit=None, co
         for _ in range(warmup):
             _time_loops(fns[name], loops[name])
     out = {name: [] for name in names}
-    start = time.perf_counter()
     for r in range(samples):
         k = r % len(names)
         for name in names[k:] + names[:k]:
             if flush:
                 flush()
             out[name].append(_time_loops(fns[name], loops[name]))
-        if time_limit and r >= 4 and time.perf_counter() - start > time_limit:
-            break
     return {name: Stats(np.array(out[name]), loops[name]) for name in names}
 
 

@@ -16,7 +16,7 @@ from ..bench.shapes import ShapeFileError, load_shapes
 
 def add_problem_args(q, threads_help="default: all cores", dtype=True):
     """--shapes, --sparsity, --block, --threads (and --dtype), as the measuring commands take them."""
-    q.add_argument("--shapes", default="quick", help="shape set name (shapes/NAME.csv), CSV path or MxKxN list")
+    q.add_argument("--shapes", default="quick", help="shape set name (quick, bert-base, ...: sparsebench/shapes/NAME.csv), CSV path or MxKxN list")
     q.add_argument("--sparsity", type=floats, default=[0.7, 0.8, 0.9], help="e.g. 0.7,0.8,0.9")
     q.add_argument("--block", type=blocks, default=[(4, 1)], help="e.g. 4x1,1x1")
     q.add_argument("--threads", type=positive, default=None, help=threads_help)
