@@ -18,6 +18,9 @@ ISAS = {
     "avx512vnni": ISA(_AVX512 + ["-mavx512vnni"], 16, 32, (), ("spmm_int8", "encoder")),
 }
 FP32_BLOCKS = [(1, 1), (1, 4), (4, 1), (4, 4), (8, 1), (16, 1)]
+#: blocks that also get dense variants (every block stored, X rows follow from the block number):
+#: the dense GEMM of our own kernels, W packed as panels of 4 or 8 rows
+DENSE_BLOCKS = [(4, 1), (8, 1)]
 #: int8 blocks and their N-tile widths (columns); 4x1 groups interleave whole 64-column chunks
 INT8_TILES = {(4, 1): (64,), (4, 4): (16, 32, 64), (1, 4): (16, 32, 64, 128)}
 #: trailing index entries (blocks or groups) every indices array carries for the prefetcher
@@ -30,18 +33,20 @@ def isas_with(module):
 
 
 def fp32_variants(isa):
-    """(BR, BC, J, RB, NT) of each float32 variant: block BR x BC, N-tile NT = J vectors, RB
-    register rows. RB is the tallest divisor of BR (down to min(BR, 4)) whose RB*J accumulators
-    + J operands + 1 broadcast fit in the register file; a (block, J) with none is left out."""
+    """(BR, BC, J, RB, NT, DENSE) of each float32 variant: block BR x BC, N-tile NT = J vectors,
+    RB register rows. RB is the tallest divisor of BR (down to min(BR, 4)) whose RB*J accumulators
+    + J operands + 1 broadcast fit in the register file; a (block, J) with none is left out. The
+    block-sparse variants come first (their ids are their positions), then the dense ones."""
     lanes, registers, choices = ISAS[isa].lanes, ISAS[isa].registers, ISAS[isa].n_tiles
     variants = []
-    for br, bc in FP32_BLOCKS:
-        for j in choices:
-            rb = br
-            while rb > 0 and (br % rb or rb * j + j + 1 > registers):
-                rb -= 1
-            if rb >= min(br, 4):
-                variants.append((br, bc, j, rb, j * lanes))
+    for dense, blocks in ((0, FP32_BLOCKS), (1, DENSE_BLOCKS)):
+        for br, bc in blocks:
+            for j in choices:
+                rb = br
+                while rb > 0 and (br % rb or rb * j + j + 1 > registers):
+                    rb -= 1
+                if rb >= min(br, 4):
+                    variants.append((br, bc, j, rb, j * lanes, dense))
     return variants
 
 

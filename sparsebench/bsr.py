@@ -17,7 +17,7 @@ class BSRMatrix(BlockGrid):
     kernels can trust them.
     """
 
-    __slots__ = ("_shape", "_block", "_data", "_indices_padded", "_indptr", "_row_nnz",
+    __slots__ = ("_shape", "_block", "_data", "_indices_padded", "_indptr", "_row_nnz", "_dense",
                  "_tasks", "_slices", "_plans", "__weakref__")
     dtype = "float32"
 
@@ -71,6 +71,9 @@ class BSRMatrix(BlockGrid):
         init(self, "_indices_padded", _frozen(padded))
         init(self, "_indptr", indptr)
         init(self, "_row_nnz", _frozen(np.diff(indptr)))
+        # every block stored, each row's in column order: the kernels' dense variants apply
+        init(self, "_dense", bool(np.all(np.diff(indptr) == Kb) and (nnzb == 0 or np.array_equal(
+            padded[:nnzb].reshape(Mb, Kb), np.broadcast_to(np.arange(Kb, dtype=np.int32), (Mb, Kb))))))
         init(self, "_tasks", {})     # (threads, m_tile) -> task bounds
         init(self, "_slices", {})    # k_slice -> blocks in slice order (see sliced)
         init(self, "_plans", {})     # KernelConfig -> (module, variant id, arrays, task bounds); N -> default
@@ -83,8 +86,11 @@ class BSRMatrix(BlockGrid):
 
     # -- construction -----------------------------------------------------------------------
     @classmethod
-    def from_dense(cls, W, block=(1, 1)):
-        """Store every block of W that has a nonzero (or NaN) entry; W is converted to float32."""
+    def from_dense(cls, W, block=(1, 1), keep_zero_blocks=False):
+        """Store every block of W that has a nonzero (or NaN) entry; W is converted to float32.
+
+        keep_zero_blocks: store every block, zero or not (a dense matrix: `is_dense`, run by the
+        kernels' dense variants, our dense GEMM)."""
         W = np.asarray(W)
         if W.ndim != 2:
             raise ValueError(f"W must be a 2-D matrix, got shape {W.shape}")
@@ -93,6 +99,8 @@ class BSRMatrix(BlockGrid):
         br, bc = check_block(block)
         blocks = padded_blocks(W.astype(np.float32, copy=False), (br, bc))
         nonzero = np.any(blocks != 0, axis=(1, 3))            # (Mb, Kb)
+        if keep_zero_blocks:
+            nonzero[...] = True
         rows, cols = np.nonzero(nonzero)
         indptr = np.zeros(nonzero.shape[0] + 1, dtype=np.int64)
         np.cumsum(nonzero.sum(axis=1), out=indptr[1:])
@@ -141,6 +149,12 @@ class BSRMatrix(BlockGrid):
     @property
     def nnz_blocks(self):
         return self._data.shape[0]
+
+    @property
+    def is_dense(self):
+        """Every block is stored (from_dense(..., keep_zero_blocks=True)): spmm runs the kernels'
+        dense variants, which read X without index loads."""
+        return self._dense
 
     @property
     def nnz(self):

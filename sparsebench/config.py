@@ -57,10 +57,16 @@ class KernelConfig:
                 f"/mt{self.m_tile}/pf{self.prefetch}/t{self.threads}")
 
 
-def variant_id(config):
-    """(kernel module, variant id) of a config's compiled variant, or ConfigError saying why not."""
+def variant_id(config, dense=False):
+    """(kernel module, variant id) of a config's compiled variant, or ConfigError saying why not.
+
+    dense: the matrix stores every block (BSRMatrix.is_dense); its dense variant, where one is
+    compiled, reads X without index loads."""
     # UnsupportedISAError (a ConfigError) if it cannot run
     module = kernel_module(config.isa, config.dtype)
+    vid = getattr(module, "DENSE_VARIANTS", {}).get(config.block + (config.n_tile,)) if dense else None
+    if vid is not None:
+        return module, vid
     for vid, (br, bc, nt) in enumerate(v[:3] for v in module.VARIANTS):
         if (br, bc) == config.block and nt == config.n_tile:
             return module, vid

@@ -9,6 +9,8 @@ SERIAL_WORK = 1 << 17
 SERIAL_WORK_INT8 = 1 << 19
 #: X above this many bytes no longer fits the L2 of the machines we target
 L2_PANEL_BYTES = 512 * 1024
+#: the block our dense GEMM stores W in (a dense variant is compiled for it)
+DENSE_BLOCK = (4, 1)
 
 
 def _int8_default(A, n, threads):

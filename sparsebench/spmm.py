@@ -73,7 +73,8 @@ def spmm(A, X, config=None, out=None, bias=None, activation=None):
         check_config(config, A)
         # the kernel, its arrays and the task split, looked up once per (matrix, config)
         arrays = () if int8 else A._slice_plan(config.k_slice)
-        plan = A._plans[config] = variant_id(config) + arrays + (A.task_bounds(config.threads, config.m_tile),)
+        plan = A._plans[config] = (variant_id(config, dense=not int8 and A.is_dense) + arrays
+                                   + (A.task_bounds(config.threads, config.m_tile),))
     if M == 0 or N == 0:
         return out
     if int8:

@@ -5,13 +5,16 @@
 `sparsebench-default`: the default heuristic whatever is tuned (what tuning gains);
 `sparsebench-fp32`: our float32 kernels whatever the dtype, the yardstick of the int8 ones;
 `sparsebench-int8-kernel`: the int8 kernel alone, on activations quantized beforehand (the
-`sparsebench` method of an int8 run includes quantizing X).
+`sparsebench` method of an int8 run includes quantizing X);
+`sparsebench-dense`: our dense GEMM (the kernels' dense variants, every block of W stored),
+the yardstick beside numpy's BLAS.
 """
 import dataclasses
 
 import numpy as np
 
-from ...dispatch import default_config
+from ...bsr import BSRMatrix
+from ...dispatch import DENSE_BLOCK, default_config
 from ...errors import MethodUnavailable
 from ...quant import quantize_activations
 from ...spmm import spmm
@@ -87,4 +90,21 @@ class SparsebenchInt8Kernel(Sparsebench):
         return lambda: spmm(A, Xq, cfg, out=Y)
 
 
-BASELINES = [Sparsebench(), SparsebenchDefault(), SparsebenchFloat32(), SparsebenchInt8Kernel()]
+class SparsebenchDense(Baseline):
+    name = "sparsebench-dense"
+    description = "sparsebench dense GEMM: the dense variants of our kernels, every block of W stored"
+
+    def version(self):
+        from ... import __version__
+        return f"sparsebench {__version__} dense"
+
+    def prepare(self, problem):
+        A = BSRMatrix.from_dense(problem.W, DENSE_BLOCK, keep_zero_blocks=True)
+        X = problem.X
+        Y = np.empty((A.shape[0], X.shape[1]), dtype=np.float32)
+        cfg = default_config(A, X.shape[1], problem.threads)
+        return lambda: spmm(A, X, cfg, out=Y)
+
+
+BASELINES = [Sparsebench(), SparsebenchDefault(), SparsebenchFloat32(), SparsebenchInt8Kernel(),
+             SparsebenchDense()]
