@@ -200,7 +200,7 @@ class BertEncoder:
         self.block = None if block is None else tuple(block)
         self.tuned_source = None if tuned is None else (tuned if isinstance(tuned, (str, os.PathLike))
                                                        else type(tuned).__name__)
-        table = _load_tuned(tuned)
+        table = tuned_table(tuned)
         shapes = parameter_shapes(config)
 
         def param(name):
@@ -484,8 +484,9 @@ def _integer_array(a, name):
     return arr
 
 
-def _load_tuned(tuned):
-    """A tuned-config table from a path (via sparsebench.tune.apply), or `tuned` itself if it is one."""
+def tuned_table(tuned):
+    """A tuned-config table from a path (via sparsebench.tune.apply), or `tuned` itself if it is
+    one (or None)."""
     if tuned is None or hasattr(tuned, "lookup"):
         return tuned
     from ..tune.apply import load_tuned
