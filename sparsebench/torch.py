@@ -304,9 +304,10 @@ def _matches(name, patterns):
 def _weight_blocks(weight, block, dtype):
     """(block, block sparsity) of a weight: `block` as given, else the pattern detect_block finds."""
     if block is None:
-        return detect_block(weight, INT8_BLOCKS if dtype == "int8" else SUPPORTED_BLOCKS)
+        found, measured = detect_block(weight, INT8_BLOCKS if dtype == "int8" else SUPPORTED_BLOCKS)
+        return found, float(measured)
     block = check_block(block)
-    return block, detect_block(weight, (block,), tolerance=math.inf)[1]    # any block fits: its sparsity
+    return block, float(detect_block(weight, (block,), tolerance=math.inf)[1])    # any block fits: its sparsity
 
 
 def _tuned_kernels(layer):
