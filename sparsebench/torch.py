@@ -244,7 +244,9 @@ def sparsify(model, sparsity=None, block=None, dtype="float32", tuned=None, min_
     model.named_modules(). With `tuned` (path or table), a layer whose tuned verdict is "dense" at
     every token count tuned for its shape stays an nn.Linear (with the pruned weight when
     pruning); other layers still ask the table per N at call time. Nothing is changed if a layer
-    cannot be converted; a model with nothing sparse enough is left alone with a warning.
+    cannot be converted; a layer whose weight is tied to another parameter (a language-model
+    decoder to the word embeddings) stays as it is; a model with nothing sparse enough is left
+    alone with a warning.
     """
     if isinstance(model, torch.nn.Linear):
         raise TypeError("sparsify replaces the linear layers inside a model; for one nn.Linear use "
@@ -255,12 +257,19 @@ def sparsify(model, sparsity=None, block=None, dtype="float32", tuned=None, min_
         raise ValueError(f"min_sparsity must be in [0, 1], got {min_sparsity!r}")
     table = tuned_table(tuned)
     include, exclude = _patterns(include, "include"), _patterns(exclude, "exclude")
+    names = {}
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        names.setdefault(parameter, []).append(name)
     planned, summary = [], SparsifySummary()
     for name, linear in model.named_modules():
         if not isinstance(linear, torch.nn.Linear) or (include and not _matches(name, include)) \
                 or _matches(name, exclude):
             continue
         shape = tuple(linear.weight.shape)
+        tied = [other for other in names[linear.weight] if other != f"{name}.weight"]
+        if tied:
+            summary.append(LayerSummary(name, shape, None, 0.0, "dense", f"weight tied to {tied[0]}"))
+            continue
         if sparsity is None:
             _check_weight(linear.weight, f"{name}.weight")
             found, measured = _weight_blocks(linear.weight.detach().numpy(), block, dtype)

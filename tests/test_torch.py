@@ -264,3 +264,131 @@ def test_sparsify_keeps_layers_dense_where_tuning_says_so(tmp_path, monkeypatch)
     assert summary[1].kernel == f"N=16: {config}, N=64: dense"
     assert (model[0].weight == 0).float().mean() == pytest.approx(0.8, abs=0.01)   # pruned all the same
     assert tied.count_nonzero() == tied.numel()                     # a weight tied to it is untouched
+
+
+# -- Hugging Face -------------------------------------------------------------------------------------------
+
+TINY_HF = {"bert": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128),
+           "roberta": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                           pad_token_id=1, type_vocab_size=1),
+           "distilbert": dict(dim=64, n_layers=2, n_heads=4, hidden_dim=128)}
+
+
+def tiny_hf(kind, head="Model", vocab_size=100, seed=0):
+    """A random transformers model of `kind` (bert, roberta, distilbert) with 2 layers of hidden 64,
+    built offline; weights drawn wider than the default init so that pruning shows."""
+    transformers = pytest.importorskip("transformers", reason="needs transformers: pip install transformers")
+    prefix = {"bert": "Bert", "roberta": "Roberta", "distilbert": "DistilBert"}[kind]
+    config = getattr(transformers, prefix + "Config")(vocab_size=vocab_size, max_position_embeddings=64,
+                                                      **TINY_HF[kind])
+    torch.manual_seed(seed)
+    model = getattr(transformers, prefix + head)(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 0.2)
+    return model
+
+
+def padded_inputs(vocab_size=100, batch=3, seq=13, seed=0):
+    """input_ids and an attention mask with padding (rows 1 and 2 padded), odd sequence length."""
+    rng = np.random.default_rng(seed)
+    ids = torch.from_numpy(rng.integers(2, vocab_size, (batch, seq)))
+    mask = torch.ones_like(ids)
+    mask[1, seq - 4:] = 0
+    mask[2, 5:] = 0
+    return ids, mask
+
+
+def sparsified_and_dense(model, **options):
+    """`model` sparsified in place, and a dense copy holding the same (pruned) weights."""
+    dense = copy.deepcopy(model)
+    summary = sbt.sparsify(model, **options)
+    dense.load_state_dict(model.state_dict())
+    return summary, dense
+
+
+@needs_torch
+@pytest.mark.parametrize("kind", ["bert", "distilbert", "roberta"])
+@pytest.mark.parametrize("block", [(4, 1), (1, 1)])
+def test_hugging_face_models_match_dense_with_the_same_pruned_weights(kind, block):
+    model = tiny_hf(kind)
+    summary, dense = sparsified_and_dense(model, sparsity=0.8, block=block)
+    assert len(summary.replaced) == len(summary) == (12 if kind == "distilbert" else 13)     # 6 a layer, pooler
+    assert all(isinstance(model.get_submodule(r.name), sbt.SparseLinear) for r in summary)
+    ids, mask = padded_inputs()
+    for args in ((ids, mask), (ids[:1, :7], None)):
+        with torch.inference_mode():
+            y = model(input_ids=args[0], attention_mask=args[1]).last_hidden_state
+            ref = dense(input_ids=args[0], attention_mask=args[1]).last_hidden_state
+        assert rel_diff(y.numpy(), ref.numpy()) <= 1e-4
+
+
+@needs_torch
+@pytest.mark.parametrize("kind, head", [("bert", "ForSequenceClassification"), ("distilbert", "ForQuestionAnswering"),
+                                        ("roberta", "ForMaskedLM")])
+def test_task_heads_are_sparsified_too(kind, head):
+    model = tiny_hf(kind, head)
+    summary, dense = sparsified_and_dense(model, sparsity=0.7, exclude="*classifier*")
+    assert not any("classifier" in r.name for r in summary) and len(summary.replaced) >= 12
+    if head == "ForMaskedLM":                                      # the decoder shares the word embeddings
+        assert summary[-1].name == "lm_head.decoder" and summary[-1].note == \
+            "weight tied to roberta.embeddings.word_embeddings.weight"
+    ids, mask = padded_inputs()
+    with torch.no_grad():
+        for y, ref in zip(model(input_ids=ids, attention_mask=mask).values(),
+                          dense(input_ids=ids, attention_mask=mask).values()):
+            assert rel_diff(y.numpy(), ref.numpy()) <= 1e-4
+
+
+def minilm_tokenizer(monkeypatch):
+    transformers = pytest.importorskip("transformers", reason="needs transformers: pip install transformers")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return transformers.AutoTokenizer.from_pretrained(minilm_path())
+
+
+SENTENCES = ["A sparse kernel makes BERT fast on a small CPU.", "Hello world",
+             "Pruned transformers run their linear layers on block-sparse kernels."]
+
+
+@needs_torch
+def test_pipeline_with_a_sparsified_classifier(monkeypatch):
+    transformers = pytest.importorskip("transformers")
+    tokenizer = minilm_tokenizer(monkeypatch)
+    model = tiny_hf("bert", "ForSequenceClassification", vocab_size=tokenizer.vocab_size)
+    summary, dense = sparsified_and_dense(model, sparsity=0.8)
+    classify = transformers.pipeline("text-classification", model=model, tokenizer=tokenizer, top_k=None)
+    reference = transformers.pipeline("text-classification", model=dense, tokenizer=tokenizer, top_k=None)
+    for got, want in zip(classify(SENTENCES), reference(SENTENCES)):
+        assert [g["label"] for g in got] == [w["label"] for w in want]
+        assert np.allclose([g["score"] for g in got], [w["score"] for w in want], rtol=1e-4)
+
+
+@needs_torch
+def test_sentence_transformers_minilm(monkeypatch):
+    sentence_transformers = pytest.importorskip("sentence_transformers", reason="needs sentence-transformers")
+    minilm_tokenizer(monkeypatch)
+    model = sentence_transformers.SentenceTransformer(minilm_path(), device="cpu").eval()
+    with pytest.warns(UserWarning, match="no linear layer .* is sparse enough"):
+        assert not sbt.sparsify(model).replaced                     # the checkpoint is dense
+    summary, dense = sparsified_and_dense(model, sparsity=0.9, block=(4, 1))
+    assert len(summary.replaced) == 37                               # 6 a layer and the pooler
+    y, ref = model.encode(SENTENCES), dense.encode(SENTENCES)
+    assert rel_diff(y, ref) <= 1e-4
+
+
+@needs_torch
+@needs_vnni
+def test_minilm_int8_every_token_close_to_float32(monkeypatch):
+    transformers = pytest.importorskip("transformers")
+    tokenizer = minilm_tokenizer(monkeypatch)
+    batch = tokenizer(SENTENCES, padding=True, return_tensors="pt")
+    fp32 = transformers.BertModel.from_pretrained(minilm_path(), add_pooling_layer=False).eval()
+    int8 = copy.deepcopy(fp32)
+    sbt.sparsify(fp32, sparsity=0.8, block=(4, 1))
+    sbt.sparsify(int8, sparsity=0.8, block=(4, 1), dtype="int8")   # the same pruning
+    assert all(m.dtype == "int8" for m in int8.modules() if isinstance(m, sbt.SparseLinear))
+    with torch.inference_mode():
+        y8, y32 = (m(**batch).last_hidden_state.numpy() for m in (int8, fp32))
+    tokens = batch["attention_mask"].numpy().astype(bool)
+    assert cosine_per_row(y8[tokens], y32[tokens]).min() >= 0.99
