@@ -392,3 +392,31 @@ def test_minilm_int8_every_token_close_to_float32(monkeypatch):
         y8, y32 = (m(**batch).last_hidden_state.numpy() for m in (int8, fp32))
     tokens = batch["attention_mask"].numpy().astype(bool)
     assert cosine_per_row(y8[tokens], y32[tokens]).min() >= 0.99
+
+
+# -- our BertEncoder on DistilBERT and RoBERTa checkpoints ------------------------------------------------
+
+@needs_torch
+@pytest.mark.parametrize("kind", ["distilbert", "roberta"])
+def test_bert_encoder_reads_distilbert_and_roberta_checkpoints(kind, tmp_path):
+    pytest.importorskip("safetensors", reason="needs safetensors: pip install safetensors")
+    from sparsebench.models import BertEncoder, ModelError
+
+    model = tiny_hf(kind)
+    model.save_pretrained(tmp_path)
+    enc = BertEncoder.from_pretrained(tmp_path)
+    assert enc.config.model_type == kind and enc.config.type_vocab_size == (0 if kind == "distilbert" else 1)
+    ids, mask = padded_inputs()
+    ids[2, 5:] = model.config.pad_token_id                          # padding tokens, as a tokenizer pads
+    for args in ((ids, mask), (ids[:1, :7], None)):
+        with torch.no_grad():
+            ref = model(input_ids=args[0], attention_mask=args[1]).last_hidden_state.numpy()
+        assert rel_diff(enc(args[0].numpy(), None if args[1] is None else args[1].numpy()), ref) <= 1e-4
+    assert set(enc.state_dict()) == {k for k in model.state_dict() if not k.startswith("pooler.")}
+    longest = 64 - enc.config.position_offset
+    enc(np.ones((1, longest), np.int64))
+    with pytest.raises(ModelError, match=f"exceeds the model's {longest} positions"):
+        enc(np.ones((1, longest + 1), np.int64))
+    if kind == "distilbert":
+        with pytest.raises(ModelError, match=r"has no token types: pass token_type_ids=None"):
+            enc(ids.numpy(), mask.numpy(), np.zeros_like(ids.numpy()))
