@@ -71,10 +71,11 @@ class SparseLinear(torch.nn.Module):
     (load_state_dict, assignment, unpickling). `tuned` (a tuned-config file path or the table
     load_tuned returns) picks the kernel per token count N = prod(x.shape[:-1]), once per N;
     where it says "dense", torch.nn.functional.linear runs on the dense weight. Without it the
-    default heuristic picks. Each sparse call copies X and Y transposed (see the module docstring).
+    default heuristic picks. `threads`: the kernels' threads (default: sparsebench's default
+    thread count). Each sparse call copies X and Y transposed (see the module docstring).
     """
 
-    def __init__(self, weight, bias=None, *, block=DEFAULT_BLOCK, dtype="float32", tuned=None):
+    def __init__(self, weight, bias=None, *, block=DEFAULT_BLOCK, dtype="float32", tuned=None, threads=None):
         super().__init__()
         _check_weight(weight, "weight")
         self.out_features, self.in_features = weight.shape
@@ -89,11 +90,12 @@ class SparseLinear(torch.nn.Module):
         self.block = check_block(block)
         self.dtype = check_dtype(dtype)
         self.tuned = tuned_table(tuned)
+        self.threads = threads or default_threads()
         self._register()
         self._kernel_layer()                 # refuse an unusable block or dtype now, not at the first call
 
     @classmethod
-    def from_linear(cls, linear, sparsity=None, block=None, dtype="float32", tuned=None):
+    def from_linear(cls, linear, sparsity=None, block=None, dtype="float32", tuned=None, threads=None):
         """A SparseLinear with `linear`'s weights: pruned to `sparsity` in `block` blocks (default
         4x1), or kept as they are with sparsity=None (then their block pattern is detected unless
         `block` is given). Unpruned weights are shared with `linear`, pruned ones are a copy."""
@@ -107,7 +109,7 @@ class SparseLinear(torch.nn.Module):
         elif block is None:
             candidates = INT8_BLOCKS if dtype == "int8" else SUPPORTED_BLOCKS
             block = detect_block(weight.numpy(), candidates)[0] or DEFAULT_BLOCK
-        return cls(weight, linear.bias, block=block, dtype=dtype, tuned=tuned).train(linear.training)
+        return cls(weight, linear.bias, block=block, dtype=dtype, tuned=tuned, threads=threads).train(linear.training)
 
     # -- the kernel matrix, keyed to the current weights -------------------------------------------
     def _register(self):
@@ -123,7 +125,7 @@ class SparseLinear(torch.nn.Module):
             self._kernel = None                       # free the old matrix first
             bias = None if self.bias is None else self.bias.detach().numpy()
             self._kernel = KernelLinear(self.weight.detach().numpy(), bias, block=self.block, dtype=self.dtype,
-                                        tuned=self.tuned, threads=default_threads(), name="SparseLinear")
+                                        tuned=self.tuned, threads=self.threads, name="SparseLinear")
             self._built_from = now
         return self._kernel
 
@@ -234,7 +236,7 @@ class SparsifySummary(list):
 
 
 def sparsify(model, sparsity=None, block=None, dtype="float32", tuned=None, min_sparsity=0.5,
-             include=None, exclude=None):
+             include=None, exclude=None, threads=None):
     """Replace, in place, the nn.Linear layers of `model` by SparseLinear; return a SparsifySummary.
 
     With sparsity=None a layer is replaced when its weight is at least `min_sparsity` block
@@ -243,7 +245,8 @@ def sparsify(model, sparsity=None, block=None, dtype="float32", tuned=None, min_
     (fnmatch, e.g. "encoder.layer.*.intermediate.*"), one or a list, on the names of
     model.named_modules(). With `tuned` (path or table), a layer whose tuned verdict is "dense" at
     every token count tuned for its shape stays an nn.Linear (with the pruned weight when
-    pruning); other layers still ask the table per N at call time. Nothing is changed if a layer
+    pruning); other layers still ask the table per N at call time. `threads` as for SparseLinear.
+    Nothing is changed if a layer
     cannot be converted; a layer whose weight is tied to another parameter (a language-model
     decoder to the word embeddings) stays as it is; a model with nothing sparse enough is left
     alone with a warning.
@@ -277,7 +280,7 @@ def sparsify(model, sparsity=None, block=None, dtype="float32", tuned=None, min_
                 summary.append(LayerSummary(name, shape, found, measured, "dense",
                                             f"{measured:.1%} block sparse < min_sparsity {min_sparsity:g}"))
                 continue
-        layer = SparseLinear.from_linear(linear, sparsity, block, dtype, table)
+        layer = SparseLinear.from_linear(linear, sparsity, block, dtype, table, threads)
         kernel = _tuned_kernels(layer)
         row = LayerSummary(name, shape, layer.block, layer.sparsity, kernel or "default heuristic")
         if kernel == "dense":

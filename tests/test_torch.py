@@ -420,3 +420,32 @@ def test_bert_encoder_reads_distilbert_and_roberta_checkpoints(kind, tmp_path):
     if kind == "distilbert":
         with pytest.raises(ModelError, match=r"has no token types: pass token_type_ids=None"):
             enc(ids.numpy(), mask.numpy(), np.zeros_like(ids.numpy()))
+
+
+# -- the CLI: sparsebench bert --compare torch-sparsify ------------------------------------------------------
+
+@needs_torch
+def test_bert_cli_compares_torch_sparsify(tmp_path, capsys):
+    pytest.importorskip("transformers", reason="needs transformers: pip install transformers")
+    from sparsebench.cli.main import main
+
+    assert main(["bert", "--model", "bert-mini", "--seq", "16", "--samples", "3", "--compare",
+                 "dense,torch,torch-sparsify", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    rows = {line.split()[0]: line.split() for line in printed.splitlines() if line.startswith("  torch")}
+    assert set(rows) == {"torch", "torch-sparsify"} and float(rows["torch-sparsify"][5]) <= 1e-4     # max rel diff
+    latency = next(tmp_path.glob("*latency.csv")).read_text()
+    assert "after sparsebench.torch.sparsify (24 of 24 linear layers on the float32 kernels)" in latency
+
+
+@needs_torch
+@pytest.mark.parametrize("kind", ["distilbert", "roberta"])
+def test_runner_baselines_on_distilbert_and_roberta_checkpoints(kind, tmp_path):
+    pytest.importorskip("safetensors", reason="needs safetensors: pip install safetensors")
+    from sparsebench.models import BertEncoder, runner
+
+    tiny_hf(kind).save_pretrained(tmp_path)
+    enc = BertEncoder.from_pretrained(tmp_path, sparsity=0.8, block=(4, 1))
+    rows = runner.compare(enc, 2, 11, ["dense", "torch", "torch-sparsify"], samples=2, time_limit=5)
+    assert [r["method"] for r in rows] == ["sparsebench", "dense", "torch", "torch-sparsify"]
+    assert all(r["max_rel_diff_vs_ours"] <= 1e-4 for r in rows)

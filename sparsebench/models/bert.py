@@ -222,7 +222,7 @@ class BertEncoder:
         self.block = None if block is None else tuple(block)
         self.tuned_source = None if tuned is None else (tuned if isinstance(tuned, (str, os.PathLike))
                                                        else type(tuned).__name__)
-        table = tuned_table(tuned)
+        self.tuned = table = tuned_table(tuned)
         shapes = parameter_shapes(config)
 
         def param(name):
