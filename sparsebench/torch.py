@@ -83,7 +83,7 @@ class SparseLinear(torch.nn.Module):
         if bias is None:
             self.register_parameter("bias", None)
         else:
-            _check_weight(bias, "bias")
+            _check_weight(bias, "bias", ndim=1)
             if bias.shape != (self.out_features,):
                 raise ValueError(f"bias has shape {tuple(bias.shape)}, needs ({self.out_features},)")
             self.bias = torch.nn.Parameter(bias.detach(), requires_grad=False)
@@ -182,14 +182,14 @@ class SparseLinear(torch.nn.Module):
                 f"block={self.block[0]}x{self.block[1]}, sparsity={self.sparsity:.3f}, dtype={self.dtype}")
 
 
-def _check_weight(tensor, name):
+def _check_weight(tensor, name, ndim=2):
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
     if tensor.device.type != "cpu" or tensor.dtype != torch.float32:
         raise ValueError(f"{name} is {tensor.dtype} on {tensor.device}; sparsebench's kernels take float32 "
                          "CPU weights: convert the model with model.float().cpu() first")
-    if tensor.dim() not in (1, 2) or (name == "bias" and tensor.dim() != 1):
-        raise ValueError(f"{name} has shape {tuple(tensor.shape)}")
+    if tensor.dim() != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(tensor.shape)}")
 
 
 def _check_input(x, in_features):

@@ -156,6 +156,11 @@ def test_errors_say_what_is_wrong():
         sbt.SparseLinear.from_linear(linear(48, 96), sparsity=1.5)
     with pytest.raises(ValueError, match="unsupported block shape 3x3"):
         sbt.SparseLinear.from_linear(linear(48, 96), sparsity=0.5, block=(3, 3))
+    with pytest.raises(ValueError, match=r"weight must be 2-D, got shape \(4,\)"):
+        sbt.SparseLinear(torch.zeros(4))
+    with pytest.raises(ValueError, match=r"bias has shape \(5,\), needs \(4,\)"):
+        sbt.SparseLinear(torch.zeros(4, 4), torch.zeros(5))
+    assert sbt.SparseLinear.from_linear(linear(48, 96), sparsity=0.5, threads=1).kernel(16).endswith("/t1")
 
 
 @needs_torch
