@@ -36,7 +36,8 @@ def add_parser(subparsers):
     q = subparsers.add_parser("bert", help="BERT encoder on the sparse kernels vs dense runners, end to end")
     q.add_argument("--model", default="bert-base", choices=list(MODELS), help="named model size (random weights)")
     q.add_argument("--checkpoint", default=None, metavar="PATH",
-                   help="Hugging Face BERT directory (config.json + model.safetensors) instead of --model")
+                   help="Hugging Face BERT, DistilBERT or RoBERTa directory (config.json + model.safetensors) "
+                   "instead of --model")
     q.add_argument("--sparsity", type=_sparsity, default=0.9,
                    help="prune linear weights to this block sparsity, or 'keep' (default 0.9)")
     q.add_argument("--block", type=block, default=None,
@@ -49,8 +50,9 @@ def add_parser(subparsers):
                    help="self-attention kernel (default: as --dtype; int8 needs AVX512-VNNI)")
     q.add_argument("--tuned", default=None, metavar="FILE", help="tuned kernel configs (from the tuner)")
     q.add_argument("--compare", type=_methods, default=None,
-                   help="baselines, comma-separated: dense,fp32,torch,onnxruntime, or none (default dense; "
-                   "dense,fp32 with --dtype int8; fp32 = our runner on the float32 sparse kernels)")
+                   help="baselines, comma-separated: dense,fp32,torch,torch-sparsify,onnxruntime, or none "
+                   "(default dense; dense,fp32 with --dtype int8; fp32 = our runner on the float32 sparse "
+                   "kernels; torch-sparsify = the transformers model with its linear layers on our kernels)")
     q.add_argument("--latency-budget", type=duration, default=None, metavar="TIME",
                    help="also find the largest batch whose p90 latency fits, e.g. 20ms")
     q.add_argument("--threads", type=positive, default=None, help="default: sparsebench's thread count")

@@ -34,15 +34,23 @@ CATEGORIES = ("sparse GEMMs", "dense GEMMs", "attention", "GELU", "LayerNorm", "
 _LINEARS = (("query", "attention.self.query"), ("key", "attention.self.key"),
             ("value", "attention.self.value"), ("attn_out", "attention.output.dense"),
             ("ffn_in", "intermediate.dense"), ("ffn_out", "output.dense"))
+#: DistilBERT's names for the sublayers of a transformer layer
+_DISTILBERT_NAMES = {"attention.self.query": "attention.q_lin", "attention.self.key": "attention.k_lin",
+                     "attention.self.value": "attention.v_lin", "attention.output.dense": "attention.out_lin",
+                     "attention.output.LayerNorm": "sa_layer_norm", "intermediate.dense": "ffn.lin1",
+                     "output.dense": "ffn.lin2", "output.LayerNorm": "output_layer_norm"}
 
 
 def parameter_shapes(config):
-    """Hugging Face BertModel parameter names (no "bert." prefix, no pooler) -> shapes."""
+    """Hugging Face BertModel parameter names (no "bert." prefix, no pooler) -> shapes; no token
+    type embeddings for a model without token types (DistilBERT)."""
     H, I = config.hidden, config.intermediate
     shapes = {"embeddings.word_embeddings.weight": (config.vocab_size, H),
               "embeddings.position_embeddings.weight": (config.max_positions, H),
               "embeddings.token_type_embeddings.weight": (config.type_vocab_size, H),
               "embeddings.LayerNorm.weight": (H,), "embeddings.LayerNorm.bias": (H,)}
+    if not config.type_vocab_size:
+        del shapes["embeddings.token_type_embeddings.weight"]
     for i in range(config.layers):
         p = f"encoder.layer.{i}."
         for _, hf in _LINEARS:
@@ -53,6 +61,15 @@ def parameter_shapes(config):
             shapes[p + ln + ".weight"] = (H,)
             shapes[p + ln + ".bias"] = (H,)
     return shapes
+
+
+def checkpoint_name(name, model_type):
+    """The name a `model_type` checkpoint gives the parameter `name` of parameter_shapes."""
+    if model_type != "distilbert" or not name.startswith("encoder.layer."):
+        return name
+    _, _, index, rest = name.split(".", 3)
+    sublayer, leaf = rest.rsplit(".", 1)
+    return f"transformer.layer.{index}.{_DISTILBERT_NAMES[sublayer]}.{leaf}"
 
 
 class _RandomWeights(Mapping):
@@ -77,25 +94,30 @@ class _RandomWeights(Mapping):
 
 
 class _CheckpointWeights(Mapping):
-    """Tensors of an open safetensors file by Hugging Face name, "bert." prefix stripped and
-    old LayerNorm names (gamma, beta) mapped to weight and bias."""
+    """Tensors of an open safetensors file by the names of parameter_shapes: the model type's
+    prefix ("bert.", "roberta.", "distilbert.") stripped, DistilBERT's names mapped to BERT's and
+    old LayerNorm names (gamma, beta) to weight and bias."""
 
-    def __init__(self, handle, path):
+    def __init__(self, handle, path, config):
         self._handle = handle
         self._path = path
+        self._model_type = config.model_type
+        ours = {checkpoint_name(name, config.model_type): name for name in parameter_shapes(config)}
+        prefix = config.model_type + "."
         self._names = {}
         for key in handle.keys():
-            name = key[len("bert."):] if key.startswith("bert.") else key
-            if ".LayerNorm." in name:
+            name = key[len(prefix):] if key.startswith(prefix) else key
+            if "LayerNorm." in name or "layer_norm." in name:
                 name = name.replace(".gamma", ".weight").replace(".beta", ".bias")
-            self._names[name] = key
+            self._names[ours.get(name, name)] = key
 
     def __getitem__(self, name):
         try:
             key = self._names[name]
         except KeyError:
-            raise ModelError(f"{self._path} lacks the parameter {name!r} (Hugging Face BERT "
-                             f"names, optionally prefixed 'bert.')") from None
+            raise ModelError(f"{self._path} lacks the parameter {checkpoint_name(name, self._model_type)!r} "
+                             f"(Hugging Face {self._model_type} names, optionally prefixed "
+                             f"'{self._model_type}.')") from None
         try:
             return self._handle.get_tensor(key)
         except (TypeError, ValueError) as e:
@@ -200,7 +222,7 @@ class BertEncoder:
         self.block = None if block is None else tuple(block)
         self.tuned_source = None if tuned is None else (tuned if isinstance(tuned, (str, os.PathLike))
                                                        else type(tuned).__name__)
-        table = _load_tuned(tuned)
+        self.tuned = table = tuned_table(tuned)
         shapes = parameter_shapes(config)
 
         def param(name):
@@ -217,7 +239,8 @@ class BertEncoder:
 
         self.word_embeddings = np.ascontiguousarray(param("embeddings.word_embeddings.weight"))
         self.position_embeddings = np.ascontiguousarray(param("embeddings.position_embeddings.weight"))
-        self.token_type_embeddings = np.ascontiguousarray(param("embeddings.token_type_embeddings.weight"))
+        self.token_type_embeddings = np.ascontiguousarray(param("embeddings.token_type_embeddings.weight")) \
+            if config.type_vocab_size else None
         self.embeddings_ln = (vector("embeddings.LayerNorm.weight"), vector("embeddings.LayerNorm.bias"))
         scale = 1.0 / np.sqrt(config.head_dim)
         self.layers = []
@@ -254,7 +277,8 @@ class BertEncoder:
 
     @classmethod
     def from_pretrained(cls, path, sparsity=None, block=None, tuned=None, **kwargs):
-        """From a Hugging Face BERT checkpoint directory (config.json + model.safetensors).
+        """From a Hugging Face BERT, DistilBERT or RoBERTa checkpoint directory (config.json +
+        model.safetensors).
 
         sparsity=None keeps the weights (an already pruned checkpoint: its block pattern is
         detected); a number prunes every linear layer to it on load.
@@ -273,7 +297,7 @@ class BertEncoder:
             raise ModelError("reading checkpoints needs the safetensors package: "
                              "pip install safetensors") from None
         with safe_open(weights_file, framework="np") as handle:
-            return cls(config, _CheckpointWeights(handle, weights_file), sparsity=sparsity, block=block,
+            return cls(config, _CheckpointWeights(handle, weights_file, config), sparsity=sparsity, block=block,
                        tuned=tuned, **kwargs)
 
     def as_dense(self):
@@ -297,7 +321,8 @@ class BertEncoder:
         return enc
 
     def state_dict(self):
-        """Hugging Face parameter names -> numpy arrays (linear weights as pruned)."""
+        """Hugging Face parameter names of the model type (no prefix such as "bert.") -> numpy
+        arrays (linear weights as pruned)."""
         out = {"embeddings.word_embeddings.weight": self.word_embeddings,
                "embeddings.position_embeddings.weight": self.position_embeddings,
                "embeddings.token_type_embeddings.weight": self.token_type_embeddings,
@@ -309,7 +334,7 @@ class BertEncoder:
                 out[p + hf + ".weight"], out[p + hf + ".bias"] = lin.dense_weight()
             for ln, (gamma, beta) in (("attention.output.LayerNorm", layer.ln1), ("output.LayerNorm", layer.ln2)):
                 out[p + ln + ".weight"], out[p + ln + ".bias"] = gamma, beta
-        return out
+        return {checkpoint_name(name, self.config.model_type): a for name, a in out.items() if a is not None}
 
     # -- reports ------------------------------------------------------------------------------
     def kernel_report(self, tokens):
@@ -358,8 +383,8 @@ class BertEncoder:
         ids = _integer_array(input_ids, "input_ids")
         if ids.ndim != 2 or ids.shape[0] < 1 or ids.shape[1] < 1:
             raise ModelError(f"input_ids must have shape (batch, seq) with batch, seq >= 1, got {ids.shape}")
-        if ids.shape[1] > c.max_positions:
-            raise ModelError(f"sequence length {ids.shape[1]} exceeds the model's {c.max_positions} positions")
+        if ids.shape[1] > c.max_sequence:
+            raise ModelError(f"sequence length {ids.shape[1]} exceeds the model's {c.max_sequence} positions")
         if ids.min() < 0 or ids.max() >= c.vocab_size:
             raise ModelError(f"input_ids must be in [0, {c.vocab_size}), got values from "
                              f"{ids.min()} to {ids.max()}")
@@ -373,6 +398,8 @@ class BertEncoder:
             mask = None if mask.all() else mask
         types = None
         if token_type_ids is not None:
+            if not c.type_vocab_size:
+                raise ModelError(f"{c.name} ({c.model_type}) has no token types: pass token_type_ids=None")
             types = _integer_array(token_type_ids, "token_type_ids")
             if types.shape != ids.shape:
                 raise ModelError(f"token_type_ids has shape {types.shape}, input_ids {ids.shape}")
@@ -446,16 +473,28 @@ class BertEncoder:
         """word + position + token type embeddings, into ws.hidden (hidden x tokens)."""
         batch, seq = ids.shape
         rows = ws.rows
+        gathered = ws.sub.reshape(rows.shape)          # free until the first layer's output
         np.take(self.word_embeddings, ids.reshape(-1), axis=0, out=rows)
         by_sequence = rows.reshape(batch, seq, -1)
-        np.add(by_sequence, self.position_embeddings[:seq], out=by_sequence)
-        if types is None:
-            np.add(rows, self.token_type_embeddings[0], out=rows)
+        if self.config.model_type == "roberta":
+            np.take(self.position_embeddings, _roberta_positions(ids, self.config.pad_token_id).reshape(-1),
+                    axis=0, out=gathered)
+            np.add(rows, gathered, out=rows)
         else:
-            gathered = ws.sub.reshape(rows.shape)      # free until the first layer's output
+            np.add(by_sequence, self.position_embeddings[:seq], out=by_sequence)
+        if self.token_type_embeddings is not None and types is None:
+            np.add(rows, self.token_type_embeddings[0], out=rows)
+        elif self.token_type_embeddings is not None:
             np.take(self.token_type_embeddings, types.reshape(-1), axis=0, out=gathered)
             np.add(rows, gathered, out=rows)
         np.copyto(ws.hidden, rows.T)
+
+
+def _roberta_positions(ids, pad):
+    """RoBERTa's position ids (transformers' create_position_ids_from_input_ids): tokens count
+    from pad + 1, padding tokens keep pad."""
+    tokens = ids != pad
+    return np.where(tokens, np.cumsum(tokens, axis=1) + pad, pad)
 
 
 def _check_attention(attention, config):
@@ -484,8 +523,9 @@ def _integer_array(a, name):
     return arr
 
 
-def _load_tuned(tuned):
-    """A tuned-config table from a path (via sparsebench.tune.apply), or `tuned` itself if it is one."""
+def tuned_table(tuned):
+    """A tuned-config table from a path (via sparsebench.tune.apply), or `tuned` itself if it is
+    one (or None)."""
     if tuned is None or hasattr(tuned, "lookup"):
         return tuned
     from ..tune.apply import load_tuned

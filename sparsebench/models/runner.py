@@ -2,8 +2,9 @@
 
 Every method gets the same input (random token ids, no padding) and the same weights (the
 pruned ones, dense where the method is dense): our encoder on the sparse kernels, the same
-runner with numpy dense matmuls, and optionally PyTorch (transformers BertModel) and ONNX
-Runtime (that model exported with torch.onnx). Each forward pass is one latency sample.
+runner with numpy dense matmuls, and optionally PyTorch (the transformers model of the model
+type: BertModel, DistilBertModel or RobertaModel), that model after sparsebench.torch.sparsify,
+and ONNX Runtime (that model exported with torch.onnx). Each forward pass is one latency sample.
 """
 import csv
 import dataclasses
@@ -23,8 +24,12 @@ from ..bench.timing import Stats
 from .bert import CATEGORIES
 
 #: methods `compare` can add beside ours ("sparsebench"); "fp32" is our runner on the float32
-#: sparse kernels, the yardstick of an int8 encoder
-BASELINES = ("dense", "fp32", "torch", "onnxruntime")
+#: sparse kernels, the yardstick of an int8 encoder; "torch-sparsify" is the transformers model
+#: with its linear layers on our kernels (sparsebench.torch.sparsify)
+BASELINES = ("dense", "fp32", "torch", "torch-sparsify", "onnxruntime")
+#: the transformers class of each model type, and whether it takes add_pooling_layer
+_HF_MODELS = {"bert": ("BertModel", True), "roberta": ("RobertaModel", True), "distilbert": ("DistilBertModel", False)}
+_INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 _OURS = {"sparsebench": "block-sparse kernels", "dense": "numpy dense matmul for every linear layer",
          "fp32": "float32 block-sparse kernels"}
 
@@ -38,10 +43,16 @@ class Method:
 
 
 def make_inputs(config, batch, seq, seed=0):
-    """Token ids (int64, no padding), an all-ones attention mask and zero token types."""
+    """Token ids (int64, no padding), an all-ones attention mask and zero token types (None for a
+    model without token types)."""
     rng = np.random.default_rng(seed)
     ids = rng.integers(0, config.vocab_size, size=(batch, seq), dtype=np.int64)
-    return ids, np.ones_like(ids), np.zeros_like(ids)
+    return ids, np.ones_like(ids), np.zeros_like(ids) if config.type_vocab_size else None
+
+
+def named_inputs(inputs):
+    """make_inputs' arrays by transformers' argument names (token types only where there are some)."""
+    return {name: a for name, a in zip(_INPUT_NAMES, inputs) if a is not None}
 
 
 # -- methods ------------------------------------------------------------------------------------
@@ -55,38 +66,54 @@ def ours(enc, inputs, name="sparsebench"):
 
 
 def torch_model(enc):
-    """A transformers BertModel (no pooler, eval mode) holding `enc`'s weights."""
+    """The transformers model of `enc`'s model type (no pooler, eval mode) holding its weights."""
     from ..bench.baselines.torch_ import tame_torch_idle_spin
 
     tame_torch_idle_spin()       # idle torch threads would spin on the cores of the next method
     try:
         import torch
-        from transformers import BertConfig as HFBertConfig, BertModel
+        import transformers
     except ImportError as e:
         raise MethodUnavailable(f"needs torch and transformers ({e.name} is not installed)") from None
-    model = BertModel(HFBertConfig(**enc.config.to_hf()), add_pooling_layer=False)
+    class_name, has_pooler = _HF_MODELS[enc.config.model_type]
+    config = transformers.AutoConfig.for_model(**enc.config.to_hf())
+    model_class = getattr(transformers, class_name)
+    model = model_class(config, add_pooling_layer=False) if has_pooler else model_class(config)
     state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in enc.state_dict().items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise MethodUnavailable(f"transformers' BertModel does not match our parameters "
+        raise MethodUnavailable(f"transformers' {class_name} does not match our parameters "
                                 f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
     return model.eval()
 
 
-def torch_method(enc, inputs, threads):
+def torch_method(enc, inputs, threads, sparsify=False):
+    """PyTorch eager on `enc`'s weights: dense, or with sparsify its linear layers on our kernels
+    (the layers whose weights have a block pattern; with enc's tuned table, dtype and threads)."""
     import torch
 
     model = torch_model(enc)
     torch.set_num_threads(threads)
-    ids, mask, types = (torch.from_numpy(a) for a in inputs)
+    what = "dense"
+    if sparsify:
+        from ..torch import sparsify as sparsify_model
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")       # the tuned file's fallbacks were reported for our runner
+            summary = sparsify_model(model, block=enc.block, dtype=enc.dtype, tuned=enc.tuned, min_sparsity=0.0,
+                                     threads=threads)
+        what = (f"after sparsebench.torch.sparsify ({len(summary.replaced)} of {len(summary)} linear layers on "
+                f"the {enc.dtype} kernels)")
+    feeds = {name: torch.from_numpy(a) for name, a in named_inputs(inputs).items()}
 
     def run():
         with torch.inference_mode():
-            return model(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state.numpy()
+            return model(**feeds).last_hidden_state.numpy()
 
     import transformers
-    return Method("torch", f"PyTorch eager, transformers BertModel ({model.config._attn_implementation} "
-                  "attention), dense", run, f"torch {torch.__version__}, transformers {transformers.__version__}")
+    return Method("torch-sparsify" if sparsify else "torch",
+                  f"PyTorch eager, transformers {type(model).__name__} ({model.config._attn_implementation} "
+                  f"attention), {what}", run, f"torch {torch.__version__}, transformers {transformers.__version__}")
 
 
 def onnxruntime_method(enc, inputs, threads, workdir):
@@ -101,21 +128,22 @@ def onnxruntime_method(enc, inputs, threads, workdir):
         raise MethodUnavailable(f"needs torch and onnx to export the model ({e.name} is not installed)") from None
     model = torch_model(enc)
 
+    feeds = named_inputs(inputs)
+    names = list(feeds)
+
     class LastHiddenState(torch.nn.Module):
         def __init__(self, bert):
             super().__init__()
             self.bert = bert
 
-        def forward(self, input_ids, attention_mask, token_type_ids):
-            return self.bert(input_ids=input_ids, attention_mask=attention_mask,
-                             token_type_ids=token_type_ids).last_hidden_state
+        def forward(self, *tensors):
+            return self.bert(**dict(zip(names, tensors))).last_hidden_state
 
     wrapper = LastHiddenState(model).eval()
     path = os.path.join(workdir, "bert.onnx")
-    names = ["input_ids", "attention_mask", "token_type_ids"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(wrapper, tuple(torch.from_numpy(a) for a in inputs), path, input_names=names,
+        torch.onnx.export(wrapper, tuple(torch.from_numpy(a) for a in feeds.values()), path, input_names=names,
                           output_names=["last_hidden_state"], dynamo=False, opset_version=17)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -125,7 +153,6 @@ def onnxruntime_method(enc, inputs, threads, workdir):
     # MKL's do (tamed likewise); measured here, this costs ONNX Runtime itself 0-4% (123-127 ms)
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    feeds = dict(zip(names, inputs))
     return Method("onnxruntime", "ONNX Runtime CPU, the transformers model exported with torch.onnx, dense "
                   "(intra-op spinning off)",
                   lambda: session.run(None, feeds)[0], f"onnxruntime {ort.__version__}")
@@ -193,8 +220,8 @@ def compare(enc, batch, seq, baselines=("dense",), threads=None, samples=30, tim
                     methods.append(ours(enc.as_dense(), inputs, name="dense"))
                 elif name == "fp32":
                     methods.append(ours(enc.as_float32(), inputs, name="fp32"))
-                elif name == "torch":
-                    methods.append(torch_method(enc, inputs, threads))
+                elif name in ("torch", "torch-sparsify"):
+                    methods.append(torch_method(enc, inputs, threads, sparsify=name == "torch-sparsify"))
                 elif name == "onnxruntime":
                     methods.append(onnxruntime_method(enc, inputs, threads, workdir))
                 else:
