@@ -29,7 +29,11 @@ def cmd_info(args):
     from .info import collect, format_info
 
     info = collect()
-    print(json.dumps(info, indent=2) if args.json else format_info(info))
+    if args.peak:
+        from .info import collect_peak, format_peak
+        info["peak"] = collect_peak(args.threads)
+    text = format_info(info) + ("\n" + format_peak(info["peak"]) if args.peak else "")
+    print(json.dumps(info, indent=2) if args.json else text)
 
 
 def cmd_bench(args):
@@ -253,6 +257,9 @@ def build_parser():
     sub = p.add_subparsers(dest="command", required=True)
     q = sub.add_parser("info", help="CPU, instruction sets, build flags, threads, kernel variants")
     q.add_argument("--json", action="store_true", help="machine-readable output")
+    q.add_argument("--peak", action="store_true", help="also the measured fp32 and int8 peaks, per core "
+                   "and for --threads (cached per machine; see sparsebench.peak)")
+    q.add_argument("--threads", type=positive, default=None, help="threads of the --peak (default: all cores)")
     q.set_defaults(func=cmd_info)
     q = sub.add_parser("bench", help="run with the exhaustive tuner: its winner, the default heuristic "
                        "and numpy dense side by side; then call overhead and thread interplay")
