@@ -43,11 +43,6 @@ class Peak:
         """The peak of `dtype` work (float32: GFLOP/s, int8: GOP/s; None if not measurable)."""
         return self.int8_gops if dtype == "int8" else self.fp32_gflops
 
-    def meta(self):
-        """The fields results carry: peak_gflops, peak_int8_gops, peak_isa, peak_threads."""
-        return {"peak_gflops": round(self.fp32_gflops, 1), "peak_isa": self.isa, "peak_threads": self.threads,
-                "peak_int8_gops": None if self.int8_gops is None else round(self.int8_gops, 1)}
-
 
 def _ops_per_round(module, kind):
     return 2 * module.CHAINS * (module.LANES if kind == "fp32" else module.DPBUSD_PRODUCTS)
@@ -60,8 +55,10 @@ def _rounds(module, seconds, gops_per_thread, kind):
 
 
 def _run(module, kind, threads, rounds):
-    """G(FL)OP/s of one run of `rounds` rounds per thread."""
+    """G(FL)OP/s of one run of `rounds` rounds per thread, after a tiny one that wakes (or starts)
+    the pool's workers."""
     run = module.fma_seconds if kind == "fp32" else module.dpbusd_seconds
+    run(threads, module.TASKS_PER_THREAD)
     return _ops_per_round(module, kind) * rounds * threads / run(threads, rounds) / 1e9
 
 
@@ -128,8 +125,8 @@ def pct_peak(gops, peak_rate):
 
 class PeakMonitor:
     """Short fp32 probes (PROBE_SECONDS) through a run. What is measured between two probes is
-    degraded if either probe fell DEGRADED_BELOW or more under the best peak seen (the cached
-    peak, or a faster probe)."""
+    degraded if either probe fell DEGRADED_BELOW or more under the best peak seen: the cached
+    peak, or a faster probe (the cache was then measured on a busy machine)."""
 
     def __init__(self, threads, max_age=MAX_AGE):
         self.threads = threads
@@ -148,6 +145,13 @@ class PeakMonitor:
         self.probes.append(record)
         return record
 
+    def rate(self, dtype="float32"):
+        """The peak pct_peak is taken of: the best fp32 rate seen; int8 scaled alike (a busy
+        core slows both), None without VNNI."""
+        if dtype != "int8":
+            return self.best
+        return None if self.peak.int8_gops is None else self.peak.int8_gops * self.best / self.peak.fp32_gflops
+
     def around(self, label, measure_fn):
         """(measure_fn(), degraded): the result between the last probe (one is taken first if
         there is none) and a probe after it, labelled `label`."""
@@ -159,5 +163,8 @@ class PeakMonitor:
         return result, before["degraded"] or after["degraded"]
 
     def meta(self):
-        """The peak fields results carry, and the probes so far."""
-        return dict(self.peak.meta(), peak_probes=list(self.probes))
+        """What results carry: peak_gflops and peak_int8_gops (the rates pct_peak is taken of),
+        peak_isa, peak_threads, and the probes so far (peak_probes)."""
+        int8 = self.rate("int8")
+        return {"peak_gflops": round(self.best, 1), "peak_int8_gops": None if int8 is None else round(int8, 1),
+                "peak_isa": self.peak.isa, "peak_threads": self.threads, "peak_probes": list(self.probes)}

@@ -193,3 +193,12 @@ def peak_cache_dir(tmp_path_factory):
         del os.environ[ENV_CACHE_DIR]
     else:
         os.environ[ENV_CACHE_DIR] = old
+
+
+@pytest.fixture
+def steady_machine(monkeypatch):
+    """Peak probes that always see the cached peak: no case is degraded, none measured twice."""
+    from sparsebench import peak
+    steady = peak.Peak(1, 100.0, 200.0, 100.0, 200.0, "test", 0.0)
+    monkeypatch.setattr(peak, "peak", lambda threads, max_age=None: steady)
+    monkeypatch.setattr(peak, "_run", lambda module, kind, threads, rounds: 100.0)

@@ -104,7 +104,7 @@ def test_monitor_marks_what_was_measured_beside_a_slow_probe(monkeypatch):
     assert mon.around("c", lambda: "z") == ("z", True)       # before was the slow one
     assert mon.around("d", lambda: "w") == ("w", False)
     meta = mon.meta()
-    assert meta["peak_gflops"] == 100.0 and [p["label"] for p in meta["peak_probes"]] == ["start", "a", "b", "c", "d"]
+    assert meta["peak_gflops"] == 100.0 and meta["peak_threads"] == 1 and [p["label"] for p in meta["peak_probes"]] == ["start", "a", "b", "c", "d"]
     assert [p["degraded"] for p in meta["peak_probes"]] == [False, False, True, False, False]
 
 

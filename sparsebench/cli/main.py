@@ -104,7 +104,11 @@ def cmd_compare(args):
     sparsities = {f"{s:g}" for s in args.sparsity}
     rows = [r for r in rows if r["shape"] in wanted and r["block"] in blocks and r["sparsity"] in sparsities
             and r["cache"] == cmp.cache and r["threads"] == str(threads) and r["dtype"] == args.dtype]
-    print("\nspeedup over numpy dense (median of per-round ratios; ? = unstable, spread >= 10%):")
+    int8_peak = cmp.monitor.rate("int8")
+    print(f"\nspeedup over numpy dense (median of per-round ratios) and, in brackets, % of the measured peak "
+          f"({cmp.monitor.best:.0f} GFLOP/s fp32" + (f", {int8_peak:.0f} GOP/s int8" if int8_peak else "")
+          + f", {threads} threads; useful work: 2*nnz*N, dense 2*M*K*N); ? = unstable, spread >= 10%; "
+          "! = degraded, a peak probe ran > 15% under the peak:")
     print(speedup_table(rows, methods))
     if args.dtype == "int8" and {"sparsebench", "sparsebench-fp32"} <= set(methods):
         print("\nint8 against our float32 kernels (time ratio of the medians; quantization of X included):")

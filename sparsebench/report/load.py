@@ -3,7 +3,8 @@
 Every CSV/JSON/JSON-lines file in the folder and in its immediate subfolders (the BERT runner
 writes to results/bert/) is classified by content, and by name when the content is unusable:
 
-* compare results: a CSV with the header of `sparsebench.bench.compare.FIELDS` (or named compare*.csv);
+* compare results: a CSV with the header of `sparsebench.bench.compare.FIELDS`, or the one before
+  the peak columns (they come back empty), or named compare*.csv;
 * BERT latencies: a CSV with columns model, runner (or method), p50_ms, p90_ms and optionally
   sparsity, block, batch, seq, threads, throughput (or throughput_seq_s), unstable: what
   `sparsebench bert` writes as *-latency.csv, or a hand-made bert*.csv;
@@ -25,7 +26,7 @@ import pandas as pd
 
 from .. import store
 from ..tune import apply as tuned
-from ..bench.compare import FIELDS as COMPARE_FIELDS
+from ..bench.compare import FIELDS as COMPARE_FIELDS, LEGACY_FIELDS as LEGACY_COMPARE_FIELDS
 from ..errors import SparsebenchError
 
 #: columns a BERT latency CSV must have, and the optional ones the report uses
@@ -37,7 +38,7 @@ BREAKDOWN_REQUIRED = ("model", "category", "ms")
 BREAKDOWN_OPTIONAL = ("sparsity", "block", "batch", "seq", "threads")
 COMPARE_NUMERIC = ("M", "K", "N", "sparsity", "threads", "median_ms", "p20_ms", "p80_ms", "min_ms",
                    "spread", "samples", "loops", "gflops", "effective_gflops", "speedup", "speedup_p20",
-                   "speedup_p80", "max_rel_error")
+                   "speedup_p80", "max_rel_error", "pct_peak", "peak_gflops", "probe_gflops")
 STATUSES = ("ok", "wrong", "error", "skipped")
 RESULT_KEYS = ("strategy", "evals", "space_size", "method", "config", "best_s", "dense_s", "default_s",
                "trajectory")
@@ -180,7 +181,7 @@ def _classify(path):
             return "tuned", None
         return None, NOT_READ
     header = set(next(csv.reader([_first_line(path)]), []))
-    if header == set(COMPARE_FIELDS) or name.startswith("compare"):
+    if header in (set(COMPARE_FIELDS), set(LEGACY_COMPARE_FIELDS)) or name.startswith("compare"):
         return "compare", None
     if {"model", "p50_ms", "p90_ms"} <= header and header & {"runner", "method"}:
         return "bert", None
@@ -227,7 +228,7 @@ def _numeric(df, columns, path):
 
 def _compare_header(path):
     def check(header):
-        if header == COMPARE_FIELDS:
+        if header in (COMPARE_FIELDS, LEGACY_COMPARE_FIELDS):
             return
         missing = [f for f in COMPARE_FIELDS if f not in header]
         extra = [f for f in header if f not in COMPARE_FIELDS]
@@ -244,6 +245,9 @@ def _compare_header(path):
 
 def _read_compare(path):
     df, dropped = _csv_frame(path, _compare_header(path))
+    for col in COMPARE_FIELDS:
+        if col not in df:                  # a file written before the peak columns
+            df[col] = ""
     _numeric(df, COMPARE_NUMERIC, path)
     bad_status = ~df["status"].isin(STATUSES)
     if bad_status.any():
@@ -254,6 +258,7 @@ def _read_compare(path):
     if ok_without_time.any():
         raise InputError(f"{path}: line {ok_without_time.idxmax()}: status ok but no median_ms")
     df["unstable"] = df["unstable"] == "True"
+    df["degraded"] = df["degraded"] == "True"
     df["source"] = os.path.basename(path)
     # an int8 run's own rows become methods sparsebench-int8 (quantization of X included) and
     # sparsebench-int8-kernel; its float32 methods repeat what the float32 runs measure (each
