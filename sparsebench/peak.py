@@ -162,6 +162,11 @@ class PeakMonitor:
         after = self.probe(label)
         return result, before["degraded"] or after["degraded"]
 
+    def pct(self, ops, seconds, dtype="float32"):
+        """`ops` useful operations (flops; int8: u8 x s8 ops) in `seconds`, as a % of the peak of
+        `dtype` (None without one)."""
+        return pct_peak(ops / seconds / 1e9, self.rate(dtype))
+
     def meta(self):
         """What results carry: peak_gflops and peak_int8_gops (the rates pct_peak is taken of),
         peak_isa, peak_threads, and the probes so far (peak_probes)."""

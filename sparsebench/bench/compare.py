@@ -24,7 +24,7 @@ from . import baselines
 from ..bsr import BSRMatrix
 from ..dtypes import check_dtype, reference, sparse_matrix
 from ..machine import cpu_label
-from ..peak import DEGRADED_BELOW, PeakMonitor, pct_peak
+from ..peak import DEGRADED_BELOW, PeakMonitor
 from ..prune import prune
 from .problems import problem_arrays
 from .timing import interleaved, ratio
@@ -207,9 +207,9 @@ class Compare:
                                   gflops=shape.flops / st.median / 1e9,
                                   effective_gflops=useful / st.median / 1e9)
                 dense = name in DENSE_METHODS or rows[name].get("config") == "dense"
-                peak = self.monitor.rate("float32" if dense else dtypes[name])
-                rate = rows[name]["gflops" if dense else "effective_gflops"]
-                rows[name].update(pct_peak=pct_peak(rate, peak), peak_gflops=peak)
+                dtype = "float32" if dense else dtypes[name]
+                rows[name].update(pct_peak=self.monitor.pct(shape.flops if dense else useful, st.median, dtype),
+                                  peak_gflops=self.monitor.rate(dtype))
                 if "dense" in stats:
                     sp = ratio(stats["dense"], st)
                     rows[name].update(speedup=sp.median, speedup_p20=sp.p20, speedup_p80=sp.p80)

@@ -183,11 +183,21 @@ def cmd_autotune(args):
         lines.append([r["name"], f"{t['M']}x{t['K']}x{t['N']}", t["block"], f"{t['sparsity']:g}", cfg,
                       f"{r['best_s'] * 1e3:.3f}", f"{r['dense_s'] / r['best_s']:.2f}x",
                       f"{r['evals']}/{r['space_size']}", f"{r['default_s'] / r['best_s']:.2f}x"
-                      + ("?" if r["unstable"] else "")])
+                      + ("?" if r["unstable"] else "") + ("!" if r.get("degraded") else ""),
+                      "-" if r.get("pct_peak") is None else f"{r['pct_peak']:.0f}%"])
     print("\nbest per task (times re-measured side by side with dense and the default heuristic; "
-          "? = unstable):")
+          "? = unstable; ! = degraded, a peak probe ran > 15% under the peak; % peak: useful GFLOP/s "
+          "(2*nnz*N, dense 2*M*K*N; int8 GOP/s) of the measured peak):")
     print(format_table(["shape", "MxKxN", "block", "sparsity", "best config", "ms", "vs dense", "evals",
-                        "default/best"], lines))
+                        "default/best", "% peak"], lines))
+    degraded = [r for r in results if r.get("degraded")]
+    if degraded:
+        print(f"degraded: {len(degraded)} of {len(results)} tasks were re-timed while a peak probe ran more than "
+              "15% under the machine's peak (another process or tenant on the cores); --retune them later")
+    for threads_, monitor in tuner.monitors.items():
+        print(f"peak at {threads_} threads: {monitor.best:.0f} GFLOP/s fp32"
+              + (f", {monitor.rate('int8'):.0f} GOP/s int8" if monitor.rate("int8") else "")
+              + f"; probes {', '.join(str(p['gflops']) for p in monitor.probes)}")
     print(f"database: {args.db}; next: sparsebench export --db {args.db} --out results/tuned.json")
 
 
