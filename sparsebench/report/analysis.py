@@ -58,10 +58,18 @@ def shapes_in_order(rows):
     return list(dict.fromkeys(zip(rows["shape"], rows["M"], rows["K"], rows["N"])))
 
 
-def dense_peak(rows):
-    """Highest dense GFLOP/s measured in `rows` (compare rows), or None."""
-    dense = rows[(rows["method"] == "dense") & (rows["status"] == "ok")]["gflops"].dropna()
-    return float(dense.max()) if len(dense) else None
+def roofline_peak(rows):
+    """(GFLOP/s, what it is) of the roof `rows` (compare rows) are drawn against: the machine's
+    measured fp32 peak their float32 rows carry (peak_gflops), else the highest dense rate
+    measured in them (older results); (None, why) with neither."""
+    fp32 = rows[(rows["dtype"] == "float32") & (rows["status"] == "ok")]
+    measured = fp32["peak_gflops"].dropna() if "peak_gflops" in fp32 else fp32["gflops"].iloc[:0]
+    if len(measured):
+        return float(measured.max()), "the machine's measured fp32 peak (FMA probe)"
+    dense = fp32[fp32["method"] == "dense"]["gflops"].dropna()
+    if len(dense):
+        return float(dense.max()), "the fastest dense run (these results carry no machine peak)"
+    return None, "no machine peak in these results and no dense run"
 
 
 def _task_names(results):

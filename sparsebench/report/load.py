@@ -31,7 +31,7 @@ from ..errors import SparsebenchError
 
 #: columns a BERT latency CSV must have, and the optional ones the report uses
 BERT_REQUIRED = ("model", "runner", "p50_ms", "p90_ms")
-BERT_OPTIONAL = ("sparsity", "block", "batch", "seq", "threads", "throughput", "unstable")
+BERT_OPTIONAL = ("sparsity", "block", "batch", "seq", "threads", "throughput", "unstable", "pct_peak")
 #: other names the BERT runner gives these columns
 BERT_ALIASES = {"method": "runner", "throughput_seq_s": "throughput"}
 BREAKDOWN_REQUIRED = ("model", "category", "ms")
@@ -282,7 +282,7 @@ def _bert_header(path):
 def _read_bert(path):
     df, dropped = _csv_frame(path, _bert_header(path))
     df = df.rename(columns={a: c for a, c in BERT_ALIASES.items() if a in df and c not in df})
-    _numeric(df, ("sparsity", "batch", "seq", "threads", "p50_ms", "p90_ms", "throughput"), path)
+    _numeric(df, ("sparsity", "batch", "seq", "threads", "p50_ms", "p90_ms", "throughput", "pct_peak"), path)
     if df["p50_ms"].isna().any():
         raise InputError(f"{path}: line {df['p50_ms'].isna().idxmax()}: no p50_ms")
     for col in BERT_OPTIONAL:
