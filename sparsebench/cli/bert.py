@@ -4,8 +4,10 @@ Hook into the main CLI with ``bert_cli.add_parser(subparsers)``; the parser's ``
 """
 import argparse
 import collections
+import os
 import time
 
+from ..machine import results_folder
 from ..prune import check_sparsity
 from .args import block, duration, positive
 
@@ -56,7 +58,8 @@ def add_parser(subparsers):
     q.add_argument("--threads", type=positive, default=None, help="default: sparsebench's thread count")
     q.add_argument("--samples", type=positive, default=30, help="latency samples per method (default 30)")
     q.add_argument("--seed", type=int, default=0, help="seed of the random weights")
-    q.add_argument("--out", default="results/bert", help="results folder (default results/bert)")
+    q.add_argument("--out", default=os.path.join(results_folder(), "bert"),
+                   help="results folder (default results/<cpu>/bert: this machine's)")
     q.set_defaults(func=run)
     return q
 

@@ -7,6 +7,7 @@ import sys
 
 from ..bench.baselines import DEFAULT_METHODS, names as _method_names
 from ..errors import SparsebenchError
+from ..machine import results_folder
 from . import bert as bert_cli
 from . import report as report_cli
 from .args import blocks, duration, floats, positive
@@ -57,7 +58,7 @@ def cmd_bench(args):
 
 
 def _set_name(spec):
-    """A file-name-friendly name for a --shapes argument (results/compare-<name>.csv)."""
+    """A file-name-friendly name for a --shapes argument (results/<cpu>/compare-<name>.csv)."""
     base = os.path.splitext(os.path.basename(str(spec).split(",")[0].strip()))[0]
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", base) or "shapes"
 
@@ -74,7 +75,7 @@ def cmd_compare(args):
     check_dtype_blocks(args.dtype, args.block)
     methods = baselines.parse_methods(args.methods or ",".join(default_methods(args.dtype)))
     suffix = "" if args.dtype == "float32" else "-" + args.dtype
-    out = args.out or os.path.join("results", f"compare-{_set_name(args.shapes)}{suffix}.csv")
+    out = args.out or os.path.join(results_folder(), f"compare-{_set_name(args.shapes)}{suffix}.csv")
     if args.rerun and os.path.exists(out):
         os.replace(out, out + ".bak")
         print(f"--rerun: previous results moved to {out}.bak")
@@ -198,7 +199,8 @@ def cmd_autotune(args):
         print(f"peak at {threads_} threads: {monitor.best:.0f} GFLOP/s fp32"
               + (f", {monitor.rate('int8'):.0f} GOP/s int8" if monitor.rate("int8") else "")
               + f"; probes {', '.join(str(p['gflops']) for p in monitor.probes)}")
-    print(f"database: {args.db}; next: sparsebench export --db {args.db} --out results/tuned.json")
+    print(f"database: {args.db}; next: sparsebench export --db {args.db} --out "
+          f"{os.path.join(os.path.dirname(args.db), 'tuned.json')}")
 
 
 def cmd_check_strategy(args):
@@ -268,6 +270,7 @@ def cmd_export(args):
 
 def build_parser():
     p = argparse.ArgumentParser(prog="sparsebench", description=__doc__)
+    here = results_folder()         # this machine's results: results/<cpu>
     sub = p.add_subparsers(dest="command", required=True)
     q = sub.add_parser("info", help="CPU, instruction sets, build flags, threads, kernel variants")
     q.add_argument("--json", action="store_true", help="machine-readable output")
@@ -279,7 +282,8 @@ def build_parser():
                        "and numpy dense side by side; then call overhead and thread interplay")
     add_problem_args(q, dtype=False)
     q.add_argument("--methods", default=None, help="default: dense,sparsebench,sparsebench-default")
-    q.add_argument("--results", default="results", help="folder for the database, tuned file and CSV")
+    q.add_argument("--results", default=here, help=f"folder for the database, tuned file and CSV (default {here}: "
+                   "this machine's)")
     q.set_defaults(func=cmd_bench)
     q = sub.add_parser("compare", help="every method (dense, scipy, MKL, torch, ours) side by side")
     add_problem_args(q, "for every method (default: all cores)")
@@ -291,7 +295,7 @@ def build_parser():
     q.add_argument("--config", default=None, help="KernelConfig JSON for the sparsebench method")
     q.add_argument("--tuned", default=None, help="tuned-config file (sparsebench export) for the "
                    "sparsebench method; default: the default heuristic")
-    q.add_argument("--out", default=None, help="CSV (default results/compare-<shapes>.csv); "
+    q.add_argument("--out", default=None, help="CSV (default results/<cpu>/compare-<shapes>.csv); "
                    "an existing file is resumed")
     q.add_argument("--rerun", action="store_true", help="move existing results aside and measure all")
     q.set_defaults(func=cmd_compare)
@@ -303,7 +307,7 @@ def build_parser():
     q.add_argument("--samples", type=positive, default=7, help="timing samples per candidate")
     q.add_argument("--isa", choices=("best", "all"), default="best",
                    help="search the best instruction set only, or every one this CPU runs")
-    q.add_argument("--db", default=os.path.join("results", "tuning.jsonl"), help="tuning database (JSON lines)")
+    q.add_argument("--db", default=os.path.join(here, "tuning.jsonl"), help="tuning database (JSON lines)")
     q.add_argument("--retune", action="store_true", help="measure again what the database already has")
     q.add_argument("--use-foreign", action="store_true",
                    help="use records from another machine or build too")
@@ -313,7 +317,8 @@ def build_parser():
     q.add_argument("--strategy", default="smart", help="autotune strategy: smart, exhaustive or random")
     q.add_argument("--max-evals", type=positive, default=None, help="sparse configs measured per task")
     q.add_argument("--methods", default=None, help="methods to compare (default: as compare)")
-    q.add_argument("--results", default="results", help="folder for the database, tuned file, CSV, report")
+    q.add_argument("--results", default=here, help=f"folder for the database, tuned file, CSV, report (default "
+                   f"{here}: this machine's)")
     q.set_defaults(func=cmd_run)
     q = sub.add_parser("check-strategy", help="re-time one strategy's winners against another's")
     add_problem_args(q)
@@ -324,14 +329,14 @@ def build_parser():
     q.add_argument("--replay", action="store_true",
                    help="no timing: run --strategy on the whole-space table --against's run measured "
                    "(Kernel Tuner's simulation mode; --against must be exhaustive)")
-    q.add_argument("--db", default=os.path.join("results", "tuning.jsonl"))
+    q.add_argument("--db", default=os.path.join(here, "tuning.jsonl"))
     q.add_argument("--use-foreign", action="store_true", help="use records of another machine or build")
     q.set_defaults(func=cmd_check_strategy)
     report_cli.add_parser(sub)
     bert_cli.add_parser(sub)
     q = sub.add_parser("export", help="write the tuned winners as a JSON file models import")
-    q.add_argument("--db", default=os.path.join("results", "tuning.jsonl"))
-    q.add_argument("--out", default=os.path.join("results", "tuned.json"))
+    q.add_argument("--db", default=os.path.join(here, "tuning.jsonl"))
+    q.add_argument("--out", default=os.path.join(here, "tuned.json"))
     q.add_argument("--use-foreign", action="store_true", help="export records of another machine or build")
     q.set_defaults(func=cmd_export)
     return p
