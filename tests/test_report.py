@@ -107,10 +107,10 @@ def tuned_file():
             "build_id": "build0123456", "entries": entries}
 
 
-BERT_CSV = """model,runner,sparsity,block,batch,seq,threads,p50_ms,p90_ms,throughput
-bert-mini,sparsebench,0.9,4x1,1,128,2,1.9,2.4,526
-bert-mini,onnxruntime,,,1,128,2,4.2,4.6,238
-bert-base,sparsebench,0.9,4x1,1,128,2,21.5,23.9,
+BERT_CSV = """model,runner,sparsity,block,batch,seq,threads,p50_ms,p90_ms,throughput,hardware_id,cpu
+bert-mini,sparsebench,0.9,4x1,1,128,2,1.9,2.4,526,hw0123456789,Test CPU 9000
+bert-mini,onnxruntime,,,1,128,2,4.2,4.6,238,hw0123456789,Test CPU 9000
+bert-base,sparsebench,0.9,4x1,1,128,2,21.5,23.9,,hw0123456789,Test CPU 9000
 """
 
 
@@ -149,6 +149,8 @@ def write_results(folder, compare=True, tuning=True, tuned_json=True, bert=True,
                              ("kernels", RUNNER_KERNELS)):
             with open(f"{stem}-{suffix}.csv", "w") as f:
                 f.write(text)
+        with open(f"{stem}.json", "w") as f:             # the runner's meta: which machine
+            json.dump({"meta": {"hardware_id": "hw0123456789", "cpu": "Test CPU 9000"}}, f)
     if broken:
         with open(os.path.join(folder, "compare-broken.csv"), "w") as f:
             f.write("this,is,not,a,compare,file\n1,2,3,4,5,6\n")
@@ -423,3 +425,36 @@ def test_int8_bert_runs_add_one_runner_and_their_own_breakdown(tmp_path):
     inputs = load_results(str(tmp_path))
     assert sorted(inputs.bert["runner"]) == ["onnxruntime", "sparsebench", "sparsebench-int8"]
     assert set(inputs.breakdown["model"]) == {"bert-base int8"}
+
+
+def test_a_root_of_two_machines_reports_each_apart(tmp_path):
+    root = tmp_path / "results"
+    write_results(str(root / "test-cpu-9000"), tuning=False, tuned_json=False, broken=False)
+    other = [dict(r, hardware_id="hwOTHER00000", cpu="Other CPU 1") for r in compare_rows()]
+    os.makedirs(root / "other-cpu-1")
+    write_compare(str(root / "other-cpu-1" / "compare-quick.csv"), other)
+    with open(root / "other-cpu-1" / "bert-old.csv", "w") as f:       # no identity anywhere
+        f.write("model,runner,p50_ms,p90_ms\nbert-mini,sparsebench,2.0,2.5\n")
+    summary = build_report(str(root), str(tmp_path / "out"), log=lambda line: None)
+    md = _read(summary.markdown)
+    test, other_, unknown = ("Test CPU 9000, hardware id hw0123456789", "Other CPU 1, hardware id hwOTHER00000",
+                             "unknown machine")
+    for label in (test, other_, unknown):
+        assert md.count(f"# Machine: {label}") == 1
+    folders = {os.path.basename(os.path.dirname(p)) for p in summary.figures}
+    assert folders == {analysis.machine_slug(test), analysis.machine_slug(other_), analysis.machine_slug(unknown)}
+    by_folder = {}
+    for p in summary.figures:
+        by_folder.setdefault(os.path.basename(os.path.dirname(p)), set()).add(os.path.basename(p))
+    assert {"speedup.png", "gflops.png", "bert.png"} <= by_folder[analysis.machine_slug(test)]
+    assert by_folder[analysis.machine_slug(unknown)] == {"bert.png"}
+    # every figure and table title names its own machine's CPU, never another's
+    parts = md.split("# Machine: ")[1:]
+    for part in parts:
+        label = part.splitlines()[0]
+        images = [line for line in part.splitlines() if line.startswith("![")]
+        tables_ = [line for line in part.splitlines() if "CPU:" in line]
+        assert images and tables_ and all(label in t for t in images)
+        assert all(f"CPU: {label}." in t for t in tables_)
+        assert not any(other in part for other in (test, other_, unknown) if other != label
+                       and other not in label)

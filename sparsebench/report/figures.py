@@ -624,8 +624,8 @@ BUILDERS = (("Speedup over dense vs sparsity", speedup_figures),
 STEMS = ("speedup", "gflops", "tuned_parameters", "tuned_vs_default", "convergence", "bert", "bert_breakdown")
 
 
-def make_figures(inputs, fig_dir, log=print):
-    """Draw and save every figure the inputs allow.
+def make_figures(inputs, fig_dir, log=print, machine=None):
+    """Draw and save every figure the inputs allow; `machine` (a label) goes under each title.
 
     Returns ({title: [FigureFile]}, {title: reason skipped}) in report order."""
     os.makedirs(fig_dir, exist_ok=True)
@@ -644,6 +644,9 @@ def make_figures(inputs, fig_dir, log=print):
                 continue
             made[title] = []
             for name, fig_title, caption, fig in figures:
+                if machine:
+                    fig.suptitle(f"{fig.get_suptitle()}\n{machine}")
+                    fig_title = f"{fig_title} — {machine}"
                 png = os.path.join(fig_dir, name + ".png")
                 svg = os.path.join(fig_dir, name + ".svg")
                 fig.savefig(png, dpi=PNG_DPI, metadata={"Software": None})

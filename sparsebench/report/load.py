@@ -1,7 +1,8 @@
 """Finding, reading and validating the result files of a results folder.
 
-Every CSV/JSON/JSON-lines file in the folder and in its immediate subfolders (the BERT runner
-writes to results/bert/) is classified by content, and by name when the content is unusable:
+Every CSV/JSON/JSON-lines file in the folder and in its subfolders two levels down (a results
+root holds one folder per machine, results/<cpu>/, and the BERT runner writes to
+results/<cpu>/bert/) is classified by content, and by name when the content is unusable:
 
 * compare results: a CSV with the header of `sparsebench.bench.compare.FIELDS`, or the one before
   the peak columns (they come back empty), or named compare*.csv;
@@ -12,7 +13,8 @@ writes to results/bert/) is classified by content, and by name when the content 
 * tuning databases: *.jsonl files of `sparsebench autotune` records;
 * tuned-config files: JSON of `sparsebench export` (or named tuned*.json).
 
-A file that claims to be one of these but cannot be read becomes an entry of `Inputs.errors`
+Every row says which machine measured it (hardware_id, cpu; empty when its file does not say:
+BERT tables take them from the runner's <stem>.json beside them). A file that claims to be one of these but cannot be read becomes an entry of `Inputs.errors`
 naming it and saying why; the other files are still read. Rows or records that are unusable
 inside an otherwise good file are dropped with a note.
 """
@@ -90,10 +92,14 @@ KINDS = {"compare": "compare results", "bert": "BERT latencies", "breakdown": "B
          "tuning": "tuning database", "tuned": "tuned-config file"}
 
 
+def _subfolders(folder):
+    return sorted(os.path.join(folder, d) for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
+
+
 def _candidates(results_dir):
-    """CSV/JSON/JSON-lines files in `results_dir` and its immediate subfolders, sorted."""
-    roots = [results_dir] + sorted(os.path.join(results_dir, d) for d in os.listdir(results_dir)
-                                   if os.path.isdir(os.path.join(results_dir, d)))
+    """CSV/JSON/JSON-lines files in `results_dir` and its subfolders two levels down, sorted."""
+    children = _subfolders(results_dir)
+    roots = [results_dir] + [f for child in children for f in [child] + _subfolders(child)]
     return [os.path.join(root, n) for root in roots for n in sorted(os.listdir(root))
             if os.path.isfile(os.path.join(root, n)) and os.path.splitext(n)[1].lower() in (".csv", ".jsonl", ".json")]
 
@@ -297,6 +303,7 @@ def _read_bert(path):
     if df["throughput"].isna().any():
         df["throughput"] = df["throughput"].fillna(df["batch"] / df["p50_ms"] * 1e3)
     df["source"] = os.path.basename(path)
+    _runner_machine(df, path, "-latency.csv")
     return {"bert": df.reset_index(drop=True)}, len(df), "rows", dropped
 
 
@@ -309,7 +316,23 @@ def _read_breakdown(path):
     if "dtype" in df:               # the int8 encoder is a configuration of its own
         df.loc[df["dtype"] == "int8", "model"] = df["model"].astype(str) + " int8"
     df["source"] = os.path.basename(path)
+    _runner_machine(df, path, "-breakdown.csv")
     return {"breakdown": df.reset_index(drop=True)}, len(df), "rows", dropped
+
+
+def _runner_machine(df, path, suffix):
+    """hardware_id and cpu columns of a BERT runner table, from the meta of the <stem>.json the
+    runner writes beside it ("" when there is none)."""
+    meta = {}
+    if path.endswith(suffix):
+        try:
+            with open(path[:-len(suffix)] + ".json", encoding="utf-8") as f:
+                meta = json.load(f).get("meta", {})
+        except (OSError, ValueError, AttributeError):
+            meta = {}
+    for key in ("hardware_id", "cpu"):
+        if key not in df:
+            df[key] = str(meta.get(key) or "") if isinstance(meta, dict) else ""
 
 
 def _task(rec):
@@ -336,7 +359,7 @@ def _result_row(rec, source):
             "best_s": best_s, "best_p20_s": float(rec.get("best_p20_s", best_s)),
             "best_p80_s": float(rec.get("best_p80_s", best_s)), "dense_s": dense_s, "default_s": default_s,
             "unstable": bool(rec.get("unstable", False)), "trajectory": traj,
-            "hardware_id": rec.get("hardware_id", ""), "build_id": rec.get("build_id", ""),
+            "hardware_id": rec.get("hardware_id", ""), "cpu": rec.get("cpu", ""), "build_id": rec.get("build_id", ""),
             "timestamp": rec.get("timestamp", ""), "source": source}
 
 
@@ -351,6 +374,7 @@ def _read_tuning(path):
             elif rec.get("kind") == "measurement":
                 measurements.append({**_task(rec), "strategy": str(rec.get("strategy", "")),
                                      "status": str(rec["status"]), "hardware_id": rec.get("hardware_id", ""),
+                                     "cpu": rec.get("cpu", ""),
                                      "build_id": rec.get("build_id", "")})
             else:
                 bad += 1
@@ -378,7 +402,7 @@ def _read_tuned(path):
                      "threads": int(e["threads"]), "method": e["method"], "config": e["config"],
                      "time_s": e.get("time_s"), "dense_s": e.get("dense_s"), "default_s": e.get("default_s"),
                      "strategy": e.get("strategy", ""), "evals": e.get("evals"),
-                     "source": os.path.basename(path)})
+                     "hardware_id": data.get("hardware_id", ""), "source": os.path.basename(path)})
     header = {"path": path, "hardware": data.get("hardware", {}), "hardware_id": data.get("hardware_id", ""),
               "build": data.get("build", {}), "build_id": data.get("build_id", ""),
               "created": data.get("created", "")}
