@@ -153,6 +153,12 @@ def extensions():
         render(os.path.join(ENCODER, "encoder.pyx.tp"), pyx, isa=isa, VW=VARIANTS.ISAS[isa].lanes, INT8=int8)
         exts.append(kernel_extension(f"_encoder_{isa}", pyx, flags[isa],
                                      encoder_headers + (["vnni.h"] if int8 else [])))
+    for isa in wanted:
+        pyx = os.path.join(GENERATED, f"peak_{isa}.pyx")
+        vnni = "spmm_int8" in VARIANTS.ISAS[isa].modules
+        render(os.path.join(KERNELS, "peak.pyx.tp"), pyx, isa=isa, VW=VARIANTS.ISAS[isa].lanes,
+               CHAINS=VARIANTS.ISAS[isa].registers * 3 // 4, VNNI=vnni)
+        exts.append(kernel_extension(f"_peak_{isa}", pyx, flags[isa], ["vnni.h"] if vnni else []))
     # the pool and the untuned reference: baseline-ISA flags, they must run everywhere
     exts.append(kernel_extension("_pool", os.path.join(KERNELS, "pool.pyx"), ["-O2", "-pthread"]))
     exts.append(kernel_extension("_generic_csr", os.path.join(KERNELS, "generic_csr.pyx"), ["-O3", "-pthread"]))
@@ -160,7 +166,7 @@ def extensions():
                           extra_compile_args=["-O2"]))
     buildinfo = {"target": target, "isas": built["spmm"],
                  "flags": {isa: flags[isa] for isa in built["spmm"]},
-                 "encoder_isas": built["encoder"], "int8_isas": built["spmm_int8"],
+                 "encoder_isas": built["encoder"], "peak_isas": wanted, "int8_isas": built["spmm_int8"],
                  "int8_flags": {isa: flags[isa] for isa in built["spmm_int8"]},
                  "compiler": compiler_version(), "kernel_hashes": kernel_hashes(), "tune": resolved_tune(tune),
                  "prefetch_pad": VARIANTS.PREFETCH_PAD, "blocks": VARIANTS.FP32_BLOCKS,

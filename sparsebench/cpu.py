@@ -137,7 +137,6 @@ def encoder_module(isa=None):
     """Import the compiled encoder ops (LayerNorm, GELU, attention; int8 attention too in the
     avx512vnni module) for `isa`, by default the first of encoder_isas(). They are built with the
     same flags and CPU check as the SpMM kernels of their ISA."""
-    built = BUILD.get("encoder_isas", [])
     if isa is None:
         usable = encoder_isas()
         if not usable:
@@ -145,12 +144,31 @@ def encoder_module(isa=None):
                 f"this build of sparsebench has no encoder ops for {', '.join(available_isas())}; "
                 "rebuild it (python setup.py build_ext --inplace, or pip install -e .)")
         isa = usable[0]
+    return _isa_companion(isa, "encoder_isas", "_encoder_", "encoder ops")
+
+
+def _isa_companion(isa, key, prefix, what):
+    """Import sparsebench.<prefix><isa>, a module built with the flags of `isa`'s kernels (listed
+    in BUILD[key]), after the same CPU check as those kernels."""
     # raises with the reason if this CPU or build cannot run `isa`
     kernel_module(isa, "int8" if isa in INT8_ISA_REQUIREMENTS else "float32")
+    built = BUILD.get(key, [])
     if isa not in built:
-        raise UnsupportedISAError(f"this build of sparsebench has no {isa!r} encoder ops (built: "
+        raise UnsupportedISAError(f"this build of sparsebench has no {isa!r} {what} (built: "
                                   f"{', '.join(built) or 'none'}); rebuild it")
-    return importlib.import_module(f"sparsebench._encoder_{isa}")
+    return importlib.import_module(f"sparsebench.{prefix}{isa}")
+
+
+@functools.lru_cache(maxsize=None)
+def peak_module():
+    """The peak probes (sparsebench._peak_<isa>) of the best ISA this CPU runs, SPARSEBENCH_ISA
+    or not: the machine's peak is its best instruction set's."""
+    built = BUILD.get("peak_isas", [])
+    for isa in ENCODER_ISA_REQUIREMENTS:
+        if isa in built and set(ENCODER_ISA_REQUIREMENTS[isa]) <= set(cpu_features()):
+            return _isa_companion(isa, "peak_isas", "_peak_", "peak probes")
+    raise UnsupportedISAError("this build of sparsebench has no peak probes this CPU can run "
+                              f"(built: {', '.join(built) or 'none'}); rebuild it")
 
 
 def int8_attention():

@@ -13,6 +13,7 @@ import glob
 import json
 import os
 import platform
+import re
 
 from . import _cpu
 from .cpu import cpu_features, cpu_model
@@ -75,6 +76,21 @@ def cpu_label(identity=None):
     ident = identity or cpu_identity()
     uarch = "" if ident.get("uarch") in (None, "unknown") else " " + ident["uarch"]
     return f"{ident.get('brand') or ident.get('vendor')}{uarch} (family {ident.get('family')} model {ident.get('model')})"
+
+
+def cpu_slug(identity=None):
+    """A folder-name-friendly name of the CPU kind, e.g. "amd-epyc-zen4-f25m17"."""
+    ident = identity or cpu_identity()
+    brand = re.sub(r"\((R|TM)\)|\bCPU\b|\bProcessor\b|\d+-Core|@.*$", " ",
+                   str(ident.get("brand") or ident.get("vendor") or "cpu"), flags=re.I)
+    uarch = "" if ident.get("uarch") in (None, "unknown") else ident["uarch"].replace(" ", "")
+    kind = f"f{ident['family']}m{ident['model']}" if ident.get("family") is not None else ""
+    return re.sub(r"[^a-z0-9]+", "-", f"{brand} {uarch} {kind}".lower()).strip("-") or "cpu"
+
+
+def results_folder(root="results", identity=None):
+    """This machine's results folder: `root`/<cpu_slug()>."""
+    return os.path.join(root, cpu_slug(identity))
 
 
 @functools.lru_cache(maxsize=None)

@@ -156,7 +156,7 @@ def pruned_problems(draw, max_m=70, max_k=70, max_n=150):
 # -- fixtures ---------------------------------------------------------------------------------
 
 def _clear_cpu_caches():
-    for f in (cpu.available_isas, cpu.kernel_module, cpu.encoder_isas, cpu.encoder_module,
+    for f in (cpu.available_isas, cpu.kernel_module, cpu.encoder_isas, cpu.encoder_module, cpu.peak_module,
               cpu.cpu_features):
         f.cache_clear()
 
@@ -180,3 +180,25 @@ def no_cpu_features(clean_cpu_caches):
     """Pretend the CPU has no SIMD extensions at all (only the generic kernels can run)."""
     clean_cpu_caches.setattr(cpu, "cpu_features", lambda: ())
     yield clean_cpu_caches
+
+
+@pytest.fixture(autouse=True, scope="session")
+def peak_cache_dir(tmp_path_factory):
+    """One peak cache for the whole session, never the user's (~/.cache/sparsebench)."""
+    from sparsebench.peak import ENV_CACHE_DIR
+    old = os.environ.get(ENV_CACHE_DIR)
+    os.environ[ENV_CACHE_DIR] = str(tmp_path_factory.mktemp("peak-cache"))
+    yield os.environ[ENV_CACHE_DIR]
+    if old is None:
+        del os.environ[ENV_CACHE_DIR]
+    else:
+        os.environ[ENV_CACHE_DIR] = old
+
+
+@pytest.fixture
+def steady_machine(monkeypatch):
+    """Peak probes that always see the cached peak: no case is degraded, none measured twice."""
+    from sparsebench import peak
+    steady = peak.Peak(1, 100.0, 200.0, 100.0, 200.0, "test", 0.0)
+    monkeypatch.setattr(peak, "peak", lambda threads, max_age=None: steady)
+    monkeypatch.setattr(peak, "_run", lambda module, kind, threads, rounds: 100.0)

@@ -9,7 +9,7 @@ from sparsebench import store
 from sparsebench.bench import baselines
 from sparsebench.bench.baselines import MethodUnavailable, Problem
 from sparsebench.cli.main import main
-from sparsebench.bench.compare import FIELDS, Compare, read_rows
+from sparsebench.bench.compare import FIELDS, Compare, read_rows, speedup_table
 from sparsebench.bench.shapes import Shape
 from sparsebench.bench.timing import Stats, interleaved, ratio
 from sparsebench.bench.verify import Reference
@@ -117,7 +117,7 @@ def test_every_builtin_method_passes_the_gate(tmp_path):
     assert {r["method"] for r in rows if r["status"] == "skipped"} <= {"scipy-bsr"}  # 37 % 4 != 0
 
 
-def test_rows_survive_interruption_and_resume_measures_only_missing(tmp_path, monkeypatch):
+def test_rows_survive_interruption_and_resume_measures_only_missing(tmp_path, monkeypatch, steady_machine):
     out = str(tmp_path / "c.csv")
     shapes = [Shape("a", 16, 16, 4), Shape("b", 24, 16, 4)]
     cmp = Compare(["dense", "sparsebench"], threads=1, samples=3, out=out)
@@ -201,3 +201,52 @@ def test_cli_compare_bad_arguments(tmp_path, capsys):
     assert "unknown method 'nope'" in capsys.readouterr().err
     assert main(["compare", "--shapes", "no-such-set", "--out", str(tmp_path / "x.csv")]) == 2
     assert "no shape file or set named" in capsys.readouterr().err
+
+
+def test_rows_report_pct_of_the_measured_peak(tmp_path):
+    rows = Compare(["dense", "sparsebench"], threads=1, samples=3, out=str(tmp_path / "c.csv")).run(TINY, [0.5], [(4, 1)])
+    for r in rows:
+        assert 0 < float(r["pct_peak"]) <= 100 * 1.2, r
+        assert float(r["peak_gflops"]) > 0 and float(r["probe_gflops"]) > 0 and r["degraded"] in ("True", "False")
+    by = {r["method"]: r for r in rows}
+    dense = by["dense"]
+    assert float(dense["pct_peak"]) == pytest.approx(100 * float(dense["gflops"]) / float(dense["peak_gflops"]), rel=1e-3)
+    ours = by["sparsebench"]
+    assert float(ours["pct_peak"]) == pytest.approx(100 * float(ours["effective_gflops"]) / float(ours["peak_gflops"]), rel=1e-3)
+
+
+def test_a_degraded_probe_marks_the_case_and_measures_it_again(tmp_path, monkeypatch):
+    from sparsebench import peak
+    monkeypatch.setattr(peak, "peak", lambda threads, max_age=None: peak.Peak(1, 100.0, None, 100.0, None, "test", 0.0))
+    rates = iter([100.0, 50.0, 40.0, 100.0, 100.0])      # start, case a (slow), again (slow), case b
+    monkeypatch.setattr(peak, "_run", lambda *a: next(rates))
+    logged = []
+    cmp = Compare(["dense"], threads=1, samples=3, log=logged.append)
+    runs = []
+    real = cmp.run_case
+    monkeypatch.setattr(cmp, "run_case", lambda *a: runs.append(a[0].name) or real(*a))
+    rows = cmp.run([Shape("a", 16, 16, 4), Shape("b", 16, 16, 4)], [0.5], [(1, 1)])
+    assert runs == ["a", "a", "b"]
+    by = {r["shape"]: r for r in rows}
+    assert by["a"]["degraded"] == "True" and by["a"]["probe_gflops"] == "40"
+    assert by["b"]["degraded"] == "False" and by["b"]["probe_gflops"] == "100"
+    assert any("measuring the case again" in line for line in logged)
+    assert any(line.startswith("degraded: 1 cases") for line in logged)
+    assert "!" in speedup_table(rows, ["dense"])
+
+
+def test_a_compare_csv_of_the_old_header_loads_and_resumes(tmp_path, steady_machine):
+    from sparsebench.bench.compare import LEGACY_FIELDS, PEAK_FIELDS
+    out = tmp_path / "c.csv"
+    Compare(["dense"], threads=1, samples=3, out=str(out)).run(TINY, [0.5], [(4, 1)])
+    rows = list(csv.DictReader(open(out)))
+    with open(out, "w", newline="") as f:                  # as written before the peak columns
+        w = csv.DictWriter(f, LEGACY_FIELDS, extrasaction="ignore", lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    old = read_rows(str(out))
+    assert len(old) == 1 and all(old[0][k] == "" for k in PEAK_FIELDS)
+    rows = Compare(["dense"], threads=1, samples=3, out=str(out)).run(TINY + [Shape("b", 16, 16, 4)], [0.5], [(4, 1)])
+    assert open(out).readline().strip() == ",".join(FIELDS)
+    assert [r["shape"] for r in read_rows(str(out))] == ["tiny", "b"]
+    assert read_rows(str(out))[1]["pct_peak"] != ""

@@ -153,3 +153,19 @@ def test_info_shows_the_identity(capsys):
     text = format_info(info)
     assert f"Hardware id:    {fingerprint.hardware_id()}" in text
     assert f"-mtune resolved to {BUILD['tune']}" in text and "Caches:" in text and "Cores/threads:" in text
+
+
+def test_results_folder_is_named_after_the_cpu(monkeypatch):
+    from sparsebench.cli.main import build_parser
+    from sparsebench.machine import cpu_slug, results_folder
+
+    monkeypatch.setenv(ENV_FAKE_CPU, ZEN4)
+    assert results_folder() == os.path.join("results", "amd-epyc-zen4-f25m17")
+    assert results_folder("elsewhere").startswith("elsewhere" + os.sep)
+    assert build_parser().parse_args(["autotune"]).db == os.path.join("results", "amd-epyc-zen4-f25m17", "tuning.jsonl")
+    monkeypatch.setenv(ENV_FAKE_CPU, ZEN5)
+    assert results_folder() == os.path.join("results", "amd-epyc-zen5-f26m2")
+    assert build_parser().parse_args(["export"]).out == os.path.join("results", "amd-epyc-zen5-f26m2", "tuned.json")
+    assert cpu_slug({"brand": "Intel(R) Xeon(R) Platinum 8375C CPU @ 2.90GHz", "uarch": "Ice Lake-SP",
+                     "family": 6, "model": 106}) == "intel-xeon-platinum-8375c-icelake-sp-f6m106"
+    assert cpu_slug({"brand": None, "vendor": "ARM", "uarch": "unknown", "family": None, "model": None}) == "arm"

@@ -412,6 +412,18 @@ def test_cli_writes_results(tmp_path, capsys):
     assert latency[0].startswith("model,sparsity,block,dtype,method") and len(latency) == 3
     result = json.loads((stem.parent / (stem.name + ".json")).read_text())
     assert result["meta"]["model"] == "bert-mini" and len(result["kernels"]) == 4 * 6
+    assert result["meta"]["peak_gflops"] > 0 and len(result["meta"]["peak_probes"]) == 2
+    for row in result["latency"]:
+        assert 0 < row["pct_peak"] <= 100 * 1.2 and row["degraded"] in (True, False)
+    assert "% peak" in printed
+
+
+def test_forward_ops_counts_the_useful_work(tiny_encoder):
+    sparse, dense = runner.forward_ops(tiny_encoder, 2, 8), runner.forward_ops(tiny_encoder, 2, 8, dense=True)
+    attention = 4 * 2 * 8 * 8 * TINY.hidden * TINY.layers
+    linears = [lin for layer in tiny_encoder.layers for _, lin in layer.linears()]
+    assert sparse == 2 * sum(lin.A.nnz for lin in linears) * 16 + attention
+    assert dense == 2 * sum(lin.A.shape[0] * lin.A.shape[1] for lin in linears) * 16 + attention > sparse
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -107,10 +107,10 @@ def tuned_file():
             "build_id": "build0123456", "entries": entries}
 
 
-BERT_CSV = """model,runner,sparsity,block,batch,seq,threads,p50_ms,p90_ms,throughput
-bert-mini,sparsebench,0.9,4x1,1,128,2,1.9,2.4,526
-bert-mini,onnxruntime,,,1,128,2,4.2,4.6,238
-bert-base,sparsebench,0.9,4x1,1,128,2,21.5,23.9,
+BERT_CSV = """model,runner,sparsity,block,batch,seq,threads,p50_ms,p90_ms,throughput,hardware_id,cpu
+bert-mini,sparsebench,0.9,4x1,1,128,2,1.9,2.4,526,hw0123456789,Test CPU 9000
+bert-mini,onnxruntime,,,1,128,2,4.2,4.6,238,hw0123456789,Test CPU 9000
+bert-base,sparsebench,0.9,4x1,1,128,2,21.5,23.9,,hw0123456789,Test CPU 9000
 """
 
 
@@ -149,6 +149,8 @@ def write_results(folder, compare=True, tuning=True, tuned_json=True, bert=True,
                              ("kernels", RUNNER_KERNELS)):
             with open(f"{stem}-{suffix}.csv", "w") as f:
                 f.write(text)
+        with open(f"{stem}.json", "w") as f:             # the runner's meta: which machine
+            json.dump({"meta": {"hardware_id": "hw0123456789", "cpu": "Test CPU 9000"}}, f)
     if broken:
         with open(os.path.join(folder, "compare-broken.csv"), "w") as f:
             f.write("this,is,not,a,compare,file\n1,2,3,4,5,6\n")
@@ -204,13 +206,27 @@ def test_speedup_table_matches_the_input_numbers(full):
     assert "mkl (needs the mkl package (pip install mkl))" in md
 
 
-def test_gflops_table_uses_the_measured_dense_peak(full):
+def test_gflops_table_falls_back_to_the_fastest_dense_run(full):
     _, md, _, _, _ = full
     rows = compare_rows()
     peak = max(float(r["gflops"]) for r in rows if r["method"] == "dense")
     eff = float(rows[1]["effective_gflops"])                # sparsebench, attn, 0.8
-    assert f"measured dense peak {peak:.4g} GFLOP/s" in md
+    assert f"the fastest dense run (these results carry no machine peak), {peak:.4g} GFLOP/s" in md
     assert f"| {eff:.4g} ({eff / peak * 100:.0f}%) |" in md
+
+
+def test_roofline_and_tables_use_the_measured_machine_peak(tmp_path):
+    rows = [dict(r, peak_gflops=50.0, pct_peak=float(r["effective_gflops"]) / 50.0 * 100 if r["status"] == "ok" else "",
+                 degraded=str(r["method"] == "scipy-csr") if r["status"] == "ok" else "")
+            for r in compare_rows()]
+    os.makedirs(tmp_path / "results")
+    write_compare(str(tmp_path / "results" / "compare-x.csv"), rows)
+    summary = build_report(str(tmp_path / "results"), str(tmp_path / "out"), log=lambda line: None)
+    md = _read(summary.markdown)
+    assert "the machine's measured fp32 peak (FMA probe), 50 GFLOP/s" in md
+    eff = float(rows[1]["effective_gflops"])
+    assert f"| {eff:.4g} ({eff / 50 * 100:.0f}%) |" in md
+    assert "!" in md.split("Effective GFLOP/s against the measured peak")[1]
 
 
 def test_tuning_tables_match_the_database(full):
@@ -409,3 +425,36 @@ def test_int8_bert_runs_add_one_runner_and_their_own_breakdown(tmp_path):
     inputs = load_results(str(tmp_path))
     assert sorted(inputs.bert["runner"]) == ["onnxruntime", "sparsebench", "sparsebench-int8"]
     assert set(inputs.breakdown["model"]) == {"bert-base int8"}
+
+
+def test_a_root_of_two_machines_reports_each_apart(tmp_path):
+    root = tmp_path / "results"
+    write_results(str(root / "test-cpu-9000"), tuning=False, tuned_json=False, broken=False)
+    other = [dict(r, hardware_id="hwOTHER00000", cpu="Other CPU 1") for r in compare_rows()]
+    os.makedirs(root / "other-cpu-1")
+    write_compare(str(root / "other-cpu-1" / "compare-quick.csv"), other)
+    with open(root / "other-cpu-1" / "bert-old.csv", "w") as f:       # no identity anywhere
+        f.write("model,runner,p50_ms,p90_ms\nbert-mini,sparsebench,2.0,2.5\n")
+    summary = build_report(str(root), str(tmp_path / "out"), log=lambda line: None)
+    md = _read(summary.markdown)
+    test, other_, unknown = ("Test CPU 9000, hardware id hw0123456789", "Other CPU 1, hardware id hwOTHER00000",
+                             "unknown machine")
+    for label in (test, other_, unknown):
+        assert md.count(f"# Machine: {label}") == 1
+    folders = {os.path.basename(os.path.dirname(p)) for p in summary.figures}
+    assert folders == {analysis.machine_slug(test), analysis.machine_slug(other_), analysis.machine_slug(unknown)}
+    by_folder = {}
+    for p in summary.figures:
+        by_folder.setdefault(os.path.basename(os.path.dirname(p)), set()).add(os.path.basename(p))
+    assert {"speedup.png", "gflops.png", "bert.png"} <= by_folder[analysis.machine_slug(test)]
+    assert by_folder[analysis.machine_slug(unknown)] == {"bert.png"}
+    # every figure and table title names its own machine's CPU, never another's
+    parts = md.split("# Machine: ")[1:]
+    for part in parts:
+        label = part.splitlines()[0]
+        images = [line for line in part.splitlines() if line.startswith("![")]
+        tables_ = [line for line in part.splitlines() if "CPU:" in line]
+        assert images and tables_ and all(label in t for t in images)
+        assert all(f"CPU: {label}." in t for t in tables_)
+        assert not any(other in part for other in (test, other_, unknown) if other != label
+                       and other not in label)

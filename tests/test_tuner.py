@@ -94,6 +94,8 @@ def test_budget_records_resume_and_retune(tmp_path):
     assert res["evals"] == 6 and len(meas) == 1 + 6          # dense + 6 configs, all recorded
     assert all(r["status"] == "ok" and r["hardware_id"] and r["build_id"] for r in meas)
     assert res["method"] in ("sparse", "dense") and res["dense_s"] > 0
+    assert 0 < res["pct_peak"] <= 100 * 1.2 and res["peak_gflops"] > 0 and res["degraded"] in (True, False)
+    assert [p["label"] for p in res["peak_probes"]] == ["start", SMALL.name]
     _tune(path)                                             # done already: nothing measured
     assert len(_measurements(path)) == 7
     _tune(path, max_evals=9)                                # same strategy: still done
@@ -239,6 +241,7 @@ def test_cli_autotune_export_and_bad_input(tmp_path, capsys):
                  "--samples", "3", "--db", str(db)]) == 0
     printed = capsys.readouterr().out
     assert "best per task" in printed and "40x32x16" in printed and "default/best" in printed
+    assert "% peak" in printed and "peak at 1 threads" in printed
     assert main(["export", "--db", str(db), "--out", str(tmp_path / "tuned.json")]) == 0
     assert load_tuned(str(tmp_path / "tuned.json")).entries
     empty = tmp_path / "empty.csv"
@@ -305,3 +308,11 @@ def test_nearby_winners_of_one_strategy_only(tmp_path):
     assert set(nearby_winners(db, third)) == set(winners.values())
     assert nearby_winners(db, third, strategy="random") == [winners["random"]]
     assert nearby_winners(db, third, strategy="smart") == []
+
+
+def test_a_degraded_probe_marks_the_tuning_result(tmp_path, monkeypatch):
+    from sparsebench import peak
+    monkeypatch.setattr(peak, "peak", lambda threads, max_age=None: peak.Peak(1, 100.0, None, 100.0, None, "t", 0.0))
+    monkeypatch.setattr(peak, "_run", lambda *a: 50.0)
+    db, [res] = _tune(tmp_path / "db.jsonl", max_evals=2)
+    assert res["degraded"] is True and db.results()[-1]["degraded"] is True

@@ -5,7 +5,10 @@ against the float64 reference (a wrong result becomes a failed row, never a timi
 results against the exact product of their quantized operands, with max_rel_error their
 deviation from the float32 result, i.e. the cost of quantization), then
 the methods that passed are timed interleaved and each is reported as a ratio to dense
-taken round by round. Rows are appended to the CSV as each case finishes, so an interrupted
+taken round by round, and as a percentage of the machine's measured peak (pct_peak: useful
+GFLOP/s, or GOP/s against the int8 peak; see sparsebench.peak). A short peak probe runs before
+and after every case: a case beside a probe more than 15% under the peak is marked degraded and
+measured once more. Rows are appended to the CSV as each case finishes, so an interrupted
 run keeps what it measured and a re-run measures only the cases still missing.
 """
 import csv
@@ -21,6 +24,7 @@ from . import baselines
 from ..bsr import BSRMatrix
 from ..dtypes import check_dtype, reference, sparse_matrix
 from ..machine import cpu_label
+from ..peak import DEGRADED_BELOW, PeakMonitor
 from ..prune import prune
 from .problems import problem_arrays
 from .timing import interleaved, ratio
@@ -30,6 +34,14 @@ FIELDS = ["shape", "M", "K", "N", "block", "sparsity", "dtype", "threads", "cach
           "reason", "median_ms", "p20_ms", "p80_ms", "min_ms", "spread", "unstable", "samples", "loops",
           "gflops", "effective_gflops", "speedup", "speedup_p20", "speedup_p80", "max_rel_error",
           "config", "library", "cpu", "hardware_id", "build_id", "sparsebench", "timestamp"]
+#: columns of the measured peak; files written before them have the header without them.
+#: peak_gflops is the peak pct_peak refers to (GOP/s for int8 rows), probe_gflops the lower of
+#: the fp32 probes before and after the case
+PEAK_FIELDS = ["pct_peak", "peak_gflops", "probe_gflops", "degraded"]
+LEGACY_FIELDS = list(FIELDS)
+FIELDS = FIELDS + PEAK_FIELDS
+#: methods that compute the whole dense product (their useful work is 2*M*K*N)
+DENSE_METHODS = ("dense", "sparsebench-dense")
 KEY = ("shape", "M", "K", "N", "block", "sparsity", "dtype", "threads", "cache")
 
 
@@ -39,15 +51,26 @@ def case_key(shape, block, sparsity, threads, cache, dtype="float32"):
 
 
 def read_rows(path):
-    """Rows of a compare CSV (the header must match this version's)."""
+    """Rows of a compare CSV, of this version's header or the one before the peak columns
+    (which come back empty)."""
     lines = store.read_lines(path)
     if not lines:
         return []
     rows = list(csv.reader(lines))
-    if rows[0] != FIELDS:
+    if rows[0] not in (FIELDS, LEGACY_FIELDS):
         raise store.StoreError(f"{path} is not a compare results file of this sparsebench version "
                                "(header differs); pass another --out or --rerun to start it afresh")
-    return [dict(zip(FIELDS, r)) for r in rows[1:] if len(r) == len(FIELDS)]
+    return [dict(dict.fromkeys(PEAK_FIELDS, ""), **dict(zip(rows[0], r))) for r in rows[1:] if len(r) == len(rows[0])]
+
+
+def _upgrade_header(path):
+    """Rewrite a compare CSV of the header before the peak columns with this version's, so rows
+    can be appended to it."""
+    lines = store.read_lines(path)
+    if lines and next(csv.reader(lines[:1])) == LEGACY_FIELDS:
+        rows = read_rows(path)
+        with store.atomic_file(path) as f:
+            f.write("".join(line + "\n" for line in [",".join(FIELDS)] + [_csv_line(r) for r in rows]))
 
 
 def _csv_line(row):
@@ -77,6 +100,7 @@ class Compare:
         self.log = log
         self.progress = progress or (lambda *a: None)
         self.skipped = set()
+        self.monitor = PeakMonitor(threads)
         self.meta = {"cpu": cpu_label(), "hardware_id": fingerprint.hardware_id(),
                      "build_id": fingerprint.build_id(self.dtype), "sparsebench": __version__}
 
@@ -84,6 +108,7 @@ class Compare:
         done = set()
         rows = []
         if self.out:
+            _upgrade_header(self.out)
             for r in read_rows(self.out):
                 done.add((tuple(r[k] for k in KEY), r["method"]))
                 rows.append(r)
@@ -96,15 +121,38 @@ class Compare:
             self.log(f"resuming {self.out}: {len(cases) - len(todo)} of {len(cases)} cases already measured")
         with threadpool_limits(self.threads):
             for i, (shape, block, sparsity) in enumerate(todo):
-                self.progress(i, len(todo), f"{shape.name} {shape} {block[0]}x{block[1]} {sparsity:g}")
-                new = self.run_case(shape, block, sparsity)
+                label = f"{shape.name} {shape} {block[0]}x{block[1]} {sparsity:g}"
+                self.progress(i, len(todo), label)
+                new = self.measure_case(shape, block, sparsity, label)
                 if self.out:
                     store.append_lines(self.out, [_csv_line(r) for r in new], header=",".join(FIELDS))
                 rows = [r for r in rows if tuple(r[k] for k in KEY) != case_key(
                     shape, block, sparsity, self.threads, self.cache, self.dtype)] + new
                 self.progress(i + 1, len(todo), "")      # clear the live line
                 self.log(format_case(new))
+        degraded = {(r["shape"], r["block"], r["sparsity"]) for r in rows if r.get("degraded") == "True"}
+        if degraded:
+            self.log(f"degraded: {len(degraded)} cases were measured while a peak probe ran more than "
+                     f"{DEGRADED_BELOW:.0%} under the peak ({self.monitor.best:.0f} GFLOP/s; another "
+                     "process or tenant on the cores), marked in the degraded column")
         return rows
+
+    def measure_case(self, shape, block, sparsity, label):
+        """run_case between two peak probes, once more if a probe says the machine was degraded;
+        its rows with pct_peak, the probes and the degraded mark."""
+        new, degraded, probe = self._probed_case(shape, block, sparsity, label)
+        if degraded:
+            self.log(f"{label}: a peak probe ran more than {DEGRADED_BELOW:.0%} under the peak "
+                     f"({probe:.0f} of {self.monitor.best:.0f} GFLOP/s); measuring the case again")
+            self.monitor.probe(f"{label} (again)")        # the slow probe must not count twice
+            new, degraded, probe = self._probed_case(shape, block, sparsity, label)
+        for r in new:
+            r.update(probe_gflops=_fmt(probe), degraded=str(degraded) if r["status"] == "ok" else "")
+        return new
+
+    def _probed_case(self, shape, block, sparsity, label):
+        rows, degraded = self.monitor.around(label, lambda: self.run_case(shape, block, sparsity))
+        return rows, degraded, min(p["gflops"] for p in self.monitor.probes[-2:])
 
     def run_case(self, shape, block, sparsity):
         W, X = problem_arrays(shape)
@@ -122,13 +170,14 @@ class Compare:
                 "sparsity": f"{sparsity:g}", "dtype": self.dtype, "threads": self.threads,
                 "cache": self.cache, "timestamp": datetime.datetime.now().isoformat(timespec="seconds"),
                 **self.meta}
-        rows, runners = {}, {}
+        rows, runners, dtypes = {}, {}, {}
         for method in self.methods:
             row = dict(base, method=method.name, library=_version(method))
             try:
                 fn = method.prepare(prob)
                 Y = fn()
                 dtype = method.dtype(prob)
+                dtypes[method.name] = dtype
                 ok, gate_err = refs[dtype].check(Y)
                 err = gate_err if dtype == "float32" else refs["float32"].check(Y)[1]
             except baselines.MethodUnavailable as e:
@@ -157,6 +206,10 @@ class Compare:
                                   unstable=st.unstable, samples=st.n, loops=st.loops,
                                   gflops=shape.flops / st.median / 1e9,
                                   effective_gflops=useful / st.median / 1e9)
+                dense = name in DENSE_METHODS or rows[name].get("config") == "dense"
+                dtype = "float32" if dense else dtypes[name]
+                rows[name].update(pct_peak=self.monitor.pct(shape.flops if dense else useful, st.median, dtype),
+                                  peak_gflops=self.monitor.rate(dtype))
                 if "dense" in stats:
                     sp = ratio(stats["dense"], st)
                     rows[name].update(speedup=sp.median, speedup_p20=sp.p20, speedup_p80=sp.p80)
@@ -179,8 +232,7 @@ def format_case(rows):
     for r in rows:
         if r["status"] == "ok":
             sp = f" {float(r['speedup']):.2f}x" if r.get("speedup") else ""
-            flag = "?" if r["unstable"] == "True" else ""
-            parts.append(f"{r['method']} {float(r['median_ms']):.3f}ms{sp}{flag}")
+            parts.append(f"{r['method']} {float(r['median_ms']):.3f}ms{sp}{_peak_cell(r)}{_flags(r)}")
         elif r["status"] != "skipped":
             parts.append(f"{r['method']} {r['status'].upper()}")
     dims = f"{r0['M']}x{r0['K']}x{r0['N']}"
@@ -188,8 +240,18 @@ def format_case(rows):
     return f"{name} {r0['block']} {r0['sparsity']}: " + ", ".join(parts)
 
 
+def _flags(row):
+    """? unstable, ! degraded (measured while a peak probe ran slow)."""
+    return ("?" if row["unstable"] == "True" else "") + ("!" if row.get("degraded") == "True" else "")
+
+
+def _peak_cell(row):
+    """' (12% peak)', or '' for rows without a peak (older files)."""
+    return f" ({float(row['pct_peak']):.0f}%)" if row.get("pct_peak") else ""
+
+
 def speedup_table(rows, methods):
-    """Text table: speedup over dense (median [p20-p80]) per shape x sparsity x method."""
+    """Text table: speedup over dense and % of the measured peak per shape x sparsity x method."""
     header = ["shape", "MxKxN", "block", "sparsity"] + list(methods)
     lines = []
     seen = {}
@@ -205,10 +267,9 @@ def speedup_table(rows, methods):
             elif r["status"] != "ok":
                 cells.append(r["status"].upper())
             elif r.get("speedup"):
-                mark = "?" if r["unstable"] == "True" else ""
-                cells.append(f"{float(r['speedup']):.2f}x{mark}")
+                cells.append(f"{float(r['speedup']):.2f}x{_peak_cell(r)}{_flags(r)}")
             else:
-                cells.append(f"{float(r['median_ms']):.3f}ms")
+                cells.append(f"{float(r['median_ms']):.3f}ms{_peak_cell(r)}{_flags(r)}")
         lines.append(cells)
     return format_table(header, lines)
 

@@ -4,8 +4,10 @@ Hook into the main CLI with ``bert_cli.add_parser(subparsers)``; the parser's ``
 """
 import argparse
 import collections
+import os
 import time
 
+from ..machine import results_folder
 from ..prune import check_sparsity
 from .args import block, duration, positive
 
@@ -58,7 +60,8 @@ def add_parser(subparsers):
     q.add_argument("--threads", type=positive, default=None, help="default: sparsebench's thread count")
     q.add_argument("--samples", type=positive, default=30, help="latency samples per method (default 30)")
     q.add_argument("--seed", type=int, default=0, help="seed of the random weights")
-    q.add_argument("--out", default="results/bert", help="results folder (default results/bert)")
+    q.add_argument("--out", default=os.path.join(results_folder(), "bert"),
+                   help="results folder (default results/<cpu>/bert: this machine's)")
     q.set_defaults(func=run)
     return q
 
@@ -67,6 +70,7 @@ def run(args):
     from ..cpu import default_threads
     from ..models import BertEncoder
     from ..models import runner
+    from ..peak import PeakMonitor
 
     threads = args.threads or default_threads()
     t0 = time.perf_counter()
@@ -87,14 +91,22 @@ def run(args):
     kernels = enc.kernel_report(tokens)
     _print_kernels(kernels, tokens)
 
+    monitor = PeakMonitor(threads)
     rows = runner.compare(enc, args.batch, args.seq, baselines, threads=threads, samples=args.samples,
-                          log=lambda line: print(line, flush=True))
-    print(f"\nbatch {args.batch} x seq {args.seq}, {threads} threads; p50/p90 latency of one forward pass:")
-    print(f"  {'method':<12} {'p50 ms':>9} {'p90 ms':>9} {'seq/s':>9} {'ours faster':>12} {'max rel diff':>13}")
+                          log=lambda line: print(line, flush=True), monitor=monitor)
+    print(f"\nbatch {args.batch} x seq {args.seq}, {threads} threads; p50/p90 latency of one forward pass; "
+          f"% peak: useful GFLOP/s (2*nnz per token, dense 2*M*K; attention) of the measured "
+          f"{monitor.best:.0f} GFLOP/s:")
+    print(f"  {'method':<12} {'p50 ms':>9} {'p90 ms':>9} {'seq/s':>9} {'ours faster':>12} {'max rel diff':>13} "
+          f"{'% peak':>7}")
     for r in rows:
         flag = "  (unstable)" if r["unstable"] else ""
+        pct = "-" if r["pct_peak"] is None else f"{r['pct_peak']:.0f}%"
         print(f"  {r['method']:<12} {r['p50_ms']:9.2f} {r['p90_ms']:9.2f} {r['throughput_seq_s']:9.1f} "
-              f"{r['ours_speedup']:11.2f}x {r['max_rel_diff_vs_ours']:13.1e}{flag}")
+              f"{r['ours_speedup']:11.2f}x {r['max_rel_diff_vs_ours']:13.1e} {pct:>7}{flag}")
+    if rows[0]["degraded"]:
+        print("degraded: a peak probe before or after the sampling ran more than 15% under the machine's peak "
+              "(another process or tenant on the cores)")
 
     parts = runner.breakdown(enc, args.batch, args.seq)
     print("\nwhere our forward pass spends its time (profiling mode):")
@@ -117,7 +129,7 @@ def run(args):
     dtype = "" if args.dtype == "float32" else f"-{args.dtype}"
     stem = f"{name}-s{sparsity}-{block}{dtype}-b{args.batch}-seq{args.seq}-t{threads}"
     common = {"model": name, "sparsity": args.sparsity, "block": block, "dtype": args.dtype}
-    meta = {**runner.machine_info(), **common, "description": enc.describe(), "batch": args.batch,
+    meta = {**runner.machine_info(), **monitor.meta(), **common, "description": enc.describe(), "batch": args.batch,
             "seq": args.seq, "threads": threads, "tuned": args.tuned, "checkpoint": args.checkpoint,
             "latency_budget_ms": None if args.latency_budget is None else args.latency_budget * 1e3,
             "budget_best_batch": None if best is None else best["batch"]}

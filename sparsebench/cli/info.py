@@ -82,3 +82,28 @@ def _identity_lines(info):
 def _size(nbytes):
     """1024 -> '1 KiB', 33554432 -> '32 MiB'."""
     return f"{nbytes >> 20} MiB" if nbytes >= 1 << 20 and not nbytes % (1 << 20) else f"{nbytes >> 10} KiB"
+
+
+def collect_peak(threads=None):
+    """The measured peaks (sparsebench.peak.peak, cached) for `threads` (default: all cores)."""
+    import dataclasses
+
+    from ..peak import cache_path, peak
+
+    measured = peak(threads or default_threads())
+    return dict(dataclasses.asdict(measured), cache=cache_path())
+
+
+def format_peak(p):
+    """The peak lines of `sparsebench info --peak`."""
+    def rates(fp32, int8):
+        return f"fp32 {fp32:.1f} GFLOP/s" + (f", int8 {int8:.1f} GOP/s" if int8 is not None else ", int8 -")
+    return "\n".join([
+        f"Peak per core:  {rates(p['fp32_gflops_core'], p['int8_gops_core'])} ({p['isa']} probes)",
+        f"{'Peak %d threads:' % p['threads']:16}{rates(p['fp32_gflops'], p['int8_gops'])}",
+        f"Peak cache:     {p['cache']} (measured {_when(p['measured_at'])}; delete it to measure again)"])
+
+
+def _when(timestamp):
+    import datetime
+    return datetime.datetime.fromtimestamp(timestamp).isoformat(sep=" ", timespec="seconds")

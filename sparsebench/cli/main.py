@@ -7,6 +7,7 @@ import sys
 
 from ..bench.baselines import DEFAULT_METHODS, names as _method_names
 from ..errors import SparsebenchError
+from ..machine import results_folder
 from . import bert as bert_cli
 from . import report as report_cli
 from .args import blocks, duration, floats, positive
@@ -29,7 +30,11 @@ def cmd_info(args):
     from .info import collect, format_info
 
     info = collect()
-    print(json.dumps(info, indent=2) if args.json else format_info(info))
+    if args.peak:
+        from .info import collect_peak, format_peak
+        info["peak"] = collect_peak(args.threads)
+    text = format_info(info) + ("\n" + format_peak(info["peak"]) if args.peak else "")
+    print(json.dumps(info, indent=2) if args.json else text)
 
 
 def cmd_bench(args):
@@ -53,7 +58,7 @@ def cmd_bench(args):
 
 
 def _set_name(spec):
-    """A file-name-friendly name for a --shapes argument (results/compare-<name>.csv)."""
+    """A file-name-friendly name for a --shapes argument (results/<cpu>/compare-<name>.csv)."""
     base = os.path.splitext(os.path.basename(str(spec).split(",")[0].strip()))[0]
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", base) or "shapes"
 
@@ -70,7 +75,7 @@ def cmd_compare(args):
     check_dtype_blocks(args.dtype, args.block)
     methods = baselines.parse_methods(args.methods or ",".join(default_methods(args.dtype)))
     suffix = "" if args.dtype == "float32" else "-" + args.dtype
-    out = args.out or os.path.join("results", f"compare-{_set_name(args.shapes)}{suffix}.csv")
+    out = args.out or os.path.join(results_folder(), f"compare-{_set_name(args.shapes)}{suffix}.csv")
     if args.rerun and os.path.exists(out):
         os.replace(out, out + ".bak")
         print(f"--rerun: previous results moved to {out}.bak")
@@ -100,7 +105,11 @@ def cmd_compare(args):
     sparsities = {f"{s:g}" for s in args.sparsity}
     rows = [r for r in rows if r["shape"] in wanted and r["block"] in blocks and r["sparsity"] in sparsities
             and r["cache"] == cmp.cache and r["threads"] == str(threads) and r["dtype"] == args.dtype]
-    print("\nspeedup over numpy dense (median of per-round ratios; ? = unstable, spread >= 10%):")
+    int8_peak = cmp.monitor.rate("int8")
+    print(f"\nspeedup over numpy dense (median of per-round ratios) and, in brackets, % of the measured peak "
+          f"({cmp.monitor.best:.0f} GFLOP/s fp32" + (f", {int8_peak:.0f} GOP/s int8" if int8_peak else "")
+          + f", {threads} threads; useful work: 2*nnz*N, dense 2*M*K*N); ? = unstable, spread >= 10%; "
+          "! = degraded, a peak probe ran > 15% under the peak:")
     print(speedup_table(rows, methods))
     if args.dtype == "int8" and {"sparsebench", "sparsebench-fp32"} <= set(methods):
         print("\nint8 against our float32 kernels (time ratio of the medians; quantization of X included):")
@@ -175,12 +184,23 @@ def cmd_autotune(args):
         lines.append([r["name"], f"{t['M']}x{t['K']}x{t['N']}", t["block"], f"{t['sparsity']:g}", cfg,
                       f"{r['best_s'] * 1e3:.3f}", f"{r['dense_s'] / r['best_s']:.2f}x",
                       f"{r['evals']}/{r['space_size']}", f"{r['default_s'] / r['best_s']:.2f}x"
-                      + ("?" if r["unstable"] else "")])
+                      + ("?" if r["unstable"] else "") + ("!" if r.get("degraded") else ""),
+                      "-" if r.get("pct_peak") is None else f"{r['pct_peak']:.0f}%"])
     print("\nbest per task (times re-measured side by side with dense and the default heuristic; "
-          "? = unstable):")
+          "? = unstable; ! = degraded, a peak probe ran > 15% under the peak; % peak: useful GFLOP/s "
+          "(2*nnz*N, dense 2*M*K*N; int8 GOP/s) of the measured peak):")
     print(format_table(["shape", "MxKxN", "block", "sparsity", "best config", "ms", "vs dense", "evals",
-                        "default/best"], lines))
-    print(f"database: {args.db}; next: sparsebench export --db {args.db} --out results/tuned.json")
+                        "default/best", "% peak"], lines))
+    degraded = [r for r in results if r.get("degraded")]
+    if degraded:
+        print(f"degraded: {len(degraded)} of {len(results)} tasks were re-timed while a peak probe ran more than "
+              "15% under the machine's peak (another process or tenant on the cores); --retune them later")
+    for threads_, monitor in tuner.monitors.items():
+        print(f"peak at {threads_} threads: {monitor.best:.0f} GFLOP/s fp32"
+              + (f", {monitor.rate('int8'):.0f} GOP/s int8" if monitor.rate("int8") else "")
+              + f"; probes {', '.join(str(p['gflops']) for p in monitor.probes)}")
+    print(f"database: {args.db}; next: sparsebench export --db {args.db} --out "
+          f"{os.path.join(os.path.dirname(args.db), 'tuned.json')}")
 
 
 def cmd_check_strategy(args):
@@ -250,15 +270,20 @@ def cmd_export(args):
 
 def build_parser():
     p = argparse.ArgumentParser(prog="sparsebench", description=__doc__)
+    here = results_folder()         # this machine's results: results/<cpu>
     sub = p.add_subparsers(dest="command", required=True)
     q = sub.add_parser("info", help="CPU, instruction sets, build flags, threads, kernel variants")
     q.add_argument("--json", action="store_true", help="machine-readable output")
+    q.add_argument("--peak", action="store_true", help="also the measured fp32 and int8 peaks, per core "
+                   "and for --threads (cached per machine; see sparsebench.peak)")
+    q.add_argument("--threads", type=positive, default=None, help="threads of the --peak (default: all cores)")
     q.set_defaults(func=cmd_info)
     q = sub.add_parser("bench", help="run with the exhaustive tuner: its winner, the default heuristic "
                        "and numpy dense side by side; then call overhead and thread interplay")
     add_problem_args(q, dtype=False)
     q.add_argument("--methods", default=None, help="default: dense,sparsebench,sparsebench-default")
-    q.add_argument("--results", default="results", help="folder for the database, tuned file and CSV")
+    q.add_argument("--results", default=here, help=f"folder for the database, tuned file and CSV (default {here}: "
+                   "this machine's)")
     q.set_defaults(func=cmd_bench)
     q = sub.add_parser("compare", help="every method (dense, scipy, MKL, torch, ours) side by side")
     add_problem_args(q, "for every method (default: all cores)")
@@ -270,7 +295,7 @@ def build_parser():
     q.add_argument("--config", default=None, help="KernelConfig JSON for the sparsebench method")
     q.add_argument("--tuned", default=None, help="tuned-config file (sparsebench export) for the "
                    "sparsebench method; default: the default heuristic")
-    q.add_argument("--out", default=None, help="CSV (default results/compare-<shapes>.csv); "
+    q.add_argument("--out", default=None, help="CSV (default results/<cpu>/compare-<shapes>.csv); "
                    "an existing file is resumed")
     q.add_argument("--rerun", action="store_true", help="move existing results aside and measure all")
     q.set_defaults(func=cmd_compare)
@@ -282,7 +307,7 @@ def build_parser():
     q.add_argument("--samples", type=positive, default=7, help="timing samples per candidate")
     q.add_argument("--isa", choices=("best", "all"), default="best",
                    help="search the best instruction set only, or every one this CPU runs")
-    q.add_argument("--db", default=os.path.join("results", "tuning.jsonl"), help="tuning database (JSON lines)")
+    q.add_argument("--db", default=os.path.join(here, "tuning.jsonl"), help="tuning database (JSON lines)")
     q.add_argument("--retune", action="store_true", help="measure again what the database already has")
     q.add_argument("--use-foreign", action="store_true",
                    help="use records from another machine or build too")
@@ -292,7 +317,8 @@ def build_parser():
     q.add_argument("--strategy", default="smart", help="autotune strategy: smart, exhaustive or random")
     q.add_argument("--max-evals", type=positive, default=None, help="sparse configs measured per task")
     q.add_argument("--methods", default=None, help="methods to compare (default: as compare)")
-    q.add_argument("--results", default="results", help="folder for the database, tuned file, CSV, report")
+    q.add_argument("--results", default=here, help=f"folder for the database, tuned file, CSV, report (default "
+                   f"{here}: this machine's)")
     q.set_defaults(func=cmd_run)
     q = sub.add_parser("check-strategy", help="re-time one strategy's winners against another's")
     add_problem_args(q)
@@ -303,14 +329,14 @@ def build_parser():
     q.add_argument("--replay", action="store_true",
                    help="no timing: run --strategy on the whole-space table --against's run measured "
                    "(Kernel Tuner's simulation mode; --against must be exhaustive)")
-    q.add_argument("--db", default=os.path.join("results", "tuning.jsonl"))
+    q.add_argument("--db", default=os.path.join(here, "tuning.jsonl"))
     q.add_argument("--use-foreign", action="store_true", help="use records of another machine or build")
     q.set_defaults(func=cmd_check_strategy)
     report_cli.add_parser(sub)
     bert_cli.add_parser(sub)
     q = sub.add_parser("export", help="write the tuned winners as a JSON file models import")
-    q.add_argument("--db", default=os.path.join("results", "tuning.jsonl"))
-    q.add_argument("--out", default=os.path.join("results", "tuned.json"))
+    q.add_argument("--db", default=os.path.join(here, "tuning.jsonl"))
+    q.add_argument("--out", default=os.path.join(here, "tuned.json"))
     q.add_argument("--use-foreign", action="store_true", help="export records of another machine or build")
     q.set_defaults(func=cmd_export)
     return p

@@ -5,6 +5,9 @@ pruned ones, dense where the method is dense): our encoder on the sparse kernels
 runner with numpy dense matmuls, and optionally PyTorch (the transformers model of the model
 type: BertModel, DistilBertModel or RobertaModel), that model after sparsebench.torch.sparsify,
 and ONNX Runtime (that model exported with torch.onnx). Each forward pass is one latency sample.
+Each latency row also says what share of the machine's measured peak its useful work reached
+(pct_peak, see forward_ops and sparsebench.peak) and whether a peak probe before or after the
+sampling found the machine degraded.
 """
 import csv
 import dataclasses
@@ -19,6 +22,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import MethodUnavailable
+from ..peak import PeakMonitor
 from ..store import atomic_file
 from ..bench.timing import Stats
 from .bert import CATEGORIES
@@ -27,6 +31,8 @@ from .bert import CATEGORIES
 #: sparse kernels, the yardstick of an int8 encoder; "torch-sparsify" is the transformers model
 #: with its linear layers on our kernels (sparsebench.torch.sparsify)
 BASELINES = ("dense", "fp32", "torch", "torch-sparsify", "onnxruntime")
+#: methods that run every linear layer dense (their useful work is 2*M*K per token)
+DENSE_RUNNERS = ("dense", "torch", "onnxruntime")
 #: the transformers class of each model type, and whether it takes add_pooling_layer
 _HF_MODELS = {"bert": ("BertModel", True), "roberta": ("RobertaModel", True), "distilbert": ("DistilBertModel", False)}
 _INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
@@ -204,13 +210,24 @@ def max_rel_diff(y, ref):
     return float(np.abs(np.asarray(y, dtype=np.float64) - ref).max() / max(np.abs(ref).max(), 1e-30))
 
 
-def compare(enc, batch, seq, baselines=("dense",), threads=None, samples=30, time_limit=60.0, log=print):
-    """Latency rows (one per method, ours first), with speedups of ours over each.
+def forward_ops(enc, batch, seq, dense=False):
+    """Useful operations of one forward pass: 2 * nnz (dense: 2 * M * K) per token in every linear
+    layer, and the attention's two batched products (4 * seq^2 * hidden per sequence and layer)."""
+    linear = sum(lin.A.shape[0] * lin.A.shape[1] if dense else lin.A.nnz
+                 for layer in enc.layers for _, lin in layer.linears())
+    return 2 * linear * batch * seq + 4 * batch * seq * seq * enc.config.hidden * len(enc.layers)
+
+
+def compare(enc, batch, seq, baselines=("dense",), threads=None, samples=30, time_limit=60.0, log=print,
+            monitor=None):
+    """Latency rows (one per method, ours first), with speedups of ours over each, pct_peak and
+    degraded (peak probes of `monitor`, default a new PeakMonitor, before and after the sampling).
 
     `threads` (default: the encoder's) is given to PyTorch and ONNX Runtime. Baselines that
     cannot run here are skipped with one line each through `log`.
     """
     threads = threads or enc.threads
+    monitor = monitor or PeakMonitor(threads)
     inputs = make_inputs(enc.config, batch, seq)
     methods = [ours(enc, inputs)]
     with tempfile.TemporaryDirectory(prefix="sparsebench-bert-") as workdir:
@@ -230,12 +247,17 @@ def compare(enc, batch, seq, baselines=("dense",), threads=None, samples=30, tim
                 log(f"{name}: skipped, {e}")
         reference = methods[0].run().copy()
         diffs = {m.name: max_rel_diff(m.run(), reference) for m in methods}
-        stats = sample_latencies(methods, samples=samples, time_limit=time_limit)
+        stats, degraded = monitor.around(f"bert batch {batch} seq {seq}", lambda: sample_latencies(
+            methods, samples=samples, time_limit=time_limit))
     rows = []
     for m in methods:
+        dense = m.name in DENSE_RUNNERS
+        dtype = enc.dtype if m.name == "sparsebench" else "float32"
         row = {"method": m.name, "description": m.description, "version": m.version, "batch": batch,
                "seq": seq, "threads": threads, **latency_row(stats[m.name], batch),
-               "max_rel_diff_vs_ours": diffs[m.name]}
+               "max_rel_diff_vs_ours": diffs[m.name],
+               "pct_peak": monitor.pct(forward_ops(enc, batch, seq, dense), stats[m.name].median, dtype),
+               "peak_gflops": monitor.rate(dtype), "degraded": degraded}
         rows.append(row)
     for row in rows:
         row["ours_speedup"] = row["p50_ms"] / rows[0]["p50_ms"]

@@ -1,5 +1,7 @@
 """Derived views of the inputs shared by the figures and the tables."""
+import dataclasses
 import math
+import re
 import numbers
 
 import numpy as np
@@ -21,6 +23,44 @@ def is_true(v):
 def finite(v):
     """True for a finite number (numpy's included)."""
     return isinstance(v, numbers.Real) and bool(np.isfinite(v))
+
+
+UNKNOWN_MACHINE = "unknown machine"
+#: the Inputs frames that hold rows of one machine each
+MACHINE_FRAMES = ("compare", "tuning_results", "measurements", "tuned", "bert", "breakdown")
+
+
+def _machine_column(df):
+    return df["hardware_id"].fillna("").astype(str) if "hardware_id" in df else pd.Series("", index=df.index)
+
+
+def machines(inputs):
+    """[(hardware_id, label)] of the machines whose rows `inputs` hold, in order of appearance;
+    hardware_id "" (label "unknown machine") for rows from files that do not say."""
+    labels = {}
+    for name in MACHINE_FRAMES:
+        df = getattr(inputs, name)
+        cpus = df["cpu"].fillna("").astype(str) if "cpu" in df else pd.Series("", index=df.index)
+        for hw, cpu in zip(_machine_column(df), cpus):
+            if not labels.get(hw):
+                labels[hw] = cpu
+    for h in inputs.tuned_headers:
+        labels.setdefault(h["hardware_id"] or "", "")
+    return [(hw, f"{cpu or 'CPU not recorded'}, hardware id {hw}" if hw else UNKNOWN_MACHINE)
+            for hw, cpu in labels.items()]
+
+
+def for_machine(inputs, hardware_id):
+    """`inputs` with only the rows (and tuned-file headers) of the machine `hardware_id`."""
+    frames = {name: getattr(inputs, name)[_machine_column(getattr(inputs, name)) == hardware_id]
+              for name in MACHINE_FRAMES}
+    headers = [h for h in inputs.tuned_headers if (h["hardware_id"] or "") == hardware_id]
+    return dataclasses.replace(inputs, tuned_headers=headers, **frames)
+
+
+def machine_slug(label):
+    """A folder-name-friendly form of a machine label."""
+    return re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
 
 
 def pruning(sparsity, block):
@@ -58,10 +98,18 @@ def shapes_in_order(rows):
     return list(dict.fromkeys(zip(rows["shape"], rows["M"], rows["K"], rows["N"])))
 
 
-def dense_peak(rows):
-    """Highest dense GFLOP/s measured in `rows` (compare rows), or None."""
-    dense = rows[(rows["method"] == "dense") & (rows["status"] == "ok")]["gflops"].dropna()
-    return float(dense.max()) if len(dense) else None
+def roofline_peak(rows):
+    """(GFLOP/s, what it is) of the roof `rows` (compare rows) are drawn against: the machine's
+    measured fp32 peak their float32 rows carry (peak_gflops), else the highest dense rate
+    measured in them (older results); (None, why) with neither."""
+    fp32 = rows[(rows["dtype"] == "float32") & (rows["status"] == "ok")]
+    measured = fp32["peak_gflops"].dropna() if "peak_gflops" in fp32 else fp32["gflops"].iloc[:0]
+    if len(measured):
+        return float(measured.max()), "the machine's measured fp32 peak (FMA probe)"
+    dense = fp32[fp32["method"] == "dense"]["gflops"].dropna()
+    if len(dense):
+        return float(dense.max()), "the fastest dense run (these results carry no machine peak)"
+    return None, "no machine peak in these results and no dense run"
 
 
 def _task_names(results):

@@ -1,4 +1,8 @@
-"""`build_report`: read a results folder, draw the figures, write report.md and report.html."""
+"""`build_report`: read a results folder, draw the figures, write report.md and report.html.
+
+A folder of several machines' results (results/ holds one folder per CPU, results/<cpu>/) gets
+a part per machine, its figures in figures/<machine>/; no figure or table mixes two machines,
+and every title says which CPU it comes from."""
 import dataclasses
 import datetime
 import os
@@ -43,13 +47,19 @@ def build_report(results_dir, out_dir, log=print):
     for note in inputs.notes:
         log(f"note: {note}")
     os.makedirs(out_dir, exist_ok=True)
-    made, skipped = make_figures(inputs, os.path.join(out_dir, "figures"), log)
-    blocks = _document(inputs, made, skipped)
+    groups = analysis.machines(inputs) or [("", None)]
+    parts, figures = [], []
+    for hardware_id, label in groups:
+        sub = analysis.for_machine(inputs, hardware_id) if len(groups) > 1 else inputs
+        fig_dir = os.path.join(out_dir, "figures", *([analysis.machine_slug(label)] if len(groups) > 1 else []))
+        made, skipped = make_figures(sub, fig_dir, log, machine=label)
+        parts.append((label, _machine_part(sub, made, skipped, label, several=len(groups) > 1)))
+        figures += [f.png for files in made.values() for f in files]
+    blocks = _document(inputs, parts)
     md_path, html_path = os.path.join(out_dir, "report.md"), os.path.join(out_dir, "report.html")
     write(md_path, to_markdown(blocks, out_dir))
     write(html_path, to_html(blocks, TITLE))
     log(f"wrote {md_path} and {html_path}")
-    figures = [f.png for files in made.values() for f in files]
     return ReportSummary(md_path, html_path, figures, skipped, inputs.errors, inputs.notes)
 
 
@@ -64,17 +74,30 @@ def _figure_or_skip(made, skipped, title):
     return [Para(f"Figure skipped: {skipped[title]}.")]
 
 
-def _document(inputs, made, skipped):
+def _document(inputs, parts):
     now = datetime.datetime.now().isoformat(timespec="seconds")
+    machines = "; ".join(label or analysis.UNKNOWN_MACHINE for label, _ in parts)
     blocks = [Heading(1, TITLE),
               Para(f"Built {now} by sparsebench {__version__} from `{os.path.abspath(inputs.results_dir)}` "
                    "(`sparsebench report`). Medians are shown with their p20–p80 spread; ? marks an unstable "
-                   "measurement (p20–p80 spread ≥ 10% of the median).")]
+                   "measurement (p20–p80 spread ≥ 10% of the median). "
+                   f"Machines: {machines}" + (", each in a part of its own." if len(parts) > 1 else "."))]
+    for _, part in parts:
+        blocks += part
+    return blocks
+
+
+def _machine_part(inputs, made, skipped, label, several):
+    """The sections of one machine's results, every table and figure title naming its CPU."""
+    blocks = [Heading(1, f"Machine: {label}")] if several else []
     blocks += _summary(inputs, made, skipped)
     blocks += _compare_sections(inputs, made, skipped)
     blocks += _tuning_sections(inputs, made, skipped)
     blocks += _bert_section(inputs, made, skipped)
     blocks += _metadata_section(inputs)
+    if label:
+        blocks = [dataclasses.replace(b, caption=f"{b.caption} CPU: {label}.".strip())
+                  if isinstance(b, Table) else b for b in blocks]
     return blocks
 
 
@@ -109,7 +132,7 @@ def _summary(inputs, made, skipped):
     return out
 
 
-SPEEDUP, GFLOPS = "Speedup over dense vs sparsity", "Effective GFLOP/s vs measured dense peak"
+SPEEDUP, GFLOPS = "Speedup over dense vs sparsity", "Effective GFLOP/s vs measured peak"
 
 
 def _condition_figure(made, skipped, title, name):
@@ -124,7 +147,7 @@ def _compare_sections(inputs, made, skipped):
     compare = inputs.compare
     if not len(compare):
         return [Heading(2, "Speedup over dense"), Para(f"Figure skipped: {skipped[SPEEDUP]}."),
-                Heading(2, "Effective GFLOP/s against the measured dense peak"),
+                Heading(2, "Effective GFLOP/s against the measured peak"),
                 Para(f"Figure skipped: {skipped[GFLOPS]}.")]
     conds = analysis.conditions(compare)
     out = [Heading(2, "Speedup over dense")]
@@ -134,16 +157,16 @@ def _compare_sections(inputs, made, skipped):
         out += _condition_figure(made, skipped, SPEEDUP, f"speedup{suffix}")
         out.append(Table(*tables.speedup_table(rows),
                          f"Speedup over dense, median (p20–p80) of per-round ratios; {label}."))
-    out.append(Heading(2, "Effective GFLOP/s against the measured dense peak"))
+    out.append(Heading(2, "Effective GFLOP/s against the measured peak"))
     for suffix, label, rows in conds:
         if len(conds) > 1:
             out.append(Heading(3, label))
         out += _condition_figure(made, skipped, GFLOPS, f"gflops{suffix}")
-        peak = analysis.dense_peak(rows)
-        share = (f"percentage of the measured dense peak {peak:.4g} GFLOP/s (the fastest numpy dense run)"
-                 if peak else "no dense run, so no peak to compare with")
+        peak, what = analysis.roofline_peak(rows)
+        share = f"percentage of the peak: {what}, {peak:.4g} GFLOP/s" if peak else what
         out.append(Table(*tables.gflops_table(rows, peak),
-                         f"Useful GFLOP/s (2·nnz·N per second), with the {share}; {label}."))
+                         f"Useful GFLOP/s (2·nnz·N per second), with the {share}; ! = degraded (measured "
+                         f"while a peak probe ran > 15% under the peak); {label}."))
     header, failed = tables.failures_table(compare)
     if failed:
         out += [Heading(3, "Failed measurements"), Table(header, failed)]

@@ -1,9 +1,11 @@
 """Finding, reading and validating the result files of a results folder.
 
-Every CSV/JSON/JSON-lines file in the folder and in its immediate subfolders (the BERT runner
-writes to results/bert/) is classified by content, and by name when the content is unusable:
+Every CSV/JSON/JSON-lines file in the folder and in its subfolders two levels down (a results
+root holds one folder per machine, results/<cpu>/, and the BERT runner writes to
+results/<cpu>/bert/) is classified by content, and by name when the content is unusable:
 
-* compare results: a CSV with the header of `sparsebench.bench.compare.FIELDS` (or named compare*.csv);
+* compare results: a CSV with the header of `sparsebench.bench.compare.FIELDS`, or the one before
+  the peak columns (they come back empty), or named compare*.csv;
 * BERT latencies: a CSV with columns model, runner (or method), p50_ms, p90_ms and optionally
   sparsity, block, batch, seq, threads, throughput (or throughput_seq_s), unstable: what
   `sparsebench bert` writes as *-latency.csv, or a hand-made bert*.csv;
@@ -11,7 +13,8 @@ writes to results/bert/) is classified by content, and by name when the content 
 * tuning databases: *.jsonl files of `sparsebench autotune` records;
 * tuned-config files: JSON of `sparsebench export` (or named tuned*.json).
 
-A file that claims to be one of these but cannot be read becomes an entry of `Inputs.errors`
+Every row says which machine measured it (hardware_id, cpu; empty when its file does not say:
+BERT tables take them from the runner's <stem>.json beside them). A file that claims to be one of these but cannot be read becomes an entry of `Inputs.errors`
 naming it and saying why; the other files are still read. Rows or records that are unusable
 inside an otherwise good file are dropped with a note.
 """
@@ -25,19 +28,19 @@ import pandas as pd
 
 from .. import store
 from ..tune import apply as tuned
-from ..bench.compare import FIELDS as COMPARE_FIELDS
+from ..bench.compare import FIELDS as COMPARE_FIELDS, LEGACY_FIELDS as LEGACY_COMPARE_FIELDS
 from ..errors import SparsebenchError
 
 #: columns a BERT latency CSV must have, and the optional ones the report uses
 BERT_REQUIRED = ("model", "runner", "p50_ms", "p90_ms")
-BERT_OPTIONAL = ("sparsity", "block", "batch", "seq", "threads", "throughput", "unstable")
+BERT_OPTIONAL = ("sparsity", "block", "batch", "seq", "threads", "throughput", "unstable", "pct_peak")
 #: other names the BERT runner gives these columns
 BERT_ALIASES = {"method": "runner", "throughput_seq_s": "throughput"}
 BREAKDOWN_REQUIRED = ("model", "category", "ms")
 BREAKDOWN_OPTIONAL = ("sparsity", "block", "batch", "seq", "threads")
 COMPARE_NUMERIC = ("M", "K", "N", "sparsity", "threads", "median_ms", "p20_ms", "p80_ms", "min_ms",
                    "spread", "samples", "loops", "gflops", "effective_gflops", "speedup", "speedup_p20",
-                   "speedup_p80", "max_rel_error")
+                   "speedup_p80", "max_rel_error", "pct_peak", "peak_gflops", "probe_gflops")
 STATUSES = ("ok", "wrong", "error", "skipped")
 RESULT_KEYS = ("strategy", "evals", "space_size", "method", "config", "best_s", "dense_s", "default_s",
                "trajectory")
@@ -89,10 +92,14 @@ KINDS = {"compare": "compare results", "bert": "BERT latencies", "breakdown": "B
          "tuning": "tuning database", "tuned": "tuned-config file"}
 
 
+def _subfolders(folder):
+    return sorted(os.path.join(folder, d) for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
+
+
 def _candidates(results_dir):
-    """CSV/JSON/JSON-lines files in `results_dir` and its immediate subfolders, sorted."""
-    roots = [results_dir] + sorted(os.path.join(results_dir, d) for d in os.listdir(results_dir)
-                                   if os.path.isdir(os.path.join(results_dir, d)))
+    """CSV/JSON/JSON-lines files in `results_dir` and its subfolders two levels down, sorted."""
+    children = _subfolders(results_dir)
+    roots = [results_dir] + [f for child in children for f in [child] + _subfolders(child)]
     return [os.path.join(root, n) for root in roots for n in sorted(os.listdir(root))
             if os.path.isfile(os.path.join(root, n)) and os.path.splitext(n)[1].lower() in (".csv", ".jsonl", ".json")]
 
@@ -180,7 +187,7 @@ def _classify(path):
             return "tuned", None
         return None, NOT_READ
     header = set(next(csv.reader([_first_line(path)]), []))
-    if header == set(COMPARE_FIELDS) or name.startswith("compare"):
+    if header in (set(COMPARE_FIELDS), set(LEGACY_COMPARE_FIELDS)) or name.startswith("compare"):
         return "compare", None
     if {"model", "p50_ms", "p90_ms"} <= header and header & {"runner", "method"}:
         return "bert", None
@@ -227,7 +234,7 @@ def _numeric(df, columns, path):
 
 def _compare_header(path):
     def check(header):
-        if header == COMPARE_FIELDS:
+        if header in (COMPARE_FIELDS, LEGACY_COMPARE_FIELDS):
             return
         missing = [f for f in COMPARE_FIELDS if f not in header]
         extra = [f for f in header if f not in COMPARE_FIELDS]
@@ -244,6 +251,9 @@ def _compare_header(path):
 
 def _read_compare(path):
     df, dropped = _csv_frame(path, _compare_header(path))
+    for col in COMPARE_FIELDS:
+        if col not in df:                  # a file written before the peak columns
+            df[col] = ""
     _numeric(df, COMPARE_NUMERIC, path)
     bad_status = ~df["status"].isin(STATUSES)
     if bad_status.any():
@@ -254,6 +264,7 @@ def _read_compare(path):
     if ok_without_time.any():
         raise InputError(f"{path}: line {ok_without_time.idxmax()}: status ok but no median_ms")
     df["unstable"] = df["unstable"] == "True"
+    df["degraded"] = df["degraded"] == "True"
     df["source"] = os.path.basename(path)
     # an int8 run's own rows become methods sparsebench-int8 (quantization of X included) and
     # sparsebench-int8-kernel; its float32 methods repeat what the float32 runs measure (each
@@ -277,7 +288,7 @@ def _bert_header(path):
 def _read_bert(path):
     df, dropped = _csv_frame(path, _bert_header(path))
     df = df.rename(columns={a: c for a, c in BERT_ALIASES.items() if a in df and c not in df})
-    _numeric(df, ("sparsity", "batch", "seq", "threads", "p50_ms", "p90_ms", "throughput"), path)
+    _numeric(df, ("sparsity", "batch", "seq", "threads", "p50_ms", "p90_ms", "throughput", "pct_peak"), path)
     if df["p50_ms"].isna().any():
         raise InputError(f"{path}: line {df['p50_ms'].isna().idxmax()}: no p50_ms")
     for col in BERT_OPTIONAL:
@@ -292,6 +303,7 @@ def _read_bert(path):
     if df["throughput"].isna().any():
         df["throughput"] = df["throughput"].fillna(df["batch"] / df["p50_ms"] * 1e3)
     df["source"] = os.path.basename(path)
+    _runner_machine(df, path, "-latency.csv")
     return {"bert": df.reset_index(drop=True)}, len(df), "rows", dropped
 
 
@@ -304,7 +316,23 @@ def _read_breakdown(path):
     if "dtype" in df:               # the int8 encoder is a configuration of its own
         df.loc[df["dtype"] == "int8", "model"] = df["model"].astype(str) + " int8"
     df["source"] = os.path.basename(path)
+    _runner_machine(df, path, "-breakdown.csv")
     return {"breakdown": df.reset_index(drop=True)}, len(df), "rows", dropped
+
+
+def _runner_machine(df, path, suffix):
+    """hardware_id and cpu columns of a BERT runner table, from the meta of the <stem>.json the
+    runner writes beside it ("" when there is none)."""
+    meta = {}
+    if path.endswith(suffix):
+        try:
+            with open(path[:-len(suffix)] + ".json", encoding="utf-8") as f:
+                meta = json.load(f).get("meta", {})
+        except (OSError, ValueError, AttributeError):
+            meta = {}
+    for key in ("hardware_id", "cpu"):
+        if key not in df:
+            df[key] = str(meta.get(key) or "") if isinstance(meta, dict) else ""
 
 
 def _task(rec):
@@ -331,7 +359,7 @@ def _result_row(rec, source):
             "best_s": best_s, "best_p20_s": float(rec.get("best_p20_s", best_s)),
             "best_p80_s": float(rec.get("best_p80_s", best_s)), "dense_s": dense_s, "default_s": default_s,
             "unstable": bool(rec.get("unstable", False)), "trajectory": traj,
-            "hardware_id": rec.get("hardware_id", ""), "build_id": rec.get("build_id", ""),
+            "hardware_id": rec.get("hardware_id", ""), "cpu": rec.get("cpu", ""), "build_id": rec.get("build_id", ""),
             "timestamp": rec.get("timestamp", ""), "source": source}
 
 
@@ -346,6 +374,7 @@ def _read_tuning(path):
             elif rec.get("kind") == "measurement":
                 measurements.append({**_task(rec), "strategy": str(rec.get("strategy", "")),
                                      "status": str(rec["status"]), "hardware_id": rec.get("hardware_id", ""),
+                                     "cpu": rec.get("cpu", ""),
                                      "build_id": rec.get("build_id", "")})
             else:
                 bad += 1
@@ -373,7 +402,7 @@ def _read_tuned(path):
                      "threads": int(e["threads"]), "method": e["method"], "config": e["config"],
                      "time_s": e.get("time_s"), "dense_s": e.get("dense_s"), "default_s": e.get("default_s"),
                      "strategy": e.get("strategy", ""), "evals": e.get("evals"),
-                     "source": os.path.basename(path)})
+                     "hardware_id": data.get("hardware_id", ""), "source": os.path.basename(path)})
     header = {"path": path, "hardware": data.get("hardware", {}), "hardware_id": data.get("hardware_id", ""),
               "build": data.get("build", {}), "build_id": data.get("build_id", ""),
               "created": data.get("created", "")}

@@ -95,7 +95,8 @@ def headline_table(rows):
 
 
 def gflops_table(rows, peak):
-    """Per case and method: useful GFLOP/s and its share of the measured dense peak."""
+    """Per case and method: useful GFLOP/s and its share of the measured peak (the row's own
+    pct_peak; of `peak` for rows measured before pct_peak existed)."""
     methods = _ran(rows)
     header = ["shape", "M×K×N", "block", "sparsity"] + methods
     out = []
@@ -109,8 +110,11 @@ def gflops_table(rows, peak):
             elif r["status"] != "ok":
                 cells.append(_failed_cell(r))
             else:
-                share = f" ({r['effective_gflops'] / peak * 100:.0f}%)" if peak else ""
-                cells.append(f"{r['effective_gflops']:.4g}{share}" + ("?" if r["unstable"] else ""))
+                pct = r["pct_peak"] if analysis.finite(r["pct_peak"]) else (
+                    r["effective_gflops"] / peak * 100 if peak else None)
+                share = "" if pct is None else f" ({pct:.0f}%)"
+                cells.append(f"{r['effective_gflops']:.4g}{share}" + ("?" if r["unstable"] else "")
+                             + ("!" if r["degraded"] else ""))
         out.append(cells)
     return header, out
 
@@ -186,14 +190,15 @@ def _ours_p50(bert, r):
 
 def bert_table(bert):
     header = ["model", "runner", "sparsity", "block", "batch", "seq", "threads", "p50 ms", "p90 ms",
-              "throughput (seq/s)", "sparsebench speedup"]
+              "throughput (seq/s)", "sparsebench speedup", "% peak"]
     out = []
     for _, r in bert.iterrows():
         ours = _ours_p50(bert, r)
         out.append([r["model"], r["runner"], _num(r["sparsity"], "{:g}"), r["block"] or "–",
                     _num(r["batch"], "{:.0f}"), _num(r["seq"], "{:.0f}"), _num(r["threads"], "{:.0f}"),
                     ms(r["p50_ms"]) + ("?" if r["unstable"] else ""), ms(r["p90_ms"]),
-                    _num(r["throughput"], "{:.1f}"), ratio(r["p50_ms"] / ours) if ours else "–"])
+                    _num(r["throughput"], "{:.1f}"), ratio(r["p50_ms"] / ours) if ours else "–",
+                    _num(r["pct_peak"], "{:.0f}%")])
     return header, out
 
 

@@ -6,7 +6,9 @@ against the float64 reference before it is timed, and every outcome (time, inval
 config, wrong result, error) becomes one database record at once. Configs already in the
 database are not measured again, so an interrupted run resumes where it stopped. At the
 end the few best configs, the default heuristic and dense are re-timed interleaved with
-more samples, and the fastest of that side-by-side run is the task's result.
+more samples, and the fastest of that side-by-side run is the task's result. Peak probes before
+and after that run give the result its pct_peak (of the machine's measured peak, see
+sparsebench.peak), the probes, and a degraded mark when one ran more than 15% under the peak.
 """
 import math
 import time
@@ -16,6 +18,7 @@ import numpy as np
 from ..bench.problems import problem_arrays
 from ..dtypes import reference, sparse_matrix
 from ..errors import ConfigError
+from ..peak import PeakMonitor
 from ..prune import prune
 from ..spmm import spmm
 from ..bench.timing import interleaved, measure
@@ -48,6 +51,13 @@ class Autotuner:
         self.seed = seed
         self.log = log
         self.progress = progress or (lambda *a: None)
+        self.monitors = {}                  # threads -> PeakMonitor
+
+    def monitor(self, threads):
+        """The peak probes of this run at `threads` threads."""
+        if threads not in self.monitors:
+            self.monitors[threads] = PeakMonitor(threads)
+        return self.monitors[threads]
 
     def tune_all(self, shapes, sparsities, blocks, threads, dtype="float32"):
         tasks = [(sh, Task(sh.M, sh.K, sh.N, s, b, dtype, threads))
@@ -143,8 +153,13 @@ class Autotuner:
             run = runners.get(c) or runners.setdefault(c, _sparse_runner(A, X, c))
             out = np.empty((A.shape[0], X.shape[1]), dtype=np.float32)
             fns[c] = (lambda run=run, out=out: run(out))
-        st = interleaved(fns, samples=self.confirm_samples, warmup=1, sample_time=2e-3)
+        monitor = self.monitor(task.threads)
+        st, degraded = monitor.around(tag, lambda: interleaved(fns, samples=self.confirm_samples, warmup=1,
+                                                                sample_time=2e-3))
         best = min(st, key=lambda c: st[c].median)
+        dense = best == "dense"
+        ops = 2 * (A.shape[0] * A.shape[1] if dense else A.nnz) * task.N
+        peak_dtype = "float32" if dense else task.dtype
         rec = {"kind": "result", "task": task.key(), "strategy": self.strategy_name,
                "name": tag, "max_evals": self.max_evals, "evals": len(order) - 1,
                "space_size": len(space), "finalists": len(finalists),
@@ -153,7 +168,10 @@ class Autotuner:
                "best_s": st[best].median, "best_p20_s": st[best].p20, "best_p80_s": st[best].p80,
                "dense_s": st["dense"].median, "default_s": st[space.default].median,
                "default_config": space.default.to_dict(), "unstable": st[best].unstable,
-               "trajectory": [times[c] if math.isfinite(times[c]) else None for c in order[1:]]}
+               "trajectory": [times[c] if math.isfinite(times[c]) else None for c in order[1:]],
+               "pct_peak": monitor.pct(ops, st[best].median, peak_dtype),
+               "peak_gflops": monitor.rate(peak_dtype), "degraded": degraded,
+               "peak_probes": monitor.probes[-2:]}
         self.db.add(rec)
         return rec
 
