@@ -87,7 +87,7 @@ def test_gelu_refuses_bad_arrays(x, error, match):
         gelu_(np.ones(3, np.float32), 0)
 
 
-@pytest.mark.parametrize("config", [None, "dense", "first"])
+@pytest.mark.parametrize("config", [None, "dense", "numpy", "first"])
 @pytest.mark.parametrize("activation", [None, "gelu"])
 def test_sparse_linear_matches_numpy(config, activation):
     pytest.importorskip("scipy")
@@ -106,7 +106,8 @@ def test_sparse_linear_matches_numpy(config, activation):
     if activation == "gelu":
         ref = gelu_reference(ref)
     assert rel_diff(Y, ref) < 1e-5
-    assert lin.kernel == ("dense" if config == "dense" else str(lin.plan(37).config))
+    assert lin.kernel == (config if config in ("dense", "numpy") else str(lin.plan(37).config))
+    assert lin._dense is None or lin._dense.is_dense == (config == "dense")
     assert lin.sparsity == pytest.approx(0.5, abs=0.01)
     W2, b2 = lin.dense_weight()
     np.testing.assert_allclose(W2, Wp, rtol=1e-6)
@@ -201,7 +202,7 @@ def test_dense_runner_and_torch_baseline_match_the_sparse_encoder(hf_tiny):
     y = enc(ids, mask, types)
     dense = enc.as_dense()
     assert rel_diff(dense(ids, mask, types), y) <= 1e-5
-    assert {r["kernel"] for r in dense.kernel_report(ids.size)} == {"dense"}
+    assert {r["kernel"] for r in dense.kernel_report(ids.size)} == {"numpy"}
     assert rel_diff(hf_output(runner.torch_model(enc), ids, mask, types), y) <= 1e-4
 
 

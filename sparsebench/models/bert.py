@@ -188,7 +188,7 @@ class _OpTimer:
 
 
 _NO_TIMER = _NoTimer()
-_GEMM_CATEGORY = {"sparse": "sparse GEMMs", "dense": "dense GEMMs"}
+_GEMM_CATEGORY = {"sparse": "sparse GEMMs", "dense": "dense GEMMs", "numpy": "dense GEMMs"}
 
 
 class BertEncoder:
@@ -201,7 +201,7 @@ class BertEncoder:
     (then each layer's block pattern is detected unless `block` is given). `tuned`, a path to a
     tuned-config file (or a table from sparsebench.tune.apply.load_tuned), picks each linear layer's
     kernel; without it the default heuristic runs (kernel_report says so). `linear_config`
-    ("dense" or a KernelConfig) forces one kernel on every linear layer. `threads`: threads of
+    ("dense", "numpy" or a KernelConfig) forces one kernel on every linear layer. `threads`: threads of
     the sparse kernels, of the fused LayerNorm, GELU and attention kernels, and BLAS threads of
     dense linear layers. `dtype` "int8" runs the linear layers on the int8
     kernels (AVX512-VNNI; s8 weights per row, activations quantized per token as each layer
@@ -443,7 +443,7 @@ class BertEncoder:
             timer.lap("LayerNorm")
             layer.ffn_in.matmul(ws.hidden, out=ws.inter)         # sparse: GELU fused in the kernel
             timer.lap(_GEMM_CATEGORY[layer.ffn_in.method])
-            if layer.ffn_in.method == "dense":
+            if layer.ffn_in.method == "numpy":
                 layer.ffn_in.activate(ws.inter)
                 timer.lap("GELU")
             layer.ffn_out.matmul(ws.inter, out=ws.sub)

@@ -8,9 +8,10 @@ import dataclasses
 import numpy as np
 
 from ..blocks import SUPPORTED_BLOCKS, check_block
+from ..bsr import BSRMatrix
 from ..config import KernelConfig, check_config
 from ..cpu import default_threads, encoder_module
-from ..dispatch import default_config
+from ..dispatch import DENSE_BLOCK, default_config
 from ..dtypes import check_dtype_blocks, sparse_matrix
 from ..errors import ConfigError, UnsupportedISAError
 from ..prune import prune
@@ -33,15 +34,15 @@ def gelu_(x, threads=1):
 class KernelPlan:
     """What a SparseLinear runs for one token count N, and why."""
 
-    method: str                 # "sparse" or "dense"
-    config: object              # KernelConfig for "sparse", None for "dense"
+    method: str                 # "sparse", "dense" (our dense GEMM) or "numpy" (numpy's matmul)
+    config: object              # KernelConfig for "sparse", None otherwise
     source: str                 # "given", "tuned", "tuned (nearest)", "default heuristic", ...
     note: str = ""
 
     @property
     def kernel(self):
-        """The config string, or "dense"."""
-        return str(self.config) if self.method == "sparse" else "dense"
+        """The config string, "dense" or "numpy"."""
+        return str(self.config) if self.method == "sparse" else self.method
 
 
 class SparseLinear:
@@ -52,9 +53,11 @@ class SparseLinear:
     `weight` (out_features x in_features) is pruned to `sparsity` with sparsebench.prune in
     `block` blocks, or kept as it is with sparsity=None; `scale` (e.g. attention's 1/sqrt(d))
     is then folded into the stored W and b. `config` picks the kernel: a
-    KernelConfig, "dense" (numpy matmul on the dense weight) or None; with None, `tuned` (a
-    table from sparsebench.tune.apply.load_tuned) is asked per (M, K, N, sparsity, block), and
-    without a table the default heuristic is used. `kernel` names what the last call ran.
+    KernelConfig, "dense" (our dense GEMM: the kernels' dense variants on every block of W, bias
+    and GELU in the epilogue), "numpy" (numpy's matmul, the yardstick) or None; with None,
+    `tuned` (a table from sparsebench.tune.apply.load_tuned) is asked per (M, K, N, sparsity,
+    block), a "dense" verdict runs our dense GEMM, and without a table the default heuristic is
+    used. `kernel` names what the last call ran.
     """
 
     def __init__(self, weight, bias=None, *, sparsity=None, block=(4, 1), scale=1.0, activation=None,
@@ -66,8 +69,8 @@ class SparseLinear:
         block = check_block(block)
         if activation not in ACTIVATIONS:
             raise ModelError(f"{name}: unknown activation {activation!r}; choose one of {ACTIVATIONS}")
-        if not (config is None or config == "dense" or isinstance(config, KernelConfig)):
-            raise ModelError(f"{name}: config must be a KernelConfig, 'dense' or None, got {config!r}")
+        if not (config is None or config in ("dense", "numpy") or isinstance(config, KernelConfig)):
+            raise ModelError(f"{name}: config must be a KernelConfig, 'dense', 'numpy' or None, got {config!r}")
         try:
             check_dtype_blocks(dtype, [block])
         except (ValueError, UnsupportedISAError) as e:
@@ -111,15 +114,17 @@ class SparseLinear:
         plan = self._plans.get(n)
         if plan is None:
             plan = self._plans[n] = self._choose(n)
-            if plan.method == "dense" and self._dense is None:
+            if plan.method == "numpy" and self._dense is None:
                 self._dense = self.A.to_dense()
+            if plan.method == "dense" and self._dense is None:
+                self._dense = BSRMatrix.from_dense(self.A.to_dense(), DENSE_BLOCK, keep_zero_blocks=True)
         return plan
 
     def _choose(self, n):
         if isinstance(self._config, KernelConfig):
             return KernelPlan("sparse", self._config, "given")
-        if self._config == "dense":
-            return KernelPlan("dense", None, "given")
+        if self._config in ("dense", "numpy"):
+            return KernelPlan(self._config, None, "given")
         heuristic = default_config(self.A, n, self.threads)
         if self.tuned is None:
             return KernelPlan("sparse", heuristic, "default heuristic", "no tuned file")
@@ -155,19 +160,24 @@ class SparseLinear:
         plan = self._plans.get(n) or self.plan(n)
         if plan.method == "sparse":
             out = spmm(self.A, X, plan.config, out=out, bias=self.bias, activation=self.activation)
+        elif plan.method == "dense":
+            X = X.to_float() if quantized else X
+            out = spmm(self._dense, X, default_config(self._dense, n, self.threads), out=out,
+                       bias=self.bias, activation=self.activation)
         else:
-            out = self._dense_matmul(X.to_float() if quantized else X, out)
+            out = self._numpy_matmul(X.to_float() if quantized else X, out)
         self.kernel, self.method = plan.kernel, plan.method
         return out
 
     def activate(self, Y):
         """The activation of the last `matmul` output `Y` (C-contiguous), in place, unless the
-        kernel already applied it; GELU runs on the layer's threads."""
-        if self.activation != "gelu" or self.method == "sparse":
+        kernel already applied it (ours do; numpy's matmul does not); GELU runs on the layer's
+        threads."""
+        if self.activation != "gelu" or self.method != "numpy":
             return Y
         return gelu_(Y, self.threads)
 
-    def _dense_matmul(self, X, out):
+    def _numpy_matmul(self, X, out):
         if X.shape[0] != self.in_features or X.dtype != np.float32:
             raise ModelError(f"{self.name}: X must be float32 with {self.in_features} rows, "
                              f"got {X.dtype} of shape {X.shape}")
@@ -191,14 +201,14 @@ class SparseLinear:
         """The same layer (same pruned weights) running numpy's dense matmul."""
         W, b = self.dense_weight()
         return SparseLinear(W, b, block=self.block, scale=self.scale, activation=self.activation,
-                            config="dense", threads=self.threads, name=self.name)
+                            config="numpy", threads=self.threads, name=self.name)
 
     def as_float32(self):
         """The same layer on the float32 sparse kernels (an int8 layer's dequantized weights),
         its kernel chosen as this layer's is (tuned table or heuristic)."""
         W, b = self.dense_weight()
         return SparseLinear(W, b, block=self.block, scale=self.scale, activation=self.activation,
-                            config=None if self._config != "dense" else "dense", tuned=self.tuned,
+                            config=self._config if self._config in ("dense", "numpy") else None, tuned=self.tuned,
                             threads=self.threads, name=self.name)
 
     def __repr__(self):
