@@ -1,16 +1,13 @@
 """sparsebench: autotuned block-sparse x dense matrix multiply for pruned Transformers on CPUs."""
 import os as _os
-import sys as _sys
 
 __version__ = "0.1.0"
 
-# numpy's OpenBLAS keeps its idle threads spinning (not yielding) for ~0.1 s after each call,
-# which starves our kernel threads on small machines: measured on 2 cores, our 2-thread kernel
-# ran at 1-thread speed right after any numpy matmul. OpenBLAS reads this setting only when
-# numpy loads, so it takes effect when sparsebench is imported first (as the CLI does).
-BLAS_IDLE_SPIN_TAMED = "numpy" not in _sys.modules or "OPENBLAS_THREAD_TIMEOUT" in _os.environ
-if "numpy" not in _sys.modules:
-    _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+# numpy's OpenBLAS keeps its idle threads polling for ~0.1 s after each call, on the cores our
+# kernels need (see blas_spin): set its timeout before numpy loads, or restart its pool below
+from . import blas_spin as _blas_spin  # noqa: E402
+
+_NUMPY_FIRST = _blas_spin.before_numpy()
 
 from .arrays import empty  # noqa: E402
 from .blocks import SUPPORTED_BLOCKS  # noqa: E402
@@ -23,6 +20,10 @@ from .quant import QuantizedActivations, QuantizedBSRMatrix, quantize_activation
 from .spmm import spmm  # noqa: E402
 from .tune.apply import ForeignTunedWarning, TunedFallbackWarning, load_tuned  # noqa: E402
 from .tune.space import kernel_configs  # noqa: E402
+
+#: what keeps OpenBLAS's idle workers off our cores in this process (sparsebench info shows it)
+BLAS_SPIN = (_blas_spin.restart_loaded_openblas() if _NUMPY_FIRST else
+             f"{_blas_spin.VAR}={_os.environ.get(_blas_spin.VAR)} before numpy loaded")
 
 __all__ = ["BSRMatrix", "KernelConfig", "ConfigError", "QuantizedActivations", "QuantizedBSRMatrix",
            "SparsebenchError", "SUPPORTED_BLOCKS", "UnsupportedISAError", "default_config",

@@ -57,3 +57,4 @@ def empty(shape, dtype=np.float32):
     except OSError:
         pass                                # huge pages off: an ordinary page-aligned mapping
     return raw[start:start + nbytes].view(dtype).reshape(shape)
+

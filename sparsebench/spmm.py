@@ -1,7 +1,7 @@
 """Y = W @ X for a block-sparse W: argument checks, then the compiled kernel."""
 import numpy as np
 
-from .arrays import operand as _operand
+from .arrays import empty as _empty, operand as _operand
 from .bsr import BSRMatrix
 from .config import KernelConfig, check_config, variant_id
 from .cpu import encoder_module
@@ -97,8 +97,9 @@ def spmm(A, X, config=None, out=None, bias=None, activation=None):
     bc = A.block[1]
     if K % bc:
         # the last block column reads whole blocks of X rows: give it zero rows past K
-        Xp = np.zeros((K + bc - K % bc, N), dtype=np.float32)
+        Xp = _empty((K + bc - K % bc, N))
         Xp[:K] = X
+        Xp[K:] = 0
         X = Xp
     module.run(vid, data, indices, ptr, bounds, X, y, M, config.n_panel or N, config.prefetch, config.threads, -(-K // bc) * bc,
                bias, ACTIVATIONS[activation], nslices)

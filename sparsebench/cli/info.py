@@ -1,5 +1,4 @@
 """What `sparsebench info` reports: the machine, the build and the kernels it can run."""
-import os
 import platform
 
 import numpy as np
@@ -28,11 +27,11 @@ def collect():
             int8_variants[isa] = "not runnable here (needs %s)" % ", ".join(INT8_ISA_REQUIREMENTS[isa])
     from ..bench.baselines.dense import blas_version
 
-    from .. import BLAS_IDLE_SPIN_TAMED
+    from .. import BLAS_SPIN
 
     return {"sparsebench": __version__, "python": platform.python_version(), "numpy": np.__version__,
-            "blas": blas_version(), "blas_idle_spin_tamed": BLAS_IDLE_SPIN_TAMED,
-            "openblas_thread_timeout": os.environ.get("OPENBLAS_THREAD_TIMEOUT"), "cpu": cpu_model(), "machine": platform.machine(),
+            "blas": blas_version(), "blas_idle_spin": BLAS_SPIN,
+            "cpu": cpu_model(), "machine": platform.machine(),
             "cpu_features": list(cpu_features()), "isas_available": available_isas(),
             "default_threads": default_threads(), "cpu_identity": cpu_identity(), "cpu_label": cpu_label(),
             "hardware_id": fingerprint.hardware_id(), "build_id": fingerprint.build_id(),
@@ -47,10 +46,7 @@ def format_info(info):
              f"CPU features:   {' '.join(info['cpu_features']) or 'none of avx2/avx512'}",
              f"Kernels usable: {', '.join(info['isas_available'])} (first is the default)",
              f"Threads:        {info['default_threads']} (SPARSEBENCH_NUM_THREADS or OMP_NUM_THREADS to change)",
-             f"BLAS (numpy):   {info['blas']}; OPENBLAS_THREAD_TIMEOUT={info['openblas_thread_timeout']}"
-             + ("" if info["blas_idle_spin_tamed"] else
-                " (numpy was imported before sparsebench: its idle BLAS threads spin and slow our "
-                "kernels; import sparsebench first or set OPENBLAS_THREAD_TIMEOUT=4)"),
+             f"BLAS (numpy):   {info['blas']}; idle workers: {info['blas_idle_spin']}",
              f"Build target:   {info['build']['target']}; compiler {info['build']['compiler']}; "
              f"-mtune resolved to {info['tune']}",
              f"Build id:       {info['build_id']}",
