@@ -42,7 +42,7 @@ VARIANTS = load_variants()
 #: shared by every kernel: the variant table, the pool (client and implementation), common.pxi
 SHARED_SOURCES = ("variants.py", "pool.h", "pool_impl.h", "pool.pyx", "common.pxi", "simd.h")
 #: what the kernels of each dtype are rendered and compiled from (see kernel_hashes)
-KERNEL_SOURCES = {"float32": SHARED_SOURCES + ("spmm.pyx.tp",),
+KERNEL_SOURCES = {"float32": SHARED_SOURCES + ("spmm.pyx.tp", "transpose.h"),
                   "int8": SHARED_SOURCES + ("spmm_int8.pyx.tp", "vnni.h")}
 COMMON_FLAGS = ["-O3", "-pthread", "-fno-math-errno", "-Wno-unused-function", "-Wno-unreachable-code"]
 
@@ -140,7 +140,7 @@ def extensions():
         pyx = os.path.join(GENERATED, f"spmm_{isa}.pyx")
         render(os.path.join(KERNELS, "spmm.pyx.tp"), pyx, isa=isa, VW=VARIANTS.ISAS[isa].lanes,
                VARIANTS=VARIANTS.fp32_variants(isa), PREFETCH_PAD=VARIANTS.PREFETCH_PAD)
-        exts.append(kernel_extension(f"_spmm_{isa}", pyx, flags[isa]))
+        exts.append(kernel_extension(f"_spmm_{isa}", pyx, flags[isa], ["transpose.h"]))
     for isa in built["spmm_int8"]:
         pyx = os.path.join(GENERATED, f"spmm_int8_{isa}.pyx")
         render(os.path.join(KERNELS, "spmm_int8.pyx.tp"), pyx, isa=isa,

@@ -1,19 +1,27 @@
 """Y = W @ X for a block-sparse W: argument checks, then the compiled kernel."""
+import threading
+
 import numpy as np
 
 from .arrays import empty as _empty, operand as _operand
 from .bsr import BSRMatrix
 from .config import KernelConfig, check_config, variant_id
-from .cpu import encoder_module
+from .cpu import best_isa, default_threads, encoder_module, kernel_module
 from .dispatch import default_config
 from .quant import LAYOUTS, QuantizedActivations, QuantizedBSRMatrix, pack
 
 
 ACTIVATIONS = {None: 0, "gelu": 1}
+#: how X and Y are laid out: features x tokens (the kernels' own), or tokens x features (PyTorch's)
+LAYOUTS_OF_X = ("features", "tokens")
 
 
-def spmm(A, X, config=None, out=None, bias=None, activation=None):
+def spmm(A, X, config=None, out=None, bias=None, activation=None, layout="features"):
     """Return Y = act(A @ X (+ bias[:, None])) with A a BSRMatrix (M x K), X a K x N float32 array.
+
+    layout "tokens": X is N x K and Y (and `out`) N x M, token-major as PyTorch keeps
+    activations; they are transposed on the kernels' pool, into per-thread buffers on huge
+    pages, on the way in and out (no copies by the caller).
 
     X must be float32 with contiguous rows (C order; a column slice of a C array is fine).
     float64 or Fortran-ordered X is refused rather than silently copied: convert it once
@@ -37,6 +45,10 @@ def spmm(A, X, config=None, out=None, bias=None, activation=None):
                         "use KernelConfig.from_dict(...) for a dict")
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be None or 'gelu', got {activation!r}")
+    if layout not in LAYOUTS_OF_X:
+        raise ValueError(f"layout must be 'features' (X is K x N) or 'tokens' (X is N x K), got {layout!r}")
+    if layout == "tokens":
+        return _token_major(A, X, config, out, bias, activation)
     if int8 and isinstance(X, QuantizedActivations):
         layout = LAYOUTS[A.block]
         if X.layout != layout:
@@ -103,4 +115,45 @@ def spmm(A, X, config=None, out=None, bias=None, activation=None):
         X = Xp
     module.run(vid, data, indices, ptr, bounds, X, y, M, config.n_panel or N, config.prefetch, config.threads, -(-K // bc) * bc,
                bias, ACTIVATIONS[activation], nslices)
+    return out
+
+
+_buffers = threading.local()
+
+
+def _buffer(tag, shape):
+    """This thread's huge-page scratch array `tag`, viewed as `shape` (grown when too small)."""
+    size = int(np.prod(shape))
+    buf = getattr(_buffers, tag, None)
+    if buf is None or buf.size < size:
+        buf = _empty((max(size, 1),))
+        setattr(_buffers, tag, buf)
+    return buf[:size].reshape(shape)
+
+
+def _token_major(A, X, config, out, bias, activation):
+    """spmm on token-major X (N x K) into token-major Y (N x M)."""
+    X = _operand(X, "X")
+    N, K = X.shape
+    M = A.shape[0]
+    if K != A.shape[1]:
+        raise ValueError(f"shape mismatch: A is {M}x{A.shape[1]} but token-major X has {K} columns "
+                         f"(needs {A.shape[1]})")
+    if out is None:
+        out = np.empty((N, M), dtype=np.float32)
+    else:
+        out = _operand(out, "out")
+        if out.shape != (N, M):
+            raise ValueError(f"out has shape {out.shape}, needs ({N}, {M}) (token-major)")
+        if not out.flags.writeable:
+            raise ValueError("out is read-only; pass a writeable array or out=None")
+        for other, name in ((X, "X"), (bias, "bias")):
+            if isinstance(other, np.ndarray) and np.shares_memory(out, other):
+                raise ValueError(f"out must not overlap {name}")
+    threads = config.threads if config is not None else default_threads()
+    transpose = kernel_module(best_isa()).transpose
+    Xf = _buffer("x", (K, N))
+    transpose(X, Xf, threads)
+    Yf = spmm(A, Xf, config, out=_buffer("y", (M, N)), bias=bias, activation=activation)
+    transpose(Yf, out, threads)
     return out

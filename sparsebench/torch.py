@@ -5,10 +5,9 @@ swaps it in for every linear layer that is sparse enough (or prunes them). The p
 custom op ``torch.ops.sparsebench.spmm_linear`` with a fake implementation, so
 ``torch.compile(model, fullgraph=True)`` traces through it.
 
-Layout cost: PyTorch activations are token-major (N x K) while the kernels read X
-feature-major (K x N) and write Y as M x N, so every sparse call copies X transposed on the way
-in and Y transposed on the way out. Token-major kernel entry points would remove both copies;
-they are not written yet.
+Layout: PyTorch activations are token-major (N x K); the kernels compute features x tokens.
+spmm's token-major entry (layout="tokens") transposes X and Y on the kernels' pool, 8x8 tiles
+through registers, into per-thread buffers: no copies in PyTorch.
 """
 import dataclasses
 import fnmatch
@@ -72,7 +71,7 @@ class SparseLinear(torch.nn.Module):
     load_tuned returns) picks the kernel per token count N = prod(x.shape[:-1]), once per N;
     where it says "dense", torch.nn.functional.linear runs on the dense weight. Without it the
     default heuristic picks. `threads`: the kernels' threads (default: sparsebench's default
-    thread count). Each sparse call copies X and Y transposed (see the module docstring).
+    thread count). X and Y stay token-major (see the module docstring).
     """
 
     def __init__(self, weight, bias=None, *, block=DEFAULT_BLOCK, dtype="float32", tuned=None, threads=None):
@@ -153,10 +152,9 @@ class SparseLinear(torch.nn.Module):
         n = rows.shape[0]
         if n == 0 or layer.plan(n).method == "dense":
             return torch.nn.functional.linear(x.detach(), self.weight, self.bias)
-        xt = rows.t().contiguous()                  # K x N, the kernels' layout: one copy per call
-        y = torch.empty((self.out_features, n), dtype=torch.float32)
-        layer.matmul(xt.numpy(), out=y.numpy())
-        return y.t().contiguous().view(*x.shape[:-1], self.out_features)    # back to token-major: a copy
+        y = torch.empty((n, self.out_features), dtype=torch.float32)
+        layer.matmul(rows.contiguous().numpy(), out=y.numpy(), layout="tokens")
+        return y.view(*x.shape[:-1], self.out_features)
 
     # -- device, dtype, pickling ----------------------------------------------------------------
     def _apply(self, fn, recurse=True):

@@ -147,10 +147,13 @@ class SparseLinear:
         """act(scale (W @ X + b)) into `out` (a new array if None); see matmul and activate."""
         return self.activate(self.matmul(X, out))
 
-    def matmul(self, X, out=None):
+    def matmul(self, X, out=None, layout="features"):
         """scale (W @ X + b) into `out` with the planned kernel, and the activation too when the
-        kernel applies it in its epilogue (the sparse kernels do). Sets `kernel` and `method`.
-        An int8 layer also takes X as QuantizedActivations (quantize_activations(X, block))."""
+        kernel applies it in its epilogue (ours do). Sets `kernel` and `method`. An int8 layer
+        also takes X as QuantizedActivations (quantize_activations(X, block)). layout "tokens":
+        X is tokens x in_features and the result tokens x out_features (spmm's token-major entry)."""
+        if layout == "tokens":
+            return self._token_major(X, out)
         quantized = isinstance(X, QuantizedActivations)
         if not ((isinstance(X, np.ndarray) and X.ndim == 2) or (quantized and self.dtype == "int8")):
             raise ModelError(f"{self.name}: X must be a 2-D numpy array (in_features x tokens)"
@@ -166,6 +169,19 @@ class SparseLinear:
                        bias=self.bias, activation=self.activation)
         else:
             out = self._numpy_matmul(X.to_float() if quantized else X, out)
+        self.kernel, self.method = plan.kernel, plan.method
+        return out
+
+    def _token_major(self, X, out):
+        if not (isinstance(X, np.ndarray) and X.ndim == 2):
+            raise ModelError(f"{self.name}: token-major X must be a 2-D numpy array (tokens x in_features)")
+        n = X.shape[0]
+        plan = self._plans.get(n) or self.plan(n)
+        if plan.method == "numpy":
+            raise ModelError(f"{self.name}: the 'numpy' config computes features x tokens only")
+        A = self.A if plan.method == "sparse" else self._dense
+        config = plan.config if plan.method == "sparse" else default_config(A, n, self.threads)
+        out = spmm(A, X, config, out=out, bias=self.bias, activation=self.activation, layout="tokens")
         self.kernel, self.method = plan.kernel, plan.method
         return out
 

@@ -1,0 +1,81 @@
+/* dst = src^T on the kernels' pool: the token-major entry of spmm (PyTorch's activations are
+ * tokens x features; the kernels compute features x tokens). 8x8 tiles go through registers
+ * (AVX2 shuffles, also on AVX-512 builds); the edges and the generic build go element by element.
+ * Each task takes a stripe of SB_TR_STRIPE source rows, so both sides stream through the cache.
+ */
+#ifndef SPARSEBENCH_TRANSPOSE_H
+#define SPARSEBENCH_TRANSPOSE_H
+
+#include <stddef.h>
+#include "simd.h"
+#include "pool.h"
+
+#define SB_TR_STRIPE 32
+
+#if defined(__AVX2__)
+static inline void sb_transpose8x8(const float *s, ptrdiff_t lds, float *d, ptrdiff_t ldd) {
+    __m256 r0 = _mm256_loadu_ps(s), r1 = _mm256_loadu_ps(s + lds);
+    __m256 r2 = _mm256_loadu_ps(s + 2 * lds), r3 = _mm256_loadu_ps(s + 3 * lds);
+    __m256 r4 = _mm256_loadu_ps(s + 4 * lds), r5 = _mm256_loadu_ps(s + 5 * lds);
+    __m256 r6 = _mm256_loadu_ps(s + 6 * lds), r7 = _mm256_loadu_ps(s + 7 * lds);
+    __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+    __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+    __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+    __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+    __m256 u0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+    __m256 u1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+    __m256 u2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+    __m256 u3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+    __m256 u4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0));
+    __m256 u5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
+    __m256 u6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
+    __m256 u7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+    _mm256_storeu_ps(d, _mm256_permute2f128_ps(u0, u4, 0x20));
+    _mm256_storeu_ps(d + ldd, _mm256_permute2f128_ps(u1, u5, 0x20));
+    _mm256_storeu_ps(d + 2 * ldd, _mm256_permute2f128_ps(u2, u6, 0x20));
+    _mm256_storeu_ps(d + 3 * ldd, _mm256_permute2f128_ps(u3, u7, 0x20));
+    _mm256_storeu_ps(d + 4 * ldd, _mm256_permute2f128_ps(u0, u4, 0x31));
+    _mm256_storeu_ps(d + 5 * ldd, _mm256_permute2f128_ps(u1, u5, 0x31));
+    _mm256_storeu_ps(d + 6 * ldd, _mm256_permute2f128_ps(u2, u6, 0x31));
+    _mm256_storeu_ps(d + 7 * ldd, _mm256_permute2f128_ps(u3, u7, 0x31));
+}
+#define SB_TR_TILE 8
+#else
+#define SB_TR_TILE 0
+#endif
+
+typedef struct {
+    const float *src;
+    ptrdiff_t lds;
+    float *dst;
+    ptrdiff_t ldd;
+    int rows;                      /* of src */
+    int cols;
+} sb_transpose_job_t;
+
+/* Source rows [SB_TR_STRIPE t, SB_TR_STRIPE (t + 1)) of the job. */
+static void sb_transpose_task(void *ctx, int t) {
+    const sb_transpose_job_t *j = (const sb_transpose_job_t *)ctx;
+    int r0 = t * SB_TR_STRIPE, r1 = r0 + SB_TR_STRIPE < j->rows ? r0 + SB_TR_STRIPE : j->rows;
+    int r = r0, c;
+#if SB_TR_TILE
+    for (; r + SB_TR_TILE <= r1; r += SB_TR_TILE) {
+        for (c = 0; c + SB_TR_TILE <= j->cols; c += SB_TR_TILE)
+            sb_transpose8x8(j->src + r * j->lds + c, j->lds, j->dst + (ptrdiff_t)c * j->ldd + r, j->ldd);
+        for (; c < j->cols; c++)
+            for (int i = r; i < r + SB_TR_TILE; i++) j->dst[(ptrdiff_t)c * j->ldd + i] = j->src[i * j->lds + c];
+    }
+#endif
+    for (; r < r1; r++)
+        for (c = 0; c < j->cols; c++) j->dst[(ptrdiff_t)c * j->ldd + r] = j->src[r * j->lds + c];
+}
+
+/* dst (cols x rows, row stride ldd) = src (rows x cols, row stride lds)^T on up to `threads`. */
+static void sb_transpose(const float *src, ptrdiff_t lds, float *dst, ptrdiff_t ldd, int rows, int cols,
+                         int threads) {
+    sb_transpose_job_t job = {src, lds, dst, ldd, rows, cols};
+    int tasks = (rows + SB_TR_STRIPE - 1) / SB_TR_STRIPE;
+    if (tasks > 0 && cols > 0) sb_pool_run(threads, tasks, sb_transpose_task, &job);
+}
+
+#endif /* SPARSEBENCH_TRANSPOSE_H */

@@ -1,0 +1,88 @@
+"""spmm's token-major entry (X tokens x features, Y tokens x outputs: PyTorch's layout) and the
+pool's transpose under it: the same bits as the feature-major call, for every block and dtype."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import sparsebench as sb
+from sparsebench import cpu
+from conftest import SUPPORTED_BLOCKS, examples, random_x
+
+INT8 = bool(cpu.available_isas("int8"))
+
+
+@pytest.mark.parametrize("isa", cpu.available_isas())
+@pytest.mark.parametrize("rows, cols", [(0, 5), (5, 0), (1, 1), (7, 9), (8, 8), (33, 17), (129, 770)])
+def test_transpose_every_isa_with_edges_and_strides(isa, rows, cols):
+    src = random_x(rows, cols + 3)[:, 1:cols + 1]
+    big = np.full((cols + 2, rows + 4), np.nan, np.float32)
+    dst = big[1:cols + 1, 2:rows + 2]
+    cpu.kernel_module(isa).transpose(src, dst, 2)
+    assert np.array_equal(dst, src.T)
+    big[1:cols + 1, 2:rows + 2] = 0
+    assert np.isnan(big).sum() == big.size - rows * cols          # nothing written outside dst
+
+
+def test_transpose_refuses_bad_arguments():
+    t = cpu.kernel_module(cpu.best_isa()).transpose
+    a = np.zeros((4, 6), np.float32)
+    for src, dst, msg in [(a, np.zeros((4, 6), np.float32), "shape reversed"),
+                          (a, np.zeros((6, 4), np.float64), "float32"),
+                          (a, a.T, "contiguous"),
+                          (a, np.zeros((6, 4), np.float32)[::-1], "contiguous")]:
+        with pytest.raises(ValueError, match=msg):
+            t(src, dst, 1)
+    buf = np.zeros(48, np.float32)
+    with pytest.raises(ValueError, match="overlap"):
+        t(buf[:24].reshape(4, 6), buf[10:34].reshape(6, 4), 1)
+
+
+def _matrix(W, block, dtype):
+    return sb.BSRMatrix.from_dense(W, block) if dtype == "float32" else sb.QuantizedBSRMatrix.from_dense(W, block)
+
+
+CASES = [(b, "float32") for b in SUPPORTED_BLOCKS] + (
+    [(b, "int8") for b in [(4, 1), (4, 4), (1, 4)]] if INT8 else [])
+
+
+@pytest.mark.parametrize("block, dtype", CASES, ids=lambda v: str(v))
+def test_token_major_equals_feature_major_bitwise(block, dtype):
+    M, K, N = 45, 67, 29
+    W = sb.prune(random_x(M, K, seed=3), 0.6, block)
+    A = _matrix(W, block, dtype)
+    Xt = random_x(N, K, seed=4)
+    bias = random_x(M, 1, seed=5)[:, 0].copy()
+    for cfg in sb.kernel_configs(A, N, threads=2)[::5]:
+        Yf = sb.spmm(A, np.ascontiguousarray(Xt.T), cfg, bias=bias, activation="gelu")
+        big = np.full((N + 2, M + 3), -7.0, np.float32)
+        out = big[1:N + 1, 1:M + 1]
+        Yt = sb.spmm(A, Xt, cfg, out=out, bias=bias, activation="gelu", layout="tokens")
+        assert Yt is out and np.array_equal(Yt, Yf.T), str(cfg)
+        big[1:N + 1, 1:M + 1] = -7.0
+        assert np.all(big == -7.0), "wrote outside out"
+
+
+@settings(max_examples=examples(60), deadline=None)
+@given(m=st.integers(1, 60), k=st.integers(1, 80), n=st.integers(0, 70),
+       block=st.sampled_from(SUPPORTED_BLOCKS))
+def test_random_token_major_problems_match_the_reference(m, k, n, block):
+    W = sb.prune(random_x(m, k, seed=m + k), 0.5, block)
+    Xt = random_x(n, k, seed=n)
+    Y = sb.spmm(sb.BSRMatrix.from_dense(W, block), Xt, layout="tokens")
+    ref = Xt.astype(np.float64) @ W.T.astype(np.float64)
+    assert Y.shape == (n, m)
+    assert np.abs(Y - ref).max(initial=0) <= 1e-5 * (np.abs(Xt) @ np.abs(W.T)).max(initial=1) + 1e-6
+
+
+def test_token_major_errors_are_clear():
+    A = sb.BSRMatrix.from_dense(random_x(8, 6), (4, 1))
+    with pytest.raises(ValueError, match="layout must be"):
+        sb.spmm(A, random_x(6, 3), layout="columns")
+    with pytest.raises(ValueError, match="has 5 columns"):
+        sb.spmm(A, random_x(3, 5), layout="tokens")
+    with pytest.raises(ValueError, match=r"needs \(3, 8\)"):
+        sb.spmm(A, random_x(3, 6), out=np.zeros((8, 3), np.float32), layout="tokens")
+    X = random_x(3, 8)
+    with pytest.raises(ValueError, match="overlap"):
+        sb.spmm(A, X[:, :6], out=X, layout="tokens")
