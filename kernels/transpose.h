@@ -53,21 +53,28 @@ typedef struct {
     int cols;
 } sb_transpose_job_t;
 
+/* dst[c][r] = src[r][c] for source rows r0..r1 and columns 0..cols (a transposing store: the
+ * kernels call it on the rows of Y a task has just computed, while they are in its cache). */
+static void sb_transpose_rows(const float *src, ptrdiff_t lds, float *dst, ptrdiff_t ldd, int r0, int r1,
+                              int cols) {
+    int r = r0, c;
+#if SB_TR_TILE
+    for (; r + SB_TR_TILE <= r1; r += SB_TR_TILE) {
+        for (c = 0; c + SB_TR_TILE <= cols; c += SB_TR_TILE)
+            sb_transpose8x8(src + r * lds + c, lds, dst + (ptrdiff_t)c * ldd + r, ldd);
+        for (; c < cols; c++)
+            for (int i = r; i < r + SB_TR_TILE; i++) dst[(ptrdiff_t)c * ldd + i] = src[i * lds + c];
+    }
+#endif
+    for (; r < r1; r++)
+        for (c = 0; c < cols; c++) dst[(ptrdiff_t)c * ldd + r] = src[r * lds + c];
+}
+
 /* Source rows [SB_TR_STRIPE t, SB_TR_STRIPE (t + 1)) of the job. */
 static void sb_transpose_task(void *ctx, int t) {
     const sb_transpose_job_t *j = (const sb_transpose_job_t *)ctx;
     int r0 = t * SB_TR_STRIPE, r1 = r0 + SB_TR_STRIPE < j->rows ? r0 + SB_TR_STRIPE : j->rows;
-    int r = r0, c;
-#if SB_TR_TILE
-    for (; r + SB_TR_TILE <= r1; r += SB_TR_TILE) {
-        for (c = 0; c + SB_TR_TILE <= j->cols; c += SB_TR_TILE)
-            sb_transpose8x8(j->src + r * j->lds + c, j->lds, j->dst + (ptrdiff_t)c * j->ldd + r, j->ldd);
-        for (; c < j->cols; c++)
-            for (int i = r; i < r + SB_TR_TILE; i++) j->dst[(ptrdiff_t)c * j->ldd + i] = j->src[i * j->lds + c];
-    }
-#endif
-    for (; r < r1; r++)
-        for (c = 0; c < j->cols; c++) j->dst[(ptrdiff_t)c * j->ldd + r] = j->src[r * j->lds + c];
+    sb_transpose_rows(j->src, j->lds, j->dst, j->ldd, r0, r1, j->cols);
 }
 
 /* dst (cols x rows, row stride ldd) = src (rows x cols, row stride lds)^T on up to `threads`. */

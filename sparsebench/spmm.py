@@ -60,10 +60,7 @@ def spmm(A, X, config=None, out=None, bias=None, activation=None, layout="featur
     if X.shape[0] != K:
         raise ValueError(f"shape mismatch: A is {M}x{K} but X has {X.shape[0]} rows (needs {K})")
     N = X.shape[1]
-    if bias is not None:
-        if not (isinstance(bias, np.ndarray) and bias.dtype == np.float32 and bias.shape == (M,)
-                and bias.flags.c_contiguous):
-            raise ValueError(f"bias must be a contiguous float32 array of shape ({M},)")
+    _check_bias(bias, M)
     if out is None:
         out = np.empty((M, N), dtype=np.float32)
         y = out
@@ -76,6 +73,15 @@ def spmm(A, X, config=None, out=None, bias=None, activation=None, layout="featur
         for other, name in ((X, "X"), (bias, "bias")):
             if isinstance(other, np.ndarray) and np.may_share_memory(y, other) and np.shares_memory(y, other):
                 raise ValueError(f"out must not overlap {name}")
+    return _multiply(A, X, config, out, y, bias, activation)
+
+
+def _multiply(A, X, config, out, y, bias, activation, yt=None):
+    """The checked call: plan (once per matrix and config), then the kernel. y: out's canonical
+    view; yt: a token-major N x M array the float32 kernels also store Y into, transposed."""
+    int8 = isinstance(A, QuantizedBSRMatrix)
+    M, K = A.shape
+    N = X.shape[1]
     if config is None:
         config = A._plans.get(N)          # the default for this N, chosen once per matrix
         if config is None:
@@ -97,6 +103,8 @@ def spmm(A, X, config=None, out=None, bias=None, activation=None, layout="featur
             packed, xscales = pack(X, LAYOUTS[A.block], 0.0, config.threads)
         module.run(vid, A._data, A._indices_padded, A._gptr, bounds, A._comp, A._scales, packed, xscales, y, M, packed.shape[0], config.prefetch,
                    config.threads, bias, ACTIVATIONS[activation])
+        if yt is not None:
+            kernel_module(best_isa()).transpose(y, yt, config.threads)
         return out
     if K == 0:
         # no products: every column is act(bias), or 0, with the kernels' own GELU
@@ -104,6 +112,8 @@ def spmm(A, X, config=None, out=None, bias=None, activation=None, layout="featur
         if activation == "gelu":
             encoder_module().gelu_(column, config.threads)
         y[...] = column[:, None]
+        if yt is not None:
+            yt[...] = column[None, :]
         return out
     module, vid, nslices, data, indices, ptr, bounds = plan
     bc = A.block[1]
@@ -114,8 +124,14 @@ def spmm(A, X, config=None, out=None, bias=None, activation=None, layout="featur
         Xp[K:] = 0
         X = Xp
     module.run(vid, data, indices, ptr, bounds, X, y, M, config.n_panel or N, config.prefetch, config.threads, -(-K // bc) * bc,
-               bias, ACTIVATIONS[activation], nslices)
+               bias, ACTIVATIONS[activation], nslices, yt)
     return out
+
+
+def _check_bias(bias, M):
+    if bias is not None and not (isinstance(bias, np.ndarray) and bias.dtype == np.float32
+                                 and bias.shape == (M,) and bias.flags.c_contiguous):
+        raise ValueError(f"bias must be a contiguous float32 array of shape ({M},)")
 
 
 _buffers = threading.local()
@@ -139,6 +155,7 @@ def _token_major(A, X, config, out, bias, activation):
     if K != A.shape[1]:
         raise ValueError(f"shape mismatch: A is {M}x{A.shape[1]} but token-major X has {K} columns "
                          f"(needs {A.shape[1]})")
+    _check_bias(bias, M)
     if out is None:
         out = np.empty((N, M), dtype=np.float32)
     else:
@@ -151,9 +168,8 @@ def _token_major(A, X, config, out, bias, activation):
             if isinstance(other, np.ndarray) and np.shares_memory(out, other):
                 raise ValueError(f"out must not overlap {name}")
     threads = config.threads if config is not None else default_threads()
-    transpose = kernel_module(best_isa()).transpose
     Xf = _buffer("x", (K, N))
-    transpose(X, Xf, threads)
-    Yf = spmm(A, Xf, config, out=_buffer("y", (M, N)), bias=bias, activation=activation)
-    transpose(Yf, out, threads)
+    kernel_module(best_isa()).transpose(X, Xf, threads)
+    Yf = _buffer("y", (M, N))
+    _multiply(A, Xf, config, Yf, Yf, bias, activation, yt=out)
     return out

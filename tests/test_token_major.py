@@ -86,3 +86,9 @@ def test_token_major_errors_are_clear():
     X = random_x(3, 8)
     with pytest.raises(ValueError, match="overlap"):
         sb.spmm(A, X[:, :6], out=X, layout="tokens")
+
+
+def test_token_major_bias_is_checked():
+    A = sb.BSRMatrix.from_dense(random_x(8, 6), (4, 1))
+    with pytest.raises(ValueError, match=r"bias must be a contiguous float32 array of shape \(8,\)"):
+        sb.spmm(A, random_x(3, 6), bias=np.zeros(9, np.float32), layout="tokens")
