@@ -258,14 +258,17 @@ def _short_config(d):
 def cmd_export(args):
     from ..tune.apply import export
     from ..tune import TuningDB
+    from ..tune.records import newest_builds
 
-    db = TuningDB(args.db, foreign=args.use_foreign, writable=False)
+    db = TuningDB(args.db, foreign=args.use_foreign, writable=False, hardware_ids=newest_builds(args.db))
     if not db.results():
-        print(f"sparsebench: error: {args.db} holds no finished tuning results of this machine and build; "
+        print(f"sparsebench: error: {args.db} holds no finished tuning results of any machine and its build; "
               "run `sparsebench autotune --db ...` first", file=sys.stderr)
         return 2
     data = export(db, args.out)
-    print(f"wrote {len(data['entries'])} tuned tasks to {args.out}")
+    print(f"wrote {len(data['entries'])} tuned tasks of this machine to {args.out}")
+    for hardware_id, section in data["machines"].items():
+        print(f"  {len(section['entries'])} tuned tasks of {section['cpu']} (hardware {hardware_id})")
 
 
 def build_parser():
