@@ -59,10 +59,11 @@ def _tuned_once_per_kind(db, ids, sparsities):
     return records
 
 
-def _summary(printed):
-    """{hardware id: [tasks, tuned, already tuned, re-run, not tuned]} of the per-kind summary table."""
+def _summary(printed, columns=5):
+    """{hardware id: its last `columns` counts} of the per-kind summary table: [nodes,] tasks, tuned,
+    already tuned, re-run, not tuned."""
     rows = printed.split("per CPU kind")[1].splitlines()[3:]
-    return {row.split()[-7]: [int(x) for x in row.split()[-5:]] for row in rows if row.count("  ") > 3}
+    return {row.split()[-7]: [int(x) for x in row.split()[-columns:]] for row in rows if row.count("  ") > 3}
 
 
 def test_every_kind_is_tuned_once_gathered_resumed_and_exported(cluster, ids, tmp_path, capsys, monkeypatch):
@@ -112,6 +113,38 @@ def test_a_worker_killed_mid_run_loses_nothing_and_duplicates_nothing(cluster, i
     assert "worker lost during" in printed
     _tuned_once_per_kind(db, ids, sparsities)
     assert _summary(printed) == {ids["real"]: [3, 3, 0, 0, 0], ids["zen5"]: [3, 3, 0, 1, 0]}
+
+
+def test_a_node_that_dies_mid_run_hands_its_task_to_another_of_its_kind(cluster, ids, tmp_path, capsys):
+    import ray
+
+    db = tmp_path / "tuning.jsonl"
+    cache = {ENV_CACHE_DIR: str(tmp_path)}
+    second_zen5 = cluster[0].add_node(**dict(SMALL_RAY, env_vars=dict(cache, **{ENV_FAKE_CPU: ZEN5})))
+    ray.init(address=cluster[0].address, logging_level="error", log_to_driver=False)
+    try:
+        codes = []
+        run = threading.Thread(target=lambda: codes.append(main(
+            ["autotune", *TINY, "--sparsity", "0.5,0.6,0.7", "--db", str(db), "--ray", "auto"])))
+        run.start()
+        deadline = time.monotonic() + 120
+        while True:                     # its actor is started when its first task is sent to it
+            try:
+                ray.get_actor(actor_name(second_zen5.node_id, 1))
+                break
+            except ValueError:
+                assert time.monotonic() < deadline and run.is_alive(), "no task was sent to the second Zen 5"
+                time.sleep(0.02)
+        cluster[0].remove_node(second_zen5)
+        run.join(120)
+        assert codes == [0]
+    finally:
+        ray.shutdown()
+    printed = capsys.readouterr().out
+    assert "2 node(s) (" in printed and "is gone" in printed
+    _tuned_once_per_kind(db, ids, [0.5, 0.6, 0.7])
+    nodes_left, tasks, tuned, already, reruns, not_tuned = _summary(printed, 6)[ids["zen5"]]
+    assert (nodes_left, tasks, tuned, already, not_tuned) == (1, 3, 3, 0, 0) and reruns >= 1
 
 
 def test_without_ray_it_is_a_one_line_install_hint(monkeypatch, tmp_path, capsys):
