@@ -63,7 +63,7 @@ def _summary(printed, columns=5):
     """{hardware id: its last `columns` counts} of the per-kind summary table: [nodes,] tasks, tuned,
     already tuned, re-run, not tuned."""
     rows = printed.split("per CPU kind")[1].splitlines()[3:]
-    return {row.split()[-7]: [int(x) for x in row.split()[-columns:]] for row in rows if row.count("  ") > 3}
+    return {row.split()[-8]: [int(x) for x in row.split()[-columns:]] for row in rows if row.count("  ") > 3}
 
 
 def test_every_kind_is_tuned_once_gathered_resumed_and_exported(cluster, ids, tmp_path, capsys, monkeypatch):
@@ -89,29 +89,44 @@ def test_every_kind_is_tuned_once_gathered_resumed_and_exported(cluster, ids, tm
         assert load_tuned(str(out)).entries == data["machines"][ids["zen5"]]["entries"]
 
 
-def test_a_worker_killed_mid_run_loses_nothing_and_duplicates_nothing(cluster, ids, tmp_path, capsys):
+def _interrupted_run(cluster, db, happened, what, interrupt):
+    """Run the CLI on three tasks per kind in a thread of this driver; once `happened()`, call
+    `interrupt()`; the run's exit code."""
     import ray
 
-    db = tmp_path / "tuning.jsonl"
-    sparsities = [0.5, 0.6, 0.7]
-    ray.init(address=cluster[0].address, logging_level="error", log_to_driver=False)
+    ray.init(address=cluster.address, logging_level="error", log_to_driver=False)
     try:
         codes = []
         run = threading.Thread(target=lambda: codes.append(main(
             ["autotune", *TINY, "--sparsity", "0.5,0.6,0.7", "--db", str(db), "--ray", "auto"])))
         run.start()
         deadline = time.monotonic() + 120
-        while not any(r["kind"] == "result" and r["hardware_id"] == ids["zen5"] for r in store.read_json(str(db))):
-            assert time.monotonic() < deadline and run.is_alive(), "no task of the Zen 5 node finished"
+        while not happened():
+            assert time.monotonic() < deadline and run.is_alive(), f"never happened: {what}"
             time.sleep(0.02)
-        ray.kill(ray.get_actor(actor_name(cluster[1], 1)))          # mid-run: its next task is in flight
+        interrupt()
         run.join(120)
-        assert codes == [0]
+        return codes[0]
     finally:
         ray.shutdown()
+
+
+def test_a_worker_killed_mid_run_loses_nothing_and_duplicates_nothing(cluster, ids, tmp_path, capsys):
+    import ray
+
+    db = tmp_path / "tuning.jsonl"
+
+    def zen5_finished_one():
+        return any(r["kind"] == "result" and r["hardware_id"] == ids["zen5"] for r in store.read_json(str(db)))
+
+    def kill_zen5_actor():                     # mid-run: its next task is in flight
+        ray.kill(ray.get_actor(actor_name(cluster[1], 1)))
+
+    assert _interrupted_run(cluster[0], db, zen5_finished_one, "a task of the Zen 5 node finished",
+                            kill_zen5_actor) == 0
     printed = capsys.readouterr().out
     assert "worker lost during" in printed
-    _tuned_once_per_kind(db, ids, sparsities)
+    _tuned_once_per_kind(db, ids, [0.5, 0.6, 0.7])
     assert _summary(printed) == {ids["real"]: [3, 3, 0, 0, 0], ids["zen5"]: [3, 3, 0, 1, 0]}
 
 
@@ -121,25 +136,15 @@ def test_a_node_that_dies_mid_run_hands_its_task_to_another_of_its_kind(cluster,
     db = tmp_path / "tuning.jsonl"
     cache = {ENV_CACHE_DIR: str(tmp_path)}
     second_zen5 = cluster[0].add_node(**dict(SMALL_RAY, env_vars=dict(cache, **{ENV_FAKE_CPU: ZEN5})))
-    ray.init(address=cluster[0].address, logging_level="error", log_to_driver=False)
-    try:
-        codes = []
-        run = threading.Thread(target=lambda: codes.append(main(
-            ["autotune", *TINY, "--sparsity", "0.5,0.6,0.7", "--db", str(db), "--ray", "auto"])))
-        run.start()
-        deadline = time.monotonic() + 120
-        while True:                     # its actor is started when its first task is sent to it
-            try:
-                ray.get_actor(actor_name(second_zen5.node_id, 1))
-                break
-            except ValueError:
-                assert time.monotonic() < deadline and run.is_alive(), "no task was sent to the second Zen 5"
-                time.sleep(0.02)
-        cluster[0].remove_node(second_zen5)
-        run.join(120)
-        assert codes == [0]
-    finally:
-        ray.shutdown()
+
+    def second_zen5_got_a_task():              # its actor is started when its first task is sent to it
+        try:
+            return bool(ray.get_actor(actor_name(second_zen5.node_id, 1)))
+        except ValueError:
+            return False
+
+    assert _interrupted_run(cluster[0], db, second_zen5_got_a_task, "a task was sent to the second Zen 5",
+                            lambda: cluster[0].remove_node(second_zen5)) == 0
     printed = capsys.readouterr().out
     assert "2 node(s) (" in printed and "is gone" in printed
     _tuned_once_per_kind(db, ids, [0.5, 0.6, 0.7])

@@ -252,12 +252,13 @@ def _autotune_on_ray(args, shapes):
             print(f"not tuned: {label}: {why}")
         if kind.out_of_time:
             print(f"time limit reached: {kind.out_of_time} tasks not tuned")
-        summary.append([kind.cpu, kind.hardware_id, str(len(kind.nodes)), str(len(kind.tasks)),
-                        str(len(kind.results)), str(len(kind.skipped)), str(kind.reruns),
-                        str(len(kind.failed) + kind.out_of_time)])
-    print("\nper CPU kind (re-run: tasks run again after their worker or node died):")
-    print(format_table(["cpu", "hardware", "nodes", "tasks", "tuned", "already tuned", "re-run", "not tuned"],
-                       summary))
+        summary.append([kind.cpu, kind.hardware_id, str(sum(bool(r.get("degraded")) for r in kind.results)),
+                        str(len(kind.nodes)), str(len(kind.tasks)), str(len(kind.results)), str(len(kind.skipped)),
+                        str(kind.reruns), str(len(kind.failed) + kind.out_of_time)])
+    print("\nper CPU kind (degraded: tuned while a peak probe ran > 15% under the peak, --retune them later; "
+          "re-run: tasks run again after their worker or node died):")
+    print(format_table(["cpu", "hardware", "degraded", "nodes", "tasks", "tuned", "already tuned", "re-run",
+                        "not tuned"], summary))
     print(f"database: {args.db}; next: sparsebench export --db {args.db} --out "
           f"{os.path.join(os.path.dirname(args.db), 'tuned.json')} (a section per CPU kind)")
     return 1 if any(kind.failed for kind in kinds) else 0
