@@ -54,3 +54,12 @@ def duration(text):
             f"expected a positive duration with its unit (us, ms, s, m or h), such as 20ms or 10m, "
             f"got {text!r}")
     return float(m.group(1)) * UNITS[m.group(2)]
+
+
+def ray_address(text):
+    """--ray ADDRESS: 'auto', host:port or ray://host:port (checked, not yet connected)."""
+    from ..tune.ray_runner import check_address
+    try:
+        return check_address(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None

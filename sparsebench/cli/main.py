@@ -10,7 +10,7 @@ from ..errors import SparsebenchError
 from ..machine import results_folder
 from . import bert as bert_cli
 from . import report as report_cli
-from .args import blocks, duration, floats, positive
+from .args import blocks, duration, floats, positive, ray_address
 from ..dtypes import DTYPES, check_dtype_blocks
 from ..bench.shapes import ShapeFileError, load_shapes
 
@@ -155,42 +155,29 @@ def cmd_run(args, report=True):
 
 
 def cmd_autotune(args):
-    from ..bench.compare import format_table, tty_progress
+    from ..bench.compare import tty_progress
     from ..cpu import available_isas, default_threads
     from ..tune import Autotuner, TuningDB, strategies
 
     strategies.get(args.strategy)
-    threads = args.threads or default_threads()
     shapes = load_shapes(args.shapes)
     check_dtype_blocks(args.dtype, args.block)
+    if args.ray is not None:
+        return _autotune_on_ray(args, shapes)
+    threads = args.threads or default_threads()
     db = TuningDB(args.db, foreign=args.use_foreign)
     isas = available_isas(args.dtype)
     isas = isas if args.isa == "all" else isas[:1]
-    budget = f"at most {args.max_evals} evaluations per task" if args.max_evals else "no evaluation limit"
-    if args.time_limit:
-        budget += f", {args.time_limit:.0f} s in all"
     print(f"sparsebench autotune: {len(shapes)} shapes x {len(args.block)} blocks x {len(args.sparsity)} "
-          f"sparsities; {args.dtype}; strategy {args.strategy}; {budget}; {threads} threads; "
+          f"sparsities; {args.dtype}; strategy {args.strategy}; {_budget(args)}; {threads} threads; "
           f"ISAs {', '.join(isas)}; "
           f"database {args.db} ({len(db.records)} records of this machine and build)", flush=True)
     tuner = Autotuner(db, args.strategy, max_evals=args.max_evals, time_limit=args.time_limit,
                       retune=args.retune, samples=args.samples, isas=isas,
                       log=lambda line: print(line, flush=True), progress=tty_progress(sys.stderr))
     results = tuner.tune_all(shapes, args.sparsity, args.block, threads, args.dtype)
-    lines = []
-    for r in results:
-        t = r["task"]
-        cfg = "dense" if r["method"] == "dense" else _short_config(r["config"])
-        lines.append([r["name"], f"{t['M']}x{t['K']}x{t['N']}", t["block"], f"{t['sparsity']:g}", cfg,
-                      f"{r['best_s'] * 1e3:.3f}", f"{r['dense_s'] / r['best_s']:.2f}x",
-                      f"{r['evals']}/{r['space_size']}", f"{r['default_s'] / r['best_s']:.2f}x"
-                      + ("?" if r["unstable"] else "") + ("!" if r.get("degraded") else ""),
-                      "-" if r.get("pct_peak") is None else f"{r['pct_peak']:.0f}%"])
-    print("\nbest per task (times re-measured side by side with dense and the default heuristic; "
-          "? = unstable; ! = degraded, a peak probe ran > 15% under the peak; % peak: useful GFLOP/s "
-          "(2*nnz*N, dense 2*M*K*N; int8 GOP/s) of the measured peak):")
-    print(format_table(["shape", "MxKxN", "block", "sparsity", "best config", "ms", "vs dense", "evals",
-                        "default/best", "% peak"], lines))
+    print("\nbest per task " + RESULTS_LEGEND)
+    print(_results_table(results))
     degraded = [r for r in results if r.get("degraded")]
     if degraded:
         print(f"degraded: {len(degraded)} of {len(results)} tasks were re-timed while a peak probe ran more than "
@@ -201,6 +188,80 @@ def cmd_autotune(args):
               + f"; probes {', '.join(str(p['gflops']) for p in monitor.probes)}")
     print(f"database: {args.db}; next: sparsebench export --db {args.db} --out "
           f"{os.path.join(os.path.dirname(args.db), 'tuned.json')}")
+
+
+RESULTS_LEGEND = ("(times re-measured side by side with dense and the default heuristic; ? = unstable; "
+                  "! = degraded, a peak probe ran > 15% under the peak; % peak: useful GFLOP/s (2*nnz*N, "
+                  "dense 2*M*K*N; int8 GOP/s) of the measured peak):")
+
+
+def _budget(args):
+    """The evaluation and time budget of an autotune run, in words."""
+    budget = f"at most {args.max_evals} evaluations per task" if args.max_evals else "no evaluation limit"
+    return budget + (f", {args.time_limit:.0f} s in all" if args.time_limit else "")
+
+
+def _results_table(results):
+    """The best-per-task table of autotune result records."""
+    from ..bench.compare import format_table
+
+    lines = []
+    for r in results:
+        t = r["task"]
+        cfg = "dense" if r["method"] == "dense" else _short_config(r["config"])
+        lines.append([r["name"], f"{t['M']}x{t['K']}x{t['N']}", t["block"], f"{t['sparsity']:g}", cfg,
+                      f"{r['best_s'] * 1e3:.3f}", f"{r['dense_s'] / r['best_s']:.2f}x",
+                      f"{r['evals']}/{r['space_size']}", f"{r['default_s'] / r['best_s']:.2f}x"
+                      + ("?" if r["unstable"] else "") + ("!" if r.get("degraded") else ""),
+                      "-" if r.get("pct_peak") is None else f"{r['pct_peak']:.0f}%"])
+    return format_table(["shape", "MxKxN", "block", "sparsity", "best config", "ms", "vs dense", "evals",
+                         "default/best", "% peak"], lines)
+
+
+def _autotune_on_ray(args, shapes):
+    """autotune --ray: every task on every CPU kind of a Ray cluster, into one database."""
+    from .. import store
+    from ..bench.compare import format_table
+    from ..tune import Task
+    from ..tune.ray_runner import LOCAL, FleetProgress, FleetTuner
+
+    tuner = FleetTuner(args.db, args.ray, args.strategy, max_evals=args.max_evals, samples=args.samples,
+                       isa=args.isa, retune=args.retune, time_limit=args.time_limit, foreign=args.use_foreign,
+                       log=lambda line: print(line, flush=True))
+    store.check_writable(args.db)
+    where = "a local Ray cluster" if tuner.address == LOCAL else f"the Ray cluster at {tuner.address}"
+    try:
+        tuner.connect()
+        kinds = tuner.group(tuner.probe_nodes(), args.dtype)
+        for kind in kinds:
+            threads = args.threads or kind.threads
+            kind.tasks = [(sh.name, Task(sh.M, sh.K, sh.N, s, b, args.dtype, threads))
+                          for sh in shapes for b in args.block for s in args.sparsity]
+        print(f"sparsebench autotune on {where}: {sum(len(k.nodes) for k in kinds)} node(s), {len(kinds)} CPU "
+              f"kind(s); {len(shapes)} shapes x {len(args.block)} blocks x {len(args.sparsity)} sparsities per "
+              f"kind; {args.dtype}; strategy {args.strategy}; {_budget(args)}; one actor per node holding all "
+              f"its CPUs; database {args.db}", flush=True)
+        tuner.run(kinds, FleetProgress())
+    finally:
+        tuner.close()
+    summary = []
+    for kind in kinds:
+        print(f"\n{kind.cpu} (hardware {kind.hardware_id}), best per task " + RESULTS_LEGEND)
+        print(_results_table(kind.results + kind.skipped))
+        for label, why in kind.failed:
+            print(f"not tuned: {label}: {why}")
+        if kind.out_of_time:
+            print(f"time limit reached: {kind.out_of_time} tasks not tuned")
+        summary.append([kind.cpu, kind.hardware_id, str(sum(bool(r.get("degraded")) for r in kind.results)),
+                        str(len(kind.nodes)), str(len(kind.tasks)), str(len(kind.results)), str(len(kind.skipped)),
+                        str(kind.reruns), str(len(kind.failed) + kind.out_of_time)])
+    print("\nper CPU kind (degraded: tuned while a peak probe ran > 15% under the peak, --retune them later; "
+          "re-run: tasks run again after their worker or node died):")
+    print(format_table(["cpu", "hardware", "degraded", "nodes", "tasks", "tuned", "already tuned", "re-run",
+                        "not tuned"], summary))
+    print(f"database: {args.db}; next: sparsebench export --db {args.db} --out "
+          f"{os.path.join(os.path.dirname(args.db), 'tuned.json')} (a section per CPU kind)")
+    return 1 if any(kind.failed for kind in kinds) else 0
 
 
 def cmd_check_strategy(args):
@@ -258,14 +319,17 @@ def _short_config(d):
 def cmd_export(args):
     from ..tune.apply import export
     from ..tune import TuningDB
+    from ..tune.records import newest_builds
 
-    db = TuningDB(args.db, foreign=args.use_foreign, writable=False)
+    db = TuningDB(args.db, foreign=args.use_foreign, writable=False, hardware_ids=newest_builds(args.db))
     if not db.results():
-        print(f"sparsebench: error: {args.db} holds no finished tuning results of this machine and build; "
+        print(f"sparsebench: error: {args.db} holds no finished tuning results of any machine and its build; "
               "run `sparsebench autotune --db ...` first", file=sys.stderr)
         return 2
     data = export(db, args.out)
-    print(f"wrote {len(data['entries'])} tuned tasks to {args.out}")
+    print(f"wrote {len(data['entries'])} tuned tasks of this machine to {args.out}")
+    for hardware_id, section in data["machines"].items():
+        print(f"  {len(section['entries'])} tuned tasks of {section['cpu']} (hardware {hardware_id})")
 
 
 def build_parser():
@@ -311,6 +375,9 @@ def build_parser():
     q.add_argument("--retune", action="store_true", help="measure again what the database already has")
     q.add_argument("--use-foreign", action="store_true",
                    help="use records from another machine or build too")
+    q.add_argument("--ray", nargs="?", const="local", default=None, type=ray_address, metavar="ADDRESS",
+                   help="tune on every CPU kind of a Ray cluster: 'auto', its address (10.0.0.1:6379), or "
+                   "none to start a local one; needs pip install \"sparsebench[ray]\"")
     q.set_defaults(func=cmd_autotune)
     q = sub.add_parser("run", help="the main job: autotune, export, compare with the tuned configs, report")
     add_problem_args(q)

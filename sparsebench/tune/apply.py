@@ -12,6 +12,9 @@ threads), the winning choice ("sparse" with its KernelConfig, or "dense") and it
 
 The file's header names the machine it was tuned on (hardware, hardware_id, cpu); loading
 it on another machine warns (ForeignTunedWarning): its choices may not be the best here.
+`machines` ({hardware_id: {"cpu", "entries"}}) holds the winners of every CPU kind in the
+database (a Ray fleet's); `load_tuned` takes this machine's section, and warns in one line
+when there is none. Files without `machines` (older exports) read as before.
 """
 import dataclasses
 import datetime
@@ -47,12 +50,13 @@ class Choice:
 
 
 class TunedConfigs:
-    """The entries of a tuned-config file."""
+    """The entries of a tuned-config file (`entries`: one machine's section instead of the
+    top-level entries)."""
 
-    def __init__(self, data, path="<memory>"):
+    def __init__(self, data, path="<memory>", entries=None):
         self.path = path
         self.data = data
-        self.entries = data["entries"]
+        self.entries = data["entries"] if entries is None else entries
 
     def lookup(self, M, K, N, sparsity, block, dtype="float32", threads=None):
         block = tuple(int(b) for b in block)
@@ -112,32 +116,63 @@ def load_tuned(path):
         raise ConfigError(f"{path} has tuned-config version {data.get('version')!r}; this sparsebench "
                           f"reads version {VERSION}: re-export it with `sparsebench export`")
     try:
-        for e in data["entries"]:
+        machines = data.get("machines", {})
+        for e in data["entries"] + [e for section in machines.values() for e in section["entries"]]:
             if e["method"] == "sparse":
                 KernelConfig.from_dict(e["config"])
             tuple(e["block"]), e["M"], e["K"], e["N"], e["sparsity"], e["dtype"], e["threads"]
-    except (KeyError, TypeError, ConfigError) as e:
+    except (AttributeError, KeyError, TypeError, ConfigError) as e:
         raise ConfigError(f"{path}: malformed entry ({e}); re-export it with `sparsebench export`") from None
+    here = machines.get(fingerprint.hardware_id())
+    if here is not None:
+        return TunedConfigs(data, path, here["entries"])
     _warn_if_foreign(data, path)
     return TunedConfigs(data, path)
 
 
 def _warn_if_foreign(data, path):
-    """One line of ForeignTunedWarning if `data` (a tuned-config file) was tuned on another machine."""
+    """One line of ForeignTunedWarning unless `data` (a tuned-config file without a section for this
+    machine) was tuned on this machine."""
     here = fingerprint.hardware_id()
+    machines = data.get("machines") or {}
+    kinds = ("; it holds tuned configs for " + ", ".join(f"{hid} ({m.get('cpu')})" for hid, m in machines.items())
+             + " only") if machines else ""
     if data.get("cpu") and data.get("hardware_id") == here:
-        return
-    tuned_on = (f"another machine (hardware {data.get('hardware_id')}, {data['cpu']})" if data.get("cpu")
-                else "a machine an older sparsebench could not tell apart (no CPU identity)")
-    warnings.warn(f"{path} was tuned on {tuned_on}, not this one (hardware {here}, {cpu_label()}); its "
-                  "choices may not be the fastest here: re-tune with `sparsebench autotune` and "
+        if not machines:
+            return
+        what = f"has no tuned configs for this machine (hardware {here}, {cpu_label()})"
+    else:
+        tuned_on = (f"another machine (hardware {data.get('hardware_id')}, {data['cpu']})" if data.get("cpu")
+                    else "a machine an older sparsebench could not tell apart (no CPU identity)")
+        what = f"was tuned on {tuned_on}, not this one (hardware {here}, {cpu_label()})"
+    warnings.warn(f"{path} {what}{kinds}; its choices may not be the fastest here: re-tune with "
+                  "`sparsebench autotune` (`--ray` tunes every CPU kind of a Ray cluster) and "
                   "`sparsebench export`", ForeignTunedWarning, stacklevel=3)
 
 
 def export(db, path):
-    """Write the best result per task of `db` (a TuningDB) to `path` atomically; return the data."""
+    """Write the best result per task of `db` (a TuningDB) to `path` atomically; return the data.
+    `entries`: this machine's (every record's with --use-foreign), as before; `machines`: each
+    CPU kind's in `db`, keyed by hardware id."""
+    results = db.results()
+    machines = {}
+    for rec in results:
+        if rec.get("cpu") and rec.get("hardware_id"):
+            machines.setdefault(rec["hardware_id"], {"cpu": rec["cpu"], "results": []})["results"].append(rec)
+    here = [r for r in results if db.foreign or r.get("hardware_id") == db.hardware_id]
+    data = {"format": FORMAT, "version": VERSION,
+            "created": datetime.datetime.now().isoformat(timespec="seconds"), "database": os.path.abspath(db.path),
+            **db.header(), "entries": _winners(here),
+            "machines": {hid: {"cpu": m["cpu"], "entries": _winners(m["results"])} for hid, m in machines.items()}}
+    with store.atomic_file(path) as f:
+        json.dump(data, f, indent=1)
+    return data
+
+
+def _winners(results):
+    """Tuned-config entries: the fastest of `results` (result records) per task."""
     best = {}
-    for rec in db.results():
+    for rec in results:
         key = json.dumps(rec["task"], sort_keys=True)
         if key not in best or rec["best_s"] < best[key]["best_s"]:
             best[key] = rec
@@ -151,9 +186,4 @@ def export(db, path):
                         "config": rec["config"], "time_s": rec["best_s"], "dense_s": rec["dense_s"],
                         "default_s": rec["default_s"], "speedup": rec["dense_s"] / rec["best_s"],
                         "strategy": rec["strategy"], "evals": rec["evals"]})
-    data = {"format": FORMAT, "version": VERSION,
-            "created": datetime.datetime.now().isoformat(timespec="seconds"), "database": os.path.abspath(db.path),
-            **db.header(), "entries": entries}
-    with store.atomic_file(path) as f:
-        json.dump(data, f, indent=1)
-    return data
+    return entries

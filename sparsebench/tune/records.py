@@ -7,6 +7,9 @@ block, dtype, threads). Records of other machines or builds, and records without
 whose they are, never silently reused; `foreign=True` (the CLI's --use-foreign) takes
 them anyway. Appends go through sparsebench.store (whole lines, flock, fsync), so a
 crash or a concurrent run loses at most the measurement in flight.
+
+A fleet run (sparsebench.tune.ray_runner) gathers the records of several CPU kinds in one
+database: `hardware_ids` names the other machines (and their builds) whose records are kept.
 """
 import collections
 import dataclasses
@@ -57,14 +60,20 @@ def candidate_of(rec):
 
 
 class TuningDB:
-    """Records of this machine and build, read from `path`; new records are appended."""
+    """Records of this machine and build, read from `path`; new records are appended.
 
-    def __init__(self, path, foreign=False, log=print, writable=True):
+    `hardware_ids`: {hardware_id: {dtype: build_id}} of other machines whose records (of those
+    builds) are kept too, e.g. the CPU kinds of a Ray fleet, or `newest_builds(path)`."""
+
+    def __init__(self, path, foreign=False, log=print, writable=True, hardware_ids=None):
         self.path = path
+        self.foreign = foreign
         self.hardware_id = fingerprint.hardware_id()
         self.cpu = cpu_label()
         # each dtype's kernels have their own build: changing one orphans only its records
         self.build_ids = {dtype: fingerprint.build_id(dtype) for dtype in DTYPES}
+        self.other_builds = {hid: dict(builds) for hid, builds in (hardware_ids or {}).items()
+                             if hid != self.hardware_id}
         self.records = []
         #: {why: count} of the records set aside as another machine's or build's
         self.ignored_reasons = collections.Counter()
@@ -100,9 +109,11 @@ class TuningDB:
         """Why `rec` is not this machine's and build's ("from ..."), or None if it is."""
         if not rec.get("cpu"):
             return "from an older sparsebench without CPU identity"
-        if rec.get("hardware_id") != self.hardware_id:
-            return f"from hardware {rec.get('hardware_id')} ({rec['cpu']})"
-        if rec.get("build_id") != self.build_ids.get(rec["task"]["dtype"]):
+        hid = rec.get("hardware_id")
+        builds = self.build_ids if hid == self.hardware_id else self.other_builds.get(hid)
+        if builds is None:
+            return f"from hardware {hid} ({rec['cpu']})"
+        if rec.get("build_id") != builds.get(rec["task"]["dtype"]):
             return f"from build {rec.get('build_id')}"
         return None
 
@@ -116,24 +127,46 @@ class TuningDB:
         store.append_json(self.path, [self._stamp(rec)])
         self.records.append(rec)
 
-    def measurements(self, task):
-        """{candidate: record} of the task's completed measurements (the latest wins)."""
+    def add_stamped(self, records):
+        """Append records another machine's TuningDB stamped (a fleet node's), as they are, in one
+        write: a crash keeps all of them or none. Those of kept machines and builds are held."""
+        store.append_json(self.path, records)
+        self.records.extend(r for r in records if self.foreign or not self._foreign_reason(r))
+
+    def measurements(self, task, hardware_id=None):
+        """{candidate: record} of the task's completed measurements (the latest wins);
+        `hardware_id`: only that machine's."""
         key = task.key()
         out = {}
         for rec in self.records:
-            if rec["kind"] == "measurement" and rec["task"] == key:
+            if (rec["kind"] == "measurement" and rec["task"] == key
+                    and hardware_id in (None, rec.get("hardware_id"))):
                 out[candidate_of(rec)] = rec
         return out
 
-    def results(self, task=None):
-        """'result' records (one per finished tuning run), optionally of one task."""
+    def results(self, task=None, hardware_id=None):
+        """'result' records (one per finished tuning run), optionally of one task and of one
+        machine (`hardware_id`)."""
         key = task.key() if task else None
-        return [r for r in self.records if r["kind"] == "result" and (key is None or r["task"] == key)]
+        return [r for r in self.records if r["kind"] == "result" and (key is None or r["task"] == key)
+                and hardware_id in (None, r.get("hardware_id"))]
 
     def header(self):
         """Hardware and build descriptions for exported files."""
         return {"hardware": fingerprint.hardware(), "hardware_id": self.hardware_id, "cpu": self.cpu,
                 "build": fingerprint.build(), "build_id": fingerprint.build_id()}
+
+
+def newest_builds(path):
+    """{hardware_id: {dtype: build_id}}: the build each machine in the database at `path` last
+    recorded per dtype (what `export` keeps of machines whose current build is unknown here)."""
+    builds = {}
+    for rec in store.read_json(path):
+        try:
+            builds.setdefault(rec["hardware_id"], {})[rec["task"]["dtype"]] = rec["build_id"]
+        except (KeyError, TypeError):
+            continue
+    return builds
 
 
 def nearby_winners(db, task, count=2, strategy=None):

@@ -1,0 +1,109 @@
+"""One database for several CPU kinds (what a Ray fleet run gathers): reading other kinds' records
+when asked, appending their records as stamped, and a tuned-config section per kind."""
+import json
+import warnings
+
+import pytest
+
+from sparsebench import fingerprint, store
+from sparsebench.bench.shapes import Shape
+from sparsebench.cli.main import main
+from sparsebench.machine import ENV_FAKE_CPU
+from sparsebench.tune import Autotuner, Task, TuningDB
+from sparsebench.tune.apply import ForeignTunedWarning, export, load_tuned
+from sparsebench.tune.records import newest_builds
+
+ZEN4 = json.dumps({"vendor": "AuthenticAMD", "brand": "AMD EPYC", "family": 25, "model": 17})
+ZEN5 = json.dumps({"vendor": "AuthenticAMD", "brand": "AMD EPYC", "family": 26, "model": 2})
+INTEL = json.dumps({"vendor": "GenuineIntel", "brand": "Intel Xeon", "family": 6, "model": 143})
+TASK = Task(64, 48, 20, 0.7, (4, 1), "float32", 1)
+
+
+def _tune_as(path, fake, monkeypatch):
+    """Tune TASK into `path` pretending to be the CPU `fake`; (hardware id, build ids)."""
+    monkeypatch.setenv(ENV_FAKE_CPU, fake)
+    db = TuningDB(str(path), log=lambda *a: None)
+    Autotuner(db, "smart", max_evals=2, samples=3, confirm_samples=3, log=lambda *a: None).tune_all(
+        [Shape("small", 64, 48, 20)], [0.7], [(4, 1)], threads=1)
+    return db.hardware_id, db.build_ids
+
+
+@pytest.fixture
+def two_kinds(tmp_path, monkeypatch):
+    """A database with TASK tuned on a Zen 4 and on a Zen 5; (path, {name: (hardware id, builds)})."""
+    path = tmp_path / "tuning.jsonl"
+    kinds = {"zen5": _tune_as(path, ZEN5, monkeypatch), "zen4": _tune_as(path, ZEN4, monkeypatch)}
+    return path, kinds
+
+
+def test_other_kinds_are_read_only_when_asked(two_kinds):
+    path, kinds = two_kinds
+    zen4_id, zen5_id = kinds["zen4"][0], kinds["zen5"][0]
+    mine = TuningDB(str(path), log=lambda *a: None)
+    assert {r["hardware_id"] for r in mine.records} == {zen4_id} and mine.ignored
+    both = TuningDB(str(path), log=lambda *a: None, hardware_ids=dict([kinds["zen5"]]))
+    assert {r["hardware_id"] for r in both.records} == {zen4_id, zen5_id} and not both.ignored
+    assert [r["hardware_id"] for r in both.results(TASK, hardware_id=zen5_id)] == [zen5_id]
+    assert len(both.results(TASK)) == 2
+    assert {r["hardware_id"] for r in both.measurements(TASK, zen5_id).values()} == {zen5_id}
+    other_build = TuningDB(str(path), log=lambda *a: None, hardware_ids={zen5_id: {"float32": "0123456789ab"}})
+    assert {r["hardware_id"] for r in other_build.records} == {zen4_id}
+    assert newest_builds(str(path)) == {hid: {"float32": builds["float32"]} for hid, builds in kinds.values()}
+
+
+def test_records_stamped_elsewhere_are_appended_as_they_are(two_kinds, tmp_path):
+    path, kinds = two_kinds
+    zen5_id = kinds["zen5"][0]
+    zen5_records = [r for r in store.read_json(str(path)) if r["hardware_id"] == zen5_id]
+    gathered = TuningDB(str(tmp_path / "gathered.jsonl"), hardware_ids=dict([kinds["zen5"]]))
+    gathered.add_stamped(zen5_records)
+    assert store.read_json(gathered.path) == zen5_records and gathered.records == zen5_records
+    mine_only = TuningDB(str(tmp_path / "mine.jsonl"))
+    mine_only.add_stamped(zen5_records)
+    assert store.read_json(mine_only.path) == zen5_records and not mine_only.records
+
+
+def test_export_writes_a_section_per_kind_and_load_tuned_picks_this_one(two_kinds, tmp_path, monkeypatch, capsys):
+    path, kinds = two_kinds
+    out = tmp_path / "tuned.json"
+    monkeypatch.setenv(ENV_FAKE_CPU, ZEN4)
+    assert main(["export", "--db", str(path), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "wrote 1 tuned tasks of this machine" in printed and "Zen 5 (family 26 model 2)" in printed
+    data = json.loads(out.read_text())
+    assert set(data["machines"]) == {kinds["zen4"][0], kinds["zen5"][0]}
+    assert data["hardware_id"] == kinds["zen4"][0] and data["entries"] == data["machines"][kinds["zen4"][0]]["entries"]
+    assert data["machines"][kinds["zen5"][0]]["cpu"] == "AMD EPYC Zen 5 (family 26 model 2)"
+    for fake, kind in ((ZEN4, "zen4"), (ZEN5, "zen5")):
+        monkeypatch.setenv(ENV_FAKE_CPU, fake)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            tuned = load_tuned(str(out))
+        assert tuned.entries == data["machines"][kinds[kind][0]]["entries"]
+    monkeypatch.setenv(ENV_FAKE_CPU, INTEL)
+    with pytest.warns(ForeignTunedWarning, match="tuned on another machine .*Zen 4.*; it holds tuned configs for "
+                      ".*Zen 5.* only") as got:
+        tuned = load_tuned(str(out))
+    assert "\n" not in str(got[0].message) and tuned.entries == data["entries"]
+
+
+def test_an_export_without_this_machine_has_empty_entries_and_warns(two_kinds, tmp_path, monkeypatch):
+    path, kinds = two_kinds
+    out = tmp_path / "tuned.json"
+    monkeypatch.setenv(ENV_FAKE_CPU, INTEL)
+    data = export(TuningDB(str(path), writable=False, hardware_ids=newest_builds(str(path))), str(out))
+    assert data["entries"] == [] and data["hardware_id"] == fingerprint.hardware_id() and len(data["machines"]) == 2
+    with pytest.warns(ForeignTunedWarning, match="has no tuned configs for this machine .*Intel Xeon"):
+        load_tuned(str(out))
+
+
+def test_malformed_sections_are_clear_errors(two_kinds, tmp_path, monkeypatch):
+    from sparsebench.errors import ConfigError
+
+    path, _ = two_kinds
+    out = tmp_path / "tuned.json"
+    data = export(TuningDB(str(path), writable=False, log=lambda *a: None), str(out))
+    for bad in ([], {"x": {"cpu": "?"}}, {"x": {"entries": [{"method": "sparse"}]}}):
+        out.write_text(json.dumps(dict(data, machines=bad)))
+        with pytest.raises(ConfigError, match="malformed entry"):
+            load_tuned(str(out))
