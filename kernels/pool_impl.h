@@ -78,9 +78,6 @@ static int sb_pool_work(uint32_t gen) {
 
 static void *sb_pool_worker(void *arg) {
     int id = (int)(intptr_t)arg;
-    char name[16];
-    snprintf(name, sizeof name, "sb-pool-%d", id + 1);
-    pthread_setname_np(pthread_self(), name);
     uint32_t seen = (uint32_t)(__atomic_load_n(&sb_pool.state, __ATOMIC_ACQUIRE) >> 32);
     for (;;) {
         long start = sb_now_ns();
@@ -125,6 +122,10 @@ static int sb_pool_run(int threads, int ntasks, sb_task_fn fn, void *ctx) {
             break;
         }
         pthread_attr_destroy(&attr);
+        /* named here, not by the worker: the name is there before the worker first runs */
+        char name[16];
+        snprintf(name, sizeof name, "sb-pool-%d", sb_pool.nworkers + 1);
+        pthread_setname_np(th, name);
         sb_pool.nworkers++;
     }
     sb_pool.fn = fn;
