@@ -100,7 +100,7 @@ def test_autotune_int8_records_export_and_lookup(tmp_path):
 
 def test_wrong_int8_candidates_are_recorded(tmp_path, monkeypatch):
     from sparsebench.tune import autotune
-    real = autotune._sparse_runner
+    real = autotune.sparse_runner
 
     def wrong_when_prefetching(A, X, config):
         run = real(A, X, config)
@@ -111,7 +111,7 @@ def test_wrong_int8_candidates_are_recorded(tmp_path, monkeypatch):
                 return out
             return wrong
         return run
-    monkeypatch.setattr(autotune, "_sparse_runner", wrong_when_prefetching)
+    monkeypatch.setattr(autotune, "sparse_runner", wrong_when_prefetching)
     db = TuningDB(str(tmp_path / "db.jsonl"), log=lambda *a: None)
     [res] = Autotuner(db, "exhaustive", samples=3, confirm_samples=3, log=lambda *a: None).tune_all(
         [SMALL], [0.8], [(4, 1)], threads=1, dtype="int8")

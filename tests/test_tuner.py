@@ -175,7 +175,7 @@ def test_records_of_another_machine_are_ignored_unless_asked(tmp_path):
 
 
 def test_wrong_candidates_are_recorded_and_never_win(tmp_path, monkeypatch):
-    real = autotune._sparse_runner
+    real = autotune.sparse_runner
 
     def sometimes_wrong(A, X, config):
         run = real(A, X, config)
@@ -186,7 +186,7 @@ def test_wrong_candidates_are_recorded_and_never_win(tmp_path, monkeypatch):
                 return out
             return wrong
         return run
-    monkeypatch.setattr(autotune, "_sparse_runner", sometimes_wrong)
+    monkeypatch.setattr(autotune, "sparse_runner", sometimes_wrong)
     path = tmp_path / "db.jsonl"
     db, [res] = _tune(path, strategy="exhaustive", max_evals=30)
     meas = _measurements(path)
@@ -195,6 +195,22 @@ def test_wrong_candidates_are_recorded_and_never_win(tmp_path, monkeypatch):
     assert "float64 reference" in wrong[0]["reason"]
     assert res["method"] == "dense" or res["config"]["prefetch"] != 0 or \
         res["config"] == res["default_config"]
+
+
+def test_the_dense_candidate_is_our_dense_gemm_and_numpy_is_the_yardstick(tmp_path, monkeypatch):
+    built = []
+    real = autotune.dense_runner
+
+    def counting(W, X, threads):
+        built.append(W.shape)
+        return real(W, X, threads)
+    monkeypatch.setattr(autotune, "dense_runner", counting)
+    db, [res] = _tune(tmp_path / "db.jsonl", strategy="exhaustive", max_evals=5)
+    assert built                                        # "dense" ran on our dense GEMM
+    assert res["numpy_s"] > 0 and res["dense_s"] > 0    # numpy timed beside it, never a choice
+    assert res["method"] in ("dense", "sparse")
+    dense_meas = [r for r in _measurements(tmp_path / "db.jsonl") if r["method"] == "dense"]
+    assert len(dense_meas) == 1 and dense_meas[0]["status"] == "ok"
 
 
 def test_export_and_lookup_exact_nearest_default(tmp_path):

@@ -1,6 +1,7 @@
 """The `sparsebench` command line."""
 import argparse
 import json
+import math
 import os
 import re
 import sys
@@ -210,12 +211,13 @@ def _results_table(results):
         t = r["task"]
         cfg = "dense" if r["method"] == "dense" else _short_config(r["config"])
         lines.append([r["name"], f"{t['M']}x{t['K']}x{t['N']}", t["block"], f"{t['sparsity']:g}", cfg,
-                      f"{r['best_s'] * 1e3:.3f}", f"{r['dense_s'] / r['best_s']:.2f}x",
+                      f"{r['best_s'] * 1e3:.3f}", f"{min(r['dense_s'], r.get('numpy_s') or math.inf) / r['best_s']:.2f}x",
+                      "-" if r.get("numpy_s") is None else f"{r['numpy_s'] / r['best_s']:.2f}x",
                       f"{r['evals']}/{r['space_size']}", f"{r['default_s'] / r['best_s']:.2f}x"
                       + ("?" if r["unstable"] else "") + ("!" if r.get("degraded") else ""),
                       "-" if r.get("pct_peak") is None else f"{r['pct_peak']:.0f}%"])
-    return format_table(["shape", "MxKxN", "block", "sparsity", "best config", "ms", "vs dense", "evals",
-                         "default/best", "% peak"], lines)
+    return format_table(["shape", "MxKxN", "block", "sparsity", "best config", "ms", "vs best dense",
+                         "vs numpy", "evals", "default/best", "% peak"], lines)
 
 
 def _autotune_on_ray(args, shapes):

@@ -1,12 +1,14 @@
 """Tuning one task at a time: verify every candidate, time it, record it, confirm the winner.
 
-Per task the dense candidate is measured first (so the choice can be "use dense"), then
+Per task the dense candidate (our dense GEMM: what a model runs for a "dense" verdict) is
+measured first (so the choice can be "use dense"), then
 the strategy proposes configs; each is run once on a fresh NaN-filled output and checked
 against the float64 reference before it is timed, and every outcome (time, invalid
 config, wrong result, error) becomes one database record at once. Configs already in the
 database are not measured again, so an interrupted run resumes where it stopped. At the
 end the few best configs, the default heuristic and dense are re-timed interleaved with
-more samples, and the fastest of that side-by-side run is the task's result. Peak probes before
+more samples, and the fastest of that side-by-side run is the task's result; numpy's dense
+matmul runs beside them as the yardstick (numpy_s), never as a choice. Peak probes before
 and after that run give the result its pct_peak (of the machine's measured peak, see
 sparsebench.peak), the probes, and a degraded mark when one ran more than 15% under the peak.
 """
@@ -20,12 +22,12 @@ from ..dtypes import reference, sparse_matrix
 from ..errors import ConfigError
 from ..peak import PeakMonitor
 from ..prune import prune
-from ..spmm import spmm
 from ..bench.timing import interleaved, measure
 from ..bench.verify import Reference
 from . import strategies
 from .check import task_shape
 from .records import Task, nearby_winners
+from .runners import dense_runner, numpy_runner, sparse_runner
 from .space import SearchSpace
 
 #: re-timed side by side at the end of each task: the best configs of the search, up to
@@ -86,7 +88,7 @@ class Autotuner:
         refs = {"dense": Reference(Wp, X), "sparse": reference(A, Wp, X, task.threads)}
         space = SearchSpace(A, task.N, task.threads, self.isas)
         cache = {} if self.retune else self.db.measurements(task)
-        runners = {"dense": _dense_runner(Wp, X)}
+        runners = {"dense": dense_runner(Wp, X, task.threads)}
         times, order = {}, []
         deadline = time.monotonic() + time_share if time_share else None
         budget = self.max_evals
@@ -117,7 +119,7 @@ class Autotuner:
         except strategies.BudgetExhausted:
             pass
         self.progress(0, 0, "")
-        return self._confirm(task, space, times, order, A, X, runners, tag)
+        return self._confirm(task, space, times, order, A, Wp, X, runners, tag)
 
     def _measure(self, task, candidate, A, X, refs, runners):
         method = "dense" if candidate == "dense" else "sparse"
@@ -125,7 +127,7 @@ class Autotuner:
                "config": None if candidate == "dense" else candidate.to_dict()}
         try:
             if candidate != "dense":
-                runners[candidate] = _sparse_runner(A, X, candidate)
+                runners[candidate] = sparse_runner(A, X, candidate)
             fresh = np.full((A.shape[0], X.shape[1]), np.nan, dtype=np.float32)
             ok, err = refs[method].check(runners[candidate](fresh))
             if not ok:
@@ -144,19 +146,20 @@ class Autotuner:
         self.db.add(rec)
         return rec
 
-    def _confirm(self, task, space, times, order, A, X, runners, tag):
+    def _confirm(self, task, space, times, order, A, W, X, runners, tag):
         ok = sorted((c for c in times if c != "dense" and math.isfinite(times[c])), key=times.get)
         close = [c for c in ok[:FINALISTS] if times[c] <= times[ok[0]] * (1 + FINALIST_MARGIN)]
         finalists = list(dict.fromkeys(ok[:2] + close + [space.default]))
         fns = {}
-        for c in ["dense"] + finalists:
-            run = runners.get(c) or runners.setdefault(c, _sparse_runner(A, X, c))
+        runners["numpy"] = numpy_runner(W, X)
+        for c in ["dense", "numpy"] + finalists:
+            run = runners.get(c) or runners.setdefault(c, sparse_runner(A, X, c))
             out = np.empty((A.shape[0], X.shape[1]), dtype=np.float32)
             fns[c] = (lambda run=run, out=out: run(out))
         monitor = self.monitor(task.threads)
         st, degraded = monitor.around(tag, lambda: interleaved(fns, samples=self.confirm_samples, warmup=1,
                                                                 sample_time=2e-3))
-        best = min(st, key=lambda c: st[c].median)
+        best = min((c for c in st if c != "numpy"), key=lambda c: st[c].median)
         dense = best == "dense"
         ops = 2 * (A.shape[0] * A.shape[1] if dense else A.nnz) * task.N
         peak_dtype = "float32" if dense else task.dtype
@@ -166,7 +169,8 @@ class Autotuner:
                "method": "dense" if best == "dense" else "sparse",
                "config": None if best == "dense" else best.to_dict(),
                "best_s": st[best].median, "best_p20_s": st[best].p20, "best_p80_s": st[best].p80,
-               "dense_s": st["dense"].median, "default_s": st[space.default].median,
+               "dense_s": st["dense"].median, "numpy_s": st["numpy"].median,
+               "default_s": st[space.default].median,
                "default_config": space.default.to_dict(), "unstable": st[best].unstable,
                "trajectory": [times[c] if math.isfinite(times[c]) else None for c in order[1:]],
                "pct_peak": monitor.pct(ops, st[best].median, peak_dtype),
@@ -174,11 +178,3 @@ class Autotuner:
                "peak_probes": monitor.probes[-2:]}
         self.db.add(rec)
         return rec
-
-
-def _dense_runner(W, X):
-    return lambda out: np.matmul(W, X, out=out)
-
-
-def _sparse_runner(A, X, config):
-    return lambda out: spmm(A, X, config, out=out)

@@ -18,10 +18,10 @@ import numpy as np
 from ..bench.problems import problem_arrays
 from ..dtypes import sparse_matrix
 from ..prune import prune
-from ..spmm import spmm
 from ..bench.timing import interleaved, ratio
 from . import strategies
 from .records import candidate_of, nearby_winners
+from .runners import dense_runner, sparse_runner
 from .space import SearchSpace
 
 
@@ -64,8 +64,8 @@ def time_winners(jobs, samples):
         fns = {}
         for name, cand in (("mine", mine), ("ref", ref)):
             out_buf = np.empty((task.M, task.N), dtype=np.float32)
-            fns[name] = ((lambda o=out_buf: np.matmul(Wp, X, out=o)) if cand == "dense"
-                         else (lambda cand=cand, o=out_buf: spmm(A, X, cand, out=o)))
+            run = dense_runner(Wp, X, task.threads) if cand == "dense" else sparse_runner(A, X, cand)
+            fns[name] = (lambda run=run, o=out_buf: run(o))
         st = interleaved(fns, samples=samples, warmup=2)
         out.append((st["mine"].median, st["ref"].median, 1 / ratio(st["ref"], st["mine"]).median))
     return out
