@@ -29,6 +29,9 @@
  * 100 us settings were for. SPARSEBENCH_SPIN_US overrides it (sparsebench.cpu). */
 #define SB_POOL_DEFAULT_SPIN_US 500
 
+/* the `next task` field of a finished job's state: no task is ever that high */
+#define SB_POOL_CLOSED 0xFFFFFFFFu
+
 typedef struct {
     pthread_mutex_t call;          /* one job at a time: concurrent callers queue here */
     pthread_mutex_t lock;
@@ -62,10 +65,11 @@ static int sb_pool_work(uint32_t gen) {
     for (;;) {
         uint64_t s = __atomic_load_n(&sb_pool.state, __ATOMIC_ACQUIRE);
         if ((uint32_t)(s >> 32) != gen) return ran;
-        sb_task_fn fn = sb_pool.fn;
-        void *ctx = sb_pool.ctx;
+        sb_task_fn fn = __atomic_load_n(&sb_pool.fn, __ATOMIC_RELAXED);
+        void *ctx = __atomic_load_n(&sb_pool.ctx, __ATOMIC_RELAXED);
         uint32_t next = (uint32_t)s;
-        if ((int)next >= sb_pool.ntasks) return ran;
+        /* unsigned: a closed job (next = SB_POOL_CLOSED) never has a task left */
+        if (next >= (uint32_t)__atomic_load_n(&sb_pool.ntasks, __ATOMIC_RELAXED)) return ran;
         if (!__atomic_compare_exchange_n(&sb_pool.state, &s, s + 1, 0, __ATOMIC_ACQ_REL,
                                          __ATOMIC_ACQUIRE))
             continue;
@@ -128,9 +132,9 @@ static int sb_pool_run(int threads, int ntasks, sb_task_fn fn, void *ctx) {
         pthread_setname_np(th, name);
         sb_pool.nworkers++;
     }
-    sb_pool.fn = fn;
-    sb_pool.ctx = ctx;
-    sb_pool.ntasks = ntasks;
+    __atomic_store_n(&sb_pool.fn, fn, __ATOMIC_RELAXED);
+    __atomic_store_n(&sb_pool.ctx, ctx, __ATOMIC_RELAXED);
+    __atomic_store_n(&sb_pool.ntasks, ntasks, __ATOMIC_RELAXED);
     __atomic_store_n(&sb_pool.done, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&sb_pool.active, threads - 1 < sb_pool.nworkers ? threads - 1 : sb_pool.nworkers,
                      __ATOMIC_RELAXED);
@@ -142,6 +146,9 @@ static int sb_pool_run(int threads, int ntasks, sb_task_fn fn, void *ctx) {
     sb_pool_work(gen);
     while (__atomic_load_n(&sb_pool.done, __ATOMIC_ACQUIRE) < ntasks)
         sched_yield();
+    /* close the job before the next caller may rewrite fn, ctx and ntasks: a worker that read
+     * this generation's state late then finds no task left (its CAS or its bound check fails) */
+    __atomic_store_n(&sb_pool.state, ((uint64_t)gen << 32) | SB_POOL_CLOSED, __ATOMIC_RELEASE);
     pthread_mutex_unlock(&sb_pool.call);
     return rc;
 }

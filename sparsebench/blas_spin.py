@@ -4,8 +4,9 @@ After every call, OpenBLAS's pthreads workers keep polling for about 2**28 cycle
 before they sleep, so a kernel called right after a numpy matmul finds its second core taken:
 on 2 cores our 2-thread kernels then ran at 0.4-0.8x their speed (python -m
 sparsebench.bench.plain). OpenBLAS reads OPENBLAS_THREAD_TIMEOUT once, when it loads:
-imported before numpy, sparsebench sets it (4: the workers sleep at once); imported after,
-sparsebench sets it and has OpenBLAS read its environment again and restart its worker pool
+imported before numpy, sparsebench sets it (4: the workers sleep at once); imported after, while
+no other Python thread runs, sparsebench sets it and has OpenBLAS read its environment again and
+restart its worker pool
 (its exported openblas_read_env and blas_thread_shutdown_, what its own fork handler runs),
 which the next BLAS call starts afresh with the short timeout. SPARSEBENCH_TAME_BLAS=0 leaves
 OpenBLAS alone; a user's own OPENBLAS_THREAD_TIMEOUT is always kept.
@@ -13,6 +14,7 @@ OpenBLAS alone; a user's own OPENBLAS_THREAD_TIMEOUT is always kept.
 import ctypes
 import os
 import sys
+import threading
 
 VAR, VALUE = "OPENBLAS_THREAD_TIMEOUT", "4"
 ENV_SWITCH = "SPARSEBENCH_TAME_BLAS"
@@ -31,13 +33,17 @@ def restart_loaded_openblas():
     """For each pthreads OpenBLAS already loaded (numpy came first): set the timeout, make it
     re-read its environment and restart its worker pool. Returns a note saying what is in effect.
 
-    Must not run while another thread is inside a BLAS call (as with OpenBLAS's fork handler):
-    sparsebench runs it once, while it is being imported.
+    It must not run while another thread is inside a BLAS call (as with OpenBLAS's fork
+    handler), so it runs only while this is the process's one thread: sparsebench calls it once,
+    while it is being imported.
     """
     if os.environ.get(ENV_SWITCH) == "0":
         return f"left alone ({ENV_SWITCH}=0)"
     if os.environ.get(VAR, VALUE) != VALUE:
         return f"{VAR}={os.environ[VAR]} (user)"
+    if threading.active_count() > 1 or threading.current_thread() is not threading.main_thread():
+        return (f"not restarted: other threads were running when sparsebench was imported (import "
+                f"sparsebench before numpy, or set {VAR}={VALUE}, to keep OpenBLAS's idle workers off our cores)")
     from threadpoolctl import threadpool_info
 
     restarted = []

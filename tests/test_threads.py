@@ -112,7 +112,8 @@ def test_kernel_modules_import_the_pool_capsule():
     capsule = _pool._C_API
     assert type(capsule).__name__ == "PyCapsule" and "sparsebench._pool._C_API" in repr(capsule)
     for name in ["_generic_csr"] + [f"_spmm_{isa}" for isa in sb.cpu.available_isas()]:
-        assert importlib.import_module(f"sparsebench.{name}")     # imported only with the pool
+        module = importlib.import_module(f"sparsebench.{name}")   # imported only with the pool
+        assert module.__name__ == f"sparsebench.{name}" and _pool.workers() >= 0
 
 
 def test_spin_setting_is_one_for_the_process():

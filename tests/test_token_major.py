@@ -39,18 +39,21 @@ def test_transpose_refuses_bad_arguments():
 
 
 def _matrix(W, block, dtype):
+    if dtype == "dense":                         # every block stored: the dense variants
+        return sb.BSRMatrix.from_dense(W, block, keep_zero_blocks=True)
     return sb.BSRMatrix.from_dense(W, block) if dtype == "float32" else sb.QuantizedBSRMatrix.from_dense(W, block)
 
 
-CASES = [(b, "float32") for b in SUPPORTED_BLOCKS] + (
+CASES = [(b, "float32") for b in SUPPORTED_BLOCKS] + [((4, 1), "dense"), ((8, 1), "dense")] + (
     [(b, "int8") for b in [(4, 1), (4, 4), (1, 4)]] if INT8 else [])
 
 
 @pytest.mark.parametrize("block, dtype", CASES, ids=lambda v: str(v))
 def test_token_major_equals_feature_major_bitwise(block, dtype):
     M, K, N = 45, 67, 29
-    W = sb.prune(random_x(M, K, seed=3), 0.6, block)
+    W = random_x(M, K, seed=3) if dtype == "dense" else sb.prune(random_x(M, K, seed=3), 0.6, block)
     A = _matrix(W, block, dtype)
+    assert A.dtype == "int8" or A.is_dense == (dtype == "dense")
     Xt = random_x(N, K, seed=4)
     bias = random_x(M, 1, seed=5)[:, 0].copy()
     for cfg in sb.kernel_configs(A, N, threads=2)[::5]:

@@ -35,7 +35,7 @@ class KernelPlan:
     """What a SparseLinear runs for one token count N, and why."""
 
     method: str                 # "sparse", "dense" (our dense GEMM) or "numpy" (numpy's matmul)
-    config: object              # KernelConfig for "sparse", None otherwise
+    config: object              # KernelConfig for "sparse" and "dense", None for "numpy"
     source: str                 # "given", "tuned", "tuned (nearest)", "default heuristic", ...
     note: str = ""
 
@@ -116,8 +116,10 @@ class SparseLinear:
             plan = self._plans[n] = self._choose(n)
             if plan.method == "numpy" and self._dense is None:
                 self._dense = self.A.to_dense()
-            if plan.method == "dense" and self._dense is None:
-                self._dense = BSRMatrix.from_dense(self.A.to_dense(), DENSE_BLOCK, keep_zero_blocks=True)
+            if plan.method == "dense":
+                if self._dense is None:
+                    self._dense = BSRMatrix.from_dense(self.A.to_dense(), DENSE_BLOCK, keep_zero_blocks=True)
+                plan = self._plans[n] = dataclasses.replace(plan, config=default_config(self._dense, n, self.threads))
         return plan
 
     def _choose(self, n):
@@ -165,8 +167,7 @@ class SparseLinear:
             out = spmm(self.A, X, plan.config, out=out, bias=self.bias, activation=self.activation)
         elif plan.method == "dense":
             X = X.to_float() if quantized else X
-            out = spmm(self._dense, X, default_config(self._dense, n, self.threads), out=out,
-                       bias=self.bias, activation=self.activation)
+            out = spmm(self._dense, X, plan.config, out=out, bias=self.bias, activation=self.activation)
         else:
             out = self._numpy_matmul(X.to_float() if quantized else X, out)
         self.kernel, self.method = plan.kernel, plan.method
@@ -180,8 +181,7 @@ class SparseLinear:
         if plan.method == "numpy":
             raise ModelError(f"{self.name}: the 'numpy' config computes features x tokens only")
         A = self.A if plan.method == "sparse" else self._dense
-        config = plan.config if plan.method == "sparse" else default_config(A, n, self.threads)
-        out = spmm(A, X, config, out=out, bias=self.bias, activation=self.activation, layout="tokens")
+        out = spmm(A, X, plan.config, out=out, bias=self.bias, activation=self.activation, layout="tokens")
         self.kernel, self.method = plan.kernel, plan.method
         return out
 
