@@ -61,18 +61,7 @@ def spmm(A, X, config=None, out=None, bias=None, activation=None, layout="featur
         raise ValueError(f"shape mismatch: A is {M}x{K} but X has {X.shape[0]} rows (needs {K})")
     N = X.shape[1]
     _check_bias(bias, M)
-    if out is None:
-        out = np.empty((M, N), dtype=np.float32)
-        y = out
-    else:
-        y = _operand(out, "out")
-        if y.shape != (M, N):
-            raise ValueError(f"out has shape {y.shape}, needs ({M}, {N})")
-        if not y.flags.writeable:
-            raise ValueError("out is read-only; pass a writeable array or out=None")
-        for other, name in ((X, "X"), (bias, "bias")):
-            if isinstance(other, np.ndarray) and np.may_share_memory(y, other) and np.shares_memory(y, other):
-                raise ValueError(f"out must not overlap {name}")
+    out, y = _output(out, (M, N), X, bias)
     return _multiply(A, X, config, out, y, bias, activation)
 
 
@@ -128,6 +117,23 @@ def _multiply(A, X, config, out, y, bias, activation, yt=None):
     return out
 
 
+def _output(out, shape, X, bias, layout=""):
+    """(out, its canonical view): a new array of `shape`, or the caller's `out` checked to be
+    writeable, of that shape, with contiguous rows, apart from X and bias."""
+    if out is None:
+        out = np.empty(shape, dtype=np.float32)
+        return out, out
+    y = _operand(out, "out")
+    if y.shape != shape:
+        raise ValueError(f"out has shape {y.shape}, needs {shape}{layout}")
+    if not y.flags.writeable:
+        raise ValueError("out is read-only; pass a writeable array or out=None")
+    for other, name in ((X, "X"), (bias, "bias")):
+        if isinstance(other, np.ndarray) and np.may_share_memory(y, other) and np.shares_memory(y, other):
+            raise ValueError(f"out must not overlap {name}")
+    return out, y
+
+
 def _check_bias(bias, M):
     if bias is not None and not (isinstance(bias, np.ndarray) and bias.dtype == np.float32
                                  and bias.shape == (M,) and bias.flags.c_contiguous):
@@ -156,20 +162,10 @@ def _token_major(A, X, config, out, bias, activation):
         raise ValueError(f"shape mismatch: A is {M}x{A.shape[1]} but token-major X has {K} columns "
                          f"(needs {A.shape[1]})")
     _check_bias(bias, M)
-    if out is None:
-        out = np.empty((N, M), dtype=np.float32)
-    else:
-        out = _operand(out, "out")
-        if out.shape != (N, M):
-            raise ValueError(f"out has shape {out.shape}, needs ({N}, {M}) (token-major)")
-        if not out.flags.writeable:
-            raise ValueError("out is read-only; pass a writeable array or out=None")
-        for other, name in ((X, "X"), (bias, "bias")):
-            if isinstance(other, np.ndarray) and np.shares_memory(out, other):
-                raise ValueError(f"out must not overlap {name}")
+    out, yt = _output(out, (N, M), X, bias, " (token-major)")
     threads = config.threads if config is not None else default_threads()
     Xf = _buffer("x", (K, N))
     kernel_module(best_isa()).transpose(X, Xf, threads)
     Yf = _buffer("y", (M, N))
-    _multiply(A, Xf, config, Yf, Yf, bias, activation, yt=out)
+    _multiply(A, Xf, config, Yf, Yf, bias, activation, yt=yt)
     return out
