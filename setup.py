@@ -157,7 +157,8 @@ def extensions():
         pyx = os.path.join(GENERATED, f"peak_{isa}.pyx")
         vnni = "spmm_int8" in VARIANTS.ISAS[isa].modules
         render(os.path.join(KERNELS, "peak.pyx.tp"), pyx, isa=isa, VW=VARIANTS.ISAS[isa].lanes,
-               CHAINS=VARIANTS.ISAS[isa].registers * 3 // 4, VNNI=vnni)
+               CHAINS=VARIANTS.ISAS[isa].registers * 3 // 4,
+               DPBUSD_CHAINS=VARIANTS.ISAS[isa].registers * 3 // 8, VNNI=vnni)
         exts.append(kernel_extension(f"_peak_{isa}", pyx, flags[isa], ["vnni.h"] if vnni else []))
     # the pool and the untuned reference: baseline-ISA flags, they must run everywhere
     exts.append(kernel_extension("_pool", os.path.join(KERNELS, "pool.pyx"), ["-O2", "-pthread"]))
