@@ -3,7 +3,7 @@ import threading
 
 import numpy as np
 
-from .arrays import empty as _empty, operand as _operand
+from .arrays import empty as _empty, operand as _operand, padded_columns
 from .bsr import BSRMatrix
 from .config import KernelConfig, check_config, variant_id
 from .cpu import best_isa, default_threads, encoder_module, kernel_module
@@ -108,7 +108,7 @@ def _multiply(A, X, config, out, y, bias, activation, yt=None):
     bc = A.block[1]
     if K % bc:
         # the last block column reads whole blocks of X rows: give it zero rows past K
-        Xp = _empty((K + bc - K % bc, N))
+        Xp = _buffer("pad", K + bc - K % bc, N)
         Xp[:K] = X
         Xp[K:] = 0
         X = Xp
@@ -143,14 +143,16 @@ def _check_bias(bias, M):
 _buffers = threading.local()
 
 
-def _buffer(tag, shape):
-    """This thread's huge-page scratch array `tag`, viewed as `shape` (grown when too small)."""
-    size = int(np.prod(shape))
+def _buffer(tag, rows, cols):
+    """This thread's scratch array `tag` of (rows, cols), laid out as arrays.activations (grown
+    when too small)."""
+    ld = padded_columns(cols)
+    size = rows * ld
     buf = getattr(_buffers, tag, None)
     if buf is None or buf.size < size:
         buf = _empty((max(size, 1),))
         setattr(_buffers, tag, buf)
-    return buf[:size].reshape(shape)
+    return buf[:size].reshape(rows, ld)[:, :cols]
 
 
 def _token_major(A, X, config, out, bias, activation):
@@ -164,8 +166,8 @@ def _token_major(A, X, config, out, bias, activation):
     _check_bias(bias, M)
     out, yt = _output(out, (N, M), X, bias, " (token-major)")
     threads = config.threads if config is not None else default_threads()
-    Xf = _buffer("x", (K, N))
+    Xf = _buffer("x", K, N)
     kernel_module(best_isa()).transpose(X, Xf, threads)
-    Yf = _buffer("y", (M, N))
+    Yf = _buffer("y", M, N)
     _multiply(A, Xf, config, Yf, Yf, bias, activation, yt=yt)
     return out

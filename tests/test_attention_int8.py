@@ -146,8 +146,9 @@ def test_zero_and_constant_inputs(attention):
 
 @pytest.mark.parametrize("change,error,match", [
     (lambda a: dict(a, qkv=a["qkv"].astype(np.float64)), TypeError, "qkv must be float32"),
-    (lambda a: dict(a, qkv=np.asfortranarray(a["qkv"])), ValueError, "qkv must be C-contiguous"),
-    (lambda a: dict(a, ctx=a["ctx"][:, :4]), ValueError, "ctx must be C-contiguous"),
+    (lambda a: dict(a, qkv=np.asfortranarray(a["qkv"])), ValueError, "qkv must have contiguous rows"),
+    (lambda a: dict(a, ctx=a["ctx"][:, ::2]), ValueError, "ctx must have contiguous rows"),
+    (lambda a: dict(a, ctx=np.zeros((24, 8), np.float32)[:, :6]), ValueError, "same row stride"),
     (lambda a: dict(a, heads=4), ValueError, "multiple of 4"),        # head size 6
     (lambda a: dict(a, heads=0), ValueError, "heads must be an integer from 1"),
     (lambda a: dict(a, batch=4), ValueError, "do not split into 4 sequences"),

@@ -139,7 +139,7 @@ def test_layer_norm_bad_arguments(ops):
     cases = [
         ((x.astype(np.float64), g, b, 1e-5), TypeError, "x must be float32"),
         ((x.tolist(), g, b, 1e-5), TypeError, "x must be a numpy array"),
-        ((x[:, ::2], g, b, 1e-5), ValueError, "x must be C-contiguous"),
+        ((x[:, ::2], g, b, 1e-5), ValueError, "x must have contiguous rows"),
         ((x[0], g, b, 1e-5), ValueError, "x must be 2-D"),
         ((readonly, g, b, 1e-5), ValueError, "x must be writeable"),
         ((np.zeros((0, 6), np.float32), g[:0], b[:0], 1e-5), ValueError, "1 to"),
@@ -254,7 +254,7 @@ def test_attention_bad_arguments(ops):
         ((qkv.astype(np.float64), ctx, 2, 2), TypeError, "qkv must be float32"),
         ((qkv, ctx.astype(np.float16), 2, 2), TypeError, "ctx must be float32"),
         ((qkv, None, 2, 2), TypeError, "ctx must be a numpy array"),
-        ((qkv[:, ::2], ctx[:, :5], 2, 1), ValueError, "qkv must be C-contiguous"),
+        ((qkv[:, ::2], ctx[:, :5], 2, 1), ValueError, "qkv must have contiguous rows"),
         ((qkv, readonly, 2, 2), ValueError, "ctx must be writeable"),
         ((qkv[:9], ctx, 2, 2), ValueError, r"qkv must have shape \(12, 10\)"),
         ((qkv, ctx, 3, 2), ValueError, "not a positive multiple of 3 heads"),

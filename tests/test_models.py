@@ -73,8 +73,9 @@ def test_gelu_is_the_sparse_kernels_epilogue():
 @pytest.mark.parametrize("x, error, match", [
     ([1.0, 2.0], TypeError, "numpy array"),
     (np.ones(4), TypeError, "float32"),
-    (np.ones((4, 4), np.float32)[:, ::2], ValueError, "C-contiguous"),
-    (np.ones(4, np.float32)[None].repeat(2, 0).T, ValueError, "C-contiguous"),
+    (np.ones((4, 4), np.float32)[:, ::2], ValueError, "contiguous rows"),
+    (np.ones((2, 2, 2), np.float32)[:, ::2], ValueError, "C-contiguous"),
+    (np.ones(4, np.float32)[None].repeat(2, 0).T, ValueError, "contiguous rows"),
 ])
 def test_gelu_refuses_bad_arrays(x, error, match):
     with pytest.raises(error, match=match):

@@ -135,23 +135,27 @@ static void sb_add_layer_norm(float *x, const float *res, ptrdiff_t ldx, ptrdiff
 }
 
 /* ---- GELU ------------------------------------------------------------------------------------
- * x[0:n] <- GELU(x) in place (simd.h's vf_gelu, the SpMM epilogue's), SB_GELU_TASK elements a task. */
+ * x[r, 0:cols] <- GELU(x) in place for rows r < rows of stride ld (simd.h's vf_gelu, the SpMM
+ * epilogue's); a task is SB_GELU_TASK elements of one row (a flat array: one long row). */
 #define SB_GELU_TASK (1 << 14)
 
 typedef struct {
     float *x;
-    ptrdiff_t n;
+    ptrdiff_t ld, cols;
+    ptrdiff_t chunks;          /* tasks per row */
 } sb_gelu_job_t;
 
 static void sb_gelu_task(void *ctx, int task) {
     const sb_gelu_job_t *job = (const sb_gelu_job_t *)ctx;
-    const ptrdiff_t i0 = (ptrdiff_t)task * SB_GELU_TASK;
-    sb_gelu_inplace(job->x + i0, (int)(job->n - i0 < SB_GELU_TASK ? job->n - i0 : SB_GELU_TASK));
+    const ptrdiff_t r = task / job->chunks, c0 = (task % job->chunks) * SB_GELU_TASK;
+    const ptrdiff_t n = job->cols - c0 < SB_GELU_TASK ? job->cols - c0 : SB_GELU_TASK;
+    sb_gelu_inplace(job->x + r * job->ld + c0, (int)n);
 }
 
-static void sb_gelu(float *x, ptrdiff_t n, int threads) {
-    sb_gelu_job_t job = {x, n};
-    sb_pool_run(threads, (int)((n + SB_GELU_TASK - 1) / SB_GELU_TASK), sb_gelu_task, &job);
+/* rows * ceil(cols / SB_GELU_TASK) tasks: the caller checks that they fit in an int */
+static void sb_gelu_rows(float *x, ptrdiff_t ld, ptrdiff_t rows, ptrdiff_t cols, int threads) {
+    sb_gelu_job_t job = {x, ld, cols, (cols + SB_GELU_TASK - 1) / SB_GELU_TASK};
+    sb_pool_run(threads, (int)(rows * job.chunks), sb_gelu_task, &job);
 }
 
 /* ---- self-attention: the skeleton of the float32 and int8 kernels ------------------------------

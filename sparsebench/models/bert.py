@@ -16,6 +16,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from ..arrays import activations
 from ..cpu import default_threads, encoder_module, int8_attention
 from ..errors import UnsupportedISAError
 from ..dtypes import check_dtype
@@ -153,13 +154,15 @@ class _Workspace:
         H, I, T = config.hidden, config.intermediate, batch * seq
         self.shape = (batch, seq)
         f32 = np.float32
-        self.hidden = np.empty((H, T), f32)          # the residual stream
-        self.qkv = np.empty((3 * H, T), f32)         # Q, K, V stacked: the attention kernel's input
-        self.ctx = np.empty((H, T), f32)
-        self.sub = np.empty((H, T), f32)             # sublayer output, added back by the LayerNorm
-        self.inter = np.empty((I, T), f32)
-        self.rows = np.empty((T, H), f32)            # embeddings, token-major
-        self.mask = np.empty((batch, seq), f32)      # additive: 0 or float32 min per key
+        # activations: rows padded apart where they would alias in the caches (at T = 1024 the
+        # sparse GEMMs and attention run 1.2x faster than on 4 KiB rows)
+        self.hidden = activations(H, T)          # the residual stream
+        self.qkv = activations(3 * H, T)         # Q, K, V stacked: the attention kernel's input
+        self.ctx = activations(H, T)
+        self.sub = activations(H, T)             # sublayer output, added back by the LayerNorm
+        self.inter = activations(I, T)
+        self.rows = np.empty((T, H), f32)        # embeddings, token-major
+        self.mask = np.empty((batch, seq), f32)  # additive: 0 or float32 min per key
         self.q, self.k, self.v = self.qkv[:H], self.qkv[H:2 * H], self.qkv[2 * H:]
 
 

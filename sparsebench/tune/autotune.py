@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 
+from ..arrays import activations
 from ..bench.problems import problem_arrays
 from ..dtypes import reference, sparse_matrix
 from ..errors import ConfigError
@@ -134,7 +135,7 @@ class Autotuner:
                 rec.update(status="wrong", reason=f"result differs from the float64 reference of its "
                            f"{task.dtype} operands (max rel. error {err:.2e})")
             else:
-                out = np.empty_like(fresh)
+                out = activations(*fresh.shape)
                 fn = runners[candidate]
                 st = measure(lambda: fn(out), samples=self.samples, warmup=1, sample_time=1e-3)
                 rec.update(status="ok", median_s=st.median, p20_s=st.p20, p80_s=st.p80, min_s=st.min,
@@ -154,7 +155,7 @@ class Autotuner:
         runners["numpy"] = numpy_runner(W, X)
         for c in ["dense", "numpy"] + finalists:
             run = runners.get(c) or runners.setdefault(c, sparse_runner(A, X, c))
-            out = np.empty((A.shape[0], X.shape[1]), dtype=np.float32)
+            out = activations(A.shape[0], X.shape[1])
             fns[c] = (lambda run=run, out=out: run(out))
         monitor = self.monitor(task.threads)
         st, degraded = monitor.around(tag, lambda: interleaved(fns, samples=self.confirm_samples, warmup=1,

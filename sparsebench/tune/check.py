@@ -15,6 +15,7 @@ import multiprocessing
 
 import numpy as np
 
+from ..arrays import activations
 from ..bench.problems import problem_arrays
 from ..dtypes import sparse_matrix
 from ..prune import prune
@@ -63,7 +64,7 @@ def time_winners(jobs, samples):
         A = sparse_matrix(Wp, task.block, task.dtype)
         fns = {}
         for name, cand in (("mine", mine), ("ref", ref)):
-            out_buf = np.empty((task.M, task.N), dtype=np.float32)
+            out_buf = activations(task.M, task.N)
             run = dense_runner(Wp, X, task.threads) if cand == "dense" else sparse_runner(A, X, cand)
             fns[name] = (lambda run=run, o=out_buf: run(o))
         st = interleaved(fns, samples=samples, warmup=2)

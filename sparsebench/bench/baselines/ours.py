@@ -13,6 +13,7 @@ import dataclasses
 
 import numpy as np
 
+from ...arrays import activations
 from ...bsr import BSRMatrix
 from ...dispatch import DENSE_BLOCK, default_config
 from ...errors import MethodUnavailable
@@ -54,7 +55,7 @@ class Sparsebench(Baseline):
 
     def prepare(self, problem):
         A, X = self._operands(problem)[0], problem.X
-        Y = np.empty((A.shape[0], X.shape[1]), dtype=np.float32)
+        Y = activations(A.shape[0], X.shape[1])
         cfg = self.config_for(problem)
         if cfg == "dense":       # the tuner found dense fastest for this shape
             W = problem.W
@@ -83,7 +84,7 @@ class SparsebenchInt8Kernel(Sparsebench):
             raise MethodUnavailable("only in int8 runs (compare --dtype int8)")
         A, X = problem.Aq, problem.X
         Xq = quantize_activations(X, A.block, threads=problem.threads)
-        Y = np.empty((A.shape[0], X.shape[1]), dtype=np.float32)
+        Y = activations(A.shape[0], X.shape[1])
         cfg = self.config_for(problem)
         if cfg == "dense":
             raise MethodUnavailable("the tuned choice for this case is dense")
@@ -101,7 +102,7 @@ class SparsebenchDense(Baseline):
     def prepare(self, problem):
         A = BSRMatrix.from_dense(problem.W, DENSE_BLOCK, keep_zero_blocks=True)
         X = problem.X
-        Y = np.empty((A.shape[0], X.shape[1]), dtype=np.float32)
+        Y = activations(A.shape[0], X.shape[1])
         cfg = default_config(A, X.shape[1], problem.threads)
         return lambda: spmm(A, X, cfg, out=Y)
 
