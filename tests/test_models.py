@@ -11,7 +11,7 @@ import sparsebench as sb
 from sparsebench import fingerprint
 from sparsebench.machine import cpu_label
 from sparsebench.models import BertConfig, BertEncoder, ModelError, SparseLinear, detect_block, gelu_
-from sparsebench.models import runner
+from sparsebench.models import runner, serving
 from sparsebench.models.linear import KernelPlan
 
 TINY = BertConfig("tiny", layers=2, hidden=48, heads=4, intermediate=96, vocab_size=100, max_positions=64)
@@ -391,12 +391,26 @@ def test_profile_categories(tiny_encoder):
     assert dense["dense GEMMs"] > 0 and dense["GELU"] > 0 and dense["sparse GEMMs"] == 0
 
 
-def test_latency_budget_finds_the_largest_batch(tiny_encoder):
-    best, rows = runner.latency_budget(tiny_encoder, seq=8, budget_s=10.0, max_batch=4, samples=3,
-                                       log=lambda line: None)
-    assert best["batch"] == 4 and [r["batch"] for r in rows] == [1, 2, 4]
-    best, rows = runner.latency_budget(tiny_encoder, seq=8, budget_s=1e-9, samples=3, log=lambda line: None)
-    assert best is None and len(rows) == 1
+def test_latency_budget_searches_streams_and_batches():
+    recipe = serving.Recipe.of(TINY, sparsity=0.5, block=(4, 1))
+    best, rows = serving.latency_budget(recipe, threads=2, seq=8, budget_s=10.0, max_batch=4, window=0.05,
+                                        log=lambda line: None)
+    assert [(r["streams"], r["threads_per_stream"], r["batch"]) for r in rows] == [
+        (1, 2, 1), (1, 2, 2), (1, 2, 4), (2, 1, 1), (2, 1, 2), (2, 1, 4)]
+    assert all(r["fits"] and r["requests"] >= serving.MIN_REQUESTS * r["streams"] for r in rows)
+    assert best is max(rows, key=lambda r: r["throughput_seq_s"])
+    for r in rows:
+        # sequences per second of closed-loop streams: about streams * batch / latency
+        assert 0.3 < r["throughput_seq_s"] * r["p50_ms"] / 1e3 / (r["streams"] * r["batch"]) < 3
+    best, rows = serving.latency_budget(recipe, threads=2, seq=8, budget_s=1e-9, streams=[2], window=0.05,
+                                        log=lambda line: None)
+    assert best is None and [(r["streams"], r["batch"], r["fits"]) for r in rows] == [(2, 1, False)]
+
+
+def test_streams_report_a_worker_that_fails():
+    recipe = serving.Recipe.of("no-such-model")
+    with pytest.raises(RuntimeError, match="stream worker died"):
+        serving.Streams(recipe, 1, 1)
 
 
 def test_cli_writes_results(tmp_path, capsys):

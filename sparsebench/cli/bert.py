@@ -31,6 +31,13 @@ def _methods(text):
     return names
 
 
+def _stream_counts(text):
+    counts = [positive(x) for x in text.split(",") if x.strip()]
+    if not counts:
+        raise argparse.ArgumentTypeError("expected stream counts such as 1,2")
+    return counts
+
+
 def add_parser(subparsers):
     """Register the `bert` subcommand on an argparse subparsers object."""
     from ..models.config import MODELS
@@ -56,7 +63,11 @@ def add_parser(subparsers):
                    "(default dense; dense,fp32 with --dtype int8; fp32 = our runner on the float32 sparse "
                    "kernels; torch-sparsify = the transformers model with its linear layers on our kernels)")
     q.add_argument("--latency-budget", type=duration, default=None, metavar="TIME",
-                   help="also find the largest batch whose p90 latency fits, e.g. 20ms")
+                   help="also find the most sequences/s whose p90 latency fits, e.g. 10ms: searches the "
+                   "batch size and the number of streams (engines serving at once, each on threads/streams "
+                   "threads)")
+    q.add_argument("--streams", type=_stream_counts, default=None, metavar="N[,N...]",
+                   help="stream counts --latency-budget tries (default: every one that divides --threads)")
     q.add_argument("--threads", type=positive, default=None, help="default: sparsebench's thread count")
     q.add_argument("--samples", type=positive, default=30, help="latency samples per method (default 30)")
     q.add_argument("--seed", type=int, default=0, help="seed of the random weights")
@@ -115,13 +126,7 @@ def run(args):
 
     budget_rows, best = [], None
     if args.latency_budget:
-        print(f"\nlargest batch whose p90 latency fits {args.latency_budget * 1e3:g} ms (seq {args.seq}):")
-        best, budget_rows = runner.latency_budget(enc, args.seq, args.latency_budget,
-                                                  log=lambda line: print(line, flush=True))
-        if best is None:
-            print("  none: batch 1 is already over the budget")
-        else:
-            print(f"  batch {best['batch']}: {best['throughput_seq_s']:.1f} sequences/s at p90 {best['p90_ms']:.2f} ms")
+        budget_rows, best = _latency_budget(args, options, threads)
 
     name = enc.config.name
     sparsity = "keep" if args.sparsity is None else f"{args.sparsity:g}"
@@ -132,13 +137,34 @@ def run(args):
     meta = {**runner.machine_info(), **monitor.meta(), **common, "description": enc.describe(), "batch": args.batch,
             "seq": args.seq, "threads": threads, "tuned": args.tuned, "checkpoint": args.checkpoint,
             "latency_budget_ms": None if args.latency_budget is None else args.latency_budget * 1e3,
-            "budget_best_batch": None if best is None else best["batch"]}
+            "budget_best": best}
     tables = {"latency": [{**common, **r} for r in rows],
               "breakdown": [{**common, "batch": args.batch, "seq": args.seq, **p} for p in parts],
               "kernels": kernels,
               "budget": [{**common, "budget_ms": meta["latency_budget_ms"], **r} for r in budget_rows]}
     paths = runner.write_results(args.out, stem, tables, meta)
     print("\nresults written to " + ", ".join(paths))
+
+
+def _latency_budget(args, options, threads):
+    """Throughput under the latency budget, streams x batch searched in worker processes."""
+    from ..models import serving
+
+    bad = [s for s in args.streams or () if threads % s]
+    if bad:
+        raise SystemExit(f"sparsebench bert: error: --streams {bad[0]} does not divide {threads} threads")
+    print(f"\nmost sequences/s whose p90 latency fits {args.latency_budget * 1e3:g} ms (seq {args.seq}; "
+          f"streams: engines serving at once in their own processes, each on threads/streams threads):",
+          flush=True)
+    recipe = serving.Recipe.of(args.model, args.checkpoint, args.seed, **options)
+    best, rows = serving.latency_budget(recipe, threads, args.seq, args.latency_budget, streams=args.streams,
+                                        log=lambda line: print(line, flush=True))
+    if best is None:
+        print("  none: batch 1 is over the budget with every stream count")
+    else:
+        print(f"  best: {best['streams']} stream(s) x batch {best['batch']}: {best['throughput_seq_s']:.1f} "
+              f"sequences/s at p90 {best['p90_ms']:.2f} ms")
+    return rows, best
 
 
 def _print_kernels(kernels, tokens):

@@ -273,44 +273,6 @@ def breakdown(enc, batch, seq, repeats=10):
             for c in CATEGORIES]
 
 
-def latency_budget(enc, seq, budget_s, max_batch=256, samples=12, log=print):
-    """The largest batch whose p90 latency fits `budget_s`: (best row or None, all measured rows).
-
-    Doubles the batch until p90 exceeds the budget, then bisects between the last batch that
-    fit and the first that did not.
-    """
-    measured = {}
-
-    def measure(batch):
-        if batch not in measured:
-            inputs = make_inputs(enc.config, batch, seq)
-            stats = sample_latencies([ours(enc, inputs)], samples=samples, warmup=2)
-            row = {"batch": batch, "seq": seq, **latency_row(stats["sparsebench"], batch)}
-            row["fits"] = row["p90_ms"] <= budget_s * 1e3
-            measured[batch] = row
-            log(f"  batch {batch:4d}: p90 {row['p90_ms']:8.2f} ms, {row['throughput_seq_s']:8.1f} seq/s"
-                f"{'' if row['fits'] else '  (over budget)'}")
-        return measured[batch]["fits"]
-
-    if not measure(1):
-        return None, list(measured.values())
-    fit, miss = 1, None
-    while miss is None and fit < max_batch:
-        nxt = min(2 * fit, max_batch)
-        if measure(nxt):
-            fit = nxt
-        else:
-            miss = nxt
-    while miss is not None and miss - fit > 1:
-        mid = (fit + miss) // 2
-        if measure(mid):
-            fit = mid
-        else:
-            miss = mid
-    enc.release_buffers()
-    return measured[fit], sorted(measured.values(), key=lambda r: r["batch"])
-
-
 # -- results ------------------------------------------------------------------------------------
 
 def machine_info():
