@@ -14,7 +14,6 @@ zero* wherever the row of W or the relevant entries of X are zero: empty rows an
 matrices must come out exactly 0 (or exactly the bias), with no slack at all.
 """
 import os
-import sys
 
 import numpy as np
 import pytest

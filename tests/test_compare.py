@@ -1,13 +1,12 @@
 """The comparison harness: statistics, interleaving, the correctness gate, resumable CSV, CLI."""
 import csv
-import os
 
 import numpy as np
 import pytest
 
 from sparsebench import store
 from sparsebench.bench import baselines
-from sparsebench.bench.baselines import MethodUnavailable, Problem
+from sparsebench.bench.baselines import MethodUnavailable
 from sparsebench.cli.main import main
 from sparsebench.bench.compare import FIELDS, Compare, read_rows, speedup_table
 from sparsebench.bench.shapes import Shape

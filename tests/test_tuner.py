@@ -1,7 +1,5 @@
 """The autotuner: search space, strategies, database durability and resume, export and lookup."""
 import json
-import math
-import os
 import re
 import signal
 import subprocess
