@@ -53,6 +53,9 @@ def add_parser(subparsers):
                    help="block shape, e.g. 4x1 (default 4x1; detected with --sparsity keep)")
     q.add_argument("--seq", type=positive, default=128, help="sequence length (default 128)")
     q.add_argument("--batch", type=positive, default=1, help="sequences per forward pass (default 1)")
+    q.add_argument("--tokens-per-pass", type=positive, default=None, metavar="T",
+                   help="run a larger batch as passes of whole sequences of at most T tokens each, so that "
+                   "a pass's activations stay in the caches (default: the whole batch in one pass)")
     q.add_argument("--dtype", choices=("float32", "int8"), default="float32",
                    help="linear-layer kernels: float32, or int8 (AVX512-VNNI; 4x1, 4x4, 1x4 blocks)")
     q.add_argument("--attention", choices=("float32", "int8"), default=None,
@@ -86,7 +89,7 @@ def run(args):
     threads = args.threads or default_threads()
     t0 = time.perf_counter()
     options = dict(sparsity=args.sparsity, block=args.block, tuned=args.tuned, threads=threads,
-                   dtype=args.dtype, attention=args.attention)
+                   dtype=args.dtype, attention=args.attention, tokens_per_pass=args.tokens_per_pass)
     baselines = args.compare if args.compare is not None else (
         ["dense", "fp32"] if args.dtype == "int8" else ["dense"])
     if args.checkpoint:
@@ -98,7 +101,7 @@ def run(args):
     print(f"sparsebench bert: {enc.describe()} (built in {time.perf_counter() - t0:.1f} s)", flush=True)
     if not args.tuned:
         print("no --tuned file: every linear layer runs the default kernel heuristic", flush=True)
-    tokens = args.batch * args.seq
+    tokens = enc.sequences_per_pass(args.batch, args.seq) * args.seq      # the kernels' N
     kernels = enc.kernel_report(tokens)
     _print_kernels(kernels, tokens)
 
@@ -132,10 +135,11 @@ def run(args):
     sparsity = "keep" if args.sparsity is None else f"{args.sparsity:g}"
     block = "auto" if enc.block is None else "%dx%d" % enc.block
     dtype = "" if args.dtype == "float32" else f"-{args.dtype}"
-    stem = f"{name}-s{sparsity}-{block}{dtype}-b{args.batch}-seq{args.seq}-t{threads}"
+    per_pass = f"-p{args.tokens_per_pass}" if args.tokens_per_pass else ""
+    stem = f"{name}-s{sparsity}-{block}{dtype}-b{args.batch}{per_pass}-seq{args.seq}-t{threads}"
     common = {"model": name, "sparsity": args.sparsity, "block": block, "dtype": args.dtype}
     meta = {**runner.machine_info(), **monitor.meta(), **common, "description": enc.describe(), "batch": args.batch,
-            "seq": args.seq, "threads": threads, "tuned": args.tuned, "checkpoint": args.checkpoint,
+            "seq": args.seq, "threads": threads, "tokens_per_pass": args.tokens_per_pass, "tuned": args.tuned, "checkpoint": args.checkpoint,
             "latency_budget_ms": None if args.latency_budget is None else args.latency_budget * 1e3,
             "budget_best": best}
     tables = {"latency": [{**common, **r} for r in rows],

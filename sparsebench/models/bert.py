@@ -148,7 +148,7 @@ class _Layer:
 
 
 class _Workspace:
-    """Every buffer of one forward pass for a (batch, seq)."""
+    """Every buffer of one forward pass of up to `batch` sequences of `seq` tokens."""
 
     def __init__(self, config, batch, seq):
         H, I, T = config.hidden, config.intermediate, batch * seq
@@ -162,8 +162,26 @@ class _Workspace:
         self.sub = activations(H, T)             # sublayer output, added back by the LayerNorm
         self.inter = activations(I, T)
         self.rows = np.empty((T, H), f32)        # embeddings, token-major
+        self.gathered = np.empty((T, H), f32)    # position or token-type embeddings, token-major
         self.mask = np.empty((batch, seq), f32)  # additive: 0 or float32 min per key
+        self._views()
+
+    def _views(self):
+        H = self.hidden.shape[0]
         self.q, self.k, self.v = self.qkv[:H], self.qkv[H:2 * H], self.qkv[2 * H:]
+
+    def first(self, batch):
+        """The buffers of the first `batch` sequences (views; self when that is all of them)."""
+        if batch == self.shape[0]:
+            return self
+        part = copy.copy(self)
+        T = batch * self.shape[1]
+        part.shape = (batch, self.shape[1])
+        for name in ("hidden", "qkv", "ctx", "sub", "inter"):
+            setattr(part, name, getattr(self, name)[:, :T])
+        part.rows, part.gathered, part.mask = self.rows[:T], self.gathered[:T], self.mask[:batch]
+        part._views()
+        return part
 
 
 class _NoTimer:
@@ -210,17 +228,22 @@ class BertEncoder:
     kernels (AVX512-VNNI; s8 weights per row, activations quantized per token as each layer
     reads them, once for Q, K and V). `attention` "int8" (the default with dtype "int8") runs
     both products of self-attention on VNNI too (kernels/encoder/attention_int8.h); "float32" keeps the
-    float32 kernel. LayerNorm stays float32.
+    float32 kernel. LayerNorm stays float32. `tokens_per_pass` (default None: a whole batch at
+    once) splits a larger batch into passes of as many whole sequences as fit in that many
+    tokens, so that a pass's activations stay in the caches.
     """
 
     def __init__(self, config, weights, *, sparsity=None, block=None, tuned=None, linear_config=None,
-                 threads=None, dtype="float32", attention=None):
+                 threads=None, dtype="float32", attention=None, tokens_per_pass=None):
         if not isinstance(config, BertConfig):
             raise ModelError(f"config must be a BertConfig, got {type(config).__name__}")
         self.config = config
         self.dtype = check_dtype(dtype)
         self.attention = _check_attention(attention or self.dtype, config)
         self.threads = threads or default_threads()
+        if tokens_per_pass is not None and (not isinstance(tokens_per_pass, int) or tokens_per_pass < 1):
+            raise ModelError(f"tokens_per_pass must be a positive integer or None, got {tokens_per_pass!r}")
+        self.tokens_per_pass = tokens_per_pass
         self.sparsity = None if sparsity is None else check_sparsity(sparsity)
         self.block = None if block is None else tuple(block)
         self.tuned_source = None if tuned is None else (tuned if isinstance(tuned, (str, os.PathLike))
@@ -364,7 +387,8 @@ class BertEncoder:
         c = self.config
         return (f"{c.name}: {c.layers} layers, hidden {c.hidden}, {c.heads} heads, intermediate "
                 f"{c.intermediate}; linear weights {how} {mean_sparsity:.1%} sparse in "
-                f"{','.join(blocks)} blocks, {self.dtype} kernels, {self.attention} attention; {tuned}; {self.threads} threads")
+                f"{','.join(blocks)} blocks, {self.dtype} kernels, {self.attention} attention; {tuned}; {self.threads} threads"
+                + (f"; at most {self.tokens_per_pass} tokens a pass" if self.tokens_per_pass else ""))
 
     # -- forward ------------------------------------------------------------------------------
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, out=None):
@@ -416,13 +440,37 @@ class BertEncoder:
             self._ws = _Workspace(self.config, batch, seq)
         return self._ws
 
+    def sequences_per_pass(self, batch, seq):
+        """How many of `batch` sequences go through the encoder together: all of them, or as many
+        as fit in `tokens_per_pass` tokens (at least one)."""
+        if not self.tokens_per_pass:
+            return batch
+        return max(1, min(batch, self.tokens_per_pass // seq))
+
     def release_buffers(self):
         """Free the forward pass's buffers (they are made again, for the new shape, when needed)."""
         self._ws = None
 
     def _forward(self, ids, mask, types, out, timer):
+        """out (batch, seq, hidden) <- the encoder, sequences_per_pass sequences at a time."""
         batch, seq = ids.shape
-        ws = self._workspace(batch, seq)
+        c = self.config
+        if out is None:
+            out = np.empty((batch, seq, c.hidden), np.float32)
+        elif not (isinstance(out, np.ndarray) and out.shape == (batch, seq, c.hidden)
+                  and out.dtype == np.float32 and out.flags.c_contiguous):
+            raise ModelError(f"out must be a C-contiguous float32 array of shape {(batch, seq, c.hidden)}")
+        per = self.sequences_per_pass(batch, seq)
+        ws = self._workspace(per, seq)
+        for s in range(0, batch, per):
+            part = slice(s, s + per)
+            self._pass(ws.first(min(per, batch - s)), ids[part], None if mask is None else mask[part],
+                       None if types is None else types[part], out[part], timer)
+        return out
+
+    def _pass(self, ws, ids, mask, types, out, timer):
+        """One pass of the encoder over all of `ids` (ws: buffers of exactly that many tokens)."""
+        batch, seq = ids.shape
         c, ops, threads = self.config, self._ops, self.threads
         eps = c.layer_norm_eps
         timer.start()
@@ -453,14 +501,8 @@ class BertEncoder:
             timer.lap(_GEMM_CATEGORY[layer.ffn_out.method])
             ops.add_layer_norm(ws.hidden, *layer.ln2, eps, ws.sub, threads)
             timer.lap("LayerNorm")
-        if out is None:
-            out = np.empty((batch, seq, c.hidden), np.float32)
-        elif not (isinstance(out, np.ndarray) and out.shape == (batch, seq, c.hidden)
-                  and out.dtype == np.float32 and out.flags.c_contiguous):
-            raise ModelError(f"out must be a C-contiguous float32 array of shape {(batch, seq, c.hidden)}")
         np.copyto(out.reshape(batch * seq, c.hidden), ws.hidden.T)
         timer.lap("copies/other")
-        return out
 
     def _qkv_input(self, layer, hidden):
         """What Q, K and V read: `hidden`, or, when all three run the same int8 kernels' layout,
@@ -475,8 +517,7 @@ class BertEncoder:
     def _embed(self, ws, ids, types):
         """word + position + token type embeddings, into ws.hidden (hidden x tokens)."""
         batch, seq = ids.shape
-        rows = ws.rows
-        gathered = ws.sub.reshape(rows.shape)          # free until the first layer's output
+        rows, gathered = ws.rows, ws.gathered
         np.take(self.word_embeddings, ids.reshape(-1), axis=0, out=rows)
         by_sequence = rows.reshape(batch, seq, -1)
         if self.config.model_type == "roberta":
