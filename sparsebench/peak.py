@@ -1,6 +1,7 @@
 """The machine's measured peak: fp32 FMA and int8 dot-product (VNNI) throughput, per core and
-for the threads in use, cached per hardware id; and the short probes a run takes to tell when
-the machine was degraded (e.g. a core shared with another tenant).
+for the threads in use, and the memory copy bandwidth, cached per hardware id; and the short
+probes a run takes to tell when the machine was degraded (a core shared with another tenant,
+or the memory and last-level cache busy with another tenant's traffic).
 
 A speedup over a weak baseline is not a result: every measurement also reports its useful
 rate as a percentage of this peak (`pct_peak`).
@@ -9,6 +10,8 @@ import dataclasses
 import json
 import os
 import time
+
+import numpy as np
 
 from . import fingerprint, store
 from .cpu import peak_module
@@ -24,9 +27,16 @@ MEASURE_SECONDS = 0.015
 PROBE_SECONDS = 0.02
 #: a probe this fraction or more below the best peak marks what was measured beside it degraded
 DEGRADED_BELOW = 0.15
+#: bytes the copy probe moves (source and destination each: past the last-level cache share of
+#: a core, so that another tenant's memory traffic shows), and how far under its best it may fall
+#: (memory bandwidth varies more than FMA throughput on a quiet machine)
+COPY_BYTES = 24 << 20
+COPY_DEGRADED_BELOW = 0.25
 #: version of the probes: a cache written by other probes is measured again (2: the int8 probe
-#: no longer spills its accumulators, which had halved the int8 peak)
-PROBES_VERSION = 2
+#: no longer spills its accumulators, which had halved the int8 peak; 3: the copy bandwidth)
+PROBES_VERSION = 3
+#: what "degraded" means, for messages
+DEGRADED = "a probe ran > 15% under the FMA peak or > 25% under the copy bandwidth"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +51,7 @@ class Peak:
     int8_gops_core: object
     isa: str
     measured_at: float
+    copy_gbs: float = None    # memory copy bandwidth, GB/s (bytes read + written), one thread
 
     def rate(self, dtype="float32"):
         """The peak of `dtype` work (float32: GFLOP/s, int8: GOP/s; None if not measurable)."""
@@ -74,8 +85,25 @@ def _best_rate(module, kind, threads, seconds=MEASURE_SECONDS, repeats=REPEATS):
     return max(_run(module, kind, threads, rounds) for _ in range(repeats))
 
 
+class _CopyProbe:
+    """np.copyto between two COPY_BYTES buffers (touched once, so no page faults are timed)."""
+
+    def __init__(self):
+        self.src = np.ones(COPY_BYTES // 4, np.float32)
+        self.dst = np.zeros_like(self.src)
+
+    def rate(self, repeats=1):
+        """Best GB/s (read + written) of `repeats` copies."""
+        best = 0.0
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            np.copyto(self.dst, self.src)
+            best = max(best, 2 * self.src.nbytes / max(time.perf_counter() - t0, 1e-9) / 1e9)
+        return best
+
+
 def measure(threads):
-    """Measure the peaks for `threads` threads and for one core (~0.2 s)."""
+    """Measure the peaks for `threads` threads and for one core, and the copy bandwidth (~0.3 s)."""
     if not isinstance(threads, int) or threads < 1:
         raise ValueError(f"threads must be a positive integer, not {threads!r}")
     module = peak_module()
@@ -83,7 +111,7 @@ def measure(threads):
     rates = {(kind, t): _best_rate(module, kind, t) if kind == "fp32" or vnni else None
              for kind in ("fp32", "int8") for t in sorted({1, threads})}
     return Peak(threads, rates["fp32", threads], rates["int8", threads], rates["fp32", 1],
-                rates["int8", 1], module.ISA, time.time())
+                rates["int8", 1], module.ISA, time.time(), _CopyProbe().rate(REPEATS + 2))
 
 
 def cache_path(hardware_id=None):
@@ -131,24 +159,32 @@ def pct_peak(gops, peak_rate):
 
 
 class PeakMonitor:
-    """Short fp32 probes (PROBE_SECONDS) through a run. What is measured between two probes is
-    degraded if either probe fell DEGRADED_BELOW or more under the best peak seen: the cached
-    peak, or a faster probe (the cache was then measured on a busy machine)."""
+    """Short probes through a run: fp32 FMAs (PROBE_SECONDS) and two memory copies. What is
+    measured between two probes is degraded if either probe's FMA rate fell DEGRADED_BELOW or
+    more under the best peak seen (the cached peak, or a faster probe: the cache was then
+    measured on a busy machine), or its copy bandwidth COPY_DEGRADED_BELOW under the best seen."""
 
     def __init__(self, threads, max_age=MAX_AGE):
         self.threads = threads
         self.peak = peak(threads, max_age)
         self.best = self.peak.fp32_gflops
+        self.best_copy = self.peak.copy_gbs or 0.0
+        self._copy = None
         self.probes = []
 
     def probe(self, label):
-        """Probe now; the probe's record {label, gflops, degraded, time}."""
+        """Probe now; the probe's record {label, gflops, copy_gbs, degraded, time}."""
         module = peak_module()
         rounds = _rounds(module, PROBE_SECONDS, self.best / self.threads, "fp32")
         rate = _run(module, "fp32", self.threads, rounds)
+        self._copy = self._copy or _CopyProbe()
+        copy = self._copy.rate(2)
         self.best = max(self.best, rate)
-        record = {"label": label, "gflops": round(rate, 1), "time": round(time.time(), 3),
-                  "degraded": rate < (1 - DEGRADED_BELOW) * self.best}
+        self.best_copy = max(self.best_copy, copy)
+        record = {"label": label, "gflops": round(rate, 1), "copy_gbs": round(copy, 1),
+                  "time": round(time.time(), 3),
+                  "degraded": rate < (1 - DEGRADED_BELOW) * self.best
+                  or copy < (1 - COPY_DEGRADED_BELOW) * self.best_copy}
         self.probes.append(record)
         return record
 

@@ -201,3 +201,4 @@ def steady_machine(monkeypatch):
     steady = peak.Peak(1, 100.0, 200.0, 100.0, 200.0, "test", 0.0)
     monkeypatch.setattr(peak, "peak", lambda threads, max_age=None: steady)
     monkeypatch.setattr(peak, "_run", lambda module, kind, threads, rounds: 100.0)
+    monkeypatch.setattr(peak._CopyProbe, "rate", lambda self, repeats=1: 30.0)

@@ -219,6 +219,7 @@ def test_a_degraded_probe_marks_the_case_and_measures_it_again(tmp_path, monkeyp
     monkeypatch.setattr(peak, "peak", lambda threads, max_age=None: peak.Peak(1, 100.0, None, 100.0, None, "test", 0.0))
     rates = iter([100.0, 50.0, 40.0, 100.0, 100.0])      # start, case a (slow), again (slow), case b
     monkeypatch.setattr(peak, "_run", lambda *a: next(rates))
+    monkeypatch.setattr(peak._CopyProbe, "rate", lambda self, repeats=1: 30.0)
     logged = []
     cmp = Compare(["dense"], threads=1, samples=3, log=logged.append)
     runs = []

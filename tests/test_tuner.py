@@ -328,5 +328,6 @@ def test_a_degraded_probe_marks_the_tuning_result(tmp_path, monkeypatch):
     from sparsebench import peak
     monkeypatch.setattr(peak, "peak", lambda threads, max_age=None: peak.Peak(1, 100.0, None, 100.0, None, "t", 0.0))
     monkeypatch.setattr(peak, "_run", lambda *a: 50.0)
+    monkeypatch.setattr(peak._CopyProbe, "rate", lambda self, repeats=1: 30.0)
     db, [res] = _tune(tmp_path / "db.jsonl", max_evals=2)
     assert res["degraded"] is True and db.results()[-1]["degraded"] is True

@@ -7,7 +7,8 @@ deviation from the float32 result, i.e. the cost of quantization), then
 the methods that passed are timed interleaved and each is reported as a ratio to dense
 taken round by round, and as a percentage of the machine's measured peak (pct_peak: useful
 GFLOP/s, or GOP/s against the int8 peak; see sparsebench.peak). A short peak probe runs before
-and after every case: a case beside a probe more than 15% under the peak is marked degraded and
+and after every case: a case beside a probe more than 15% under the peak (or 25% under the copy
+bandwidth) is marked degraded and
 measured once more. Rows are appended to the CSV as each case finishes, so an interrupted
 run keeps what it measured and a re-run measures only the cases still missing.
 """

@@ -84,7 +84,7 @@ def run(args):
     from ..cpu import default_threads
     from ..models import BertEncoder
     from ..models import runner
-    from ..peak import PeakMonitor
+    from ..peak import DEGRADED, PeakMonitor
 
     threads = args.threads or default_threads()
     t0 = time.perf_counter()
@@ -119,8 +119,8 @@ def run(args):
         print(f"  {r['method']:<12} {r['p50_ms']:9.2f} {r['p90_ms']:9.2f} {r['throughput_seq_s']:9.1f} "
               f"{r['ours_speedup']:11.2f}x {r['max_rel_diff_vs_ours']:13.1e} {pct:>7}{flag}")
     if rows[0]["degraded"]:
-        print("degraded: a peak probe before or after the sampling ran more than 15% under the machine's peak "
-              "(another process or tenant on the cores)")
+        print(f"degraded: before or after the sampling, {DEGRADED} (another process or tenant on the cores "
+              "or the memory)")
 
     parts = runner.breakdown(enc, args.batch, args.seq)
     print("\nwhere our forward pass spends its time (profiling mode):")

@@ -97,6 +97,7 @@ def format_peak(p):
     return "\n".join([
         f"Peak per core:  {rates(p['fp32_gflops_core'], p['int8_gops_core'])} ({p['isa']} probes)",
         f"{'Peak %d threads:' % p['threads']:16}{rates(p['fp32_gflops'], p['int8_gops'])}",
+        f"Memory copy:    {p['copy_gbs']:.1f} GB/s (one thread, read + written)",
         f"Peak cache:     {p['cache']} (measured {_when(p['measured_at'])}; delete it to measure again)"])
 
 

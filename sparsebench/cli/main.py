@@ -9,6 +9,7 @@ import sys
 from ..bench.baselines import DEFAULT_METHODS, names as _method_names
 from ..errors import SparsebenchError
 from ..machine import results_folder
+from ..peak import DEGRADED
 from . import bert as bert_cli
 from . import report as report_cli
 from .args import blocks, duration, floats, positive, ray_address
@@ -110,7 +111,7 @@ def cmd_compare(args):
     print(f"\nspeedup over numpy dense (median of per-round ratios) and, in brackets, % of the measured peak "
           f"({cmp.monitor.best:.0f} GFLOP/s fp32" + (f", {int8_peak:.0f} GOP/s int8" if int8_peak else "")
           + f", {threads} threads; useful work: 2*nnz*N, dense 2*M*K*N); ? = unstable, spread >= 10%; "
-          "! = degraded, a peak probe ran > 15% under the peak:")
+          f"! = degraded, {DEGRADED}:")
     print(speedup_table(rows, methods))
     if args.dtype == "int8" and {"sparsebench", "sparsebench-fp32"} <= set(methods):
         print("\nint8 against our float32 kernels (time ratio of the medians; quantization of X included):")
@@ -181,18 +182,18 @@ def cmd_autotune(args):
     print(_results_table(results))
     degraded = [r for r in results if r.get("degraded")]
     if degraded:
-        print(f"degraded: {len(degraded)} of {len(results)} tasks were re-timed while a peak probe ran more than "
-              "15% under the machine's peak (another process or tenant on the cores); --retune them later")
+        print(f"degraded: {len(degraded)} of {len(results)} tasks were re-timed while {DEGRADED} (another "
+              "process or tenant on the cores or the memory); --retune them later")
     for threads_, monitor in tuner.monitors.items():
         print(f"peak at {threads_} threads: {monitor.best:.0f} GFLOP/s fp32"
               + (f", {monitor.rate('int8'):.0f} GOP/s int8" if monitor.rate("int8") else "")
-              + f"; probes {', '.join(str(p['gflops']) for p in monitor.probes)}")
+              + "; probes " + ", ".join(f"{p['gflops']} ({p['copy_gbs']} GB/s)" for p in monitor.probes))
     print(f"database: {args.db}; next: sparsebench export --db {args.db} --out "
           f"{os.path.join(os.path.dirname(args.db), 'tuned.json')}")
 
 
 RESULTS_LEGEND = ("(times re-measured side by side with dense and the default heuristic; ? = unstable; "
-                  "! = degraded, a peak probe ran > 15% under the peak; % peak: useful GFLOP/s (2*nnz*N, "
+                  f"! = degraded, {DEGRADED}; % peak: useful GFLOP/s (2*nnz*N, "
                   "dense 2*M*K*N; int8 GOP/s) of the measured peak):")
 
 
@@ -257,7 +258,7 @@ def _autotune_on_ray(args, shapes):
         summary.append([kind.cpu, kind.hardware_id, str(sum(bool(r.get("degraded")) for r in kind.results)),
                         str(len(kind.nodes)), str(len(kind.tasks)), str(len(kind.results)), str(len(kind.skipped)),
                         str(kind.reruns), str(len(kind.failed) + kind.out_of_time)])
-    print("\nper CPU kind (degraded: tuned while a peak probe ran > 15% under the peak, --retune them later; "
+    print(f"\nper CPU kind (degraded: tuned while {DEGRADED}, --retune them later; "
           "re-run: tasks run again after their worker or node died):")
     print(format_table(["cpu", "hardware", "degraded", "nodes", "tasks", "tuned", "already tuned", "re-run",
                         "not tuned"], summary))

@@ -8,6 +8,7 @@ import datetime
 import os
 
 from .. import __version__, fingerprint
+from ..peak import DEGRADED
 from . import analysis, tables
 from .document import Bullets, Heading, Image, Para, Table, to_html, to_markdown, write
 from .figures import make_figures
@@ -166,7 +167,7 @@ def _compare_sections(inputs, made, skipped):
         share = f"percentage of the peak: {what}, {peak:.4g} GFLOP/s" if peak else what
         out.append(Table(*tables.gflops_table(rows, peak),
                          f"Useful GFLOP/s (2·nnz·N per second), with the {share}; ! = degraded (measured "
-                         f"while a peak probe ran > 15% under the peak); {label}."))
+                         f"while {DEGRADED}); {label}."))
     header, failed = tables.failures_table(compare)
     if failed:
         out += [Heading(3, "Failed measurements"), Table(header, failed)]

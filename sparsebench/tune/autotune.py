@@ -10,7 +10,7 @@ end the few best configs, the default heuristic and dense are re-timed interleav
 more samples, and the fastest of that side-by-side run is the task's result; numpy's dense
 matmul runs beside them as the yardstick (numpy_s), never as a choice. Peak probes before
 and after that run give the result its pct_peak (of the machine's measured peak, see
-sparsebench.peak), the probes, and a degraded mark when one ran more than 15% under the peak.
+sparsebench.peak), the probes, and a degraded mark when one ran more than 15% under the peak (25% under the copy bandwidth).
 """
 import math
 import time
