@@ -71,10 +71,13 @@ class SparseLinear(torch.nn.Module):
     load_tuned returns) picks the kernel per token count N = prod(x.shape[:-1]), once per N;
     where it says "dense", torch.nn.functional.linear runs on the dense weight. Without it the
     default heuristic picks. `threads`: the kernels' threads (default: sparsebench's default
-    thread count). X and Y stay token-major (see the module docstring).
+    thread count). `activation` "gelu" applies the exact (erf) GELU in the kernel's epilogue, as
+    sparsify does for the layer an nn.GELU follows. X and Y stay token-major (see the module
+    docstring).
     """
 
-    def __init__(self, weight, bias=None, *, block=DEFAULT_BLOCK, dtype="float32", tuned=None, threads=None):
+    def __init__(self, weight, bias=None, *, block=DEFAULT_BLOCK, dtype="float32", tuned=None, threads=None,
+                 activation=None):
         super().__init__()
         _check_weight(weight, "weight")
         self.out_features, self.in_features = weight.shape
@@ -90,6 +93,9 @@ class SparseLinear(torch.nn.Module):
         self.dtype = check_dtype(dtype)
         self.tuned = tuned_table(tuned)
         self.threads = threads or default_threads()
+        if activation not in (None, "gelu"):
+            raise ValueError(f"activation must be None or 'gelu', got {activation!r}")
+        self.activation = activation
         self._register()
         self._kernel_layer()                 # refuse an unusable block or dtype now, not at the first call
 
@@ -118,13 +124,14 @@ class SparseLinear(torch.nn.Module):
 
     def _kernel_layer(self):
         """The numpy SparseLinear (sparsebench.models) on the current weights, rebuilt if they changed."""
-        now = (self.weight, self.bias, _version(self.weight), _version(self.bias))
+        now = (self.weight, self.bias, _version(self.weight), _version(self.bias), self.activation)
         built = self._built_from
         if built is None or built[0] is not now[0] or built[1] is not now[1] or built[2:] != now[2:]:
             self._kernel = None                       # free the old matrix first
             bias = None if self.bias is None else self.bias.detach().numpy()
             self._kernel = KernelLinear(self.weight.detach().numpy(), bias, block=self.block, dtype=self.dtype,
-                                        tuned=self.tuned, threads=self.threads, name="SparseLinear")
+                                        tuned=self.tuned, threads=self.threads, name="SparseLinear",
+                                        activation=self.activation)
             self._built_from = now
         return self._kernel
 
@@ -153,7 +160,8 @@ class SparseLinear(torch.nn.Module):
         rows = x.detach().reshape(-1, self.in_features)
         n = rows.shape[0]
         if n == 0 or layer.plan(n).method == "dense":
-            return torch.nn.functional.linear(x.detach(), self.weight, self.bias)
+            y = torch.nn.functional.linear(x.detach(), self.weight, self.bias)
+            return y if self.activation is None else torch.nn.functional.gelu(y)
         y = torch.empty((n, self.out_features), dtype=torch.float32)
         layer.matmul(rows.contiguous().numpy(), out=y.numpy(), layout="tokens")
         return y.view(*x.shape[:-1], self.out_features)
@@ -175,11 +183,13 @@ class SparseLinear(torch.nn.Module):
 
     def __setstate__(self, state):
         super().__setstate__(state)
+        self.__dict__.setdefault("activation", None)      # pickled before activations existed
         self._register()
 
     def extra_repr(self):
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-                f"block={self.block[0]}x{self.block[1]}, sparsity={self.sparsity:.3f}, dtype={self.dtype}")
+                f"block={self.block[0]}x{self.block[1]}, sparsity={self.sparsity:.3f}, dtype={self.dtype}"
+                + (f", activation={self.activation}" if self.activation else ""))
 
 
 def _check_weight(tensor, name, ndim=2):
@@ -236,7 +246,7 @@ class SparsifySummary(list):
 
 
 def sparsify(model, sparsity=None, block=None, dtype="float32", tuned=None, min_sparsity=0.5,
-             include=None, exclude=None, threads=None):
+             include=None, exclude=None, threads=None, fuse_gelu=True):
     """Replace, in place, the nn.Linear layers of `model` by SparseLinear; return a SparsifySummary.
 
     With sparsity=None a layer is replaced when its weight is at least `min_sparsity` block
@@ -249,7 +259,9 @@ def sparsify(model, sparsity=None, block=None, dtype="float32", tuned=None, min_
     Nothing is changed if a layer
     cannot be converted; a layer whose weight is tied to another parameter (a language-model
     decoder to the word embeddings) stays as it is; a model with nothing sparse enough is left
-    alone with a warning.
+    alone with a warning. `fuse_gelu`: where transformers' feed-forward block applies an exact
+    GELU right after a replaced layer (FUSABLE_GELU), the kernel applies it in its epilogue and
+    the activation module becomes nn.Identity.
     """
     if isinstance(model, torch.nn.Linear):
         raise TypeError("sparsify replaces the linear layers inside a model; for one nn.Linear use "
@@ -292,11 +304,49 @@ def sparsify(model, sparsity=None, block=None, dtype="float32", tuned=None, min_
             model.set_submodule(name, layer)
         elif sparsity is not None:     # a new parameter, so that weights tied to the old one stay
             linear.weight = torch.nn.Parameter(layer.weight, requires_grad=linear.weight.requires_grad)
+    if fuse_gelu:
+        fused = _fuse_gelu(model)
+        summary[:] = [dataclasses.replace(row, note=(row.note + "; " if row.note else "") + "GELU fused")
+                      if row.name in fused else row for row in summary]
     if not summary.replaced:
         warnings.warn(f"sparsify: no linear layer of {type(model).__name__} is sparse enough "
                       f"(min_sparsity {min_sparsity:g}); the model is unchanged. Pass sparsity=0.9 to prune it.",
                       stacklevel=2)
     return summary
+
+
+#: (module class, linear attribute, activation attribute) of the transformers blocks whose forward
+#: is activation(linear(x)) and nothing else reads the linear's output: BERT's, RoBERTa's (and
+#: MiniLM's) intermediate layer, DistilBERT's feed-forward block
+FUSABLE_GELU = (("BertIntermediate", "dense", "intermediate_act_fn"),
+                ("RobertaIntermediate", "dense", "intermediate_act_fn"),
+                ("FFN", "lin1", "activation"))
+
+
+def _exact_gelu(module):
+    """Whether `module` is the exact (erf) GELU: nn.GELU() or transformers' GELUActivation."""
+    if isinstance(module, torch.nn.GELU):
+        return module.approximate == "none"
+    act = getattr(module, "act", None)
+    return type(module).__name__ == "GELUActivation" and (
+        act is torch.nn.functional.gelu or getattr(act, "__name__", "") == "_gelu_python")
+
+
+def _fuse_gelu(model):
+    """Move the GELU of every FUSABLE_GELU block whose linear is a SparseLinear into its kernel;
+    the names of those linear layers."""
+    fused = set()
+    for name, parent in model.named_modules():
+        for cls, linear_name, act_name in FUSABLE_GELU:
+            if type(parent).__name__ != cls or not type(parent).__module__.startswith("transformers."):
+                continue
+            linear, act = getattr(parent, linear_name, None), getattr(parent, act_name, None)
+            if isinstance(linear, SparseLinear) and linear.activation is None and _exact_gelu(act):
+                linear.activation = "gelu"
+                linear._kernel_layer()                 # rebuilt now, not at the first call
+                setattr(parent, act_name, torch.nn.Identity())
+                fused.add(f"{name}.{linear_name}" if name else linear_name)
+    return fused
 
 
 def _patterns(patterns, what):

@@ -321,6 +321,10 @@ def test_hugging_face_models_match_dense_with_the_same_pruned_weights(kind, bloc
     summary, dense = sparsified_and_dense(model, sparsity=0.8, block=block)
     assert len(summary.replaced) == len(summary) == (12 if kind == "distilbert" else 13)     # 6 a layer, pooler
     assert all(isinstance(model.get_submodule(r.name), sbt.SparseLinear) for r in summary)
+    fused = [r.name for r in summary if "GELU fused" in r.note]
+    assert fused == ([f"transformer.layer.{i}.ffn.lin1" for i in range(2)] if kind == "distilbert" else
+                     [f"encoder.layer.{i}.intermediate.dense" for i in range(2)])
+    assert all(model.get_submodule(n).activation == "gelu" for n in fused)
     ids, mask = padded_inputs()
     for args in ((ids, mask), (ids[:1, :7], None)):
         with torch.inference_mode():
@@ -454,3 +458,48 @@ def test_runner_baselines_on_distilbert_and_roberta_checkpoints(kind, tmp_path):
     rows = runner.compare(enc, 2, 11, ["dense", "torch", "torch-sparsify"], samples=2, time_limit=5)
     assert [r["method"] for r in rows] == ["sparsebench", "dense", "torch", "torch-sparsify"]
     assert all(r["max_rel_diff_vs_ours"] <= 1e-4 for r in rows)
+
+
+@needs_torch
+def test_gelu_fusion_is_optional_and_exact():
+    model = tiny_hf("bert")
+    plain = copy.deepcopy(model)
+    summary = sbt.sparsify(model, sparsity=0.8, fuse_gelu=False)
+    assert not any("GELU fused" in r.note for r in summary)
+    assert isinstance(model.encoder.layer[0].intermediate.intermediate_act_fn, type(plain.encoder.layer[0].intermediate.intermediate_act_fn))
+    fused = copy.deepcopy(plain)
+    sbt.sparsify(fused, sparsity=0.8)
+    assert isinstance(fused.encoder.layer[0].intermediate.intermediate_act_fn, torch.nn.Identity)
+    ids, mask = padded_inputs()
+    with torch.inference_mode():
+        a = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        b = fused(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert rel_diff(a.numpy(), b.numpy()) <= 1e-5
+    restored = pickle.loads(pickle.dumps(fused))
+    with torch.inference_mode():
+        assert torch.equal(restored(input_ids=ids, attention_mask=mask).last_hidden_state, b)
+
+
+@needs_torch
+def test_tanh_gelu_is_not_fused():
+    model = tiny_hf("bert")
+    for layer in model.encoder.layer:
+        layer.intermediate.intermediate_act_fn = torch.nn.GELU(approximate="tanh")
+    summary = sbt.sparsify(model, sparsity=0.8)
+    assert not any("GELU fused" in r.note for r in summary)
+
+
+@needs_torch
+@pytest.mark.parametrize("n", [0, 1, 7, 33])
+def test_sparse_linear_gelu_matches_torch(n):
+    rng = np.random.default_rng(n)
+    W = rng.standard_normal((24, 20)).astype(np.float32)
+    W[rng.random((24, 20)) < 0.7] = 0
+    b = rng.standard_normal(24).astype(np.float32)
+    layer = sbt.SparseLinear(torch.from_numpy(W), torch.from_numpy(b), block=(1, 1), activation="gelu").eval()
+    x = torch.from_numpy(rng.standard_normal((n, 20)).astype(np.float32))
+    with torch.inference_mode():
+        want = torch.nn.functional.gelu(torch.nn.functional.linear(x, layer.weight, layer.bias))
+        np.testing.assert_allclose(layer(x).numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="activation"):
+        sbt.SparseLinear(torch.from_numpy(W), activation="relu")
