@@ -11,7 +11,7 @@ from sparsebench.tune import apply as tuned
 from sparsebench.bench.compare import FIELDS
 from sparsebench.cli import report as cli
 from sparsebench.report import ReportError, build_report
-from sparsebench.report import analysis
+from sparsebench.report import analysis, tables
 from sparsebench.report.load import load_results
 
 SHAPES = [("attn", 64, 48, 16), ("ffn", 128, 48, 16)]
@@ -458,3 +458,25 @@ def test_a_root_of_two_machines_reports_each_apart(tmp_path):
         assert all(f"CPU: {label}." in t for t in tables_)
         assert not any(other in part for other in (test, other_, unknown) if other != label
                        and other not in label)
+
+
+def test_latency_budget_tables_of_both_formats(tmp_path):
+    """The streams x batch search (and the single-engine search before it) becomes a table with
+    the most sequences/s that fit marked best."""
+    (tmp_path / "a-budget.csv").write_text(
+        "model,sparsity,block,dtype,budget_ms,streams,threads_per_stream,batch,seq,p50_ms,p90_ms,"
+        "throughput_seq_s,requests,fits\n"
+        "bert-base,0.9,4x1,int8,10,1,2,1,128,8.4,8.6,118,200,True\n"
+        "bert-base,0.9,4x1,int8,10,1,2,2,128,16.1,16.5,124,100,False\n"
+        "bert-base,0.9,4x1,int8,10,2,1,1,128,9.0,9.5,220,400,True\n")
+    (tmp_path / "b-budget.csv").write_text(
+        "model,sparsity,block,dtype,budget_ms,batch,seq,p50_ms,p90_ms,p20_ms,p80_ms,throughput_seq_s,samples,"
+        "unstable,fits\nbert-base,0.9,4x1,float32,40.0,1,128,17.4,18.2,17.2,18.1,57.4,12,False,True\n")
+    inputs = load_results(str(tmp_path))
+    assert len(inputs.budget) == 4 and not inputs.errors
+    header, rows = tables.budget_table(inputs.budget)
+    marks = {(r[1], r[4], r[5]): r[-1] for r in rows}
+    assert marks == {("int8", "1 x 2", "1"): "yes", ("int8", "1 x 2", "2"): "no", ("int8", "2 x 1", "1"): "best",
+                     ("float32", "1 x –", "1"): "best"}
+    summary = build_report(str(tmp_path), str(tmp_path / "out"), log=lambda line: None)
+    assert "| bert-base | int8 | 0.9 | 10 | 2 x 1 | 1 | 9.500 | 220.0 | best |" in _read(summary.markdown)

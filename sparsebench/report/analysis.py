@@ -27,7 +27,7 @@ def finite(v):
 
 UNKNOWN_MACHINE = "unknown machine"
 #: the Inputs frames that hold rows of one machine each
-MACHINE_FRAMES = ("compare", "tuning_results", "measurements", "tuned", "bert", "breakdown")
+MACHINE_FRAMES = ("compare", "tuning_results", "measurements", "tuned", "bert", "breakdown", "budget")
 
 
 def _machine_column(df):

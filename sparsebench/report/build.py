@@ -205,6 +205,11 @@ def _bert_section(inputs, made, skipped):
     out += _figure_or_skip(made, skipped, "BERT end-to-end latency and throughput")
     if len(inputs.bert):
         out.append(Table(*tables.bert_table(inputs.bert), "Latency per forward pass; ? = unstable."))
+    if len(inputs.budget):
+        out.append(Table(*tables.budget_table(inputs.budget),
+                         "Throughput under a latency budget (`sparsebench bert --latency-budget`): streams are "
+                         "engines serving at once, each in its own process on threads/streams threads; a request "
+                         "is a batch; best = the most sequences/s whose p90 latency fits."))
     out += _figure_or_skip(made, skipped, "BERT per-op breakdown")
     if len(inputs.breakdown):
         out.append(Table(*tables.breakdown_table(inputs.breakdown),

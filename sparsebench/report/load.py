@@ -81,6 +81,7 @@ class Inputs:
     tuned_headers: list               # {"path", "hardware", "hardware_id", "build", "build_id", "created"}
     bert: pd.DataFrame
     breakdown: pd.DataFrame           # BERT per-op time: model, ..., category, ms
+    budget: pd.DataFrame              # BERT throughput under a latency budget: streams x batch rows
     sources: list                     # SourceFile
     errors: list                      # (path, message)
     unreadable: dict                  # kind (a key of KINDS, or None) -> [path] of malformed files
@@ -89,7 +90,7 @@ class Inputs:
 
 
 KINDS = {"compare": "compare results", "bert": "BERT latencies", "breakdown": "BERT per-op breakdown",
-         "tuning": "tuning database", "tuned": "tuned-config file"}
+         "budget": "BERT latency budget", "tuning": "tuning database", "tuned": "tuned-config file"}
 
 
 def _subfolders(folder):
@@ -113,7 +114,7 @@ def load_results(results_dir):
         paths = _candidates(results_dir)
     except OSError as e:
         raise ReportError(f"cannot list results folder {e.filename or results_dir}: {e.strerror}") from None
-    frames = {k: [] for k in ("compare", "tuning_results", "measurements", "tuned", "bert", "breakdown")}
+    frames = {k: [] for k in ("compare", "tuning_results", "measurements", "tuned", "bert", "breakdown", "budget")}
     headers, sources, errors, notes, ignored, unreadable = [], [], [], [], [], {}
     for path in paths:
         if os.path.getsize(path) == 0:     # created by a run that had not measured anything yet
@@ -140,7 +141,8 @@ def load_results(results_dir):
         notes.extend(dropped)
     return Inputs(results_dir, _concat(frames["compare"], list(COMPARE_FIELDS) + ["source"]),
                   _concat(frames["tuning_results"]), _concat(frames["measurements"]), _concat(frames["tuned"]),
-                  headers, _concat(frames["bert"]), _concat(frames["breakdown"]), sources, errors, unreadable,
+                  headers, _concat(frames["bert"]), _concat(frames["breakdown"]), _concat(frames["budget"]),
+                  sources, errors, unreadable,
                   notes, ignored)
 
 
@@ -193,8 +195,10 @@ def _classify(path):
         return "bert", None
     if set(BREAKDOWN_REQUIRED) <= header:
         return "breakdown", None
-    if "budget_ms" in header or {"layer", "kernel"} <= header:
-        return None, "a BERT runner table the report does not show: latency budget or kernels per layer"
+    if {"budget_ms", "batch", "p90_ms", "fits"} <= header:
+        return "budget", None
+    if {"layer", "kernel"} <= header:
+        return None, "a BERT runner table the report does not show: kernels per layer"
     if name.startswith("bert"):
         return "bert", None
     return None, NOT_READ
@@ -320,6 +324,21 @@ def _read_breakdown(path):
     return {"breakdown": df.reset_index(drop=True)}, len(df), "rows", dropped
 
 
+def _read_budget(path):
+    df, dropped = _csv_frame(path, lambda header: None)
+    if "streams" not in df:             # written before the search tried several streams
+        df["streams"], df["threads_per_stream"] = "1", ""
+    _numeric(df, ("sparsity", "budget_ms", "streams", "threads_per_stream", "batch", "seq", "p50_ms", "p90_ms",
+                  "throughput_seq_s"), path)
+    df["fits"] = df["fits"].astype(str) == "True"
+    for col in ("block", "dtype"):
+        if col not in df:
+            df[col] = ""
+    df["source"] = os.path.basename(path)
+    _runner_machine(df, path, "-budget.csv")
+    return {"budget": df.reset_index(drop=True)}, len(df), "rows", dropped
+
+
 def _runner_machine(df, path, suffix):
     """hardware_id and cpu columns of a BERT runner table, from the meta of the <stem>.json the
     runner writes beside it ("" when there is none)."""
@@ -409,5 +428,5 @@ def _read_tuned(path):
     return {"tuned": pd.DataFrame(rows), "header": header}, len(rows), "entries", []
 
 
-READERS = {"compare": _read_compare, "bert": _read_bert, "breakdown": _read_breakdown, "tuning": _read_tuning,
-           "tuned": _read_tuned}
+READERS = {"compare": _read_compare, "bert": _read_bert, "breakdown": _read_breakdown, "budget": _read_budget,
+           "tuning": _read_tuning, "tuned": _read_tuned}

@@ -202,6 +202,24 @@ def bert_table(bert):
     return header, out
 
 
+def budget_table(budget):
+    """One row per (configuration, streams, batch) a latency-budget search measured; the most
+    sequences/s that fit each budget marked best."""
+    header = ["model", "dtype", "sparsity", "budget ms", "streams x threads", "batch", "p90 ms", "seq/s", "fits"]
+    out = []
+    groups = ["model", "dtype", "sparsity", "block", "seq", "budget_ms", "source"]
+    for _, g in budget.groupby(groups, sort=False, dropna=False):
+        fit = g[g["fits"]]
+        best = fit["throughput_seq_s"].idxmax() if len(fit) else None
+        for i, r in g.iterrows():
+            threads = "–" if np.isnan(r["threads_per_stream"]) else f"{r['threads_per_stream']:.0f}"
+            out.append([r["model"], r["dtype"] or "float32", _num(r["sparsity"], "{:g}"), _num(r["budget_ms"], "{:g}"),
+                        f"{r['streams']:.0f} x {threads}", _num(r["batch"], "{:.0f}"), ms(r["p90_ms"]),
+                        _num(r["throughput_seq_s"], "{:.1f}"),
+                        ("best" if i == best else "yes") if r["fits"] else "no"])
+    return header, out
+
+
 def breakdown_table(breakdown):
     """Rows = op categories, columns = configurations: ms per forward pass (share)."""
     df = analysis.breakdown(breakdown)
