@@ -97,7 +97,7 @@ class SparseLinear:
         self._dense = None
         self._bias_column = None if self.bias is None else self.bias[:, None]
         self._plans = {}
-        self.kernel = self.method = None      # what the last call ran
+        self._last = None                     # the plan of the last call
 
     # -- kernel choice ------------------------------------------------------------------------
     @property
@@ -170,7 +170,7 @@ class SparseLinear:
             out = spmm(self._dense, X, plan.config, out=out, bias=self.bias, activation=self.activation)
         else:
             out = self._numpy_matmul(X.to_float() if quantized else X, out)
-        self.kernel, self.method = plan.kernel, plan.method
+        self._last = plan
         return out
 
     def _token_major(self, X, out):
@@ -182,8 +182,18 @@ class SparseLinear:
             raise ModelError(f"{self.name}: the 'numpy' config computes features x tokens only")
         A = self.A if plan.method == "sparse" else self._dense
         out = spmm(A, X, plan.config, out=out, bias=self.bias, activation=self.activation, layout="tokens")
-        self.kernel, self.method = plan.kernel, plan.method
+        self._last = plan
         return out
+
+    @property
+    def kernel(self):
+        """What the last call ran: the config string, "dense" or "numpy" (None before any)."""
+        return None if self._last is None else self._last.kernel
+
+    @property
+    def method(self):
+        """The method of the last call: "sparse", "dense" or "numpy" (None before any)."""
+        return None if self._last is None else self._last.method
 
     def activate(self, Y):
         """The activation of the last `matmul` output `Y` (C-contiguous), in place, unless the
