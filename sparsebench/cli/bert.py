@@ -8,6 +8,7 @@ import os
 import time
 
 from ..machine import results_folder
+from ..models.bert import DEFAULT_TOKENS_PER_PASS
 from ..prune import check_sparsity
 from .args import block, duration, positive
 
@@ -29,6 +30,10 @@ def _methods(text):
     if bad:
         raise argparse.ArgumentTypeError(f"unknown method {bad[0]!r}; choose from {', '.join(BASELINES)}")
     return names
+
+
+def _tokens_per_pass(text):
+    return None if text.strip().lower() == "all" else positive(text)
 
 
 def _stream_counts(text):
@@ -53,9 +58,10 @@ def add_parser(subparsers):
                    help="block shape, e.g. 4x1 (default 4x1; detected with --sparsity keep)")
     q.add_argument("--seq", type=positive, default=128, help="sequence length (default 128)")
     q.add_argument("--batch", type=positive, default=1, help="sequences per forward pass (default 1)")
-    q.add_argument("--tokens-per-pass", type=positive, default=None, metavar="T",
-                   help="run a larger batch as passes of whole sequences of at most T tokens each, so that "
-                   "a pass's activations stay in the caches (default: the whole batch in one pass)")
+    q.add_argument("--tokens-per-pass", type=_tokens_per_pass, default=DEFAULT_TOKENS_PER_PASS, metavar="T",
+                   help="run a batch as passes of whole sequences of at most T tokens each (at least one), so "
+                   f"that a pass's activations stay in the caches (default {DEFAULT_TOKENS_PER_PASS}); 'all': the "
+                   "whole batch in one pass")
     q.add_argument("--dtype", choices=("float32", "int8"), default="float32",
                    help="linear-layer kernels: float32, or int8 (AVX512-VNNI; 4x1, 4x4, 1x4 blocks)")
     q.add_argument("--attention", choices=("float32", "int8"), default=None,
@@ -135,7 +141,7 @@ def run(args):
     sparsity = "keep" if args.sparsity is None else f"{args.sparsity:g}"
     block = "auto" if enc.block is None else "%dx%d" % enc.block
     dtype = "" if args.dtype == "float32" else f"-{args.dtype}"
-    per_pass = f"-p{args.tokens_per_pass}" if args.tokens_per_pass else ""
+    per_pass = "" if args.tokens_per_pass == DEFAULT_TOKENS_PER_PASS else f"-p{args.tokens_per_pass or 'all'}"
     stem = f"{name}-s{sparsity}-{block}{dtype}-b{args.batch}{per_pass}-seq{args.seq}-t{threads}"
     common = {"model": name, "sparsity": args.sparsity, "block": block, "dtype": args.dtype}
     meta = {**runner.machine_info(), **monitor.meta(), **common, "description": enc.describe(), "batch": args.batch,
