@@ -13,6 +13,7 @@ from sparsebench import fingerprint
 from sparsebench.machine import cpu_label
 from sparsebench.models import BertConfig, BertEncoder, ModelError, SparseLinear, detect_block, gelu_
 from sparsebench.models import runner, serving
+from sparsebench.models import bert as bert_module
 from sparsebench.models.linear import KernelPlan
 
 TINY = BertConfig("tiny", layers=2, hidden=48, heads=4, intermediate=96, vocab_size=100, max_positions=64)
@@ -503,3 +504,12 @@ def test_passes_of_a_few_sequences_give_the_whole_batch_result(tiny_encoder, tok
 def test_tokens_per_pass_must_be_positive():
     with pytest.raises(ModelError, match="tokens_per_pass"):
         BertEncoder.random(TINY, tokens_per_pass=0)
+
+
+def test_compare_batch_in_one_pass_and_one_by_one(tiny_encoder):
+    rows = runner.compare(tiny_encoder, batch=3, seq=8, baselines=("whole-batch", "one-by-one"), samples=3,
+                          time_limit=5.0, log=lambda line: None, monitor=None)
+    assert [r["method"] for r in rows] == ["sparsebench", "whole-batch", "one-by-one"]
+    assert all(r["max_rel_diff_vs_ours"] < 1e-5 and r["batch"] == 3 and r["pct_peak"] > 0 for r in rows)
+    assert tiny_encoder.with_tokens_per_pass(None).tokens_per_pass is None
+    assert tiny_encoder.tokens_per_pass == bert_module.DEFAULT_TOKENS_PER_PASS

@@ -68,9 +68,11 @@ def add_parser(subparsers):
                    help="self-attention kernel (default: as --dtype; int8 needs AVX512-VNNI)")
     q.add_argument("--tuned", default=None, metavar="FILE", help="tuned kernel configs (from the tuner)")
     q.add_argument("--compare", type=_methods, default=None,
-                   help="baselines, comma-separated: dense,fp32,torch,torch-sparsify,onnxruntime, or none "
-                   "(default dense; dense,fp32 with --dtype int8; fp32 = our runner on the float32 sparse "
-                   "kernels; torch-sparsify = the transformers model with its linear layers on our kernels)")
+                   help="baselines, comma-separated: dense,fp32,torch,torch-sparsify,onnxruntime,whole-batch,"
+                   "one-by-one, or none (default dense; dense,fp32 with --dtype int8; fp32 = our runner on the "
+                   "float32 sparse kernels; torch-sparsify = the transformers model with its linear layers on our "
+                   "kernels; whole-batch = ours with the batch in one pass; one-by-one = ours called on one "
+                   "sequence at a time)")
     q.add_argument("--latency-budget", type=duration, default=None, metavar="TIME",
                    help="also find the most sequences/s whose p90 latency fits, e.g. 10ms: searches the "
                    "batch size and the number of streams (engines serving at once, each on threads/streams "
@@ -116,7 +118,9 @@ def run(args):
                           log=lambda line: print(line, flush=True), monitor=monitor)
     print(f"\nbatch {args.batch} x seq {args.seq}, {threads} threads; p50/p90 latency of one forward pass; "
           f"% peak: useful GFLOP/s (2*nnz per token, dense 2*M*K; attention) of the measured "
-          f"{monitor.best:.0f} GFLOP/s:")
+          f"{monitor.best:.0f} GFLOP/s fp32 peak"
+          + (f" (our int8 runner: useful GOP/s of the {monitor.rate('int8'):.0f} GOP/s VNNI peak)"
+             if args.dtype == "int8" and monitor.rate("int8") else "") + ":")
     print(f"  {'method':<12} {'p50 ms':>9} {'p90 ms':>9} {'seq/s':>9} {'ours faster':>12} {'max rel diff':>13} "
           f"{'% peak':>7}")
     for r in rows:

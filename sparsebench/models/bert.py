@@ -333,6 +333,12 @@ class BertEncoder:
             return cls(config, _CheckpointWeights(handle, weights_file, config), sparsity=sparsity, block=block,
                        tuned=tuned, **kwargs)
 
+    def with_tokens_per_pass(self, tokens_per_pass):
+        """The same encoder (same layers) with its own buffers and another tokens_per_pass."""
+        enc = copy.copy(self)
+        enc.tokens_per_pass, enc._ws = tokens_per_pass, None
+        return enc
+
     def as_dense(self):
         """The same encoder (same pruned weights) with every linear layer on numpy's dense
         matmul: the dense baseline of our own runner."""

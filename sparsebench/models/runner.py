@@ -29,15 +29,18 @@ from .bert import CATEGORIES
 
 #: methods `compare` can add beside ours ("sparsebench"); "fp32" is our runner on the float32
 #: sparse kernels, the yardstick of an int8 encoder; "torch-sparsify" is the transformers model
-#: with its linear layers on our kernels (sparsebench.torch.sparsify)
-BASELINES = ("dense", "fp32", "torch", "torch-sparsify", "onnxruntime")
+#: with its linear layers on our kernels (sparsebench.torch.sparsify); "whole-batch" is ours with
+#: the batch in one pass (tokens_per_pass None), "one-by-one" ours called on one sequence at a
+#: time (what batching must beat)
+BASELINES = ("dense", "fp32", "torch", "torch-sparsify", "onnxruntime", "whole-batch", "one-by-one")
 #: methods that run every linear layer dense (their useful work is 2*M*K per token)
 DENSE_RUNNERS = ("dense", "torch", "onnxruntime")
 #: the transformers class of each model type, and whether it takes add_pooling_layer
 _HF_MODELS = {"bert": ("BertModel", True), "roberta": ("RobertaModel", True), "distilbert": ("DistilBertModel", False)}
 _INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 _OURS = {"sparsebench": "block-sparse kernels", "dense": "numpy dense matmul for every linear layer",
-         "fp32": "float32 block-sparse kernels"}
+         "fp32": "float32 block-sparse kernels", "whole-batch": "block-sparse kernels, the whole batch in one pass",
+         "one-by-one": "block-sparse kernels, called on one sequence at a time"}
 
 
 @dataclasses.dataclass
@@ -66,9 +69,21 @@ def named_inputs(inputs):
 def ours(enc, inputs, name="sparsebench"):
     ids, mask, types = inputs
     out = np.empty(ids.shape + (enc.config.hidden,), np.float32)
-    what = _OURS[name] + (" (int8)" if name == "sparsebench" and enc.dtype == "int8" else "")
-    return Method(name, "sparsebench encoder, " + what, lambda: enc(ids, mask, types, out=out),
-                  f"sparsebench {__version__}, numpy {np.__version__}")
+    what = _OURS[name] + (f" ({enc.dtype})" if name in ("sparsebench", "whole-batch", "one-by-one") else "")
+    if name == "whole-batch":
+        enc = enc.with_tokens_per_pass(None)
+    if name == "one-by-one":
+        enc = enc.with_tokens_per_pass(None)
+
+        def run():
+            for s in range(ids.shape[0]):
+                part = slice(s, s + 1)
+                enc(ids[part], mask[part], None if types is None else types[part], out=out[part])
+            return out
+    else:
+        def run():
+            return enc(ids, mask, types, out=out)
+    return Method(name, "sparsebench encoder, " + what, run, f"sparsebench {__version__}, numpy {np.__version__}")
 
 
 def torch_model(enc):
@@ -237,6 +252,8 @@ def compare(enc, batch, seq, baselines=("dense",), threads=None, samples=30, tim
                     methods.append(ours(enc.as_dense(), inputs, name="dense"))
                 elif name == "fp32":
                     methods.append(ours(enc.as_float32(), inputs, name="fp32"))
+                elif name in ("whole-batch", "one-by-one"):
+                    methods.append(ours(enc, inputs, name=name))
                 elif name in ("torch", "torch-sparsify"):
                     methods.append(torch_method(enc, inputs, threads, sparsify=name == "torch-sparsify"))
                 elif name == "onnxruntime":
@@ -252,7 +269,7 @@ def compare(enc, batch, seq, baselines=("dense",), threads=None, samples=30, tim
     rows = []
     for m in methods:
         dense = m.name in DENSE_RUNNERS
-        dtype = enc.dtype if m.name == "sparsebench" else "float32"
+        dtype = enc.dtype if m.name in ("sparsebench", "whole-batch", "one-by-one") else "float32"
         row = {"method": m.name, "description": m.description, "version": m.version, "batch": batch,
                "seq": seq, "threads": threads, **latency_row(stats[m.name], batch),
                "max_rel_diff_vs_ours": diffs[m.name],

@@ -12,6 +12,7 @@ import dataclasses
 import multiprocessing
 import os
 import time
+import warnings
 
 import numpy as np
 
@@ -56,7 +57,10 @@ def _serve(recipe, threads, cores, barrier, conn):
     ends it."""
     if cores:
         os.sched_setaffinity(0, cores)
+    from ..tune.apply import TunedFallbackWarning
     from .runner import make_inputs
+    # the parent has reported the kernels and their fallbacks; one report is enough
+    warnings.simplefilter("ignore", TunedFallbackWarning)
     enc = recipe.build(threads)
     conn.send(("ready", None))
     while True:
