@@ -90,7 +90,7 @@ def fake_methods(monkeypatch):
         monkeypatch.setitem(baselines._REGISTRY, m.name, m)
 
 
-def test_correctness_gate_fails_wrong_method_and_keeps_going(tmp_path, fake_methods):
+def test_correctness_gate_fails_wrong_method_and_keeps_going(tmp_path, fake_methods, steady_machine):
     out = tmp_path / "c.csv"
     logged = []
     rows = Compare(["dense", "wrong", "missing", "broken", "sparsebench"], threads=1, samples=3,
@@ -107,7 +107,7 @@ def test_correctness_gate_fails_wrong_method_and_keeps_going(tmp_path, fake_meth
     assert read_rows(str(out)) == rows
 
 
-def test_every_builtin_method_passes_the_gate(tmp_path):
+def test_every_builtin_method_passes_the_gate(tmp_path, steady_machine):
     rows = Compare(["dense", "scipy-csr", "scipy-bsr", "generic-csr", "sparsebench"], threads=2,
                    samples=3).run([Shape("odd", 37, 53, 5), Shape("n1", 64, 64, 1)], [0.0, 0.9], [(4, 1)])
     assert len(rows) == 2 * 2 * 5

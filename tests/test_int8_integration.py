@@ -124,7 +124,7 @@ def test_wrong_int8_candidates_are_recorded(tmp_path, monkeypatch):
 
 # -- compare --------------------------------------------------------------------------------------
 
-def test_compare_int8_gates_each_method_against_its_own_arithmetic():
+def test_compare_int8_gates_each_method_against_its_own_arithmetic(steady_machine):
     cmp = Compare(["dense", "sparsebench-fp32", "sparsebench"], threads=1, samples=3, log=lambda *a: None,
                   dtype="int8")
     rows = {r["method"]: r for r in cmp.run([SMALL], [0.8], [(4, 1)])}
@@ -135,7 +135,7 @@ def test_compare_int8_gates_each_method_against_its_own_arithmetic():
     assert 1e-4 < float(rows["sparsebench"]["max_rel_error"]) < 0.02     # the quantization error
 
 
-def test_compare_int8_kernel_alone_and_the_heuristic_rows():
+def test_compare_int8_kernel_alone_and_the_heuristic_rows(steady_machine):
     methods = ["dense", "sparsebench", "sparsebench-int8-kernel", "sparsebench-default"]
     cmp = Compare(methods, threads=1, samples=3, log=lambda *a: None, dtype="int8",
                   config_for=lambda A, n, s: sb.KernelConfig((4, 1), "avx512vnni", 64, 0, 0, 1, 0, 1, "int8")
@@ -151,7 +151,7 @@ def test_compare_int8_kernel_alone_and_the_heuristic_rows():
     assert row["status"] == "skipped" and "--dtype int8" in row["reason"]
 
 
-def test_compare_int8_uses_the_tuned_config_of_each_dtype(tmp_path):
+def test_compare_int8_uses_the_tuned_config_of_each_dtype(tmp_path, steady_machine):
     int8_cfg = sb.KernelConfig((4, 1), "avx512vnni", 64, 0, 0, 4, 0, 1, "int8")
     fp32_cfg = sb.default_config(sparse_matrix(_pruned(64, 52), (4, 1)), 24, 1)
     seen = []
