@@ -47,7 +47,11 @@ def ops(request):
 @given(H=st.integers(1, 70), T=st.integers(1, 90), residual=st.booleans(), threads=st.integers(1, 3),
        seed=st.integers(0, 2 ** 32 - 1))
 def test_layer_norm_and_gelu_on_padded_rows(H, T, residual, threads, seed):
-    ops = cpu.encoder_module()
+    for isa in cpu.encoder_isas():
+        _layer_norm_and_gelu(cpu.encoder_module(isa), H, T, residual, threads, seed)
+
+
+def _layer_norm_and_gelu(ops, H, T, residual, threads, seed):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((H, T)).astype(np.float32)
     r = rng.standard_normal((H, T)).astype(np.float32) if residual else None
@@ -93,3 +97,10 @@ def test_spmm_on_padded_rows(M, K, N, block):
         np.testing.assert_array_equal(q.to_uint8(), quantize_activations(X, block).to_uint8())
         np.testing.assert_array_equal(sb.spmm(Aq, q, out=out), sb.spmm(Aq, X))
         assert padding_untouched(out)
+
+
+def test_layer_norm_refuses_a_residual_overlapping_x(ops):
+    buf = np.zeros((8, 20), np.float32)
+    g = np.ones(8, np.float32)
+    with pytest.raises(ValueError, match="must not overlap"):
+        ops.add_layer_norm(buf[:, :10], g, g, 1e-5, buf[:, 1:11])

@@ -250,3 +250,10 @@ def test_a_compare_csv_of_the_old_header_loads_and_resumes(tmp_path, steady_mach
     assert open(out).readline().strip() == ",".join(FIELDS)
     assert [r["shape"] for r in read_rows(str(out))] == ["tiny", "b"]
     assert read_rows(str(out))[1]["pct_peak"] != ""
+
+
+def test_methods_take_x_with_rows_padded_apart(tmp_path, steady_machine):
+    """N = 512: X's rows are padded apart (arrays.activations); every method still computes."""
+    methods = ["dense", "generic-csr", "scipy-csr", "sparsebench", "sparsebench-dense"]
+    rows = Compare(methods, threads=1, samples=3, log=lambda *a: None).run([Shape("p", 16, 8, 512)], [0.5], [(4, 1)])
+    assert {r["method"]: r["status"] for r in rows} == dict.fromkeys(methods, "ok")

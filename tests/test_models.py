@@ -4,6 +4,7 @@ import copy
 import json
 import os
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -409,10 +410,15 @@ def test_latency_budget_searches_streams_and_batches():
     assert best is None and [(r["streams"], r["batch"], r["fits"]) for r in rows] == [(2, 1, False)]
 
 
-def test_streams_report_a_worker_that_fails():
+@pytest.mark.parametrize("streams", [1, 3])
+def test_streams_report_a_worker_that_fails(streams):
     recipe = serving.Recipe.of("no-such-model")
+    t0 = time.perf_counter()
     with pytest.raises(RuntimeError, match="stream worker died"):
-        serving.Streams(recipe, 1, 1)
+        serving.Streams(recipe, streams, 1)
+    assert time.perf_counter() - t0 < 60
+    with pytest.raises(ValueError, match="must divide"):
+        serving.latency_budget(serving.Recipe.of(TINY), threads=2, seq=8, budget_s=1.0, streams=[3])
 
 
 def test_cli_writes_results(tmp_path, capsys):
@@ -501,9 +507,13 @@ def test_passes_of_a_few_sequences_give_the_whole_batch_result(tiny_encoder, tok
     assert seconds["sparse GEMMs"] > 0
 
 
-def test_tokens_per_pass_must_be_positive():
+@pytest.mark.parametrize("bad", [0, -1, 200.0, True, "128"])
+def test_tokens_per_pass_must_be_positive(tiny_encoder, bad):
     with pytest.raises(ModelError, match="tokens_per_pass"):
-        BertEncoder.random(TINY, tokens_per_pass=0)
+        BertEncoder.random(TINY, tokens_per_pass=bad)
+    with pytest.raises(ModelError, match="tokens_per_pass"):
+        tiny_encoder.with_tokens_per_pass(bad)
+    assert tiny_encoder.with_tokens_per_pass(np.int64(64)).tokens_per_pass == 64
 
 
 def test_compare_batch_in_one_pass_and_one_by_one(tiny_encoder):

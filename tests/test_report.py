@@ -480,3 +480,13 @@ def test_latency_budget_tables_of_both_formats(tmp_path):
                      ("float32", "1 x –", "1"): "best"}
     summary = build_report(str(tmp_path), str(tmp_path / "out"), log=lambda line: None)
     assert "| bert-base | int8 | 0.9 | 10 | 2 x 1 | 1 | 9.500 | 220.0 | best |" in _read(summary.markdown)
+
+
+def test_int8_runs_keep_their_batching_runners(tmp_path):
+    head = "model,sparsity,block,dtype,runner,batch,seq,threads,p50_ms,p90_ms\n"
+    (tmp_path / "b-latency.csv").write_text(head + "bert-base,0.9,4x1,int8,sparsebench,8,128,2,90,95\n"
+                                            "bert-base,0.9,4x1,int8,whole-batch,8,128,2,119,125\n"
+                                            "bert-base,0.9,4x1,int8,one-by-one,8,128,2,91,99\n"
+                                            "bert-base,0.9,4x1,int8,fp32,8,128,2,170,180\n")
+    inputs = load_results(str(tmp_path))
+    assert sorted(inputs.bert["runner"]) == ["one-by-one-int8", "sparsebench-int8", "whole-batch-int8"]

@@ -171,7 +171,7 @@ struct sb_att_job {
     const float *qkv;
     float *ctx;
     const float *mask;         /* (batch, seq) additive, or NULL */
-    ptrdiff_t ld;              /* T */
+    ptrdiff_t ld;              /* row stride of qkv and ctx (>= T) */
     int heads, head_dim, seq, tiles, items;
     sb_att_item_fn item;
     unsigned char *scratch;    /* per task: scratch_bytes, 64-byte aligned */

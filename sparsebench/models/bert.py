@@ -9,6 +9,7 @@ allocated once per (batch, seq).
 import collections
 import copy
 import dataclasses
+import operator
 import os
 import time
 import zlib
@@ -248,9 +249,7 @@ class BertEncoder:
         self.dtype = check_dtype(dtype)
         self.attention = _check_attention(attention or self.dtype, config)
         self.threads = threads or default_threads()
-        if tokens_per_pass is not None and (not isinstance(tokens_per_pass, int) or tokens_per_pass < 1):
-            raise ModelError(f"tokens_per_pass must be a positive integer or None, got {tokens_per_pass!r}")
-        self.tokens_per_pass = tokens_per_pass
+        self.tokens_per_pass = _tokens_per_pass(tokens_per_pass)
         self.sparsity = None if sparsity is None else check_sparsity(sparsity)
         self.block = None if block is None else tuple(block)
         self.tuned_source = None if tuned is None else (tuned if isinstance(tuned, (str, os.PathLike))
@@ -336,7 +335,7 @@ class BertEncoder:
     def with_tokens_per_pass(self, tokens_per_pass):
         """The same encoder (same layers) with its own buffers and another tokens_per_pass."""
         enc = copy.copy(self)
-        enc.tokens_per_pass, enc._ws = tokens_per_pass, None
+        enc.tokens_per_pass, enc._ws = _tokens_per_pass(tokens_per_pass), None
         return enc
 
     def as_dense(self):
@@ -545,6 +544,21 @@ class BertEncoder:
             np.take(self.token_type_embeddings, types.reshape(-1), axis=0, out=gathered)
             np.add(rows, gathered, out=rows)
         np.copyto(ws.hidden, rows.T)
+
+
+def _tokens_per_pass(value):
+    """A checked tokens_per_pass: None, or a positive integer."""
+    if value is None:
+        return None
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        n = operator.index(value)
+    except TypeError:
+        n = 0
+    if n < 1:
+        raise ModelError(f"tokens_per_pass must be a positive integer or None, got {value!r}")
+    return n
 
 
 def _roberta_positions(ids, pad):

@@ -196,7 +196,7 @@ class SparseLinear:
         return None if self._last is None else self._last.method
 
     def activate(self, Y):
-        """The activation of the last `matmul` output `Y` (C-contiguous), in place, unless the
+        """The activation of the last `matmul` output `Y` (rows contiguous), in place, unless the
         kernel already applied it (ours do; numpy's matmul does not); GELU runs on the layer's
         threads."""
         if self.activation != "gelu" or self.method != "numpy":

@@ -70,11 +70,9 @@ def ours(enc, inputs, name="sparsebench"):
     ids, mask, types = inputs
     out = np.empty(ids.shape + (enc.config.hidden,), np.float32)
     what = _OURS[name] + (f" ({enc.dtype})" if name in ("sparsebench", "whole-batch", "one-by-one") else "")
-    if name == "whole-batch":
+    if name in ("whole-batch", "one-by-one"):
         enc = enc.with_tokens_per_pass(None)
     if name == "one-by-one":
-        enc = enc.with_tokens_per_pass(None)
-
         def run():
             for s in range(ids.shape[0]):
                 part = slice(s, s + 1)

@@ -11,6 +11,7 @@ scheduler and the MLPerf server scenario report it.
 import dataclasses
 import multiprocessing
 import os
+import threading
 import time
 import warnings
 
@@ -21,6 +22,8 @@ WINDOW_S = 2.0
 MIN_REQUESTS = 10
 #: and never longer than this many windows
 MAX_WINDOWS = 10
+#: seconds a stream waits at the start barrier for the others (a stream that died breaks it)
+BARRIER_TIMEOUT_S = 120
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,10 +54,11 @@ def stream_layouts(threads):
     return [(s, threads // s) for s in range(1, threads + 1) if threads % s == 0]
 
 
-def _serve(recipe, threads, cores, barrier, conn):
+def _serve(recipe, threads, cores, barrier, finished, conn):
     """A stream: build the encoder, then answer ("measure", batch, seq, window) with the
     latencies of the forward passes run from the barrier to the end of the window; ("stop",)
-    ends it."""
+    ends it. A stream whose window has ended keeps serving, untimed, until every stream's has
+    (`finished` counts them), so that no stream's last requests run on a quieter machine."""
     if cores:
         os.sched_setaffinity(0, cores)
     from ..tune.apply import TunedFallbackWarning
@@ -72,7 +76,10 @@ def _serve(recipe, threads, cores, barrier, conn):
         out = np.empty((batch, seq, enc.config.hidden), np.float32)
         for _ in range(2):
             enc(ids, mask, types, out=out)
-        barrier.wait()
+        try:
+            barrier.wait(BARRIER_TIMEOUT_S)
+        except threading.BrokenBarrierError:
+            return                       # another stream died, or the parent gave up
         latencies = []
         start = time.perf_counter()
         while True:
@@ -83,6 +90,10 @@ def _serve(recipe, threads, cores, barrier, conn):
             elapsed = t1 - start
             if (elapsed >= window and len(latencies) >= MIN_REQUESTS) or elapsed >= MAX_WINDOWS * window:
                 break
+        with finished.get_lock():
+            finished.value += 1
+        while finished.value < barrier.parties:
+            enc(ids, mask, types, out=out)
         conn.send(("done", (latencies, elapsed)))
 
 
@@ -94,6 +105,7 @@ class Streams:
         self.streams, self.threads = streams, threads_per_stream
         ctx = multiprocessing.get_context("spawn")
         self._barrier = ctx.Barrier(streams)
+        self._finished = ctx.Value("i", 0)
         cpus = sorted(os.sched_getaffinity(0))
         pin = len(cpus) >= streams * threads_per_stream
         self._conns, self._procs = [], []
@@ -103,29 +115,38 @@ class Streams:
             for i in range(streams):
                 cores = set(cpus[i * threads_per_stream:(i + 1) * threads_per_stream]) if pin else None
                 parent, child = ctx.Pipe()
-                proc = ctx.Process(target=_serve, args=(recipe, threads_per_stream, cores, self._barrier, child),
+                proc = ctx.Process(target=_serve, args=(recipe, threads_per_stream, cores, self._barrier,
+                                                        self._finished, child),
                                    daemon=True, name=f"sparsebench-stream-{i}")
                 proc.start()
+                child.close()            # the worker's end: its death then reads as EOF here
                 self._conns.append(parent)
                 self._procs.append(proc)
+            for conn in self._conns:
+                self._receive(conn, "ready")
+        except BaseException:
+            self._stop()
+            raise
         finally:
             if env is None:
                 os.environ.pop("OPENBLAS_NUM_THREADS", None)
             else:
                 os.environ["OPENBLAS_NUM_THREADS"] = env
-        for conn in self._conns:
-            self._receive(conn, "ready")
 
     def _receive(self, conn, kind):
-        while not conn.poll(1.0):
-            if not all(p.is_alive() for p in self._procs):
-                raise RuntimeError("a stream worker died (see its error above)")
-        got, payload = conn.recv()
+        try:
+            while not conn.poll(1.0):
+                if not all(p.is_alive() for p in self._procs):
+                    raise EOFError
+            got, payload = conn.recv()
+        except (EOFError, OSError):
+            raise RuntimeError("a stream worker died (see its error above)") from None
         assert got == kind, (got, kind)
         return payload
 
     def measure(self, batch, seq, window=WINDOW_S):
         """A row: every stream serving batches of `batch` sequences at once for `window` seconds."""
+        self._finished.value = 0
         for conn in self._conns:
             conn.send(("measure", batch, seq, window))
         results = [self._receive(conn, "done") for conn in self._conns]
@@ -139,15 +160,22 @@ class Streams:
         return self
 
     def __exit__(self, *exc):
+        self._stop()
+
+    def _stop(self):
+        """Stop every worker: a "stop" message, the barrier broken for any that wait at it, and
+        after 5 s SIGTERM; every process reaped."""
+        self._barrier.abort()
         for conn in self._conns:
             try:
                 conn.send(("stop",))
             except OSError:
                 pass
         for proc in self._procs:
-            proc.join(timeout=10)
+            proc.join(timeout=5)
             if proc.is_alive():
                 proc.terminate()
+                proc.join()
 
 
 def latency_budget(recipe, threads, seq, budget_s, streams=None, max_batch=64, window=WINDOW_S, log=print):
@@ -155,6 +183,9 @@ def latency_budget(recipe, threads, seq, budget_s, streams=None, max_batch=64, w
     rows). For each stream count (default: every one that divides `threads`), doubles the batch
     from 1 until p90 exceeds the budget, then bisects between the last batch that fit and the
     first that did not (throughput grows with the batch while it fits)."""
+    bad = [s for s in streams or () if not (isinstance(s, int) and 0 < s <= threads and threads % s == 0)]
+    if bad:
+        raise ValueError(f"a stream count must divide the {threads} threads, got {bad[0]!r}")
     rows = []
     for n, per_stream in (stream_layouts(threads) if streams is None else
                           [(s, threads // s) for s in streams]):

@@ -36,6 +36,8 @@ BERT_REQUIRED = ("model", "runner", "p50_ms", "p90_ms")
 BERT_OPTIONAL = ("sparsity", "block", "batch", "seq", "threads", "throughput", "unstable", "pct_peak")
 #: other names the BERT runner gives these columns
 BERT_ALIASES = {"method": "runner", "throughput_seq_s": "throughput"}
+#: the runners an int8 BERT run measures in int8, and their names in the report
+INT8_RUNNERS = {"sparsebench": "sparsebench-int8", "whole-batch": "whole-batch-int8", "one-by-one": "one-by-one-int8"}
 BREAKDOWN_REQUIRED = ("model", "category", "ms")
 BREAKDOWN_OPTIONAL = ("sparsity", "block", "batch", "seq", "threads")
 COMPARE_NUMERIC = ("M", "K", "N", "sparsity", "threads", "median_ms", "p20_ms", "p80_ms", "min_ms",
@@ -300,10 +302,13 @@ def _read_bert(path):
             df[col] = "" if col in ("block", "unstable") else float("nan")
     df["unstable"] = df["unstable"].astype(str) == "True"
     if "dtype" in df:
-        # an int8 run adds its own runner; its other runners repeat the float32 run's
+        # an int8 run adds its own runners (ours, and ours with the batch in one pass or one
+        # sequence at a time); its other runners repeat the float32 run's
         int8 = df["dtype"] == "int8"
-        df = df[~int8 | (df["runner"] == "sparsebench")].copy()
-        df.loc[df["dtype"] == "int8", "runner"] = "sparsebench-int8"
+        own = df["runner"].isin(INT8_RUNNERS)
+        df = df[~int8 | own].copy()
+        mine = (df["dtype"] == "int8") & df["runner"].isin(INT8_RUNNERS)
+        df.loc[mine, "runner"] = df.loc[mine, "runner"].map(INT8_RUNNERS)
     if df["throughput"].isna().any():
         df["throughput"] = df["throughput"].fillna(df["batch"] / df["p50_ms"] * 1e3)
     df["source"] = os.path.basename(path)

@@ -39,13 +39,18 @@ class Problem:
 
     W: np.ndarray                 # pruned weights, dense float32 (M x K), C order
     A: BSRMatrix                  # the same weights in block-sparse rows
-    X: np.ndarray                 # activations float32 (K x N), C order
+    X: np.ndarray                 # activations float32 (K x N), rows laid out as arrays.activations
     sparsity: float
     threads: int
     config: object = None         # `sparsebench` method: KernelConfig, "dense" or None (default)
     dtype: str = "float32"        # the data type the `sparsebench` method computes in
     Aq: object = None             # int8: the weights as a QuantizedBSRMatrix
     fp32_config: object = None    # `sparsebench-fp32` method (float32 kernels whatever the dtype)
+
+    def contiguous_X(self):
+        """X as one C-contiguous block, for methods that take no row stride (where X's rows are
+        padded apart, a copy made once in prepare, outside the timing)."""
+        return np.ascontiguousarray(self.X, dtype=np.float32)
 
     @property
     def block(self):

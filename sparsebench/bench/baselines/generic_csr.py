@@ -23,7 +23,7 @@ class GenericCSR(Baseline):
 
     def prepare(self, problem):
         indptr, indices, data = csr_arrays(problem.W)
-        X, threads = problem.X, problem.threads
+        X, threads = problem.contiguous_X(), problem.threads
         Y = np.empty((problem.W.shape[0], X.shape[1]), dtype=np.float32)
 
         def run():

@@ -193,7 +193,7 @@ class MKLSparse(Baseline):
 
     def prepare(self, problem):
         mkl = load()
-        X = np.ascontiguousarray(problem.X, dtype=np.float32)
+        X = problem.contiguous_X()
         M, N = problem.W.shape[0], X.shape[1]
         Y = np.empty((M, N), dtype=np.float32)
         threads = problem.threads

@@ -33,7 +33,7 @@ class ScipySparse(Baseline):
             if M % br or K % bc:
                 raise MethodUnavailable(f"scipy bsr needs M, K divisible by the block {br}x{bc}")
             S = sp.bsr_array(problem.W, blocksize=(br, bc))
-        X = problem.X
+        X = problem.contiguous_X()          # scipy would copy a padded X on every call
         return lambda: S @ X
 
 

@@ -65,7 +65,7 @@ class Torch(Baseline):
     def prepare(self, problem):
         torch = _torch()
         W = np.ascontiguousarray(problem.W, dtype=np.float32)
-        X = np.ascontiguousarray(problem.X, dtype=np.float32)
+        X = problem.contiguous_X()
         Y = np.empty((W.shape[0], X.shape[1]), dtype=np.float32)
         Wt, Xt, Yt = _tensor(torch, W), _tensor(torch, X), torch.from_numpy(Y)
         if self.fmt == "csr":
