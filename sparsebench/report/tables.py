@@ -177,8 +177,13 @@ def measurement_counts(measurements):
 
 
 def _ours_p50(bert, r):
-    """p50 of the sparsebench runner measured with row r (same model, batch, seq, threads and,
-    when r has one, sparsity and block), or None when there is not exactly one."""
+    """p50 of our runner measured with row r: the one of r's own file (a run of `sparsebench
+    bert` writes one), else the sparsebench row of the same model, batch, seq, threads and, when
+    r has one, sparsity and block; None when there is not exactly one."""
+    ours = bert[bert["runner"].isin(("sparsebench", "sparsebench-int8"))]
+    mine = ours[ours["source"] == r["source"]]
+    if len(mine) == 1:
+        return mine["p50_ms"].iloc[0]
     same = bert[(bert["runner"] == "sparsebench") & (bert["model"] == r["model"])]
     for col in ("batch", "seq", "threads", "sparsity"):
         if _num(r[col], "{:g}") != "–":
@@ -205,7 +210,8 @@ def bert_table(bert):
 def budget_table(budget):
     """One row per (configuration, streams, batch) a latency-budget search measured; the most
     sequences/s that fit each budget marked best."""
-    header = ["model", "dtype", "sparsity", "budget ms", "streams x threads", "batch", "p90 ms", "seq/s", "fits"]
+    header = ["model", "dtype", "sparsity", "seq", "budget ms", "streams x threads", "batch", "p90 ms", "seq/s",
+              "fits"]
     out = []
     groups = ["model", "dtype", "sparsity", "block", "seq", "budget_ms", "source"]
     for _, g in budget.groupby(groups, sort=False, dropna=False):
@@ -213,7 +219,8 @@ def budget_table(budget):
         best = fit["throughput_seq_s"].idxmax() if len(fit) else None
         for i, r in g.iterrows():
             threads = "–" if np.isnan(r["threads_per_stream"]) else f"{r['threads_per_stream']:.0f}"
-            out.append([r["model"], r["dtype"] or "float32", _num(r["sparsity"], "{:g}"), _num(r["budget_ms"], "{:g}"),
+            out.append([r["model"], r["dtype"] or "float32", _num(r["sparsity"], "{:g}"), _num(r["seq"], "{:.0f}"),
+                        _num(r["budget_ms"], "{:g}"),
                         f"{r['streams']:.0f} x {threads}", _num(r["batch"], "{:.0f}"), ms(r["p90_ms"]),
                         _num(r["throughput_seq_s"], "{:.1f}"),
                         ("best" if i == best else "yes") if r["fits"] else "no"])
