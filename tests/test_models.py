@@ -433,7 +433,7 @@ def test_cli_writes_results(tmp_path, capsys):
     assert "no --tuned file" in printed and "sparse GEMMs" in printed and "dense" in printed
     stem = tmp_path / "bert-mini-s0.9-4x1-b1-seq16-t1"
     latency = (stem.parent / (stem.name + "-latency.csv")).read_text().splitlines()
-    assert latency[0].startswith("model,sparsity,block,dtype,method") and len(latency) == 3
+    assert latency[0].startswith("model,sparsity,block,dtype,tokens_per_pass,method") and len(latency) == 3
     result = json.loads((stem.parent / (stem.name + ".json")).read_text())
     assert result["meta"]["model"] == "bert-mini" and len(result["kernels"]) == 4 * 6
     assert result["meta"]["peak_gflops"] > 0 and len(result["meta"]["peak_probes"]) == 2

@@ -147,7 +147,8 @@ def run(args):
     dtype = "" if args.dtype == "float32" else f"-{args.dtype}"
     per_pass = "" if args.tokens_per_pass == DEFAULT_TOKENS_PER_PASS else f"-p{args.tokens_per_pass or 'all'}"
     stem = f"{name}-s{sparsity}-{block}{dtype}-b{args.batch}{per_pass}-seq{args.seq}-t{threads}"
-    common = {"model": name, "sparsity": args.sparsity, "block": block, "dtype": args.dtype}
+    common = {"model": name, "sparsity": args.sparsity, "block": block, "dtype": args.dtype,
+              "tokens_per_pass": args.tokens_per_pass or "all"}
     meta = {**runner.machine_info(), **monitor.meta(), **common, "description": enc.describe(), "batch": args.batch,
             "seq": args.seq, "threads": threads, "tokens_per_pass": args.tokens_per_pass, "tuned": args.tuned, "checkpoint": args.checkpoint,
             "latency_budget_ms": None if args.latency_budget is None else args.latency_budget * 1e3,
