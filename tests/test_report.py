@@ -479,7 +479,7 @@ def test_latency_budget_tables_of_both_formats(tmp_path):
     assert marks == {("int8", "1 x 2", "1"): "yes", ("int8", "1 x 2", "2"): "no", ("int8", "2 x 1", "1"): "best",
                      ("float32", "1 x –", "1"): "best"}
     summary = build_report(str(tmp_path), str(tmp_path / "out"), log=lambda line: None)
-    assert "| bert-base | int8 | 0.9 | 128 | 10 | 2 x 1 | 1 | 9.500 | 220.0 | best |" in _read(summary.markdown)
+    assert "| bert-base | int8 | 0.9 | 128 | 10 | 2 x 1 | 1 | 9.500 | 220.0 | – | best |" in _read(summary.markdown)
 
 
 def test_int8_runs_keep_their_batching_runners(tmp_path):

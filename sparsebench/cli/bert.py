@@ -95,6 +95,9 @@ def run(args):
     from ..peak import DEGRADED, PeakMonitor
 
     threads = args.threads or default_threads()
+    bad = [s for s in args.streams or () if threads % s]
+    if bad:
+        raise SystemExit(f"sparsebench bert: error: --streams {bad[0]} does not divide {threads} threads")
     t0 = time.perf_counter()
     options = dict(sparsity=args.sparsity, block=args.block, tuned=args.tuned, threads=threads,
                    dtype=args.dtype, attention=args.attention, tokens_per_pass=args.tokens_per_pass)
@@ -139,7 +142,7 @@ def run(args):
 
     budget_rows, best = [], None
     if args.latency_budget:
-        budget_rows, best = _latency_budget(args, options, threads)
+        budget_rows, best = _latency_budget(args, options, threads, enc, monitor)
 
     name = enc.config.name
     sparsity = "keep" if args.sparsity is None else f"{args.sparsity:g}"
@@ -161,24 +164,26 @@ def run(args):
     print("\nresults written to " + ", ".join(paths))
 
 
-def _latency_budget(args, options, threads):
-    """Throughput under the latency budget, streams x batch searched in worker processes."""
+def _latency_budget(args, options, threads, enc, monitor):
+    """Throughput under the latency budget, streams x batch searched in worker processes; each
+    row with its fraction of the peak (useful operations of the sequences served per second)."""
     from ..models import serving
+    from ..models.runner import forward_ops
 
-    bad = [s for s in args.streams or () if threads % s]
-    if bad:
-        raise SystemExit(f"sparsebench bert: error: --streams {bad[0]} does not divide {threads} threads")
     print(f"\nmost sequences/s whose p90 latency fits {args.latency_budget * 1e3:g} ms (seq {args.seq}; "
           f"streams: engines serving at once in their own processes, each on threads/streams threads):",
           flush=True)
     recipe = serving.Recipe.of(args.model, args.checkpoint, args.seed, **options)
     best, rows = serving.latency_budget(recipe, threads, args.seq, args.latency_budget, streams=args.streams,
                                         log=lambda line: print(line, flush=True))
+    per_sequence = forward_ops(enc, 1, args.seq)
+    for row in rows:
+        row["pct_peak"] = monitor.pct(per_sequence * row["throughput_seq_s"], 1.0, enc.dtype)
     if best is None:
         print("  none: batch 1 is over the budget with every stream count")
     else:
         print(f"  best: {best['streams']} stream(s) x batch {best['batch']}: {best['throughput_seq_s']:.1f} "
-              f"sequences/s at p90 {best['p90_ms']:.2f} ms")
+              f"sequences/s at p90 {best['p90_ms']:.2f} ms ({best['pct_peak']:.0f}% of the peak)")
     return rows, best
 
 

@@ -333,8 +333,10 @@ def _read_budget(path):
     df, dropped = _csv_frame(path, lambda header: None)
     if "streams" not in df:             # written before the search tried several streams
         df["streams"], df["threads_per_stream"] = "1", ""
+    if "pct_peak" not in df:            # written before the rows had it
+        df["pct_peak"] = ""
     _numeric(df, ("sparsity", "budget_ms", "streams", "threads_per_stream", "batch", "seq", "p50_ms", "p90_ms",
-                  "throughput_seq_s"), path)
+                  "throughput_seq_s", "pct_peak"), path)
     df["fits"] = df["fits"].astype(str) == "True"
     for col in ("block", "dtype"):
         if col not in df:

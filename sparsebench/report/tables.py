@@ -211,7 +211,7 @@ def budget_table(budget):
     """One row per (configuration, streams, batch) a latency-budget search measured; the most
     sequences/s that fit each budget marked best."""
     header = ["model", "dtype", "sparsity", "seq", "budget ms", "streams x threads", "batch", "p90 ms", "seq/s",
-              "fits"]
+              "% peak", "fits"]
     out = []
     groups = ["model", "dtype", "sparsity", "block", "seq", "budget_ms", "source"]
     for _, g in budget.groupby(groups, sort=False, dropna=False):
@@ -222,7 +222,7 @@ def budget_table(budget):
             out.append([r["model"], r["dtype"] or "float32", _num(r["sparsity"], "{:g}"), _num(r["seq"], "{:.0f}"),
                         _num(r["budget_ms"], "{:g}"),
                         f"{r['streams']:.0f} x {threads}", _num(r["batch"], "{:.0f}"), ms(r["p90_ms"]),
-                        _num(r["throughput_seq_s"], "{:.1f}"),
+                        _num(r["throughput_seq_s"], "{:.1f}"), _num(r["pct_peak"], "{:.0f}%"),
                         ("best" if i == best else "yes") if r["fits"] else "no"])
     return header, out
 
