@@ -3,6 +3,7 @@ import argparse
 import copy
 import json
 import os
+import pickle
 import sys
 import time
 
@@ -523,3 +524,17 @@ def test_compare_batch_in_one_pass_and_one_by_one(tiny_encoder):
     assert all(r["max_rel_diff_vs_ours"] < 1e-5 and r["batch"] == 3 and r["pct_peak"] > 0 for r in rows)
     assert tiny_encoder.with_tokens_per_pass(None).tokens_per_pass is None
     assert tiny_encoder.tokens_per_pass == bert_module.DEFAULT_TOKENS_PER_PASS
+
+
+def test_sparse_linear_unpickles_from_before_kernel_became_a_property():
+    lin = SparseLinear(np.eye(8, dtype=np.float32), block=(1, 1))
+    lin(np.ones((8, 3), np.float32))
+    again = pickle.loads(pickle.dumps(lin))
+    assert (again.kernel, again.method) == (lin.kernel, "sparse")
+    state = {k: v for k, v in lin.__dict__.items() if k != "_last"}
+    state.update(kernel="avx512/...", method="sparse")          # how such a pickle held them
+    old = SparseLinear.__new__(SparseLinear)
+    old.__setstate__(state)
+    assert old.method is None
+    np.testing.assert_array_equal(old(np.ones((8, 2), np.float32)), np.ones((8, 2), np.float32))
+    assert old.method == "sparse"

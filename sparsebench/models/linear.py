@@ -185,6 +185,10 @@ class SparseLinear:
         self._last = plan
         return out
 
+    def __setstate__(self, state):
+        state.setdefault("_last", None)          # pickled when kernel and method were attributes
+        self.__dict__.update(state)
+
     @property
     def kernel(self):
         """What the last call ran: the config string, "dense" or "numpy" (None before any)."""
