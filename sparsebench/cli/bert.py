@@ -91,13 +91,14 @@ def add_parser(subparsers):
 def run(args):
     from ..cpu import default_threads
     from ..models import BertEncoder
-    from ..models import runner
+    from ..models import runner, serving
     from ..peak import DEGRADED, PeakMonitor
 
     threads = args.threads or default_threads()
-    bad = [s for s in args.streams or () if threads % s]
-    if bad:
-        raise SystemExit(f"sparsebench bert: error: --streams {bad[0]} does not divide {threads} threads")
+    try:
+        serving.check_stream_counts(args.streams or (), threads)
+    except ValueError as e:
+        raise SystemExit(f"sparsebench bert: error: --streams: {e}") from None
     t0 = time.perf_counter()
     options = dict(sparsity=args.sparsity, block=args.block, tuned=args.tuned, threads=threads,
                    dtype=args.dtype, attention=args.attention, tokens_per_pass=args.tokens_per_pass)

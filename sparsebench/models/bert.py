@@ -158,17 +158,19 @@ DEFAULT_TOKENS_PER_PASS = 128
 class _Workspace:
     """Every buffer of one forward pass of up to `batch` sequences of `seq` tokens."""
 
+    #: the features x tokens buffers (a pass over fewer tokens uses their first columns)
+    BY_TOKEN_COLUMN = ("hidden", "qkv", "ctx", "sub", "inter")
+
     def __init__(self, config, batch, seq):
         H, I, T = config.hidden, config.intermediate, batch * seq
         self.shape = (batch, seq)
         f32 = np.float32
         # activations: rows padded apart where they would alias in the caches (at T = 1024 the
         # sparse GEMMs and attention run 1.2x faster than on 4 KiB rows)
-        self.hidden = activations(H, T)          # the residual stream
-        self.qkv = activations(3 * H, T)         # Q, K, V stacked: the attention kernel's input
-        self.ctx = activations(H, T)
-        self.sub = activations(H, T)             # sublayer output, added back by the LayerNorm
-        self.inter = activations(I, T)
+        # hidden: the residual stream; qkv: Q, K, V stacked, the attention kernel's input; sub:
+        # a sublayer's output, added back by the LayerNorm
+        for name, rows in zip(self.BY_TOKEN_COLUMN, (H, 3 * H, H, H, I)):
+            setattr(self, name, activations(rows, T))
         self.rows = np.empty((T, H), f32)        # embeddings, token-major
         self.gathered = np.empty((T, H), f32)    # position or token-type embeddings, token-major
         self.mask = np.empty((batch, seq), f32)  # additive: 0 or float32 min per key
@@ -185,7 +187,7 @@ class _Workspace:
         part = copy.copy(self)
         T = batch * self.shape[1]
         part.shape = (batch, self.shape[1])
-        for name in ("hidden", "qkv", "ctx", "sub", "inter"):
+        for name in self.BY_TOKEN_COLUMN:
             setattr(part, name, getattr(self, name)[:, :T])
         part.rows, part.gathered, part.mask = self.rows[:T], self.gathered[:T], self.mask[:batch]
         part._views()

@@ -49,6 +49,13 @@ class Recipe:
         return BertEncoder.random(self.model, seed=self.seed, threads=threads, **dict(self.options))
 
 
+def check_stream_counts(streams, threads):
+    """ValueError unless every stream count divides `threads`."""
+    bad = [s for s in streams if not (isinstance(s, int) and 0 < s <= threads and threads % s == 0)]
+    if bad:
+        raise ValueError(f"a stream count must divide the {threads} threads, got {bad[0]!r}")
+
+
 def stream_layouts(threads):
     """(streams, threads per stream) for every stream count that divides `threads`."""
     return [(s, threads // s) for s in range(1, threads + 1) if threads % s == 0]
@@ -183,9 +190,7 @@ def latency_budget(recipe, threads, seq, budget_s, streams=None, max_batch=64, w
     rows). For each stream count (default: every one that divides `threads`), doubles the batch
     from 1 until p90 exceeds the budget, then bisects between the last batch that fit and the
     first that did not (throughput grows with the batch while it fits)."""
-    bad = [s for s in streams or () if not (isinstance(s, int) and 0 < s <= threads and threads % s == 0)]
-    if bad:
-        raise ValueError(f"a stream count must divide the {threads} threads, got {bad[0]!r}")
+    check_stream_counts(streams or (), threads)
     rows = []
     for n, per_stream in (stream_layouts(threads) if streams is None else
                           [(s, threads // s) for s in streams]):
