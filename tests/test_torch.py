@@ -444,7 +444,7 @@ def test_bert_cli_compares_torch_sparsify(tmp_path, capsys):
     rows = {line.split()[0]: line.split() for line in printed.splitlines() if line.startswith("  torch")}
     assert set(rows) == {"torch", "torch-sparsify"} and float(rows["torch-sparsify"][5]) <= 1e-4     # max rel diff
     latency = next(tmp_path.glob("*latency.csv")).read_text()
-    assert "after sparsebench.torch.sparsify (24 of 24 linear layers on the float32 kernels)" in latency
+    assert "after sparsebench.torch.sparsify (24 of 24 linear layers on the float32 kernels, 4 transformer layers run whole)" in latency
 
 
 @needs_torch
@@ -503,3 +503,118 @@ def test_sparse_linear_gelu_matches_torch(n):
         np.testing.assert_allclose(layer(x).numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="activation"):
         sbt.SparseLinear(torch.from_numpy(W), activation="relu")
+
+
+# -- whole transformer layers on our kernels (sparsebench.torch.layers) -----------------------------------
+
+def count_linear_calls(monkeypatch):
+    """The out_features of every SparseLinear forward that run (a fused layer runs its linears itself)."""
+    calls, compute = [], sbt.SparseLinear._compute
+
+    def counted(self, x):
+        calls.append(self.out_features)
+        return compute(self, x)
+    monkeypatch.setattr(sbt.SparseLinear, "_compute", counted)
+    return calls
+
+
+@needs_torch
+@pytest.mark.parametrize("kind", ["bert", "distilbert", "roberta"])
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_fused_layers_run_whole_and_match_dense(kind, attention, monkeypatch):
+    model = tiny_hf(kind)
+    model.config._attn_implementation = attention
+    summary, dense = sparsified_and_dense(model, sparsity=0.8)
+    prefix = "transformer.layer" if kind == "distilbert" else "encoder.layer"
+    assert summary.fused_layers == [f"{prefix}.0", f"{prefix}.1"] and not summary.unfused_layers
+    assert "2 of 2 transformer layers run whole" in str(summary)
+    layer = model.get_submodule(f"{prefix}.0")
+    assert type(layer).__name__ == "Sparse" + type(dense.get_submodule(f"{prefix}.0")).__name__
+    assert isinstance(layer, type(dense.get_submodule(f"{prefix}.0")))
+    assert list(model.state_dict()) == list(dense.state_dict())
+    calls = count_linear_calls(monkeypatch)
+    ids, mask = padded_inputs()
+    for args in ((ids, mask), (ids[:1, :7], None), (ids[:, :1], mask[:, :1])):
+        with torch.inference_mode():
+            y = model(input_ids=args[0], attention_mask=args[1]).last_hidden_state
+            ref = dense(input_ids=args[0], attention_mask=args[1]).last_hidden_state
+        assert rel_diff(y.numpy(), ref.numpy()) <= 1e-4
+    assert calls == ([] if kind == "distilbert" else [64] * 3)      # the pooler only
+
+
+@needs_torch
+def test_fused_layers_fall_back_to_transformers_where_they_must():
+    model = tiny_hf("bert")
+    model.config._attn_implementation = "eager"          # the attention that returns its weights
+    summary, dense = sparsified_and_dense(model, sparsity=0.8)
+    ids, mask = padded_inputs()
+    with torch.inference_mode():                    # attention weights asked for: transformers' forward
+        got = model(input_ids=ids, attention_mask=mask, output_attentions=True)
+        want = dense(input_ids=ids, attention_mask=mask, output_attentions=True)
+    assert len(got.attentions) == 2 and rel_diff(got.attentions[1].numpy(), want.attentions[1].numpy()) <= 1e-4
+    assert rel_diff(got.last_hidden_state.numpy(), want.last_hidden_state.numpy()) <= 1e-4
+    model.train()                                   # training: transformers' forward, whose linears refuse
+    with pytest.raises(RuntimeError, match="inference only"):
+        model(input_ids=ids, attention_mask=mask)
+    for options, why in (({"fuse_layers": False}, None), ({"fuse_gelu": False}, "GELU is not fused"),
+                         ({"exclude": "*.output.dense"}, "not every linear layer")):
+        other = tiny_hf("bert")
+        summary = sbt.sparsify(other, sparsity=0.8, **options)
+        assert not summary.fused_layers
+        assert all(why in w for w in summary.unfused_layers.values()) if why else not summary.unfused_layers
+    decoder = tiny_hf("bert")
+    decoder.config.is_decoder = True
+    for layer in decoder.encoder.layer:
+        layer.is_decoder = True
+    assert "decoder" in sbt.sparsify(decoder, sparsity=0.8).unfused_layers["encoder.layer.0"]
+
+
+@needs_torch
+def test_fused_masks_are_per_key_padding_or_refused():
+    from sparsebench.torch.layers import _key_mask
+    keep = torch.tensor([[True, True, False], [True, True, True]])
+    lowest = torch.finfo(torch.float32).min
+    want = np.where(keep.numpy(), 0, np.finfo(np.float32).min)
+    square = keep[:, None, None, :].expand(2, 1, 3, 3)
+    for mask in (keep.long(), keep[:, None, None, :], square, torch.where(square, 0.0, lowest)):
+        assert np.array_equal(_key_mask(mask, 2, 3), want)
+    assert _key_mask(None, 2, 3) is None and _key_mask(torch.ones(2, 1, 3, 3, dtype=torch.bool), 2, 3) is None
+    causal = torch.ones(3, 3, dtype=torch.bool).tril()[None, None].expand(2, 1, 3, 3)
+    assert _key_mask(causal, 2, 3) is False                          # rows differ
+    assert _key_mask(torch.full((2, 1, 1, 3), -2.0), 2, 3) is False  # a bias, not a mask
+    assert _key_mask(keep[:, None, None, :], 2, 4) is False          # another shape
+
+
+@needs_torch
+def test_fused_models_pickle_copy_and_compile(tmp_path):
+    model = tiny_hf("distilbert")
+    summary, dense = sparsified_and_dense(model, sparsity=0.8)
+    ids, mask = padded_inputs()
+    with torch.inference_mode():
+        want = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    torch.save(model, tmp_path / "model.pt")
+    for restored in (pickle.loads(pickle.dumps(model)), copy.deepcopy(model),
+                     torch.load(tmp_path / "model.pt", weights_only=False)):
+        assert type(restored.transformer.layer[0]).__name__ == "SparseTransformerBlock"
+        with torch.inference_mode():
+            assert torch.equal(restored(input_ids=ids, attention_mask=mask).last_hidden_state, want)
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    with torch.inference_mode():
+        got = compiled(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert rel_diff(got.numpy(), want.numpy()) <= 1e-6
+
+
+@needs_torch
+def test_fused_layers_follow_new_weights():
+    model, other = tiny_hf("roberta"), tiny_hf("roberta", seed=1)
+    sbt.sparsify(model, sparsity=0.8)
+    ids, mask = padded_inputs()
+    with torch.inference_mode():
+        before = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    sbt.sparsify(other, sparsity=0.8, fuse_layers=False)
+    model.load_state_dict(other.state_dict())              # copied into the same parameters
+    with torch.no_grad():
+        model.encoder.layer[1].output.LayerNorm.weight.mul_(2.0)
+        other.encoder.layer[1].output.LayerNorm.weight.mul_(2.0)
+        y, want = (m(input_ids=ids, attention_mask=mask).last_hidden_state for m in (model, other))
+    assert rel_diff(y.numpy(), want.numpy()) <= 1e-5 and rel_diff(y.numpy(), before.numpy()) > 0.1

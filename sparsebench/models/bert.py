@@ -134,7 +134,11 @@ class _CheckpointWeights(Mapping):
 
 
 @dataclasses.dataclass
-class _Layer:
+class EncoderLayer:
+    """One transformer layer on the kernels: six linear layers (query's weights scaled by
+    1/sqrt(head size), ffn_in with GELU in its epilogue) and two LayerNorms with their residual
+    adds. forward() is the layer's body for BertEncoder and for sparsebench.torch's fused layers."""
+
     query: SparseLinear
     key: SparseLinear
     value: SparseLinear
@@ -143,9 +147,44 @@ class _Layer:
     ffn_out: SparseLinear
     ln1: tuple                  # (gamma, beta), each (hidden,) float32
     ln2: tuple
+    eps: float                  # of both LayerNorms
 
     def linears(self):
         return [(name, getattr(self, name)) for name, _ in _LINEARS]
+
+    def forward(self, ws, heads, key_mask, ops, attend, threads, timer=None):
+        """ws.hidden (hidden x tokens, the residual stream) <- this layer applied to it, in place;
+        ws: a Workspace of exactly these tokens, key_mask: additive (batch, seq) or None."""
+        timer = timer or _NO_TIMER
+        x = self.qkv_input(ws.hidden, threads)
+        for lin, buf in ((self.query, ws.q), (self.key, ws.k), (self.value, ws.v)):
+            lin.matmul(x, out=buf)
+            timer.lap(_GEMM_CATEGORY[lin.method])
+        attend(ws.qkv, ws.ctx, heads, ws.shape[0], key_mask, threads)
+        timer.lap("attention")
+        self.attn_out.matmul(ws.ctx, out=ws.sub)
+        timer.lap(_GEMM_CATEGORY[self.attn_out.method])
+        ops.add_layer_norm(ws.hidden, *self.ln1, self.eps, ws.sub, threads)    # hidden += sub, LN
+        timer.lap("LayerNorm")
+        self.ffn_in.matmul(ws.hidden, out=ws.inter)          # sparse: GELU fused in the kernel
+        timer.lap(_GEMM_CATEGORY[self.ffn_in.method])
+        if self.ffn_in.method == "numpy":
+            self.ffn_in.activate(ws.inter)
+            timer.lap("GELU")
+        self.ffn_out.matmul(ws.inter, out=ws.sub)
+        timer.lap(_GEMM_CATEGORY[self.ffn_out.method])
+        ops.add_layer_norm(ws.hidden, *self.ln2, self.eps, ws.sub, threads)
+        timer.lap("LayerNorm")
+
+    def qkv_input(self, hidden, threads):
+        """What Q, K and V read: `hidden`, or, when all three run the same int8 kernels' layout,
+        `hidden` quantized once for the three."""
+        qkv = (self.query, self.key, self.value)
+        n = hidden.shape[1]
+        if all(lin.dtype == "int8" and lin.block == self.query.block and lin.plan(n).method == "sparse"
+               for lin in qkv):
+            return quantize_activations(hidden, self.query.block, threads=threads)
+        return hidden
 
 
 #: tokens a forward pass takes at once. BERT-Base, batch 8 x 128 tokens, 90% 4x1, 2 threads, side by
@@ -155,14 +194,15 @@ class _Layer:
 DEFAULT_TOKENS_PER_PASS = 128
 
 
-class _Workspace:
-    """Every buffer of one forward pass of up to `batch` sequences of `seq` tokens."""
+class Workspace:
+    """Every buffer of one forward pass of up to `batch` sequences of `seq` tokens, for a
+    model of width `hidden` and feed-forward width `intermediate`."""
 
     #: the features x tokens buffers (a pass over fewer tokens uses their first columns)
     BY_TOKEN_COLUMN = ("hidden", "qkv", "ctx", "sub", "inter")
 
-    def __init__(self, config, batch, seq):
-        H, I, T = config.hidden, config.intermediate, batch * seq
+    def __init__(self, hidden, intermediate, batch, seq):
+        H, I, T = hidden, intermediate, batch * seq
         self.shape = (batch, seq)
         f32 = np.float32
         # activations: rows padded apart where they would alias in the caches (at T = 1024 the
@@ -292,13 +332,14 @@ class BertEncoder:
                     activation="gelu" if name == "ffn_in" else None,
                     config=linear_config, tuned=table, threads=self.threads, name=f"layer{i}.{name}",
                     dtype=dtype)
-            self.layers.append(_Layer(**linears,
+            self.layers.append(EncoderLayer(**linears,
                                       ln1=(vector(p + "attention.output.LayerNorm.weight"),
                                            vector(p + "attention.output.LayerNorm.bias")),
                                       ln2=(vector(p + "output.LayerNorm.weight"),
-                                           vector(p + "output.LayerNorm.bias"))))
+                                           vector(p + "output.LayerNorm.bias")),
+                                      eps=config.layer_norm_eps))
         self._ops = encoder_module()
-        self._attend = _attention_kernel(self.attention, self._ops)
+        self._attend = attention_kernel(self.attention, self._ops)
         self._ws = None
 
     # -- construction -------------------------------------------------------------------------
@@ -356,7 +397,7 @@ class BertEncoder:
         enc.layers = [dataclasses.replace(layer, **{name: convert(lin) for name, lin in layer.linears()})
                       for layer in self.layers]
         enc.dtype = enc.attention = dtype
-        enc._attend = _attention_kernel(enc.attention, enc._ops)
+        enc._attend = attention_kernel(enc.attention, enc._ops)
         enc._ws = None
         return enc
 
@@ -451,7 +492,7 @@ class BertEncoder:
     def _workspace(self, batch, seq):
         if self._ws is None or self._ws.shape != (batch, seq):
             self._ws = None                      # free the old buffers first
-            self._ws = _Workspace(self.config, batch, seq)
+            self._ws = Workspace(self.config.hidden, self.config.intermediate, batch, seq)
         return self._ws
 
     def sequences_per_pass(self, batch, seq):
@@ -496,37 +537,9 @@ class BertEncoder:
         if mask is not None:
             key_mask = np.multiply(1.0 - mask, np.finfo(np.float32).min, out=ws.mask)
         for layer in self.layers:
-            x = self._qkv_input(layer, ws.hidden)
-            for lin, buf in ((layer.query, ws.q), (layer.key, ws.k), (layer.value, ws.v)):
-                lin.matmul(x, out=buf)
-                timer.lap(_GEMM_CATEGORY[lin.method])
-            self._attend(ws.qkv, ws.ctx, c.heads, batch, key_mask, threads)
-            timer.lap("attention")
-            layer.attn_out.matmul(ws.ctx, out=ws.sub)
-            timer.lap(_GEMM_CATEGORY[layer.attn_out.method])
-            ops.add_layer_norm(ws.hidden, *layer.ln1, eps, ws.sub, threads)    # hidden += sub, LN
-            timer.lap("LayerNorm")
-            layer.ffn_in.matmul(ws.hidden, out=ws.inter)         # sparse: GELU fused in the kernel
-            timer.lap(_GEMM_CATEGORY[layer.ffn_in.method])
-            if layer.ffn_in.method == "numpy":
-                layer.ffn_in.activate(ws.inter)
-                timer.lap("GELU")
-            layer.ffn_out.matmul(ws.inter, out=ws.sub)
-            timer.lap(_GEMM_CATEGORY[layer.ffn_out.method])
-            ops.add_layer_norm(ws.hidden, *layer.ln2, eps, ws.sub, threads)
-            timer.lap("LayerNorm")
+            layer.forward(ws, c.heads, key_mask, ops, self._attend, threads, timer)
         np.copyto(out.reshape(batch * seq, c.hidden), ws.hidden.T)
         timer.lap("copies/other")
-
-    def _qkv_input(self, layer, hidden):
-        """What Q, K and V read: `hidden`, or, when all three run the same int8 kernels' layout,
-        `hidden` quantized once for the three."""
-        qkv = (layer.query, layer.key, layer.value)
-        n = hidden.shape[1]
-        if all(lin.dtype == "int8" and lin.block == layer.query.block and lin.plan(n).method == "sparse"
-               for lin in qkv):
-            return quantize_activations(hidden, layer.query.block, threads=self.threads)
-        return hidden
 
     def _embed(self, ws, ids, types):
         """word + position + token type embeddings, into ws.hidden (hidden x tokens)."""
@@ -579,7 +592,7 @@ def _check_attention(attention, config):
     return attention
 
 
-def _attention_kernel(attention, ops):
+def attention_kernel(attention, ops):
     """The attention function (qkv, ctx, heads, batch, mask, threads) of `attention`."""
     if attention == "float32":
         return ops.attention

@@ -122,7 +122,7 @@ def torch_method(enc, inputs, threads, sparsify=False):
             summary = sparsify_model(model, block=enc.block, dtype=enc.dtype, tuned=enc.tuned, min_sparsity=0.0,
                                      threads=threads)
         what = (f"after sparsebench.torch.sparsify ({len(summary.replaced)} of {len(summary)} linear layers on "
-                f"the {enc.dtype} kernels)")
+                f"the {enc.dtype} kernels, {len(summary.fused_layers)} transformer layers run whole)")
     feeds = {name: torch.from_numpy(a) for name, a in named_inputs(inputs).items()}
 
     def run():

@@ -1,0 +1,284 @@
+"""Whole transformer layers of transformers' models on sparsebench's kernels (sparsify's fuse_layers).
+
+A BertLayer, RobertaLayer or DistilBERT TransformerBlock whose six linear layers are SparseLinear
+(GELU fused into the first feed-forward one) becomes an instance of Sparse<its class>, a subclass:
+its parameters, state_dict names, isinstance and pickling stay as they were. Its forward
+transposes the hidden states into features x tokens once (on the kernels' pool), runs the layer
+body of sparsebench's own BertEncoder (models.bert.EncoderLayer.forward: the kernels, the fused
+attention, LayerNorm with its residual add) and transposes the result back: no PyTorch op, no
+per-linear call and no per-linear transpose inside the layer.
+
+transformers' own forward runs instead whenever a call needs what the fused body does not do:
+gradients, cross-attention or a cache, attention weights being recorded (output_attentions), a
+mask that is not a per-key padding mask (causal, or a bias). Forward hooks on the layer run;
+hooks on the modules inside it do not, as in any fused kernel.
+"""
+import importlib
+import itertools
+import threading
+import weakref
+
+import numpy as np
+import torch
+
+from ..cpu import best_isa, encoder_module, kernel_module
+from ..models.bert import _DISTILBERT_NAMES, _LINEARS, EncoderLayer, Workspace, attention_kernel
+from .linear import SparseLinear, _version
+
+__all__ = ["FUSABLE_LAYERS", "fuse_layers"]
+
+_BERT_PATHS = dict(_LINEARS, ln1="attention.output.LayerNorm", ln2="output.LayerNorm",
+                   attention="attention.self", act="intermediate.intermediate_act_fn")
+_DISTILBERT_PATHS = {name: _DISTILBERT_NAMES.get(path, path) for name, path in _BERT_PATHS.items()}
+_DISTILBERT_PATHS.update(attention="attention", act="ffn.activation")
+for _paths_of in (_BERT_PATHS, _DISTILBERT_PATHS):
+    # the six linear layers, ln1, ln2 and the attention module, as attribute chains
+    _paths_of["parts"] = tuple(tuple(_paths_of[name].split(".")) for name in
+                               [name for name, _ in _LINEARS] + ["ln1", "ln2", "attention"])
+
+#: class name -> (its transformers module, paths of its parts): query ... ffn_out (the linear
+#: layers, EncoderLayer's names), ln1 and ln2, the self-attention module (heads, scaling), the
+#: activation after ffn_in; "parts": linears, LayerNorms and attention as attribute chains
+FUSABLE_LAYERS = {
+    "BertLayer": ("transformers.models.bert.modeling_bert", _BERT_PATHS),
+    "RobertaLayer": ("transformers.models.roberta.modeling_roberta", _BERT_PATHS),
+    "TransformerBlock": ("transformers.models.distilbert.modeling_distilbert", _DISTILBERT_PATHS),
+}
+#: layer keyword arguments that are harmless when set (the rest, when not None or False, fall back)
+_IGNORED_KWARGS = frozenset({"output_hidden_states", "return_dict", "use_cache", "cache_position", "position_ids"})
+
+_LAYERS = weakref.WeakValueDictionary()           # handle -> fused layer, for the custom op
+_NEXT_HANDLE = itertools.count(1)
+_workspaces = threading.local()                   # this thread's buffers, shared by every fused layer
+
+
+def fuse_layers(model):
+    """Turn every fusable transformer layer of `model` into its Sparse<class> (in place); return
+    {layer name: why it was not fused} for the layers of FUSABLE_LAYERS' classes left as they were."""
+    skipped = {}
+    for name, module in model.named_modules():
+        paths = _paths(module)
+        if paths is None or isinstance(module, _FusedLayer):
+            continue
+        why = _unfusable(module, paths)
+        if why:
+            skipped[name] = why
+            continue
+        module.__class__ = fused_class(type(module))
+        module._sb_register()
+    return skipped
+
+
+def _paths(module):
+    """The FUSABLE_LAYERS paths of `module`'s class, None for any other module."""
+    base = type(module)
+    if isinstance(module, _FusedLayer):
+        base = base.__mro__[2]
+    entry = FUSABLE_LAYERS.get(base.__name__)
+    return entry[1] if entry and base.__module__ == entry[0] else None
+
+
+def _unfusable(module, paths):
+    """Why `module` cannot run fused, or "" if it can."""
+    linears = [module.get_submodule(paths[name]) for name, _ in _LINEARS]
+    if not all(isinstance(lin, SparseLinear) for lin in linears):
+        return "not every linear layer is a SparseLinear"
+    if len({(lin.dtype, lin.threads) for lin in linears}) > 1:
+        return "its linear layers differ in dtype or threads"
+    lns = [module.get_submodule(paths[name]) for name in ("ln1", "ln2")]
+    hidden = linears[0].in_features
+    if not all(isinstance(ln, torch.nn.LayerNorm) and tuple(ln.normalized_shape) == (hidden,)
+               and ln.weight is not None and ln.bias is not None for ln in lns) or lns[0].eps != lns[1].eps:
+        return "its LayerNorms are not two affine nn.LayerNorm over the hidden size with one eps"
+    ffn_in, act = linears[4], module.get_submodule(paths["act"])
+    if ffn_in.activation != "gelu" or not isinstance(act, torch.nn.Identity):
+        return "its GELU is not fused into the first feed-forward layer (sparsify(..., fuse_gelu=True))"
+    attention = module.get_submodule(paths["attention"])
+    if getattr(attention, "is_causal", False) or getattr(module, "is_decoder", False):
+        return "it is a decoder layer (causal attention)"
+    return ""
+
+
+class _FusedLayer:
+    """The forward of every Sparse<layer class> (first base of each, see fused_class)."""
+
+    def _sb_register(self):
+        self._sb_handle = next(_NEXT_HANDLE)
+        _LAYERS[self._sb_handle] = self
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._sb_register()
+
+    def forward(self, hidden_states, attention_mask=None, *args, **kwargs):
+        if not self._sb_fusable_call(hidden_states, args, kwargs):
+            return super().forward(hidden_states, attention_mask, *args, **kwargs)
+        if torch.compiler.is_compiling():
+            return torch.ops.sparsebench.encoder_layer(hidden_states, attention_mask, self._sb_handle)
+        y = self._sb_compute(hidden_states, attention_mask)
+        return super().forward(hidden_states, attention_mask, *args, **kwargs) if y is None else y
+
+    def _sb_fusable_call(self, x, args, kwargs):
+        if self.training or (torch.is_grad_enabled() and x.requires_grad) or _recording_attentions():
+            return False
+        if x.dim() != 3 or x.dtype != torch.float32 or x.device.type != "cpu":
+            return False
+        return all(a is None for a in args) and all(
+            v is None or v is False for k, v in kwargs.items() if k not in _IGNORED_KWARGS)
+
+    def _sb_compute(self, x, attention_mask, strict=False):
+        """The fused layer on x (batch, seq, hidden); None if the mask is not a per-key padding
+        mask (strict: raise instead)."""
+        batch, seq, hidden = x.shape
+        key_mask = _cached_key_mask(attention_mask, batch, seq)
+        if key_mask is False:
+            if strict:
+                raise ValueError("sparsebench's fused transformer layers take a padding mask (one per key); "
+                                 "for other masks sparsify(..., fuse_layers=False)")
+            return None
+        layer, heads = self._sb_layer()
+        threads = layer.query.threads
+        ws = _workspace(hidden, layer.ffn_in.out_features, batch, seq)
+        mask = None
+        if key_mask is not None:
+            mask = ws.mask
+            mask[...] = key_mask
+        transpose = kernel_module(best_isa()).transpose
+        transpose(x.detach().reshape(batch * seq, hidden).contiguous().numpy(), ws.hidden, threads)
+        ops = encoder_module()
+        layer.forward(ws, heads, mask, ops, attention_kernel(_attention_dtype(layer, hidden // heads), ops), threads)
+        y = torch.empty((batch, seq, hidden), dtype=torch.float32)
+        transpose(ws.hidden, y.numpy().reshape(batch * seq, hidden), threads)
+        return y
+
+    def _sb_layer(self):
+        """(EncoderLayer, heads) over the current weights: made again when a part, a parameter or
+        a parameter's contents changed (checked on every call, as SparseLinear does)."""
+        parts = [_part(self, path) for path in _paths(self)["parts"]]
+        tensors = [m._parameters.get(name) for m in parts[:8] for name in ("weight", "bias")]
+        key = tuple(map(id, parts + tensors)) + tuple(map(_version, tensors)) + tuple(
+            lin.activation for lin in parts[:6])
+        cached = self.__dict__.get("_sb_cache")
+        if cached is None or cached[0] != key:
+            self._sb_cache = None
+            *linears, ln1, ln2, attention = parts
+            scale = float(attention.scaling)
+            lins = {name: lin._kernel_layer(scale if name == "query" else 1.0)
+                    for (name, _), lin in zip(_LINEARS, linears)}
+            layer = EncoderLayer(**lins, ln1=_layer_norm(ln1), ln2=_layer_norm(ln2), eps=ln1.eps)
+            # the parts and tensors stay referenced with the key, so their ids are not reused
+            cached = self._sb_cache = (key, layer, _heads(attention, linears[0].in_features), parts, tensors)
+        return cached[1], cached[2]
+
+
+def _part(module, path):
+    for name in path:
+        module = module._modules[name]
+    return module
+
+
+def _layer_norm(ln):
+    return ln.weight.detach().numpy(), ln.bias.detach().numpy()
+
+
+def _heads(attention, hidden):
+    heads = getattr(attention, "num_attention_heads", None) or getattr(attention, "n_heads")
+    if hidden % heads:
+        raise ValueError(f"hidden size {hidden} is not a multiple of {heads} heads")
+    return heads
+
+
+def _attention_dtype(layer, head_dim):
+    """int8 attention with int8 linear layers where the head size allows (as BertEncoder)."""
+    return "int8" if layer.query.dtype == "int8" and head_dim % 4 == 0 else "float32"
+
+
+def _workspace(hidden, intermediate, batch, seq):
+    """This thread's Workspace for that shape (one at a time: a new shape replaces it)."""
+    key = (hidden, intermediate, batch, seq)
+    if getattr(_workspaces, "key", None) != key:
+        _workspaces.ws = None                      # free the old buffers first
+        _workspaces.ws, _workspaces.key = Workspace(hidden, intermediate, batch, seq), key
+    return _workspaces.ws
+
+
+_last_mask = threading.local()
+
+
+def _cached_key_mask(mask, batch, seq):
+    """_key_mask, worked out once for the mask object every layer of a forward pass is given."""
+    key = (mask, _version(mask), batch, seq)
+    last = getattr(_last_mask, "entry", None)
+    if last is None or last[0] is not mask or last[1:4] != key[1:]:
+        last = _last_mask.entry = key + (_key_mask(mask, batch, seq),)
+    return last[4]
+
+
+def _key_mask(mask, batch, seq):
+    """transformers' attention mask as our additive per-key mask, numpy (batch, seq) float32:
+    None when nothing is masked, False when the mask is not a per-key padding mask. Takes (batch,
+    seq) 0/1, (batch, 1, 1 or seq, seq) bool (True: attend) or additive float (0 or the dtype's
+    minimum)."""
+    if mask is None:
+        return None
+    if mask.dim() == 4:
+        if mask.shape[0] != batch or mask.shape[1] != 1 or mask.shape[3] != seq:
+            return False
+        if mask.shape[2] > 1 and not bool((mask == mask[:, :, :1]).all()):
+            return False                           # rows differ: causal, or not a padding mask
+        mask = mask[:, 0, 0]
+        keep = mask if mask.dtype == torch.bool else mask == 0
+        if mask.dtype != torch.bool and not bool(((mask == 0) | (mask <= torch.finfo(mask.dtype).min / 2)).all()):
+            return False                           # an additive bias, not a mask
+    elif mask.dim() == 2 and tuple(mask.shape) == (batch, seq):
+        keep = mask != 0
+    else:
+        return False
+    if bool(keep.all()):
+        return None
+    return np.where(keep.numpy(), np.float32(0), np.finfo(np.float32).min).astype(np.float32)
+
+
+def _recording_attentions():
+    """Whether transformers is collecting attention weights (output_attentions=True) right now."""
+    try:
+        from transformers.utils.output_capturing import _active_collector
+    except ImportError:
+        return False
+    collected = _active_collector.get()
+    return collected is not None and "attentions" in collected
+
+
+_CLASSES = {}
+
+
+def fused_class(base):
+    """Sparse<base>: `base` with the fused forward (made once per class, found by pickle through
+    this module's __getattr__)."""
+    cls = _CLASSES.get(base.__name__)
+    if cls is None:
+        cls = type(f"Sparse{base.__name__}", (_FusedLayer, base), {"__module__": __name__})
+        _CLASSES[base.__name__] = cls
+    return cls
+
+
+def __getattr__(name):
+    """Sparse<class> for pickle and copy (made on first use from FUSABLE_LAYERS)."""
+    base = name[len("Sparse"):] if name.startswith("Sparse") else None
+    if base in FUSABLE_LAYERS:
+        return fused_class(getattr(importlib.import_module(FUSABLE_LAYERS[base][0]), base))
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@torch.library.custom_op("sparsebench::encoder_layer", mutates_args=())
+def encoder_layer(x: torch.Tensor, attention_mask: torch.Tensor | None, handle: int) -> torch.Tensor:
+    """The fused layer registered under `handle` on x (batch, seq, hidden)."""
+    layer = _LAYERS.get(handle)
+    if layer is None:
+        raise RuntimeError(f"sparsebench::encoder_layer: no live fused layer has handle {handle}")
+    return layer._sb_compute(x, attention_mask, strict=True)
+
+
+@torch.library.register_fake("sparsebench::encoder_layer")
+def _encoder_layer_fake(x, attention_mask, handle):
+    return torch.empty_like(x)

@@ -1,0 +1,205 @@
+"""sparsify: swap sparsebench's kernels into a PyTorch model in place, with a summary of what changed."""
+import dataclasses
+import fnmatch
+import math
+import warnings
+
+import torch
+
+from ..blocks import SUPPORTED_BLOCKS, check_block
+from ..models.bert import tuned_table
+from ..models.linear import detect_block
+from ..quant import INT8_BLOCKS
+from .layers import _FusedLayer, fuse_layers as fuse_layer_modules
+from .linear import SparseLinear, _check_weight
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSummary:
+    """What sparsify did with one nn.Linear."""
+
+    name: str
+    shape: tuple                # (out_features, in_features)
+    block: tuple                # None when the weight has no block pattern (dense)
+    sparsity: float             # block sparsity of the weight (after pruning)
+    kernel: str                 # "dense", or the kernel per tuned token count, or "default heuristic"
+    note: str = ""              # why a layer stayed dense
+
+
+class SparsifySummary(list):
+    """The LayerSummary of every nn.Linear sparsify looked at; str() is a table. `fused_layers`:
+    the transformer layers that run whole on our kernels; `unfused_layers`: {name: why not}."""
+
+    def __init__(self, rows=()):
+        super().__init__(rows)
+        self.fused_layers, self.unfused_layers = [], {}
+
+    @property
+    def replaced(self):
+        return [row for row in self if row.kernel != "dense"]
+
+    def __str__(self):
+        head = ("layer", "shape", "block", "sparsity", "kernel")
+        body = [(r.name, "%dx%d" % r.shape, "-" if r.block is None else "%dx%d" % r.block, f"{r.sparsity:.1%}",
+                 r.kernel + (f" ({r.note})" if r.note else "")) for r in self]
+        widths = [max(len(row[i]) for row in [head] + body) for i in range(len(head) - 1)]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1] for row in [head] + body]
+        lines.append(f"{len(self.replaced)} of {len(self)} linear layers on sparsebench's kernels")
+        if self.fused_layers or self.unfused_layers:
+            lines.append(f"{len(self.fused_layers)} of {len(self.fused_layers) + len(self.unfused_layers)} "
+                         "transformer layers run whole on sparsebench's kernels")
+        lines += [f"  {name} not fused: {why}" for name, why in self.unfused_layers.items()]
+        return "\n".join(lines)
+
+
+def sparsify(model, sparsity=None, block=None, dtype="float32", tuned=None, min_sparsity=0.5,
+             include=None, exclude=None, threads=None, fuse_gelu=True, fuse_layers=True):
+    """Replace, in place, the nn.Linear layers of `model` by SparseLinear; return a SparsifySummary.
+
+    With sparsity=None a layer is replaced when its weight is at least `min_sparsity` block
+    sparse (its block pattern detected, or in `block` blocks); with a sparsity every layer is
+    pruned to it (in `block` blocks, default 4x1). `include` / `exclude` are shell-style patterns
+    (fnmatch, e.g. "encoder.layer.*.intermediate.*"), one or a list, on the names of
+    model.named_modules(). With `tuned` (path or table), a layer whose tuned verdict is "dense" at
+    every token count tuned for its shape stays an nn.Linear (with the pruned weight when
+    pruning); other layers still ask the table per N at call time. `threads` as for SparseLinear.
+    Nothing is changed if a layer
+    cannot be converted; a layer whose weight is tied to another parameter (a language-model
+    decoder to the word embeddings) stays as it is; a model with nothing sparse enough is left
+    alone with a warning. `fuse_gelu`: where transformers' feed-forward block applies an exact
+    GELU right after a replaced layer (FUSABLE_GELU), the kernel applies it in its epilogue and
+    the activation module becomes nn.Identity. `fuse_layers`: every transformer layer of BERT,
+    RoBERTa (MiniLM) or DistilBERT whose linear layers were all replaced runs whole on our
+    kernels, as sparsebench's BertEncoder does (see sparsebench.torch.layers; transformers' own
+    forward still runs for calls the fused layer does not cover).
+    """
+    if isinstance(model, torch.nn.Linear):
+        raise TypeError("sparsify replaces the linear layers inside a model; for one nn.Linear use "
+                        "SparseLinear.from_linear(linear, ...)")
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"sparsify takes a torch.nn.Module, got {type(model).__name__}")
+    if not 0.0 <= min_sparsity <= 1.0:
+        raise ValueError(f"min_sparsity must be in [0, 1], got {min_sparsity!r}")
+    table = tuned_table(tuned)
+    include, exclude = _patterns(include, "include"), _patterns(exclude, "exclude")
+    names = {}
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        names.setdefault(parameter, []).append(name)
+    planned, summary = [], SparsifySummary()
+    for name, linear in model.named_modules():
+        if not isinstance(linear, torch.nn.Linear) or (include and not _matches(name, include)) \
+                or _matches(name, exclude):
+            continue
+        shape = tuple(linear.weight.shape)
+        tied = [other for other in names[linear.weight] if other != f"{name}.weight"]
+        if tied:
+            summary.append(LayerSummary(name, shape, None, 0.0, "dense", f"weight tied to {tied[0]}"))
+            continue
+        if sparsity is None:
+            _check_weight(linear.weight, f"{name}.weight")
+            found, measured = _weight_blocks(linear.weight.detach().numpy(), block, dtype)
+            if found is None or measured < min_sparsity:
+                summary.append(LayerSummary(name, shape, found, measured, "dense",
+                                            f"{measured:.1%} block sparse < min_sparsity {min_sparsity:g}"))
+                continue
+        layer = SparseLinear.from_linear(linear, sparsity, block, dtype, table, threads)
+        kernel = _tuned_kernels(layer)
+        row = LayerSummary(name, shape, layer.block, layer.sparsity, kernel or "default heuristic")
+        if kernel == "dense":
+            row = dataclasses.replace(row, note="tuned: dense is faster")
+        planned.append((name, linear, layer, kernel == "dense"))
+        summary.append(row)
+    for name, linear, layer, stays_dense in planned:
+        if not stays_dense:
+            model.set_submodule(name, layer)
+        elif sparsity is not None:     # a new parameter, so that weights tied to the old one stay
+            linear.weight = torch.nn.Parameter(layer.weight, requires_grad=linear.weight.requires_grad)
+    if fuse_gelu:
+        fused = _fuse_gelu(model)
+        summary[:] = [dataclasses.replace(row, note=(row.note + "; " if row.note else "") + "GELU fused")
+                      if row.name in fused else row for row in summary]
+    if fuse_layers:
+        summary.unfused_layers = fuse_layer_modules(model)
+        summary.fused_layers = [name for name, module in model.named_modules() if isinstance(module, _FusedLayer)]
+    if not summary.replaced:
+        warnings.warn(f"sparsify: no linear layer of {type(model).__name__} is sparse enough "
+                      f"(min_sparsity {min_sparsity:g}); the model is unchanged. Pass sparsity=0.9 to prune it.",
+                      stacklevel=2)
+    return summary
+
+
+#: (module class, linear attribute, activation attribute) of the transformers blocks whose forward
+#: is activation(linear(x)) and nothing else reads the linear's output: BERT's, RoBERTa's (and
+#: MiniLM's) intermediate layer, DistilBERT's feed-forward block
+FUSABLE_GELU = (("BertIntermediate", "dense", "intermediate_act_fn"),
+                ("RobertaIntermediate", "dense", "intermediate_act_fn"),
+                ("FFN", "lin1", "activation"))
+
+
+def _exact_gelu(module):
+    """Whether `module` is the exact (erf) GELU: nn.GELU() or transformers' GELUActivation."""
+    if isinstance(module, torch.nn.GELU):
+        return module.approximate == "none"
+    act = getattr(module, "act", None)
+    return type(module).__name__ == "GELUActivation" and (
+        act is torch.nn.functional.gelu or getattr(act, "__name__", "") == "_gelu_python")
+
+
+def _fuse_gelu(model):
+    """Move the GELU of every FUSABLE_GELU block whose linear is a SparseLinear into its kernel;
+    the names of those linear layers."""
+    fused = set()
+    for name, parent in model.named_modules():
+        for cls, linear_name, act_name in FUSABLE_GELU:
+            if type(parent).__name__ != cls or not type(parent).__module__.startswith("transformers."):
+                continue
+            linear, act = getattr(parent, linear_name, None), getattr(parent, act_name, None)
+            if isinstance(linear, SparseLinear) and linear.activation is None and _exact_gelu(act):
+                linear.activation = "gelu"
+                linear._kernel_layer()                 # rebuilt now, not at the first call
+                setattr(parent, act_name, torch.nn.Identity())
+                fused.add(f"{name}.{linear_name}" if name else linear_name)
+    return fused
+
+
+def _patterns(patterns, what):
+    if patterns is None:
+        return ()
+    if isinstance(patterns, str):
+        return (patterns,)
+    if not all(isinstance(p, str) for p in patterns):
+        raise TypeError(f"{what} takes fnmatch patterns (a string or a list of strings), got {patterns!r}")
+    return tuple(patterns)
+
+
+def _matches(name, patterns):
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def _weight_blocks(weight, block, dtype):
+    """(block, block sparsity) of a weight: `block` as given, else the pattern detect_block finds."""
+    if block is None:
+        found, measured = detect_block(weight, INT8_BLOCKS if dtype == "int8" else SUPPORTED_BLOCKS)
+        return found, float(measured)
+    block = check_block(block)
+    return block, float(detect_block(weight, (block,), tolerance=math.inf)[1])    # any block fits: its sparsity
+
+
+def _tuned_kernels(layer):
+    """"N=128: config, N=384: dense" for every token count tuned for exactly this layer, "dense"
+    if all of them say dense, None without a tuned table (or with nothing tuned for it)."""
+    if layer.tuned is None:
+        return None
+    M, K = layer.out_features, layer.in_features
+    tokens = sorted({e["N"] for e in getattr(layer.tuned, "entries", ())
+                     if (e["M"], e["K"], tuple(e["block"]), e["dtype"]) == (M, K, layer.block, layer.dtype)})
+    kernel_layer = layer._kernel_layer()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")           # the nearest-shape fallbacks are not listed
+        plans = {n: kernel_layer.plan(n) for n in tokens}
+    exact = {n: p.kernel for n, p in plans.items() if p.source == "tuned"}
+    if not exact:
+        return None
+    if set(exact.values()) == {"dense"}:
+        return "dense"
+    return ", ".join(f"N={n}: {kernel}" for n, kernel in exact.items())
