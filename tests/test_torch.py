@@ -540,6 +540,12 @@ def test_fused_layers_run_whole_and_match_dense(kind, attention, monkeypatch):
             ref = dense(input_ids=args[0], attention_mask=args[1]).last_hidden_state
         assert rel_diff(y.numpy(), ref.numpy()) <= 1e-4
     assert calls == ([] if kind == "distilbert" else [64] * 3)      # the pooler only
+    seen = []                                       # torch's own ops run on one thread up to the last fused layer
+    model.get_submodule(f"{prefix}.1").register_forward_pre_hook(lambda m, a: seen.append(torch.get_num_threads()))
+    threads = torch.get_num_threads()
+    with torch.inference_mode():
+        model(input_ids=ids, attention_mask=mask)
+    assert seen == [1] and torch.get_num_threads() == threads
 
 
 @needs_torch
@@ -553,9 +559,11 @@ def test_fused_layers_fall_back_to_transformers_where_they_must():
         want = dense(input_ids=ids, attention_mask=mask, output_attentions=True)
     assert len(got.attentions) == 2 and rel_diff(got.attentions[1].numpy(), want.attentions[1].numpy()) <= 1e-4
     assert rel_diff(got.last_hidden_state.numpy(), want.last_hidden_state.numpy()) <= 1e-4
+    threads = torch.get_num_threads()
     model.train()                                   # training: transformers' forward, whose linears refuse
     with pytest.raises(RuntimeError, match="inference only"):
         model(input_ids=ids, attention_mask=mask)
+    assert torch.get_num_threads() == threads       # torch's threads given back, even after an error
     for options, why in (({"fuse_layers": False}, None), ({"fuse_gelu": False}, "GELU is not fused"),
                          ({"exclude": "*.output.dense"}, "not every linear layer")):
         other = tiny_hf("bert")

@@ -68,9 +68,10 @@ def add_parser(subparsers):
                    help="self-attention kernel (default: as --dtype; int8 needs AVX512-VNNI)")
     q.add_argument("--tuned", default=None, metavar="FILE", help="tuned kernel configs (from the tuner)")
     q.add_argument("--compare", type=_methods, default=None,
-                   help="baselines, comma-separated: dense,fp32,torch,torch-sparsify,onnxruntime,whole-batch,"
-                   "one-by-one, or none (default dense; dense,fp32 with --dtype int8; fp32 = our runner on the "
-                   "float32 sparse kernels; torch-sparsify = the transformers model with its linear layers on our "
+                   help="baselines, comma-separated: dense,fp32,torch,torch-sparsify,torch-sparsify-fp32,"
+                   "onnxruntime,whole-batch,one-by-one, or none (default dense; dense,fp32 with --dtype int8; fp32 = "
+                   "our runner on the float32 sparse kernels; torch-sparsify = the transformers model after "
+                   "sparsebench.torch.sparsify (in --dtype), torch-sparsify-fp32 = the same on the float32 "
                    "kernels; whole-batch = ours with the batch in one pass; one-by-one = ours called on one "
                    "sequence at a time)")
     q.add_argument("--latency-budget", type=duration, default=None, metavar="TIME",

@@ -29,10 +29,13 @@ from .bert import CATEGORIES
 
 #: methods `compare` can add beside ours ("sparsebench"); "fp32" is our runner on the float32
 #: sparse kernels, the yardstick of an int8 encoder; "torch-sparsify" is the transformers model
-#: with its linear layers on our kernels (sparsebench.torch.sparsify); "whole-batch" is ours with
-#: the batch in one pass (tokens_per_pass None), "one-by-one" ours called on one sequence at a
-#: time (what batching must beat)
-BASELINES = ("dense", "fp32", "torch", "torch-sparsify", "onnxruntime", "whole-batch", "one-by-one")
+#: on our kernels (sparsebench.torch.sparsify), "torch-sparsify-fp32" the same on the float32
+#: kernels (int8 sparsify's yardstick); "whole-batch" is ours with the batch in one pass
+#: (tokens_per_pass None), "one-by-one" ours called on one sequence at a time (what batching must beat)
+BASELINES = ("dense", "fp32", "torch", "torch-sparsify", "torch-sparsify-fp32", "onnxruntime", "whole-batch",
+             "one-by-one")
+#: methods that compute in the encoder's dtype (the others are float32)
+IN_ENCODER_DTYPE = ("sparsebench", "whole-batch", "one-by-one", "torch-sparsify")
 #: methods that run every linear layer dense (their useful work is 2*M*K per token)
 DENSE_RUNNERS = ("dense", "torch", "onnxruntime")
 #: the transformers class of each model type, and whether it takes add_pooling_layer
@@ -106,7 +109,7 @@ def torch_model(enc):
     return model.eval()
 
 
-def torch_method(enc, inputs, threads, sparsify=False):
+def torch_method(enc, inputs, threads, sparsify=False, name=None):
     """PyTorch eager on `enc`'s weights: dense, or with sparsify its linear layers on our kernels
     (the layers whose weights have a block pattern; with enc's tuned table, dtype and threads)."""
     import torch
@@ -130,7 +133,7 @@ def torch_method(enc, inputs, threads, sparsify=False):
             return model(**feeds).last_hidden_state.numpy()
 
     import transformers
-    return Method("torch-sparsify" if sparsify else "torch",
+    return Method(name or ("torch-sparsify" if sparsify else "torch"),
                   f"PyTorch eager, transformers {type(model).__name__} ({model.config._attn_implementation} "
                   f"attention), {what}", run, f"torch {torch.__version__}, transformers {transformers.__version__}")
 
@@ -254,6 +257,8 @@ def compare(enc, batch, seq, baselines=("dense",), threads=None, samples=30, tim
                     methods.append(ours(enc, inputs, name=name))
                 elif name in ("torch", "torch-sparsify"):
                     methods.append(torch_method(enc, inputs, threads, sparsify=name == "torch-sparsify"))
+                elif name == "torch-sparsify-fp32":
+                    methods.append(torch_method(enc.as_float32(), inputs, threads, sparsify=True, name=name))
                 elif name == "onnxruntime":
                     methods.append(onnxruntime_method(enc, inputs, threads, workdir))
                 else:
@@ -267,7 +272,7 @@ def compare(enc, batch, seq, baselines=("dense",), threads=None, samples=30, tim
     rows = []
     for m in methods:
         dense = m.name in DENSE_RUNNERS
-        dtype = enc.dtype if m.name in ("sparsebench", "whole-batch", "one-by-one") else "float32"
+        dtype = enc.dtype if m.name in IN_ENCODER_DTYPE else "float32"
         row = {"method": m.name, "description": m.description, "version": m.version, "batch": batch,
                "seq": seq, "threads": threads, **latency_row(stats[m.name], batch),
                "max_rel_diff_vs_ours": diffs[m.name],

@@ -37,7 +37,8 @@ BERT_OPTIONAL = ("sparsity", "block", "batch", "seq", "threads", "throughput", "
 #: other names the BERT runner gives these columns
 BERT_ALIASES = {"method": "runner", "throughput_seq_s": "throughput"}
 #: the runners an int8 BERT run measures in int8, and their names in the report
-INT8_RUNNERS = {"sparsebench": "sparsebench-int8", "whole-batch": "whole-batch-int8", "one-by-one": "one-by-one-int8"}
+INT8_RUNNERS = {"sparsebench": "sparsebench-int8", "whole-batch": "whole-batch-int8", "one-by-one": "one-by-one-int8",
+                "torch-sparsify": "torch-sparsify-int8"}
 BREAKDOWN_REQUIRED = ("model", "category", "ms")
 BREAKDOWN_OPTIONAL = ("sparsity", "block", "batch", "seq", "threads")
 COMPARE_NUMERIC = ("M", "K", "N", "sparsity", "threads", "median_ms", "p20_ms", "p80_ms", "min_ms",
@@ -302,8 +303,9 @@ def _read_bert(path):
             df[col] = "" if col in ("block", "unstable") else float("nan")
     df["unstable"] = df["unstable"].astype(str) == "True"
     if "dtype" in df:
-        # an int8 run adds its own runners (ours, and ours with the batch in one pass or one
-        # sequence at a time); its other runners repeat the float32 run's
+        # an int8 run adds its own runners (ours, ours with the batch in one pass or one sequence
+        # at a time, the transformers model after int8 sparsify); its other runners repeat the
+        # float32 run's
         int8 = df["dtype"] == "int8"
         own = df["runner"].isin(INT8_RUNNERS)
         df = df[~int8 | own].copy()

@@ -55,7 +55,7 @@ _workspaces = threading.local()                   # this thread's buffers, share
 def fuse_layers(model):
     """Turn every fusable transformer layer of `model` into its Sparse<class> (in place); return
     {layer name: why it was not fused} for the layers of FUSABLE_LAYERS' classes left as they were."""
-    skipped = {}
+    skipped, last = {}, None
     for name, module in model.named_modules():
         paths = _paths(module)
         if paths is None or isinstance(module, _FusedLayer):
@@ -66,7 +66,35 @@ def fuse_layers(model):
             continue
         module.__class__ = fused_class(type(module))
         module._sb_register()
+        last = module
+    if last is not None and not getattr(model, "_sb_one_torch_thread", False):
+        model.register_forward_pre_hook(_one_torch_thread)
+        for module in (last, model):
+            module.register_forward_hook(_torch_threads_back, always_call=True)
+        model._sb_one_torch_thread = True
     return skipped
+
+
+#: PyTorch's threads while a fused model runs, kept from its start to the end of its last fused
+#: layer: the OpenMP workers of a torch op spin for milliseconds after it (libgomp's default
+#: GOMP_SPINCOUNT) on the cores our pool needs. BERT-Base after sparsify, torch imported first,
+#: 2 threads: 1.32x our BertEncoder's time with its embeddings on 2 torch threads, 1.14-1.17x on
+#: one (side by side, 2 runs).
+_torch_threads = threading.local()
+
+
+def _one_torch_thread(module, args):
+    if torch.compiler.is_compiling() or getattr(_torch_threads, "saved", None) is not None:
+        return
+    _torch_threads.saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+
+
+def _torch_threads_back(module, args, output):
+    saved = getattr(_torch_threads, "saved", None)
+    if saved is not None and not torch.compiler.is_compiling():
+        torch.set_num_threads(saved)
+        _torch_threads.saved = None
 
 
 def _paths(module):
