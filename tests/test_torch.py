@@ -5,6 +5,7 @@ import importlib
 import io
 import pickle
 import sys
+import threading
 import warnings
 
 import numpy as np
@@ -168,7 +169,7 @@ def test_the_op_refuses_a_freed_handle():
     layer = sbt.SparseLinear.from_linear(linear(8, 8), sparsity=0.5)
     handle = layer._handle
     del layer
-    with pytest.raises(RuntimeError, match=f"no live SparseLinear has handle {handle}"):
+    with pytest.raises(RuntimeError, match=f"no live sparsebench module has handle {handle}"):
         torch.ops.sparsebench.spmm_linear(torch.randn(2, 8), handle, 8)
 
 
@@ -540,12 +541,22 @@ def test_fused_layers_run_whole_and_match_dense(kind, attention, monkeypatch):
             ref = dense(input_ids=args[0], attention_mask=args[1]).last_hidden_state
         assert rel_diff(y.numpy(), ref.numpy()) <= 1e-4
     assert calls == ([] if kind == "distilbert" else [64] * 3)      # the pooler only
-    seen = []                                       # torch's own ops run on one thread up to the last fused layer
-    model.get_submodule(f"{prefix}.1").register_forward_pre_hook(lambda m, a: seen.append(torch.get_num_threads()))
+    seen = []                                       # torch's own ops run on one thread up to the first fused layer
+    for i in range(2):
+        model.get_submodule(f"{prefix}.{i}").register_forward_pre_hook(
+            lambda m, a: seen.append(torch.get_num_threads()))
     threads = torch.get_num_threads()
     with torch.inference_mode():
         model(input_ids=ids, attention_mask=mask)
-    assert seen == [1] and torch.get_num_threads() == threads
+    assert seen == [1, threads] and torch.get_num_threads() == threads
+    seen.clear()                                    # but only the main thread changes the process-wide count
+    def forward():
+        with torch.inference_mode():                # grad mode is per thread
+            model(input_ids=ids, attention_mask=mask)
+    worker = threading.Thread(target=forward)
+    worker.start()
+    worker.join()
+    assert seen == [threads, threads]
 
 
 @needs_torch
@@ -582,15 +593,16 @@ def test_fused_masks_are_per_key_padding_or_refused():
     from sparsebench.torch.layers import _key_mask
     keep = torch.tensor([[True, True, False], [True, True, True]])
     lowest = torch.finfo(torch.float32).min
-    want = np.where(keep.numpy(), 0, np.finfo(np.float32).min)
     square = keep[:, None, None, :].expand(2, 1, 3, 3)
     for mask in (keep.long(), keep[:, None, None, :], square, torch.where(square, 0.0, lowest)):
-        assert np.array_equal(_key_mask(mask, 2, 3), want)
+        assert np.array_equal(_key_mask(mask, 2, 3), keep.numpy())
     assert _key_mask(None, 2, 3) is None and _key_mask(torch.ones(2, 1, 3, 3, dtype=torch.bool), 2, 3) is None
     causal = torch.ones(3, 3, dtype=torch.bool).tril()[None, None].expand(2, 1, 3, 3)
     assert _key_mask(causal, 2, 3) is False                          # rows differ
     assert _key_mask(torch.full((2, 1, 1, 3), -2.0), 2, 3) is False  # a bias, not a mask
     assert _key_mask(keep[:, None, None, :], 2, 4) is False          # another shape
+    assert _key_mask(keep[:, None, None, :].long(), 2, 3) is False   # neither bool nor float
+    assert _key_mask(object(), 2, 3) is False                        # not a tensor (flex attention's BlockMask)
 
 
 @needs_torch
@@ -600,6 +612,7 @@ def test_fused_models_pickle_copy_and_compile(tmp_path):
     ids, mask = padded_inputs()
     with torch.inference_mode():
         want = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert "_sb_cache" in model.transformer.layer[0].__dict__ and b"_sb_cache" not in pickle.dumps(model)
     torch.save(model, tmp_path / "model.pt")
     for restored in (pickle.loads(pickle.dumps(model)), copy.deepcopy(model),
                      torch.load(tmp_path / "model.pt", weights_only=False)):
@@ -610,6 +623,20 @@ def test_fused_models_pickle_copy_and_compile(tmp_path):
     with torch.inference_mode():
         got = compiled(input_ids=ids, attention_mask=mask).last_hidden_state
     assert rel_diff(got.numpy(), want.numpy()) <= 1e-6
+
+
+@needs_torch
+def test_fused_layers_fall_back_on_empty_input_and_changed_parts():
+    model = tiny_hf("bert")
+    summary, dense = sparsified_and_dense(model, sparsity=0.8)
+    for layer in (model.encoder.layer[0], dense.encoder.layer[0]):      # no tokens: what transformers does
+        with torch.inference_mode(), pytest.raises(RuntimeError, match="tensor of 0 elements"):
+            layer(torch.zeros(1, 0, 64))
+    ids, mask = padded_inputs()
+    model.encoder.layer[1].output.dense = copy.deepcopy(dense.encoder.layer[1].output.dense)   # nn.Linear again
+    with torch.inference_mode():
+        y, want = (m(input_ids=ids, attention_mask=mask).last_hidden_state for m in (model, dense))
+    assert rel_diff(y.numpy(), want.numpy()) <= 1e-4
 
 
 @needs_torch

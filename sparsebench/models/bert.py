@@ -533,9 +533,7 @@ class BertEncoder:
         timer.lap("embeddings")
         ops.add_layer_norm(ws.hidden, *self.embeddings_ln, eps, None, threads)
         timer.lap("LayerNorm")
-        key_mask = None
-        if mask is not None:
-            key_mask = np.multiply(1.0 - mask, np.finfo(np.float32).min, out=ws.mask)
+        key_mask = None if mask is None else key_mask_into(mask, ws.mask)
         for layer in self.layers:
             layer.forward(ws, c.heads, key_mask, ops, self._attend, threads, timer)
         np.copyto(out.reshape(batch * seq, c.hidden), ws.hidden.T)
@@ -574,6 +572,12 @@ def _tokens_per_pass(value):
     if n < 1:
         raise ModelError(f"tokens_per_pass must be a positive integer or None, got {value!r}")
     return n
+
+
+def key_mask_into(keep, out):
+    """`out` (batch, seq) float32 <- the attention kernels' additive mask: 0 for the keys `keep`
+    marks (nonzero or True), float32's minimum for the others."""
+    return np.multiply(1.0 - np.asarray(keep, np.float32), np.finfo(np.float32).min, out=out)
 
 
 def _roberta_positions(ids, pad):

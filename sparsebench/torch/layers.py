@@ -14,16 +14,13 @@ mask that is not a per-key padding mask (causal, or a bias). Forward hooks on th
 hooks on the modules inside it do not, as in any fused kernel.
 """
 import importlib
-import itertools
 import threading
-import weakref
 
-import numpy as np
 import torch
 
 from ..cpu import best_isa, encoder_module, kernel_module
-from ..models.bert import _DISTILBERT_NAMES, _LINEARS, EncoderLayer, Workspace, attention_kernel
-from .linear import SparseLinear, _version
+from ..models.bert import _DISTILBERT_NAMES, _LINEARS, EncoderLayer, Workspace, attention_kernel, key_mask_into
+from .linear import SparseLinear, _version, register_handle, registered
 
 __all__ = ["FUSABLE_LAYERS", "fuse_layers"]
 
@@ -47,15 +44,14 @@ FUSABLE_LAYERS = {
 #: layer keyword arguments that are harmless when set (the rest, when not None or False, fall back)
 _IGNORED_KWARGS = frozenset({"output_hidden_states", "return_dict", "use_cache", "cache_position", "position_ids"})
 
-_LAYERS = weakref.WeakValueDictionary()           # handle -> fused layer, for the custom op
-_NEXT_HANDLE = itertools.count(1)
 _workspaces = threading.local()                   # this thread's buffers, shared by every fused layer
+_pass = threading.local()                         # this thread's forward pass: its converted mask
 
 
 def fuse_layers(model):
     """Turn every fusable transformer layer of `model` into its Sparse<class> (in place); return
     {layer name: why it was not fused} for the layers of FUSABLE_LAYERS' classes left as they were."""
-    skipped, last = {}, None
+    skipped = {}
     for name, module in model.named_modules():
         paths = _paths(module)
         if paths is None or isinstance(module, _FusedLayer):
@@ -65,36 +61,56 @@ def fuse_layers(model):
             skipped[name] = why
             continue
         module.__class__ = fused_class(type(module))
-        module._sb_register()
-        last = module
-    if last is not None and not getattr(model, "_sb_one_torch_thread", False):
-        model.register_forward_pre_hook(_one_torch_thread)
-        for module in (last, model):
-            module.register_forward_hook(_torch_threads_back, always_call=True)
-        model._sb_one_torch_thread = True
+        module._sb_handle = register_handle(module)
+    fusable = [m for m in model.modules() if _paths(m) is not None]
+    fused = [m for m in fusable if isinstance(m, _FusedLayer)]
+    if fused and not getattr(model, "_sb_hooked", False):
+        model.register_forward_pre_hook(_forward_starts)
+        model.register_forward_hook(_forward_ends, always_call=True)
+        fused[0].register_forward_hook(_torch_threads_back, always_call=True)
+        model._sb_hooked = True
+    model._sb_one_torch_thread = bool(fused) and len(fused) == len(fusable)
     return skipped
 
 
-#: PyTorch's threads while a fused model runs, kept from its start to the end of its last fused
-#: layer: the OpenMP workers of a torch op spin for milliseconds after it (libgomp's default
-#: GOMP_SPINCOUNT) on the cores our pool needs. BERT-Base after sparsify, torch imported first,
-#: 2 threads: 1.32x our BertEncoder's time with its embeddings on 2 torch threads, 1.14-1.17x on
-#: one (side by side, 2 runs).
-_torch_threads = threading.local()
+# A fused model's hooks, at its start and end, and after its first fused layer. From the start
+# to the end of the first fused layer, when every layer was fused, PyTorch's own ops (the
+# embeddings) run on one thread: after each op PyTorch's OpenMP workers spin for milliseconds
+# (libgomp's default GOMP_SPINCOUNT) on the cores our pool needs. BERT-Base after sparsify, torch
+# imported first, 2 threads: 1.32x our BertEncoder's time with the embeddings on 2 torch
+# threads, 1.14-1.17x on one (side by side, 2 runs). torch.set_num_threads is process-wide, so
+# only the main thread changes it; a fallback to transformers' forward gets the count back first.
+_saved_threads = None
 
 
-def _one_torch_thread(module, args):
-    if torch.compiler.is_compiling() or getattr(_torch_threads, "saved", None) is not None:
+def _forward_starts(model, args):
+    if torch.compiler.is_compiling():
         return
-    _torch_threads.saved = torch.get_num_threads()
-    torch.set_num_threads(1)
+    _pass.mask = None
+    global _saved_threads
+    if (model._sb_one_torch_thread and _saved_threads is None
+            and threading.current_thread() is threading.main_thread()):
+        _saved_threads = torch.get_num_threads()
+        torch.set_num_threads(1)
 
 
-def _torch_threads_back(module, args, output):
-    saved = getattr(_torch_threads, "saved", None)
-    if saved is not None and not torch.compiler.is_compiling():
-        torch.set_num_threads(saved)
-        _torch_threads.saved = None
+def _forward_ends(model, args, output):
+    if torch.compiler.is_compiling():
+        return
+    _pass.mask = None
+    _restore_torch_threads()
+
+
+def _torch_threads_back(layer, args, output):
+    if not torch.compiler.is_compiling():
+        _restore_torch_threads()
+
+
+def _restore_torch_threads():
+    global _saved_threads
+    if _saved_threads is not None and threading.current_thread() is threading.main_thread():
+        torch.set_num_threads(_saved_threads)
+        _saved_threads = None
 
 
 def _paths(module):
@@ -130,47 +146,49 @@ def _unfusable(module, paths):
 class _FusedLayer:
     """The forward of every Sparse<layer class> (first base of each, see fused_class)."""
 
-    def _sb_register(self):
-        self._sb_handle = next(_NEXT_HANDLE)
-        _LAYERS[self._sb_handle] = self
+    def __getstate__(self):
+        state = super().__getstate__().copy()
+        for name in ("_sb_handle", "_sb_cache"):
+            state.pop(name, None)
+        return state
 
     def __setstate__(self, state):
         super().__setstate__(state)
-        self._sb_register()
+        self._sb_handle = register_handle(self)
 
     def forward(self, hidden_states, attention_mask=None, *args, **kwargs):
-        if not self._sb_fusable_call(hidden_states, args, kwargs):
-            return super().forward(hidden_states, attention_mask, *args, **kwargs)
-        if torch.compiler.is_compiling():
-            return torch.ops.sparsebench.encoder_layer(hidden_states, attention_mask, self._sb_handle)
-        y = self._sb_compute(hidden_states, attention_mask)
-        return super().forward(hidden_states, attention_mask, *args, **kwargs) if y is None else y
+        if self._sb_fusable_call(hidden_states, args, kwargs):
+            if torch.compiler.is_compiling():
+                return torch.ops.sparsebench.encoder_layer(hidden_states, attention_mask, self._sb_handle)
+            y = self._sb_compute(hidden_states, attention_mask)
+            if y is not None:
+                return y
+            _restore_torch_threads()
+        return super().forward(hidden_states, attention_mask, *args, **kwargs)
 
     def _sb_fusable_call(self, x, args, kwargs):
         if self.training or (torch.is_grad_enabled() and x.requires_grad) or _recording_attentions():
             return False
-        if x.dim() != 3 or x.dtype != torch.float32 or x.device.type != "cpu":
+        if x.dim() != 3 or x.dtype != torch.float32 or x.device.type != "cpu" or x.numel() == 0:
             return False
         return all(a is None for a in args) and all(
             v is None or v is False for k, v in kwargs.items() if k not in _IGNORED_KWARGS)
 
     def _sb_compute(self, x, attention_mask, strict=False):
-        """The fused layer on x (batch, seq, hidden); None if the mask is not a per-key padding
-        mask (strict: raise instead)."""
+        """The fused layer on x (batch, seq, hidden); None if it cannot run it (a mask that is
+        not a per-key padding mask, parts changed since fusing), strict: raise instead."""
         batch, seq, hidden = x.shape
-        key_mask = _cached_key_mask(attention_mask, batch, seq)
-        if key_mask is False:
+        keep = _pass_key_mask(attention_mask, batch, seq)
+        fused = self._sb_layer() if keep is not False else None
+        if fused is None:
             if strict:
-                raise ValueError("sparsebench's fused transformer layers take a padding mask (one per key); "
-                                 "for other masks sparsify(..., fuse_layers=False)")
+                raise ValueError("this call needs transformers' own forward (a mask other than a per-key "
+                                 "padding mask, or parts changed since sparsify): sparsify(..., fuse_layers=False)")
             return None
-        layer, heads = self._sb_layer()
+        layer, heads = fused
         threads = layer.query.threads
         ws = _workspace(hidden, layer.ffn_in.out_features, batch, seq)
-        mask = None
-        if key_mask is not None:
-            mask = ws.mask
-            mask[...] = key_mask
+        mask = None if keep is None else key_mask_into(keep, ws.mask)
         transpose = kernel_module(best_isa()).transpose
         transpose(x.detach().reshape(batch * seq, hidden).contiguous().numpy(), ws.hidden, threads)
         ops = encoder_module()
@@ -180,19 +198,24 @@ class _FusedLayer:
         return y
 
     def _sb_layer(self):
-        """(EncoderLayer, heads) over the current weights: made again when a part, a parameter or
-        a parameter's contents changed (checked on every call, as SparseLinear does)."""
-        parts = [_part(self, path) for path in _paths(self)["parts"]]
+        """(EncoderLayer, heads) over the current weights, or None if the layer no longer fuses
+        (_unfusable): made again when a part, a parameter or its contents, an activation or an
+        eps changed (checked on every call, as SparseLinear does)."""
+        paths = _paths(self)
+        parts = [_part(self, path) for path in paths["parts"]]
         tensors = [m._parameters.get(name) for m in parts[:8] for name in ("weight", "bias")]
         key = tuple(map(id, parts + tensors)) + tuple(map(_version, tensors)) + tuple(
-            lin.activation for lin in parts[:6])
+            getattr(m, "activation", None) for m in parts[:6]) + tuple(getattr(m, "eps", None) for m in parts[6:8])
         cached = self.__dict__.get("_sb_cache")
         if cached is None or cached[0] != key:
             self._sb_cache = None
+            if _unfusable(self, paths):
+                return None
             *linears, ln1, ln2, attention = parts
             scale = float(attention.scaling)
             lins = {name: lin._kernel_layer(scale if name == "query" else 1.0)
                     for (name, _), lin in zip(_LINEARS, linears)}
+            linears[0]._kernels.pop(1.0, None)     # the query's unscaled matrix: not needed while fused
             layer = EncoderLayer(**lins, ln1=_layer_norm(ln1), ln2=_layer_norm(ln2), eps=ln1.eps)
             # the parts and tensors stay referenced with the key, so their ids are not reused
             cached = self._sb_cache = (key, layer, _heads(attention, linears[0].in_features), parts, tensors)
@@ -230,41 +253,40 @@ def _workspace(hidden, intermediate, batch, seq):
     return _workspaces.ws
 
 
-_last_mask = threading.local()
-
-
-def _cached_key_mask(mask, batch, seq):
-    """_key_mask, worked out once for the mask object every layer of a forward pass is given."""
-    key = (mask, _version(mask), batch, seq)
-    last = getattr(_last_mask, "entry", None)
-    if last is None or last[0] is not mask or last[1:4] != key[1:]:
-        last = _last_mask.entry = key + (_key_mask(mask, batch, seq),)
-    return last[4]
+def _pass_key_mask(mask, batch, seq):
+    """_key_mask, worked out once per forward pass of a fused model for the mask object all its
+    layers are given (the model's hooks forget it at the start and end of each pass)."""
+    last = getattr(_pass, "mask", None)
+    if last is None or last[0] is not mask or last[1:3] != (batch, seq):
+        last = _pass.mask = (mask, batch, seq, _key_mask(mask, batch, seq))
+    return last[3]
 
 
 def _key_mask(mask, batch, seq):
-    """transformers' attention mask as our additive per-key mask, numpy (batch, seq) float32:
-    None when nothing is masked, False when the mask is not a per-key padding mask. Takes (batch,
-    seq) 0/1, (batch, 1, 1 or seq, seq) bool (True: attend) or additive float (0 or the dtype's
+    """Which keys transformers' attention mask lets every query see, numpy bool (batch, seq):
+    None when it masks nothing, False when it is not a per-key padding mask. Takes (batch, seq)
+    0/1, (batch, 1, 1 or seq, seq) bool (True: attend) or additive float (0 or the dtype's
     minimum)."""
     if mask is None:
         return None
+    if not isinstance(mask, torch.Tensor):
+        return False                               # e.g. a flex-attention BlockMask
     if mask.dim() == 4:
-        if mask.shape[0] != batch or mask.shape[1] != 1 or mask.shape[3] != seq:
+        if mask.shape[0] != batch or mask.shape[1] != 1 or mask.shape[3] != seq or not (
+                mask.dtype == torch.bool or mask.dtype.is_floating_point):
             return False
         if mask.shape[2] > 1 and not bool((mask == mask[:, :, :1]).all()):
             return False                           # rows differ: causal, or not a padding mask
         mask = mask[:, 0, 0]
-        keep = mask if mask.dtype == torch.bool else mask == 0
-        if mask.dtype != torch.bool and not bool(((mask == 0) | (mask <= torch.finfo(mask.dtype).min / 2)).all()):
-            return False                           # an additive bias, not a mask
+        if mask.dtype != torch.bool:
+            if not bool(((mask == 0) | (mask <= torch.finfo(mask.dtype).min / 2)).all()):
+                return False                       # an additive bias, not a mask
+            mask = mask == 0
     elif mask.dim() == 2 and tuple(mask.shape) == (batch, seq):
-        keep = mask != 0
+        mask = mask != 0
     else:
         return False
-    if bool(keep.all()):
-        return None
-    return np.where(keep.numpy(), np.float32(0), np.finfo(np.float32).min).astype(np.float32)
+    return None if bool(mask.all()) else mask.numpy()
 
 
 def _recording_attentions():
@@ -301,12 +323,9 @@ def __getattr__(name):
 @torch.library.custom_op("sparsebench::encoder_layer", mutates_args=())
 def encoder_layer(x: torch.Tensor, attention_mask: torch.Tensor | None, handle: int) -> torch.Tensor:
     """The fused layer registered under `handle` on x (batch, seq, hidden)."""
-    layer = _LAYERS.get(handle)
-    if layer is None:
-        raise RuntimeError(f"sparsebench::encoder_layer: no live fused layer has handle {handle}")
-    return layer._sb_compute(x, attention_mask, strict=True)
+    return registered(handle, "encoder_layer")._sb_compute(x, attention_mask, strict=True)
 
 
 @torch.library.register_fake("sparsebench::encoder_layer")
 def _encoder_layer_fake(x, attention_mask, handle):
-    return torch.empty_like(x)
+    return x.new_empty(x.shape)

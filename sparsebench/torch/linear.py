@@ -19,18 +19,30 @@ from ..models.linear import SparseLinear as KernelLinear, detect_block
 from ..prune import prune
 from ..quant import INT8_BLOCKS
 
-#: handle -> SparseLinear; the custom op reaches its layer through this (ops take no objects)
-_LAYERS = weakref.WeakValueDictionary()
+#: handle -> module (SparseLinear, fused layer): custom ops reach their module through this (ops take no objects)
+_MODULES = weakref.WeakValueDictionary()
 _NEXT_HANDLE = itertools.count(1)
+
+
+def register_handle(module):
+    """A new handle for `module` (held weakly), for the custom ops."""
+    handle = next(_NEXT_HANDLE)
+    _MODULES[handle] = module
+    return handle
+
+
+def registered(handle, op):
+    """The live module registered under `handle`, for custom op `op`."""
+    module = _MODULES.get(handle)
+    if module is None:
+        raise RuntimeError(f"sparsebench::{op}: no live sparsebench module has handle {handle}")
+    return module
 
 
 @torch.library.custom_op("sparsebench::spmm_linear", mutates_args=())
 def spmm_linear(x: torch.Tensor, handle: int, out_features: int) -> torch.Tensor:
     """x @ W.T + b for the SparseLinear registered under `handle`; x is (..., in_features)."""
-    layer = _LAYERS.get(handle)
-    if layer is None:
-        raise RuntimeError(f"sparsebench::spmm_linear: no live SparseLinear has handle {handle}")
-    return layer._compute(x)
+    return registered(handle, "spmm_linear")._compute(x)
 
 
 @torch.library.register_fake("sparsebench::spmm_linear")
@@ -43,7 +55,7 @@ def _version(tensor):
     which have none)."""
     try:
         return -1 if tensor is None else tensor._version
-    except RuntimeError:
+    except (RuntimeError, AttributeError):
         return -1
 
 
@@ -105,8 +117,7 @@ class SparseLinear(torch.nn.Module):
 
     # -- the kernel matrix, keyed to the current weights -------------------------------------------
     def _register(self):
-        self._handle = next(_NEXT_HANDLE)
-        _LAYERS[self._handle] = self
+        self._handle = register_handle(self)
         self._kernels = {}                  # scale -> (what it was built from, kernel layer)
 
     def _kernel_layer(self, scale=1.0):
