@@ -1,5 +1,5 @@
 /* dst = src^T on the kernels' pool: the token-major entry of spmm (PyTorch's activations are
- * tokens x features; the kernels compute features x tokens). 8x8 tiles go through registers
+ * tokens x features; the kernels compute features x tokens); and dst = src, staging X. 8x8 tiles go through registers
  * (AVX2 shuffles, also on AVX-512 builds); the edges and the generic build go element by element.
  * Each task takes a stripe of SB_TR_STRIPE source rows, so both sides stream through the cache.
  */
@@ -7,6 +7,7 @@
 #define SPARSEBENCH_TRANSPOSE_H
 
 #include <stddef.h>
+#include <string.h>
 #include "simd.h"
 #include "pool.h"
 
@@ -75,6 +76,22 @@ static void sb_transpose_task(void *ctx, int t) {
     const sb_transpose_job_t *j = (const sb_transpose_job_t *)ctx;
     int r0 = t * SB_TR_STRIPE, r1 = r0 + SB_TR_STRIPE < j->rows ? r0 + SB_TR_STRIPE : j->rows;
     sb_transpose_rows(j->src, j->lds, j->dst, j->ldd, r0, r1, j->cols);
+}
+
+/* Rows [SB_TR_STRIPE t, SB_TR_STRIPE (t + 1)) of a copy (rows x cols, no transpose). */
+static void sb_copy_task(void *ctx, int t) {
+    const sb_transpose_job_t *j = (const sb_transpose_job_t *)ctx;
+    int r0 = t * SB_TR_STRIPE, r1 = r0 + SB_TR_STRIPE < j->rows ? r0 + SB_TR_STRIPE : j->rows;
+    for (int r = r0; r < r1; r++) memcpy(j->dst + r * j->ldd, j->src + r * j->lds, (size_t)j->cols * sizeof(float));
+}
+
+/* dst = src (rows x cols, row strides lds and ldd) on up to `threads`: X staged onto the huge
+ * pages of spmm's own buffers. */
+static void sb_copy_rows(const float *src, ptrdiff_t lds, float *dst, ptrdiff_t ldd, int rows, int cols,
+                         int threads) {
+    sb_transpose_job_t job = {src, lds, dst, ldd, rows, cols};
+    int tasks = (rows + SB_TR_STRIPE - 1) / SB_TR_STRIPE;
+    if (tasks > 0 && cols > 0) sb_pool_run(threads, tasks, sb_copy_task, &job);
 }
 
 /* dst (cols x rows, row stride ldd) = src (rows x cols, row stride lds)^T on up to `threads`. */

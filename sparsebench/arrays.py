@@ -59,6 +59,14 @@ def empty(shape, dtype=np.float32):
     return raw[start:start + nbytes].view(dtype).reshape(shape)
 
 
+def on_mapped_pages(a):
+    """Whether numpy array `a` is a view of a memory map (what `empty` makes for a large array,
+    huge pages asked for), rather than of numpy's own 4 KiB pages."""
+    while isinstance(a, np.ndarray):
+        a = a.base
+    return isinstance(a.obj if isinstance(a, memoryview) else a, mmap.mmap)
+
+
 
 #: a row stride that is a multiple of this many bytes maps the rows a kernel reads together (the
 #: same columns of many rows) into a few cache sets: at 1024 float32 columns, 4 KiB rows leave a

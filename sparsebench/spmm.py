@@ -3,7 +3,7 @@ import threading
 
 import numpy as np
 
-from .arrays import empty as _empty, operand as _operand, padded_columns
+from .arrays import empty as _empty, on_mapped_pages, operand as _operand, padded_columns
 from .bsr import BSRMatrix
 from .config import KernelConfig, check_config, variant_id
 from .cpu import best_isa, default_threads, encoder_module, kernel_module
@@ -106,6 +106,10 @@ def _multiply(A, X, config, out, y, bias, activation, yt=None):
         return out
     module, vid, nslices, data, indices, ptr, bounds = plan
     bc = A.block[1]
+    if stages(A, X):
+        Xs = _buffer("stage", K, N)
+        module.copy_rows(X, Xs, config.threads)
+        X = Xs
     if K % bc:
         # the last block column reads whole blocks of X rows: give it zero rows past K
         Xp = _buffer("pad", K + bc - K % bc, N)
@@ -115,6 +119,21 @@ def _multiply(A, X, config, out, y, bias, activation, yt=None):
     module.run(vid, data, indices, ptr, bounds, X, y, M, config.n_panel or N, config.prefetch, config.threads, -(-K // bc) * bc,
                bias, ACTIVATIONS[activation], nslices, yt)
     return out
+
+
+#: float32 1x1 kernels read X a row at a time in W's random column order, and ran 1.3x slower
+#: on a numpy X (4 KiB pages) than on huge pages at 768x3072x128 (90%, every tile and slice
+#: config, 2 threads, one process); an X at least this large is copied onto spmm's huge-page
+#: buffer first, on the pool. Side by side in one process, after a numpy matmul each call (3
+#: processes, 150 rounds, noisy host): 768x3072x128 staged 1.10-1.13x faster than not; at
+#: 1024x1024 (512 KiB) staging was 1.10-1.15x slower, so smaller X stays where it is.
+#: python -m sparsebench.bench.plain: 1x1 768x3072x128 plain/lab 1.40 -> 1.05-1.12.
+STAGE_MIN_BYTES = 1024 * 1024
+
+
+def stages(A, X):
+    """Whether spmm copies X onto its own huge pages before the kernel (float32 A)."""
+    return A.block == (1, 1) and X.nbytes >= STAGE_MIN_BYTES and not on_mapped_pages(X)
 
 
 def _output(out, shape, X, bias, layout=""):

@@ -65,6 +65,15 @@ def test_empty_arrays_are_on_huge_pages(shape):
     assert _huge_kib(a) >= 2048, "no huge page backs the array"
 
 
+def test_on_mapped_pages_tells_empty_from_numpy():
+    big = sb.empty((HUGE_PAGE_MIN_BYTES // 4, 2))
+    assert arrays.on_mapped_pages(big) and arrays.on_mapped_pages(big[3:, 1:]) and arrays.on_mapped_pages(big.T)
+    assert arrays.on_mapped_pages(sb.arrays.activations(1024, 1024))
+    assert not arrays.on_mapped_pages(np.empty((HUGE_PAGE_MIN_BYTES // 4, 2), np.float32))
+    assert not arrays.on_mapped_pages(sb.empty(16))                       # small: numpy's own
+    assert not arrays.on_mapped_pages(np.frombuffer(bytearray(64), np.float32))
+
+
 def test_empty_memory_is_released_with_the_array():
     a = sb.empty((1024, 1024))
     ref = weakref.ref(_mapping(a))

@@ -1,5 +1,6 @@
 """spmm's token-major entry (X tokens x features, Y tokens x outputs: PyTorch's layout) and the
-pool's transpose under it: the same bits as the feature-major call, for every block and dtype."""
+pool's transpose under it: the same bits as the feature-major call, for every block and dtype;
+the pool's row copy, and spmm staging a numpy X onto its huge pages with it."""
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -36,6 +37,50 @@ def test_transpose_refuses_bad_arguments():
     buf = np.zeros(48, np.float32)
     with pytest.raises(ValueError, match="overlap"):
         t(buf[:24].reshape(4, 6), buf[10:34].reshape(6, 4), 1)
+
+
+@pytest.mark.parametrize("isa", cpu.available_isas())
+@pytest.mark.parametrize("rows, cols", [(0, 5), (5, 0), (1, 1), (33, 17), (129, 770)])
+def test_copy_rows_every_isa_with_edges_and_strides(isa, rows, cols):
+    src = random_x(rows, cols + 3)[:, 1:cols + 1]
+    big = np.full((rows + 2, cols + 4), np.nan, np.float32)
+    dst = big[1:rows + 1, 2:cols + 2]
+    cpu.kernel_module(isa).copy_rows(src, dst, 2)
+    assert np.array_equal(dst, src)
+    big[1:rows + 1, 2:cols + 2] = 0
+    assert np.isnan(big).sum() == big.size - rows * cols          # nothing written outside dst
+
+
+def test_copy_rows_refuses_bad_arguments():
+    c = cpu.kernel_module(cpu.best_isa()).copy_rows
+    a = np.zeros((4, 6), np.float32)
+    for dst, msg in [(np.zeros((6, 4), np.float32), "src's shape"), (np.zeros((4, 6), np.float64), "float32"),
+                     (np.zeros((6, 4), np.float32).T, "contiguous")]:
+        with pytest.raises(ValueError, match=msg):
+            c(a, dst, 1)
+    buf = np.zeros(48, np.float32)
+    with pytest.raises(ValueError, match="overlap"):
+        c(buf[:24].reshape(4, 6), buf[10:34].reshape(4, 6), 1)
+
+
+@pytest.mark.parametrize("n", [128, 131])
+def test_a_numpy_x_is_staged_with_the_same_bits(n):
+    spmm = __import__("sparsebench.spmm", fromlist=["stages"])
+    rng = np.random.default_rng(n)
+    K = spmm.STAGE_MIN_BYTES // (4 * n) + 7
+    A = sb.BSRMatrix.from_dense(sb.prune(rng.standard_normal((40, K), dtype=np.float32), 0.9, (1, 1)), (1, 1))
+    wide = rng.standard_normal((K, n + 5), dtype=np.float32)
+    X = wide[:, 2:n + 2]                                     # numpy's pages, row-strided
+    Xh = sb.empty((K, n))
+    Xh[...] = X
+    assert spmm.stages(A, X) and not spmm.stages(A, Xh) and not spmm.stages(A, X[:K // 2])
+    assert not spmm.stages(sb.BSRMatrix.from_dense(np.zeros((40, K), np.float32), (4, 1)), X)
+    before = wide.copy()
+    for threads in (1, 2):
+        config = sb.default_config(A, n, threads)
+        assert np.array_equal(sb.spmm(A, X, config), sb.spmm(A, Xh, config))
+    assert np.array_equal(wide, before)
+    np.testing.assert_allclose(sb.spmm(A, X), A.to_dense().astype(np.float64) @ X, rtol=1e-4, atol=1e-3)
 
 
 def _matrix(W, block, dtype):
