@@ -21,8 +21,9 @@ FP32_BLOCKS = [(1, 1), (1, 4), (4, 1), (4, 4), (8, 1), (16, 1)]
 #: blocks that also get dense variants (every block stored, X rows follow from the block number):
 #: the dense GEMM of our own kernels, W packed as panels of 4 or 8 rows
 DENSE_BLOCKS = [(4, 1), (8, 1)]
-#: int8 blocks and their N-tile widths (columns); 4x1 groups interleave whole 64-column chunks
-INT8_TILES = {(4, 1): (64,), (4, 4): (16, 32, 64), (1, 4): (16, 32, 64, 128)}
+#: int8 blocks and their N-tile widths (columns); 4x1 groups interleave whole 64-column chunks,
+#: taller blocks half (8x1) or a quarter (16x1) of one, so that BR x NT/16 accumulators fit
+INT8_TILES = {(4, 1): (64,), (8, 1): (32,), (16, 1): (16,), (4, 4): (16, 32, 64), (1, 4): (16, 32, 64, 128)}
 #: trailing index entries (blocks or groups) every indices array carries for the prefetcher
 PREFETCH_PAD = 64
 

@@ -10,10 +10,11 @@
  *
  *   quads (blocks 4x4, 1x4): quad-row g holds X rows 4g..4g+3, column c at bytes 4c..4c+3
  *        (rows past K are zero points); a block's 4 K values are one load away.
- *   rows (blocks 4x1, grouped 4 to a quad): row k of X as u8, each 64-column chunk in the
+ *   rows (blocks 4x1, 8x1, 16x1, grouped 4 to a quad): row k of X as u8, each 64-column chunk in the
  *        byte order of _mm512_packs (byte 16L + 4j + i holds column 16j + 4L + i). Interleaving
  *        any 4 such rows with unpacklo/hi (sb_interleave4) undoes that order: the 4 vectors it
- *        returns hold the quads of columns 0-15, 16-31, 32-47 and 48-63 of the chunk.
+ *        returns hold the quads of columns 0-15, 16-31, 32-47 and 48-63 of the chunk (taller
+ *        blocks, with narrower tiles, take half or a quarter of them).
  *
  * Both layouts pad N (to 16 columns for quads, 64 for rows) with zero points.
  */
@@ -64,6 +65,28 @@ static inline void sb_interleave4(const uint8_t *p0, const uint8_t *p1, const ui
     *q1 = _mm512_unpackhi_epi16(t0, t2);
     *q2 = _mm512_unpacklo_epi16(t1, t3);
     *q3 = _mm512_unpackhi_epi16(t1, t3);
+}
+
+/* Half of sb_interleave4 for narrower tiles (8x1 blocks): the quads of columns 32 hi .. 32 hi + 31
+ * of the chunk, qa and qb (q0, q1 or q2, q3); four shuffles instead of eight. */
+static inline void sb_interleave4_half(const uint8_t *p0, const uint8_t *p1, const uint8_t *p2,
+                                       const uint8_t *p3, int hi, vi *qa, vi *qb) {
+    vi r0 = _mm512_loadu_si512((const void *)p0), r1 = _mm512_loadu_si512((const void *)p1);
+    vi r2 = _mm512_loadu_si512((const void *)p2), r3 = _mm512_loadu_si512((const void *)p3);
+    vi ta = hi ? _mm512_unpackhi_epi8(r0, r1) : _mm512_unpacklo_epi8(r0, r1);
+    vi tb = hi ? _mm512_unpackhi_epi8(r2, r3) : _mm512_unpacklo_epi8(r2, r3);
+    *qa = _mm512_unpacklo_epi16(ta, tb);
+    *qb = _mm512_unpackhi_epi16(ta, tb);
+}
+
+/* A quarter of sb_interleave4 (16x1 blocks): quad vector q (columns 16 q .. 16 q + 15). */
+static inline vi sb_interleave4_quarter(const uint8_t *p0, const uint8_t *p1, const uint8_t *p2,
+                                        const uint8_t *p3, int q) {
+    vi r0 = _mm512_loadu_si512((const void *)p0), r1 = _mm512_loadu_si512((const void *)p1);
+    vi r2 = _mm512_loadu_si512((const void *)p2), r3 = _mm512_loadu_si512((const void *)p3);
+    vi ta = q >> 1 ? _mm512_unpackhi_epi8(r0, r1) : _mm512_unpacklo_epi8(r0, r1);
+    vi tb = q >> 1 ? _mm512_unpackhi_epi8(r2, r3) : _mm512_unpacklo_epi8(r2, r3);
+    return q & 1 ? _mm512_unpackhi_epi16(ta, tb) : _mm512_unpacklo_epi16(ta, tb);
 }
 
 /* Epilogue: float32 (acc - comp) * (rscale * xscale) (+ bias), one rounding each for the

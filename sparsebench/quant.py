@@ -24,7 +24,7 @@ ZERO_POINT = 128
 #: largest K: 255 * 128 * K (the largest accumulator magnitude) stays below 2**31
 MAX_K = 65536
 #: packed layout of X per block shape (kernels/vnni.h) and the multiple N is padded to
-LAYOUTS = {(4, 1): "rows", (4, 4): "quads", (1, 4): "quads"}
+LAYOUTS = {(4, 1): "rows", (8, 1): "rows", (16, 1): "rows", (4, 4): "quads", (1, 4): "quads"}
 N_PAD = {"rows": 64, "quads": 16}
 #: below this many X entries quantize+pack runs on one thread
 SERIAL_PACK = 1 << 15

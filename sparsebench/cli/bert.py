@@ -63,7 +63,7 @@ def add_parser(subparsers):
                    f"that a pass's activations stay in the caches (default {DEFAULT_TOKENS_PER_PASS}); 'all': the "
                    "whole batch in one pass")
     q.add_argument("--dtype", choices=("float32", "int8"), default="float32",
-                   help="linear-layer kernels: float32, or int8 (AVX512-VNNI; 4x1, 4x4, 1x4 blocks)")
+                   help="linear-layer kernels: float32, or int8 (AVX512-VNNI; 4x1, 8x1, 16x1, 4x4, 1x4 blocks)")
     q.add_argument("--attention", choices=("float32", "int8"), default=None,
                    help="self-attention kernel (default: as --dtype; int8 needs AVX512-VNNI)")
     q.add_argument("--tuned", default=None, metavar="FILE", help="tuned kernel configs (from the tuner)")

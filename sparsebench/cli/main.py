@@ -25,7 +25,7 @@ def add_problem_args(q, threads_help="default: all cores", dtype=True):
     q.add_argument("--threads", type=positive, default=None, help=threads_help)
     if dtype:
         q.add_argument("--dtype", choices=DTYPES, default="float32",
-                       help="kernels: float32, or int8 (AVX512-VNNI; 4x1, 4x4, 1x4 blocks)")
+                       help="kernels: float32, or int8 (AVX512-VNNI; 4x1, 8x1, 16x1, 4x4, 1x4 blocks)")
 
 
 def cmd_info(args):
