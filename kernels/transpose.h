@@ -1,6 +1,7 @@
 /* dst = src^T on the kernels' pool: the token-major entry of spmm (PyTorch's activations are
- * tokens x features; the kernels compute features x tokens); and dst = src, staging X. 8x8 tiles go through registers
- * (AVX2 shuffles, also on AVX-512 builds); the edges and the generic build go element by element.
+ * tokens x features; the kernels compute features x tokens); and dst = src, staging X. 8x8 tiles
+ * go through registers (AVX2 shuffles, also on AVX-512 builds), then 4x4 tiles (SSE); the edges
+ * and non-x86 builds go element by element.
  * Each task takes a stripe of SB_TR_STRIPE source rows, so both sides stream through the cache.
  */
 #ifndef SPARSEBENCH_TRANSPOSE_H
@@ -10,6 +11,9 @@
 #include <string.h>
 #include "simd.h"
 #include "pool.h"
+#if defined(__SSE__)
+#include <xmmintrin.h>
+#endif
 
 #define SB_TR_STRIPE 32
 
@@ -65,6 +69,21 @@ static void sb_transpose_rows(const float *src, ptrdiff_t lds, float *dst, ptrdi
             sb_transpose8x8(src + r * lds + c, lds, dst + (ptrdiff_t)c * ldd + r, ldd);
         for (; c < cols; c++)
             for (int i = r; i < r + SB_TR_TILE; i++) dst[(ptrdiff_t)c * ldd + i] = src[i * lds + c];
+    }
+#endif
+#if defined(__SSE__)
+    for (; r + 4 <= r1; r += 4) {          /* 4 rows (a 4x1 register tile): 4x4 tiles, 16-byte stores */
+        for (c = 0; c + 4 <= cols; c += 4) {
+            __m128 a = _mm_loadu_ps(src + r * lds + c), b = _mm_loadu_ps(src + (r + 1) * lds + c);
+            __m128 e = _mm_loadu_ps(src + (r + 2) * lds + c), f = _mm_loadu_ps(src + (r + 3) * lds + c);
+            _MM_TRANSPOSE4_PS(a, b, e, f);
+            _mm_storeu_ps(dst + (ptrdiff_t)c * ldd + r, a);
+            _mm_storeu_ps(dst + (ptrdiff_t)(c + 1) * ldd + r, b);
+            _mm_storeu_ps(dst + (ptrdiff_t)(c + 2) * ldd + r, e);
+            _mm_storeu_ps(dst + (ptrdiff_t)(c + 3) * ldd + r, f);
+        }
+        for (; c < cols; c++)
+            for (int i = r; i < r + 4; i++) dst[(ptrdiff_t)c * ldd + i] = src[i * lds + c];
     }
 #endif
     for (; r < r1; r++)
