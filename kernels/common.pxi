@@ -34,3 +34,14 @@ cdef inline bint _never_decreases(const int32_t *a, Py_ssize_t n) noexcept nogil
         if a[i] < a[i - 1]:
             return False
     return True
+
+
+cdef inline bint _apart(cnp.ndarray a, cnp.ndarray b):
+    """2-D arrays a and b (rows contiguous, non-negative strides) share no byte."""
+    cdef const char *a0 = <const char *>cnp.PyArray_DATA(a)
+    cdef const char *b0 = <const char *>cnp.PyArray_DATA(b)
+    if a.size == 0 or b.size == 0:
+        return True
+    cdef Py_ssize_t aspan = (a.shape[0] - 1) * a.strides[0] + a.itemsize * a.shape[1]
+    cdef Py_ssize_t bspan = (b.shape[0] - 1) * b.strides[0] + b.itemsize * b.shape[1]
+    return b0 >= a0 + aspan or a0 >= b0 + bspan

@@ -6,7 +6,7 @@ import numpy as np
 from .arrays import empty as _empty, on_mapped_pages, operand as _operand, padded_columns
 from .bsr import BSRMatrix
 from .config import KernelConfig, check_config, variant_id
-from .cpu import best_isa, default_threads, encoder_module, kernel_module
+from .cpu import best_isa, encoder_module, kernel_module
 from .dispatch import default_config
 from .quant import LAYOUTS, QuantizedActivations, QuantizedBSRMatrix, pack
 
@@ -20,8 +20,8 @@ def spmm(A, X, config=None, out=None, bias=None, activation=None, layout="featur
     """Return Y = act(A @ X (+ bias[:, None])) with A a BSRMatrix (M x K), X a K x N float32 array.
 
     layout "tokens": X is N x K and Y (and `out`) N x M, token-major as PyTorch keeps
-    activations; they are transposed on the kernels' pool, into per-thread buffers on huge
-    pages, on the way in and out (no copies by the caller).
+    activations: each task of the float32 kernels transposes a panel of tokens into a buffer on
+    huge pages and stores its register tiles into `out` transposed (no copies by the caller).
 
     X must be float32 with contiguous rows (C order; a column slice of a C array is fine).
     float64 or Fortran-ordered X is refused rather than silently copied: convert it once
@@ -65,9 +65,12 @@ def spmm(A, X, config=None, out=None, bias=None, activation=None, layout="featur
     return _multiply(A, X, config, out, y, bias, activation)
 
 
-def _multiply(A, X, config, out, y, bias, activation, yt=None):
+def _multiply(A, X, config, out, y, bias, activation, yt=None, xt=None):
     """The checked call: plan (once per matrix and config), then the kernel. y: out's canonical
-    view; yt: a token-major N x M array the float32 kernels also store Y into, transposed."""
+    view; yt: a token-major N x M array the kernels store Y into, transposed; xt: token-major X
+    (N x K), whose transpose X (a scratch buffer) is to hold: float32 kernels with one K slice
+    and at least a panel of n_tile tokens per thread transpose their own tokens in their task
+    (no pass before the kernel, nothing crosses cores), the others get X transposed first."""
     int8 = isinstance(A, QuantizedBSRMatrix)
     M, K = A.shape
     N = X.shape[1]
@@ -84,6 +87,10 @@ def _multiply(A, X, config, out, y, bias, activation, yt=None):
                                    + (A.task_bounds(config.threads, config.m_tile),))
     if M == 0 or N == 0:
         return out
+    if xt is not None and (int8 or not K or plan[2] > 1 or K % A.block[1]
+                           or -(-N // config.n_tile) < config.threads):
+        kernel_module(best_isa()).transpose(xt, X, config.threads)    # the whole X, first
+        xt = None
     if int8:
         module, vid, bounds = plan
         if isinstance(X, QuantizedActivations):
@@ -116,8 +123,9 @@ def _multiply(A, X, config, out, y, bias, activation, yt=None):
         Xp[:K] = X
         Xp[K:] = 0
         X = Xp
-    module.run(vid, data, indices, ptr, bounds, X, y, M, config.n_panel or N, config.prefetch, config.threads, -(-K // bc) * bc,
-               bias, ACTIVATIONS[activation], nslices, yt)
+    panel = config.n_tile if xt is not None else config.n_panel or N
+    module.run(vid, data, indices, ptr, bounds, X, y, M, panel, config.prefetch, config.threads, -(-K // bc) * bc,
+               bias, ACTIVATIONS[activation], nslices, yt, xt)
     return out
 
 
@@ -184,9 +192,7 @@ def _token_major(A, X, config, out, bias, activation):
                          f"(needs {A.shape[1]})")
     _check_bias(bias, M)
     out, yt = _output(out, (N, M), X, bias, " (token-major)")
-    threads = config.threads if config is not None else default_threads()
     Xf = _buffer("x", K, N)
-    kernel_module(best_isa()).transpose(X, Xf, threads)
     Yf = _buffer("y", M, N)
-    _multiply(A, Xf, config, Yf, Yf, bias, activation, yt=yt)
+    _multiply(A, Xf, config, Yf, Yf, bias, activation, yt=yt, xt=X)
     return out

@@ -111,6 +111,22 @@ def test_token_major_equals_feature_major_bitwise(block, dtype):
         assert np.all(big == -7.0), "wrote outside out"
 
 
+@pytest.mark.parametrize("block", SUPPORTED_BLOCKS)
+def test_panel_tasks_transposing_their_own_tokens_give_the_same_bits(block):
+    """N large enough for a panel of n_tile tokens per thread: each task transposes its tokens
+    (remainder panel included); K not a multiple of the block's columns takes the other path."""
+    for K in (96, 67):
+        W = sb.prune(random_x(40, K, seed=K), 0.6, block)
+        A = sb.BSRMatrix.from_dense(W, block)
+        for N in (128, 131):
+            Xt = random_x(N, K, seed=N)
+            configs = [c for c in sb.kernel_configs(A, N, threads=2) if not c.k_slice]
+            for cfg in configs[::3]:
+                want = sb.spmm(A, np.ascontiguousarray(Xt.T), cfg, activation="gelu")
+                got = sb.spmm(A, Xt, cfg, activation="gelu", layout="tokens")
+                assert np.array_equal(got, want.T), str(cfg)
+
+
 @settings(max_examples=examples(60), deadline=None)
 @given(m=st.integers(1, 60), k=st.integers(1, 80), n=st.integers(0, 70),
        block=st.sampled_from(SUPPORTED_BLOCKS))
