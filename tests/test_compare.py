@@ -254,6 +254,18 @@ def test_a_compare_csv_of_the_old_header_loads_and_resumes(tmp_path, steady_mach
 
 def test_methods_take_x_with_rows_padded_apart(tmp_path, steady_machine):
     """N = 512: X's rows are padded apart (arrays.activations); every method still computes."""
-    methods = ["dense", "generic-csr", "scipy-csr", "sparsebench", "sparsebench-dense"]
+    methods = ["dense", "generic-csr", "scipy-csr", "sparsebench", "sparsebench-dense", "sparsebench-tokens"]
     rows = Compare(methods, threads=1, samples=3, log=lambda *a: None).run([Shape("p", 16, 8, 512)], [0.5], [(4, 1)])
     assert {r["method"]: r["status"] for r in rows} == dict.fromkeys(methods, "ok")
+
+
+def test_token_major_method_checks_its_result_as_m_by_n(steady_machine):
+    """sparsebench-tokens runs the sparsebench config on X tokens x features; its Y is verified
+    against the same reference (odd shapes, 2 threads: the panel tasks)."""
+    rows = Compare(["sparsebench", "sparsebench-tokens"], threads=2, samples=3, log=lambda *a: None).run(
+        [Shape("odd", 45, 67, 131)], [0.7], [(4, 1), (1, 4)])
+    assert [r["status"] for r in rows] == ["ok"] * 4
+    by = {(r["block"], r["method"]): r for r in rows}
+    for block in ("4x1", "1x4"):
+        assert by[block, "sparsebench-tokens"]["config"] == by[block, "sparsebench"]["config"]
+        assert float(by[block, "sparsebench-tokens"]["max_rel_error"]) < 1e-5

@@ -7,7 +7,9 @@
 `sparsebench-int8-kernel`: the int8 kernel alone, on activations quantized beforehand (the
 `sparsebench` method of an int8 run includes quantizing X);
 `sparsebench-dense`: our dense GEMM (the kernels' dense variants, every block of W stored),
-the yardstick beside numpy's BLAS.
+the yardstick beside numpy's BLAS;
+`sparsebench-tokens`: the `sparsebench` config on token-major X and Y (spmm's layout="tokens",
+what sparsebench.torch.SparseLinear runs: PyTorch's tokens x features).
 """
 import dataclasses
 
@@ -91,6 +93,21 @@ class SparsebenchInt8Kernel(Sparsebench):
         return lambda: spmm(A, Xq, cfg, out=Y)
 
 
+class SparsebenchTokens(Sparsebench):
+    name = "sparsebench-tokens"
+    description = "sparsebench block-sparse kernel on token-major X and Y (layout='tokens'), same config"
+
+    def prepare(self, problem):
+        A, X = self._operands(problem)[0], problem.X
+        Xt = activations(X.shape[1], X.shape[0])
+        Xt[...] = X.T
+        Yt = activations(X.shape[1], A.shape[0])
+        cfg = self.config_for(problem)
+        if cfg == "dense":
+            raise MethodUnavailable("the tuned choice for this case is dense")
+        return lambda: spmm(A, Xt, cfg, out=Yt, layout="tokens").T      # checked as M x N
+
+
 class SparsebenchDense(Baseline):
     name = "sparsebench-dense"
     description = "sparsebench dense GEMM: the dense variants of our kernels, every block of W stored"
@@ -108,4 +125,4 @@ class SparsebenchDense(Baseline):
 
 
 BASELINES = [Sparsebench(), SparsebenchDefault(), SparsebenchFloat32(), SparsebenchInt8Kernel(),
-             SparsebenchDense()]
+             SparsebenchDense(), SparsebenchTokens()]
