@@ -47,8 +47,8 @@ def empty(shape, dtype=np.float32):
     if nbytes < HUGE_PAGE_MIN_BYTES or dtype.hasobject or not hasattr(mmap, "MADV_HUGEPAGE"):
         return np.empty(shape, dtype)
     # one spare huge page, so a 2 MiB boundary falls inside the mapping
-    mapping = mmap.mmap(-1, -(-nbytes // HUGE_PAGE) * HUGE_PAGE + HUGE_PAGE,
-                        flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    mapping = _HugePageMap(-1, -(-nbytes // HUGE_PAGE) * HUGE_PAGE + HUGE_PAGE,
+                           flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     raw = np.frombuffer(mapping, np.uint8)
     start = -raw.ctypes.data % HUGE_PAGE
     try:
@@ -59,12 +59,33 @@ def empty(shape, dtype=np.float32):
     return raw[start:start + nbytes].view(dtype).reshape(shape)
 
 
-def on_mapped_pages(a):
-    """Whether numpy array `a` is a view of a memory map (what `empty` makes for a large array,
-    huge pages asked for), rather than of numpy's own 4 KiB pages."""
-    while isinstance(a, np.ndarray):
+class _HugePageMap(mmap.mmap):
+    """A mapping `empty` made (huge pages asked for), told apart from other memory maps."""
+
+
+#: numpy asks Linux for huge pages (madvise) for its own allocations of at least this many bytes
+NUMPY_HUGE_PAGE_MIN_BYTES = 4 * 1024 * 1024
+
+
+def on_huge_pages(a):
+    """Whether huge pages were asked for the memory of numpy array `a`: a mapping of `empty`, or
+    numpy's own allocation of NUMPY_HUGE_PAGE_MIN_BYTES or more (where numpy madvises). False for
+    smaller numpy arrays (4 KiB pages) and for other memory (file maps, shared memory, buffers)."""
+    while isinstance(a, np.ndarray) and a.base is not None:
         a = a.base
-    return isinstance(a.obj if isinstance(a, memoryview) else a, mmap.mmap)
+    if isinstance(a, memoryview):
+        a = a.obj
+    if isinstance(a, _HugePageMap):
+        return True
+    return isinstance(a, np.ndarray) and a.nbytes >= NUMPY_HUGE_PAGE_MIN_BYTES and _numpy_madvises()
+
+
+def _numpy_madvises():
+    try:
+        from numpy._core.multiarray import _get_madvise_hugepage
+    except ImportError:
+        return False
+    return bool(_get_madvise_hugepage())
 
 
 

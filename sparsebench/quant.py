@@ -40,7 +40,7 @@ class QuantizedBSRMatrix(BlockGrid):
     """An M x K weight matrix as s8 blocks with one float32 scale per row, for sb.spmm.
 
     Stored as groups of 4 K values per row, the unit of one vpdpbusd: a 4x4 or 1x4 block is one
-    group; the 4x1 blocks of a block row are taken 4 at a time (the last group padded with
+    group; the 4x1, 8x1 or 16x1 blocks of a block row are taken 4 at a time (the last group padded with
     zero blocks). Immutable, like BSRMatrix.
 
     ``QuantizedBSRMatrix(Wq, scales, block)`` takes already quantized weights (W ~ scales[:, None]
@@ -157,7 +157,7 @@ class QuantizedBSRMatrix(BlockGrid):
 
     @property
     def nnz_blocks(self):
-        """Stored blocks (the zero blocks padding 4x1 groups not counted)."""
+        """Stored blocks (the zero blocks padding the groups of 4x1, 8x1, 16x1 blocks not counted)."""
         return self._nnzb
 
     @property
@@ -204,7 +204,7 @@ class QuantizedBSRMatrix(BlockGrid):
 
 class QuantizedActivations:
     """X (K x N) as u8 = clamp(rint(x / scales[n]), -127, 127) + 128 (a scale per column), packed
-    for the int8 kernels of one block shape (kernels/vnni.h: 'rows' for 4x1 blocks, 'quads' for
+    for the int8 kernels of one block shape (kernels/vnni.h: 'rows' for 4x1, 8x1, 16x1 blocks, 'quads' for
     4x4 and 1x4).
 
     Build it with quantize_activations (from float32) or from_uint8; pass it to sb.spmm in

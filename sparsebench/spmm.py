@@ -3,7 +3,7 @@ import threading
 
 import numpy as np
 
-from .arrays import empty as _empty, on_mapped_pages, operand as _operand, padded_columns
+from .arrays import empty as _empty, on_huge_pages, operand as _operand, padded_columns
 from .bsr import BSRMatrix
 from .config import KernelConfig, check_config, variant_id
 from .cpu import best_isa, encoder_module, kernel_module
@@ -20,8 +20,9 @@ def spmm(A, X, config=None, out=None, bias=None, activation=None, layout="featur
     """Return Y = act(A @ X (+ bias[:, None])) with A a BSRMatrix (M x K), X a K x N float32 array.
 
     layout "tokens": X is N x K and Y (and `out`) N x M, token-major as PyTorch keeps
-    activations: each task of the float32 kernels transposes a panel of tokens into a buffer on
-    huge pages and stores its register tiles into `out` transposed (no copies by the caller).
+    activations; the kernels store their tiles into `out` transposed, and each float32 task
+    transposes its own panel of tokens (otherwise X is transposed on the pool first: fewer panels
+    than threads, K slices, K not a multiple of the block's columns, int8). No copies by the caller.
 
     X must be float32 with contiguous rows (C order; a column slice of a C array is fine).
     float64 or Fortran-ordered X is refused rather than silently copied: convert it once
@@ -68,9 +69,10 @@ def spmm(A, X, config=None, out=None, bias=None, activation=None, layout="featur
 def _multiply(A, X, config, out, y, bias, activation, yt=None, xt=None):
     """The checked call: plan (once per matrix and config), then the kernel. y: out's canonical
     view; yt: a token-major N x M array the kernels store Y into, transposed; xt: token-major X
-    (N x K), whose transpose X (a scratch buffer) is to hold: float32 kernels with one K slice
-    and at least a panel of n_tile tokens per thread transpose their own tokens in their task
-    (no pass before the kernel, nothing crosses cores), the others get X transposed first."""
+    (N x K), whose transpose X (a scratch buffer) is to hold: float32 kernels with one K slice,
+    K a multiple of the block's columns and at least a panel of n_tile tokens per thread
+    transpose their own tokens in their task (no pass before the kernel, nothing crosses cores);
+    the others get X transposed first."""
     int8 = isinstance(A, QuantizedBSRMatrix)
     M, K = A.shape
     N = X.shape[1]
@@ -140,8 +142,9 @@ STAGE_MIN_BYTES = 1024 * 1024
 
 
 def stages(A, X):
-    """Whether spmm copies X onto its own huge pages before the kernel (float32 A)."""
-    return A.block == (1, 1) and X.nbytes >= STAGE_MIN_BYTES and not on_mapped_pages(X)
+    """Whether spmm copies X onto its own huge pages before the kernel (float32 A): a 1x1 A and
+    an X of STAGE_MIN_BYTES or more on 4 KiB pages."""
+    return A.block == (1, 1) and X.nbytes >= STAGE_MIN_BYTES and not on_huge_pages(X)
 
 
 def _output(out, shape, X, bias, layout=""):

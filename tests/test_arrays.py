@@ -65,13 +65,19 @@ def test_empty_arrays_are_on_huge_pages(shape):
     assert _huge_kib(a) >= 2048, "no huge page backs the array"
 
 
-def test_on_mapped_pages_tells_empty_from_numpy():
+def test_on_huge_pages_tells_where_huge_pages_were_asked_for(tmp_path, monkeypatch):
     big = sb.empty((HUGE_PAGE_MIN_BYTES // 4, 2))
-    assert arrays.on_mapped_pages(big) and arrays.on_mapped_pages(big[3:, 1:]) and arrays.on_mapped_pages(big.T)
-    assert arrays.on_mapped_pages(sb.arrays.activations(1024, 1024))
-    assert not arrays.on_mapped_pages(np.empty((HUGE_PAGE_MIN_BYTES // 4, 2), np.float32))
-    assert not arrays.on_mapped_pages(sb.empty(16))                       # small: numpy's own
-    assert not arrays.on_mapped_pages(np.frombuffer(bytearray(64), np.float32))
+    assert arrays.on_huge_pages(big) and arrays.on_huge_pages(big[3:, 1:]) and arrays.on_huge_pages(big.T)
+    assert arrays.on_huge_pages(sb.arrays.activations(1024, 1024))
+    assert not arrays.on_huge_pages(np.empty((HUGE_PAGE_MIN_BYTES // 4, 2), np.float32))
+    assert not arrays.on_huge_pages(sb.empty(16))                       # small: numpy's own
+    assert not arrays.on_huge_pages(np.frombuffer(bytearray(64), np.float32))
+    mapped = np.memmap(tmp_path / "x.bin", np.float32, "w+", shape=(HUGE_PAGE_MIN_BYTES, 2))
+    assert not arrays.on_huge_pages(mapped[:10])                       # a file map: not ours
+    numpy_big = np.empty(arrays.NUMPY_HUGE_PAGE_MIN_BYTES // 4, np.float32)[:10]
+    assert arrays.on_huge_pages(numpy_big) == arrays._numpy_madvises()
+    monkeypatch.setattr(arrays, "_numpy_madvises", lambda: False)
+    assert not arrays.on_huge_pages(numpy_big)
 
 
 def test_empty_memory_is_released_with_the_array():

@@ -90,7 +90,7 @@ def _matrix(W, block, dtype):
 
 
 CASES = [(b, "float32") for b in SUPPORTED_BLOCKS] + [((4, 1), "dense"), ((8, 1), "dense")] + (
-    [(b, "int8") for b in [(4, 1), (4, 4), (1, 4)]] if INT8 else [])
+    [(b, "int8") for b in [(4, 1), (8, 1), (16, 1), (4, 4), (1, 4)]] if INT8 else [])
 
 
 @pytest.mark.parametrize("block, dtype", CASES, ids=lambda v: str(v))
@@ -125,6 +125,19 @@ def test_panel_tasks_transposing_their_own_tokens_give_the_same_bits(block):
                 want = sb.spmm(A, np.ascontiguousarray(Xt.T), cfg, activation="gelu")
                 got = sb.spmm(A, Xt, cfg, activation="gelu", layout="tokens")
                 assert np.array_equal(got, want.T), str(cfg)
+
+
+def test_run_takes_any_panel_width():
+    """run() clamps the panel to N: a huge panel is one task, never an overflowed task count."""
+    A = sb.BSRMatrix.from_dense(sb.prune(random_x(12, 16, seed=1), 0.5, (4, 1)), (4, 1))
+    Xt = random_x(9, 16, seed=2)
+    config = sb.default_config(A, 9, 2)
+    want = sb.spmm(A, np.ascontiguousarray(Xt.T), config)
+    _, vid, nslices, data, indices, ptr, bounds = A._plans[config]
+    module = cpu.kernel_module(config.isa)
+    X, Y, Yt = np.zeros((16, 9), np.float32), np.zeros((12, 9), np.float32), np.zeros((9, 12), np.float32)
+    module.run(vid, data, indices, ptr, bounds, X, Y, 12, 2**31 - 1, 0, 2, 16, None, 0, nslices, Yt, Xt)
+    assert np.array_equal(Yt, want.T)
 
 
 @settings(max_examples=examples(60), deadline=None)

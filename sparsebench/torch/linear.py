@@ -1,8 +1,8 @@
 """SparseLinear: an nn.Linear for inference on sparsebench's kernels, and its custom op.
 
 Layout: PyTorch activations are token-major (N x K); the kernels compute features x tokens.
-spmm's token-major entry (layout="tokens") transposes X and Y on the kernels' pool, 8x8 tiles
-through registers, into per-thread buffers: no copies in PyTorch. The product is the custom op
+spmm's token-major entry (layout="tokens") has each task transpose its own panel of tokens and
+store its register tiles into Y transposed: no copies in PyTorch. The product is the custom op
 ``torch.ops.sparsebench.spmm_linear`` with a fake implementation, so
 ``torch.compile(model, fullgraph=True)`` traces through it.
 """
