@@ -640,6 +640,35 @@ def test_fused_layers_fall_back_on_empty_input_and_changed_parts():
 
 
 @needs_torch
+@pytest.mark.parametrize("kind", ["bert", "distilbert", "roberta"])
+def test_fused_encoders_run_a_batch_in_passes(kind, monkeypatch):
+    """With every layer fused, the encoder runs a batch larger than tokens_per_pass in passes of
+    whole sequences (padding masks per pass); recorded hidden states go layer by layer."""
+    from sparsebench.torch import layers
+    model = tiny_hf(kind)
+    summary, dense = sparsified_and_dense(model, sparsity=0.8)
+    encoder = model.transformer if kind == "distilbert" else model.encoder
+    assert type(encoder).__name__ == "Sparse" + type(dense.transformer if kind == "distilbert" else dense.encoder).__name__
+    passes, run = [], layers._in_passes
+    monkeypatch.setattr(layers, "_in_passes", lambda *a: passes.append(a[3]) or run(*a))
+    ids, mask = padded_inputs()                               # 3 sequences of 13 tokens
+    for tokens_per_pass in (13, 26, None):
+        encoder.tokens_per_pass = tokens_per_pass
+        with torch.inference_mode():
+            y = model(input_ids=ids, attention_mask=mask).last_hidden_state
+            ref = dense(input_ids=ids, attention_mask=mask).last_hidden_state
+        assert rel_diff(y.numpy(), ref.numpy()) <= 1e-4
+    assert passes == [13, 26, None]
+    restored = pickle.loads(pickle.dumps(model))
+    assert type(restored.transformer if kind == "distilbert" else restored.encoder) is type(encoder)
+    with torch.inference_mode():             # (transformers then holds hooks that do not pickle)
+        got = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        want = dense(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    assert passes == [13, 26, None] and len(got.hidden_states) == 3
+    assert all(rel_diff(g.numpy(), w.numpy()) <= 1e-4 for g, w in zip(got.hidden_states, want.hidden_states))
+
+
+@needs_torch
 def test_fused_layers_follow_new_weights():
     model, other = tiny_hf("roberta"), tiny_hf("roberta", seed=1)
     sbt.sparsify(model, sparsity=0.8)

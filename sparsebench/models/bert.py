@@ -496,11 +496,8 @@ class BertEncoder:
         return self._ws
 
     def sequences_per_pass(self, batch, seq):
-        """How many of `batch` sequences go through the encoder together: all of them, or as many
-        as fit in `tokens_per_pass` tokens (at least one)."""
-        if not self.tokens_per_pass:
-            return batch
-        return max(1, min(batch, self.tokens_per_pass // seq))
+        """How many of `batch` sequences go through the encoder together."""
+        return sequences_per_pass(batch, seq, self.tokens_per_pass)
 
     def release_buffers(self):
         """Free the forward pass's buffers (they are made again, for the new shape, when needed)."""
@@ -557,6 +554,14 @@ class BertEncoder:
             np.take(self.token_type_embeddings, types.reshape(-1), axis=0, out=gathered)
             np.add(rows, gathered, out=rows)
         np.copyto(ws.hidden, rows.T)
+
+
+def sequences_per_pass(batch, seq, tokens_per_pass):
+    """How many of `batch` sequences of `seq` tokens go through the layers together: all of them
+    (tokens_per_pass None), or as many as fit in tokens_per_pass tokens (at least one)."""
+    if not tokens_per_pass:
+        return batch
+    return max(1, min(batch, tokens_per_pass // seq))
 
 
 def _tokens_per_pass(value):

@@ -8,6 +8,11 @@ body of sparsebench's own BertEncoder (models.bert.EncoderLayer.forward: the ker
 attention, LayerNorm with its residual add) and transposes the result back: no PyTorch op, no
 per-linear call and no per-linear transpose inside the layer.
 
+Their encoder (BertEncoder, RobertaEncoder, DistilBERT's Transformer) becomes Sparse<its class>
+too when all its layers are fused: a batch of more than tokens_per_pass tokens (default 128, an
+attribute of the encoder) then runs the whole stack in passes of whole sequences, as
+sparsebench's BertEncoder does, so that a pass's activations stay in the caches.
+
 transformers' own forward runs instead whenever a call needs what the fused body does not do:
 gradients, cross-attention or a cache, attention weights being recorded (output_attentions), a
 mask that is not a per-key padding mask (causal, or a bias). Forward hooks on the layer run;
@@ -19,7 +24,8 @@ import threading
 import torch
 
 from ..cpu import best_isa, encoder_module, kernel_module
-from ..models.bert import _DISTILBERT_NAMES, _LINEARS, EncoderLayer, Workspace, attention_kernel, key_mask_into
+from ..models.bert import (_DISTILBERT_NAMES, _LINEARS, DEFAULT_TOKENS_PER_PASS, EncoderLayer, Workspace,
+                           attention_kernel, key_mask_into, sequences_per_pass)
 from .linear import SparseLinear, _version, register_handle, registered
 
 __all__ = ["FUSABLE_LAYERS", "fuse_layers"]
@@ -40,6 +46,12 @@ FUSABLE_LAYERS = {
     "BertLayer": ("transformers.models.bert.modeling_bert", _BERT_PATHS),
     "RobertaLayer": ("transformers.models.roberta.modeling_roberta", _BERT_PATHS),
     "TransformerBlock": ("transformers.models.distilbert.modeling_distilbert", _DISTILBERT_PATHS),
+}
+#: encoder class name -> its transformers module: a stack of layers in a ModuleList `layer`
+FUSABLE_ENCODERS = {
+    "BertEncoder": "transformers.models.bert.modeling_bert",
+    "RobertaEncoder": "transformers.models.roberta.modeling_roberta",
+    "Transformer": "transformers.models.distilbert.modeling_distilbert",
 }
 #: layer keyword arguments that are harmless when set (the rest, when not None or False, fall back)
 _IGNORED_KWARGS = frozenset({"output_hidden_states", "return_dict", "use_cache", "cache_position", "position_ids"})
@@ -62,6 +74,12 @@ def fuse_layers(model):
             continue
         module.__class__ = fused_class(type(module))
         module._sb_handle = register_handle(module)
+    for module in model.modules():
+        base = type(module)
+        layers = getattr(module, "layer", None)
+        if (FUSABLE_ENCODERS.get(base.__name__) == base.__module__ and isinstance(layers, torch.nn.ModuleList)
+                and len(layers) and all(isinstance(layer, _FusedLayer) for layer in layers)):
+            module.__class__ = fused_class(base)
     fusable = [m for m in model.modules() if _paths(m) is not None]
     fused = [m for m in fusable if isinstance(m, _FusedLayer)]
     if fused and not getattr(model, "_sb_hooked", False):
@@ -157,6 +175,8 @@ class _FusedLayer:
         self._sb_handle = register_handle(self)
 
     def forward(self, hidden_states, attention_mask=None, *args, **kwargs):
+        if getattr(_pass, "identity", False):
+            return hidden_states              # its encoder has run the whole stack already
         if self._sb_fusable_call(hidden_states, args, kwargs):
             if torch.compiler.is_compiling():
                 return torch.ops.sparsebench.encoder_layer(hidden_states, attention_mask, self._sb_handle)
@@ -167,7 +187,7 @@ class _FusedLayer:
         return super().forward(hidden_states, attention_mask, *args, **kwargs)
 
     def _sb_fusable_call(self, x, args, kwargs):
-        if self.training or (torch.is_grad_enabled() and x.requires_grad) or _recording_attentions():
+        if self.training or (torch.is_grad_enabled() and x.requires_grad) or _recording("attentions"):
             return False
         if x.dim() != 3 or x.dtype != torch.float32 or x.device.type != "cpu" or x.numel() == 0:
             return False
@@ -226,6 +246,59 @@ def _part(module, path):
     for name in path:
         module = module._modules[name]
     return module
+
+
+class _FusedEncoder:
+    """The forward of every Sparse<encoder class> whose layers are all fused: a batch larger than
+    tokens_per_pass tokens runs the whole stack in passes of as many sequences as fit (as
+    BertEncoder does: the activations of a pass stay in the caches), then transformers' own
+    forward builds its output around the result with every layer passing it through. Anything
+    the passes do not cover (a call a fused layer would not take, hidden states being recorded,
+    one pass) goes layer by layer."""
+
+    tokens_per_pass = DEFAULT_TOKENS_PER_PASS
+
+    def forward(self, hidden_states, attention_mask=None, *args, **kwargs):
+        layers = list(self.layer)
+        if (not torch.compiler.is_compiling() and all(isinstance(layer, _FusedLayer) for layer in layers)
+                and not _recording("hidden_states") and layers[0]._sb_fusable_call(hidden_states, args, kwargs)):
+            y = _in_passes(layers, hidden_states, attention_mask, self.tokens_per_pass)
+            if y is not None:
+                _pass.identity = True
+                try:
+                    return super().forward(y, attention_mask, *args, **kwargs)
+                finally:
+                    _pass.identity = False
+        return super().forward(hidden_states, attention_mask, *args, **kwargs)
+
+
+def _in_passes(layers, x, attention_mask, tokens_per_pass):
+    """The fused `layers` on x (batch, seq, hidden), in passes of whole sequences; None where a
+    layer-by-layer run is the same work (one pass) or is needed (a mask, a changed layer)."""
+    batch, seq, hidden = x.shape
+    per = sequences_per_pass(batch, seq, tokens_per_pass)
+    keep = _pass_key_mask(attention_mask, batch, seq)
+    fused = [layer._sb_layer() for layer in layers]
+    if per >= batch or keep is False or any(f is None for f in fused):
+        return None
+    first = fused[0][0]
+    threads, heads = first.query.threads, fused[0][1]
+    ws = _workspace(hidden, first.ffn_in.out_features, per, seq)
+    ops = encoder_module()
+    attend = attention_kernel(_attention_dtype(first, hidden // heads), ops)
+    transpose = kernel_module(best_isa()).transpose
+    tokens = x.detach().reshape(batch * seq, hidden).contiguous().numpy()
+    y = torch.empty((batch, seq, hidden), dtype=torch.float32)
+    out = y.numpy().reshape(batch * seq, hidden)
+    for s in range(0, batch, per):
+        n = min(per, batch - s)
+        part, rows = ws.first(n), slice(s * seq, (s + n) * seq)
+        transpose(tokens[rows], part.hidden, threads)
+        mask = None if keep is None else key_mask_into(keep[s:s + n], part.mask)
+        for layer, layer_heads in fused:
+            layer.forward(part, layer_heads, mask, ops, attend, threads)
+        transpose(part.hidden, out[rows], threads)
+    return y
 
 
 def _layer_norm(ln):
@@ -289,34 +362,37 @@ def _key_mask(mask, batch, seq):
     return None if bool(mask.all()) else mask.numpy()
 
 
-def _recording_attentions():
-    """Whether transformers is collecting attention weights (output_attentions=True) right now."""
+def _recording(what):
+    """Whether transformers is collecting `what` ("attentions", "hidden_states": output_attentions,
+    output_hidden_states) right now."""
     try:
         from transformers.utils.output_capturing import _active_collector
     except ImportError:
         return False
     collected = _active_collector.get()
-    return collected is not None and "attentions" in collected
+    return collected is not None and what in collected
 
 
 _CLASSES = {}
 
 
 def fused_class(base):
-    """Sparse<base>: `base` with the fused forward (made once per class, found by pickle through
-    this module's __getattr__)."""
+    """Sparse<base>: `base` (a FUSABLE_LAYERS or FUSABLE_ENCODERS class) with the fused forward
+    (made once per class, found by pickle through this module's __getattr__)."""
     cls = _CLASSES.get(base.__name__)
     if cls is None:
-        cls = type(f"Sparse{base.__name__}", (_FusedLayer, base), {"__module__": __name__})
+        mixin = _FusedEncoder if base.__name__ in FUSABLE_ENCODERS else _FusedLayer
+        cls = type(f"Sparse{base.__name__}", (mixin, base), {"__module__": __name__})
         _CLASSES[base.__name__] = cls
     return cls
 
 
 def __getattr__(name):
-    """Sparse<class> for pickle and copy (made on first use from FUSABLE_LAYERS)."""
+    """Sparse<class> for pickle and copy (made on first use from FUSABLE_LAYERS and FUSABLE_ENCODERS)."""
     base = name[len("Sparse"):] if name.startswith("Sparse") else None
-    if base in FUSABLE_LAYERS:
-        return fused_class(getattr(importlib.import_module(FUSABLE_LAYERS[base][0]), base))
+    modules = {**{n: m for n, (m, _) in FUSABLE_LAYERS.items()}, **FUSABLE_ENCODERS}
+    if base in modules:
+        return fused_class(getattr(importlib.import_module(modules[base]), base))
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
