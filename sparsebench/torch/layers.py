@@ -9,9 +9,9 @@ attention, LayerNorm with its residual add) and transposes the result back: no P
 per-linear call and no per-linear transpose inside the layer.
 
 Their encoder (BertEncoder, RobertaEncoder, DistilBERT's Transformer) becomes Sparse<its class>
-too when all its layers are fused: a batch of more than tokens_per_pass tokens (default 128, an
-attribute of the encoder) then runs the whole stack in passes of whole sequences, as
-sparsebench's BertEncoder does, so that a pass's activations stay in the caches.
+too when all its layers are fused: it then runs the whole stack in passes of whole sequences of
+at most tokens_per_pass tokens (default 128, an attribute of the encoder), as sparsebench's
+BertEncoder does: a pass's activations stay in the caches and are transposed once.
 
 transformers' own forward runs instead whenever a call needs what the fused body does not do:
 gradients, cross-attention or a cache, attention weights being recorded (output_attentions), a
@@ -249,12 +249,12 @@ def _part(module, path):
 
 
 class _FusedEncoder:
-    """The forward of every Sparse<encoder class> whose layers are all fused: a batch larger than
-    tokens_per_pass tokens runs the whole stack in passes of as many sequences as fit (as
-    BertEncoder does: the activations of a pass stay in the caches), then transformers' own
-    forward builds its output around the result with every layer passing it through. Anything
-    the passes do not cover (a call a fused layer would not take, hidden states being recorded,
-    one pass) goes layer by layer."""
+    """The forward of every Sparse<encoder class> whose layers are all fused: the whole stack runs
+    in passes of as many sequences as fit in tokens_per_pass tokens (as BertEncoder does: a
+    pass's activations stay in the caches, and are transposed once, not at every layer), then
+    transformers' own forward builds its output around the result with every layer passing it
+    through. Anything the passes do not cover (a call a fused layer would not take, hidden
+    states being recorded) goes layer by layer."""
 
     tokens_per_pass = DEFAULT_TOKENS_PER_PASS
 
@@ -273,13 +273,14 @@ class _FusedEncoder:
 
 
 def _in_passes(layers, x, attention_mask, tokens_per_pass):
-    """The fused `layers` on x (batch, seq, hidden), in passes of whole sequences; None where a
-    layer-by-layer run is the same work (one pass) or is needed (a mask, a changed layer)."""
+    """The fused `layers` on x (batch, seq, hidden), in passes of whole sequences (one transpose in
+    and one out per pass, not per layer); None where the layers must run one by one (a mask
+    other than padding, a layer that no longer fuses)."""
     batch, seq, hidden = x.shape
     per = sequences_per_pass(batch, seq, tokens_per_pass)
     keep = _pass_key_mask(attention_mask, batch, seq)
     fused = [layer._sb_layer() for layer in layers]
-    if per >= batch or keep is False or any(f is None for f in fused):
+    if keep is False or any(f is None for f in fused):
         return None
     first = fused[0][0]
     threads, heads = first.query.threads, fused[0][1]
