@@ -16,7 +16,9 @@ BertEncoder does: a pass's activations stay in the caches and are transposed onc
 transformers' own forward runs instead whenever a call needs what the fused body does not do:
 gradients, cross-attention or a cache, attention weights being recorded (output_attentions), a
 mask that is not a per-key padding mask (causal, or a bias). Forward hooks on the layer run;
-hooks on the modules inside it do not, as in any fused kernel.
+hooks on the modules inside it do not, as in any fused kernel; when the encoder runs the stack
+in passes, the layers' own hooks see the final hidden states passed through (hidden states
+being recorded, output_hidden_states, take the layer-by-layer path).
 """
 import importlib
 import threading
