@@ -71,8 +71,9 @@ def sparsify(model, sparsity=None, block=None, dtype="float32", tuned=None, min_
     the activation module becomes nn.Identity. `fuse_layers`: every transformer layer of BERT,
     RoBERTa (MiniLM) or DistilBERT whose linear layers were all replaced runs whole on our
     kernels, as sparsebench's BertEncoder does (see sparsebench.torch.layers; transformers' own
-    forward still runs for calls the fused layer does not cover); their encoder then runs a
-    batch in passes of `encoder.tokens_per_pass` tokens (default 128; None: layer by layer).
+    forward still runs for calls the fused layer does not cover); their encoder then runs the
+    whole stack in passes of at most `encoder.tokens_per_pass` tokens (default 128; None: the
+    whole batch at once).
     """
     if isinstance(model, torch.nn.Linear):
         raise TypeError("sparsify replaces the linear layers inside a model; for one nn.Linear use "
