@@ -668,6 +668,30 @@ def test_fused_encoders_run_a_batch_in_passes(kind, monkeypatch):
     assert all(rel_diff(g.numpy(), w.numpy()) <= 1e-4 for g, w in zip(got.hidden_states, want.hidden_states))
 
 
+SPIN_SCRIPT = """
+import os, warnings
+{first}
+import torch, sparsebench.torch as sbt
+warnings.simplefilter("error")
+try:
+    sbt.sparsify(torch.nn.Sequential(torch.nn.Linear(8, 8)), sparsity=0.5, block=(1, 1))
+    print(os.environ.get("GOMP_SPINCOUNT"), "no warning")
+except UserWarning as w:
+    print(os.environ.get("GOMP_SPINCOUNT"), "warned:", "GOMP_SPINCOUNT=1000" in str(w))
+"""
+
+
+@needs_torch
+@pytest.mark.parametrize("first, printed", [("import sparsebench.torch", "1000 no warning"),
+                                            ("import torch", "None warned: True")])
+def test_torch_imported_first_keeps_its_spinning_and_sparsify_says_so(first, printed):
+    env = {k: v for k, v in __import__("os").environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    done = __import__("subprocess").run([sys.executable, "-c", SPIN_SCRIPT.format(first=first)],
+                                        capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == printed
+
+
 @needs_torch
 def test_fused_layers_follow_new_weights():
     model, other = tiny_hf("roberta"), tiny_hf("roberta", seed=1)

@@ -1,12 +1,18 @@
 """The speed a user's plain script gets, against the lab's, side by side in fresh processes.
 
-    python -m sparsebench.bench.plain [--rounds 5] [--threads 2] [--out plain.csv]
+    python -m sparsebench.bench.plain [--rounds 5] [--threads 2] [--torch MODEL] [--out plain.csv]
 
 A "plain" process is what a user writes: numpy imported before sparsebench, X and out allocated
 with numpy, each spmm call right after a numpy matmul. A "lab" process imports sparsebench first
 (so OpenBLAS's idle threads stop spinning at once), puts X on huge pages (sparsebench.empty)
 and alternates with the same numpy matmul. Rounds alternate the two kinds of process; the
 result per case is plain time / lab time, the median over rounds with its range.
+
+--torch MODEL (bert-base, ...; needs torch and transformers) measures a forward pass of that
+model in transformers after sparsebench.torch.sparsify (90% 4x1, batch 1, sequence 128), each
+right after a dense torch matmul: "plain" imports torch and transformers first, as a user's
+script does (PyTorch's OpenMP workers keep libgomp's default spinning); "lab" is how `sparsebench
+bert --compare torch-sparsify` runs it (sparsebench first, PyTorch's idle spinning cut short).
 """
 import argparse
 import csv
@@ -52,9 +58,45 @@ print(json.dumps(out))
 """
 
 
-def run_process(kind, threads):
-    """Seconds per spmm call of each case in one fresh `kind` ("plain" or "lab") process."""
-    code = _WORKER.format(n=N, cases=CASES, sparsity=SPARSITY, calls=CALLS)
+_TORCH_WORKER = """
+import sys, json, time
+kind, threads = sys.argv[1], int(sys.argv[2])
+if kind == "lab":
+    from sparsebench.idle_spin import tame_torch_idle_spin
+    tame_torch_idle_spin()
+    import torch, transformers
+else:
+    import torch, transformers
+import numpy as np
+from sparsebench.models.bert import BertEncoder
+from sparsebench.models.runner import make_inputs, named_inputs, torch_model
+from sparsebench.torch import sparsify
+enc = BertEncoder.random({model!r}, sparsity={sparsity}, block=(4, 1))
+model = torch_model(enc)
+torch.set_num_threads(threads)
+sparsify(model, block=(4, 1), min_sparsity=0.0, threads=threads)
+feeds = {{k: torch.from_numpy(v) for k, v in named_inputs(make_inputs(enc.config, 1, {n})).items()}}
+a = torch.randn(768, 768)
+times = []
+with torch.inference_mode():
+    for i in range({calls}):
+        a @ a                                    # the user's torch work between forward passes
+        t0 = time.perf_counter()
+        model(**feeds)
+        times.append(time.perf_counter() - t0)
+times = sorted(times[{calls} // 5:])
+print(json.dumps({{"sparsify {model} b1 seq{n}": times[len(times) // 2]}}))
+"""
+TORCH_CALLS = 40
+
+
+def run_process(kind, threads, torch_model=None):
+    """Seconds per call of each case in one fresh `kind` ("plain" or "lab") process: spmm, or a
+    forward pass of `torch_model` after sparsify."""
+    if torch_model:
+        code = _TORCH_WORKER.format(model=torch_model, n=N, sparsity=SPARSITY, calls=TORCH_CALLS)
+    else:
+        code = _WORKER.format(n=N, cases=CASES, sparsity=SPARSITY, calls=CALLS)
     env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
     done = subprocess.run([sys.executable, "-c", code, kind, str(threads)], capture_output=True,
                           text=True, env=env)
@@ -63,12 +105,12 @@ def run_process(kind, threads):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def compare(rounds=5, threads=2, log=print):
+def compare(rounds=5, threads=2, log=print, torch_model=None):
     """Rows per case: lab and plain medians (us) and plain/lab over the rounds."""
     runs = {"lab": [], "plain": []}
     for r in range(rounds):
         for kind in (("lab", "plain") if r % 2 == 0 else ("plain", "lab")):
-            runs[kind].append(run_process(kind, threads))
+            runs[kind].append(run_process(kind, threads, torch_model))
         log(f"round {r + 1}/{rounds} done")
     rows = []
     for case in runs["lab"][0]:
@@ -86,9 +128,18 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m sparsebench.bench.plain", description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--torch", default=None, metavar="MODEL",
+                   help="a transformers model (bert-base, ...) after sparsebench.torch.sparsify instead of spmm")
     p.add_argument("--out", default=None, help="CSV file for the rows")
     args = p.parse_args(argv)
-    rows = compare(args.rounds, args.threads)
+    if args.torch:
+        try:
+            import torch  # noqa: F401
+            import transformers  # noqa: F401
+        except ImportError as e:
+            print(f"--torch needs {e.name}: pip install \"sparsebench[torch]\" transformers", file=sys.stderr)
+            return 2
+    rows = compare(args.rounds, args.threads, torch_model=args.torch)
     print(f"{'case':<24} {'lab us':>8} {'plain us':>9} {'plain/lab':>10}  [range]")
     for r in rows:
         print(f"{r['case']:<24} {r['lab_us']:8.1f} {r['plain_us']:9.1f} {r['plain_over_lab']:10.2f}  "

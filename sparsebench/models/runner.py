@@ -89,7 +89,7 @@ def ours(enc, inputs, name="sparsebench"):
 
 def torch_model(enc):
     """The transformers model of `enc`'s model type (no pooler, eval mode) holding its weights."""
-    from ..bench.baselines.torch_ import tame_torch_idle_spin
+    from ..idle_spin import tame_torch_idle_spin
 
     tame_torch_idle_spin()       # idle torch threads would spin on the cores of the next method
     try:

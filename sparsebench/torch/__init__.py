@@ -5,6 +5,11 @@
 prunes them) and, in transformers' BERT, RoBERTa and DistilBERT models, runs each whole
 transformer layer as sparsebench's own encoder does (.layers).
 """
+from ..idle_spin import tame_torch_idle_spin
+
+#: GOMP_SPINCOUNT set before torch loads (imported before torch), or why not (see sparsify)
+TORCH_SPIN = tame_torch_idle_spin()
+
 try:
     import torch  # noqa: F401
 except ImportError as e:

@@ -7,6 +7,7 @@ import warnings
 import torch
 
 from ..blocks import SUPPORTED_BLOCKS, check_block
+from ..idle_spin import LOADED_FIRST
 from ..models.bert import tuned_table
 from ..models.linear import detect_block
 from ..quant import INT8_BLOCKS
@@ -123,11 +124,29 @@ def sparsify(model, sparsity=None, block=None, dtype="float32", tuned=None, min_
     if fuse_layers:
         summary.unfused_layers = fuse_layer_modules(model)
         summary.fused_layers = [name for name, module in model.named_modules() if isinstance(module, _FusedLayer)]
+    if summary.replaced:
+        _warn_if_torch_spins()
     if not summary.replaced:
         warnings.warn(f"sparsify: no linear layer of {type(model).__name__} is sparse enough "
                       f"(min_sparsity {min_sparsity:g}); the model is unchanged. Pass sparsity=0.9 to prune it.",
                       stacklevel=2)
     return summary
+
+
+_warned_spin = []
+
+
+def _warn_if_torch_spins():
+    """Once per process: PyTorch loaded before sparsebench.torch with libgomp's default spinning."""
+    from . import TORCH_SPIN
+
+    if LOADED_FIRST in TORCH_SPIN and not _warned_spin:
+        _warned_spin.append(True)
+        warnings.warn("PyTorch was imported before sparsebench.torch, so its idle OpenMP threads spin for a few "
+                      "ms after every torch op, on the cores sparsebench's kernels need (a script doing so ran "
+                      "BERT-Base after sparsify 1.5x slower, BERT-Mini 1.3x: python -m sparsebench.bench.plain "
+                      "--torch). Import sparsebench.torch before torch, or set GOMP_SPINCOUNT=1000 in the "
+                      "environment.", stacklevel=3)
 
 
 #: (module class, linear attribute, activation attribute) of the transformers blocks whose forward

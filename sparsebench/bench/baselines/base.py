@@ -1,34 +1,10 @@
 """The baseline plug-in interface shared by compare, autotune and the BERT runner."""
-import ctypes
 import dataclasses
-import os
 from typing import Callable, Optional
 
 import numpy as np
 
 from ...bsr import BSRMatrix
-
-
-def library_loaded(soname):
-    """Whether this process has already loaded the shared library `soname`."""
-    try:
-        ctypes.CDLL(soname, mode=os.RTLD_NOLOAD)
-    except OSError:
-        return False
-    return True
-
-
-def tame_idle_spin(var, value, soname, spin_note):
-    """Set `var`=`value` in the environment before `soname` (an OpenMP runtime) loads, unless the
-    user chose `var` or OMP_WAIT_POLICY; return a note saying what is in effect. Idle OpenMP
-    threads that spin steal the cores of whatever method compare times next."""
-    for v in (var, "OMP_WAIT_POLICY"):
-        if v in os.environ:
-            return f"{v}={os.environ[v]} (user)"
-    if library_loaded(soname):
-        return f"{soname} was loaded before sparsebench could set {var}: {spin_note}"
-    os.environ[var] = value
-    return f"{var}={value} (set by sparsebench)"
 
 
 @dataclasses.dataclass

@@ -23,7 +23,8 @@ import weakref
 import numpy as np
 
 from ...errors import MethodUnavailable
-from .base import Baseline, tame_idle_spin
+from ...idle_spin import tame_idle_spin
+from .base import Baseline
 from .generic_csr import csr_arrays
 
 INSTALL_HINT = 'pip install "sparsebench[mkl]"'

@@ -6,27 +6,17 @@ W, X and Y are shared with numpy (torch.from_numpy), so nothing is copied per ca
 torch's OpenMP runtime (its bundled libgomp) keeps idle threads spinning, without yielding,
 for about 4 ms after each parallel region: that made numpy dense timed right after torch 2x
 slower on 2 cores, and torch itself 300x slower whenever another process held a core.
-Unless the user set GOMP_SPINCOUNT or OMP_WAIT_POLICY, we set GOMP_SPINCOUNT=1000 (about
-15 us) before torch loads libgomp: enough to bridge back-to-back calls (0 made torch's own
-multiplies 1.5-3x slower). version() says what is in effect.
+sparsebench.idle_spin cuts that short before torch loads; version() says what is in effect.
 """
-import functools
 import warnings
 
 import numpy as np
 
 from ...errors import MethodUnavailable
-from .base import Baseline, tame_idle_spin
+from ...idle_spin import tame_torch_idle_spin
+from .base import Baseline
 
 INSTALL_HINT = 'pip install "sparsebench[torch]"'
-#: busy-wait iterations of idle libgomp threads before they sleep (~15 ns each on Zen 4)
-IDLE_SPINCOUNT = "1000"
-
-
-@functools.lru_cache(maxsize=None)
-def tame_torch_idle_spin():
-    """Set GOMP_SPINCOUNT once, before libgomp.so.1 loads, unless the user chose; returns a note."""
-    return tame_idle_spin("GOMP_SPINCOUNT", IDLE_SPINCOUNT, "libgomp.so.1", "idle torch threads spin for about 4 ms after each call")
 
 
 def _torch():
