@@ -10,9 +10,12 @@ import warnings
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import sparsebench as sb
 from sparsebench import cpu
+from conftest import examples
 from test_models import minilm_path, rel_diff, write_tuned
 
 INSTALL_HINT = 'needs PyTorch: pip install "sparsebench[torch]"'
@@ -690,6 +693,36 @@ def test_torch_imported_first_keeps_its_spinning_and_sparsify_says_so(first, pri
                                         capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == printed
+
+
+_FUSED_MODELS = {}
+
+
+def _fused_and_dense(kind):
+    """One sparsified tiny model of `kind` and its dense twin, made once for the examples below."""
+    if kind not in _FUSED_MODELS:
+        model = tiny_hf(kind)
+        _FUSED_MODELS[kind] = (model, sparsified_and_dense(model, sparsity=0.8)[1])
+    return _FUSED_MODELS[kind]
+
+
+@needs_torch
+@settings(max_examples=examples(25), deadline=None)
+@given(kind=st.sampled_from(["bert", "distilbert", "roberta"]), batch=st.integers(1, 4), seq=st.integers(1, 20),
+       tokens_per_pass=st.sampled_from([None, 1, 7, 40, 128]), seed=st.integers(0, 2**16))
+def test_random_padded_batches_through_fused_encoders_match_dense(kind, batch, seq, tokens_per_pass, seed):
+    """Any batch and sequence length, padding anywhere but the first token, passes of any size."""
+    model, dense = _fused_and_dense(kind)
+    (model.transformer if kind == "distilbert" else model.encoder).tokens_per_pass = tokens_per_pass
+    rng = np.random.default_rng(seed)
+    ids = torch.from_numpy(rng.integers(2, 100, (batch, seq)))
+    lengths = rng.integers(1, seq + 1, batch)
+    mask = torch.from_numpy((np.arange(seq)[None, :] < lengths[:, None]).astype(np.int64))
+    with torch.inference_mode():
+        y = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        ref = dense(input_ids=ids, attention_mask=mask).last_hidden_state
+    keep = mask.numpy().astype(bool)
+    assert rel_diff(y.numpy()[keep], ref.numpy()[keep]) <= 1e-4
 
 
 @needs_torch
