@@ -28,7 +28,7 @@ import torch
 from ..cpu import best_isa, encoder_module, kernel_module
 from ..models.bert import (_DISTILBERT_NAMES, _LINEARS, DEFAULT_TOKENS_PER_PASS, EncoderLayer, Workspace,
                            attention_kernel, key_mask_into, sequences_per_pass)
-from .linear import SparseLinear, _version, register_handle, registered
+from .linear import SparseLinear, _version, register_handle, registered, state_without
 
 __all__ = ["FUSABLE_LAYERS", "fuse_layers"]
 
@@ -167,10 +167,7 @@ class _FusedLayer:
     """The forward of every Sparse<layer class> (first base of each, see fused_class)."""
 
     def __getstate__(self):
-        state = super().__getstate__().copy()
-        for name in ("_sb_handle", "_sb_cache"):
-            state.pop(name, None)
-        return state
+        return state_without(super().__getstate__(), ("_sb_handle", "_sb_cache"))
 
     def __setstate__(self, state):
         super().__setstate__(state)
@@ -199,24 +196,10 @@ class _FusedLayer:
     def _sb_compute(self, x, attention_mask, strict=False):
         """The fused layer on x (batch, seq, hidden); None if it cannot run it (a mask that is
         not a per-key padding mask, parts changed since fusing), strict: raise instead."""
-        batch, seq, hidden = x.shape
-        keep = _pass_key_mask(attention_mask, batch, seq)
-        fused = self._sb_layer() if keep is not False else None
-        if fused is None:
-            if strict:
-                raise ValueError("this call needs transformers' own forward (a mask other than a per-key "
-                                 "padding mask, or parts changed since sparsify): sparsify(..., fuse_layers=False)")
-            return None
-        layer, heads = fused
-        threads = layer.query.threads
-        ws = _workspace(hidden, layer.ffn_in.out_features, batch, seq)
-        mask = None if keep is None else key_mask_into(keep, ws.mask)
-        transpose = kernel_module(best_isa()).transpose
-        transpose(x.detach().reshape(batch * seq, hidden).contiguous().numpy(), ws.hidden, threads)
-        ops = encoder_module()
-        layer.forward(ws, heads, mask, ops, attention_kernel(_attention_dtype(layer, hidden // heads), ops), threads)
-        y = torch.empty((batch, seq, hidden), dtype=torch.float32)
-        transpose(ws.hidden, y.numpy().reshape(batch * seq, hidden), threads)
+        y = _in_passes([self], x, attention_mask, None)
+        if y is None and strict:
+            raise ValueError("this call needs transformers' own forward (a mask other than a per-key "
+                             "padding mask, or parts changed since sparsify): sparsify(..., fuse_layers=False)")
         return y
 
     def _sb_layer(self):
@@ -275,9 +258,9 @@ class _FusedEncoder:
 
 
 def _in_passes(layers, x, attention_mask, tokens_per_pass):
-    """The fused `layers` on x (batch, seq, hidden), in passes of whole sequences (one transpose in
-    and one out per pass, not per layer); None where the layers must run one by one (a mask
-    other than padding, a layer that no longer fuses)."""
+    """The fused `layers` (one, or an encoder's stack) on x (batch, seq, hidden), in passes of
+    whole sequences (tokens_per_pass None: one pass), one transpose in and one out per pass; None
+    where transformers' forward must run (a mask other than padding, a layer that no longer fuses)."""
     batch, seq, hidden = x.shape
     per = sequences_per_pass(batch, seq, tokens_per_pass)
     keep = _pass_key_mask(attention_mask, batch, seq)

@@ -31,6 +31,11 @@ def register_handle(module):
     return handle
 
 
+def state_without(state, names):
+    """A module's pickled state without `names` (handles and caches, made again on unpickling)."""
+    return {k: v for k, v in state.items() if k not in names}
+
+
 def registered(handle, op):
     """The live module registered under `handle`, for custom op `op`."""
     module = _MODULES.get(handle)
@@ -175,10 +180,7 @@ class SparseLinear(torch.nn.Module):
         return super()._apply(fn, recurse)
 
     def __getstate__(self):
-        state = super().__getstate__().copy()
-        for name in ("_handle", "_kernels"):
-            state.pop(name, None)
-        return state
+        return state_without(super().__getstate__(), ("_handle", "_kernels"))
 
     def __setstate__(self, state):
         super().__setstate__(state)
