@@ -102,8 +102,8 @@ def test_wrong_int8_candidates_are_recorded(tmp_path, monkeypatch):
     from sparsebench.tune import autotune
     real = autotune.sparse_runner
 
-    def wrong_when_prefetching(A, X, config):
-        run = real(A, X, config)
+    def wrong_when_prefetching(A, X, config, layout):
+        run = real(A, X, config, layout)
         if config.prefetch:
             def wrong(out):
                 run(out)
@@ -138,7 +138,7 @@ def test_compare_int8_gates_each_method_against_its_own_arithmetic(steady_machin
 def test_compare_int8_kernel_alone_and_the_heuristic_rows(steady_machine):
     methods = ["dense", "sparsebench", "sparsebench-int8-kernel", "sparsebench-default"]
     cmp = Compare(methods, threads=1, samples=3, log=lambda *a: None, dtype="int8",
-                  config_for=lambda A, n, s: sb.KernelConfig((4, 1), "avx512vnni", 64, 0, 0, 1, 0, 1, "int8")
+                  config_for=lambda A, n, s, layout="features": sb.KernelConfig((4, 1), "avx512vnni", 64, 0, 0, 1, 0, 1, "int8")
                   if A.dtype == "int8" else None)
     rows = {r["method"]: r for r in cmp.run([SMALL], [0.8], [(4, 1)])}
     assert all(rows[m]["status"] == "ok" for m in methods)
@@ -156,7 +156,7 @@ def test_compare_int8_uses_the_tuned_config_of_each_dtype(tmp_path, steady_machi
     fp32_cfg = sb.default_config(sparse_matrix(_pruned(64, 52), (4, 1)), 24, 1)
     seen = []
 
-    def config_for(A, n, s):
+    def config_for(A, n, s, layout="features"):
         seen.append(A.dtype)
         return int8_cfg if A.dtype == "int8" else fp32_cfg
     cmp = Compare(["sparsebench-fp32", "sparsebench"], threads=1, samples=3, log=lambda *a: None,

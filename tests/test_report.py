@@ -232,9 +232,9 @@ def test_roofline_and_tables_use_the_measured_machine_peak(tmp_path):
 def test_tuning_tables_match_the_database(full):
     _, md, _, _, _ = full
     # the smart run is the faster of the two per task (as `sparsebench export` picks)
-    assert ("| attn | 64×48×16 | 4x1 | 0.8 | 2 | avx512/b4x1/nt32/np0/ks0/mt0/pf4/t2 | 0.100 (0.098–0.102) | "
+    assert ("| attn | 64×48×16 | 4x1 | features | 0.8 | 2 | avx512/b4x1/nt32/np0/ks0/mt0/pf4/t2 | 0.100 (0.098–0.102) | "
             "0.125 | 1.000 | 1.25× | 10.00× | smart | 4/40 |") in md
-    assert "| ffn | 128×48×16 | 4x1 | 0.9 | 2 | dense |" in md
+    assert "| ffn | 128×48×16 | 4x1 | features | 0.9 | 2 | dense |" in md
     assert "0.050 (0.049–0.051)? |" in md                       # unstable tuned time marked
     # convergence: smart reaches the best at its 4th evaluation, random ends 1.2x off
     assert "| random | 3 | 3 | 0 of 3 | – | 1.20× |" in md
@@ -370,7 +370,7 @@ def test_missing_folder_is_a_clear_error(tmp_path):
 def test_convergence_curves():
     class Inputs:
         tuning_results = pd.DataFrame([
-            {"M": 8, "K": 8, "N": 8, "sparsity": 0.9, "block": "4x1", "dtype": "float32", "threads": 1,
+            {"M": 8, "K": 8, "N": 8, "sparsity": 0.9, "block": "4x1", "dtype": "float32", "threads": 1, "layout": "features",
              "name": "t", "strategy": s, "space_size": 10, "trajectory": traj}
             for s, traj in (("smart", [4.0, None, 2.0, 1.0]), ("random", [None, 3.0, 2.5]))])
     conv = analysis.convergence(Inputs).set_index("strategy")

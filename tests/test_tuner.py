@@ -175,8 +175,8 @@ def test_records_of_another_machine_are_ignored_unless_asked(tmp_path):
 def test_wrong_candidates_are_recorded_and_never_win(tmp_path, monkeypatch):
     real = autotune.sparse_runner
 
-    def sometimes_wrong(A, X, config):
-        run = real(A, X, config)
+    def sometimes_wrong(A, X, config, layout):
+        run = real(A, X, config, layout)
         if config.prefetch == 0:
             def wrong(out):
                 run(out)
@@ -199,9 +199,9 @@ def test_the_dense_candidate_is_our_dense_gemm_and_numpy_is_the_yardstick(tmp_pa
     built = []
     real = autotune.dense_runner
 
-    def counting(W, X, threads):
+    def counting(W, X, threads, layout):
         built.append(W.shape)
-        return real(W, X, threads)
+        return real(W, X, threads, layout)
     monkeypatch.setattr(autotune, "dense_runner", counting)
     db, [res] = _tune(tmp_path / "db.jsonl", strategy="exhaustive", max_evals=5)
     assert built                                        # "dense" ran on our dense GEMM

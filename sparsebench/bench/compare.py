@@ -97,7 +97,7 @@ class Compare:
         self.samples = samples
         self.cache = "cold" if cold else "warm"
         self.out = out
-        self.config_for = config_for          # (A, N, sparsity) -> KernelConfig, "dense" or None
+        self.config_for = config_for          # (A, N, sparsity, layout) -> KernelConfig, "dense" or None
         self.log = log
         self.progress = progress or (lambda *a: None)
         self.skipped = set()
@@ -160,10 +160,13 @@ class Compare:
         Wp = prune(W, sparsity, block)
         A = BSRMatrix.from_dense(Wp, block)
         Aq = sparse_matrix(Wp, block, "int8") if self.dtype == "int8" else None
-        choose = self.config_for or (lambda A, n, s: None)
+        choose = self.config_for or (lambda A, n, s, layout="features": None)
         fp32_config = choose(A, shape.N, sparsity)
         config = fp32_config if Aq is None else choose(Aq, shape.N, sparsity)
-        prob = baselines.Problem(Wp, A, X, sparsity, self.threads, config, self.dtype, Aq, fp32_config)
+        tokens = any(isinstance(m, baselines.ours.SparsebenchTokens) for m in self.methods)
+        tokens_config = choose(A if Aq is None else Aq, shape.N, sparsity, "tokens") if tokens else None
+        prob = baselines.Problem(Wp, A, X, sparsity, self.threads, config, self.dtype, Aq, fp32_config,
+                                 tokens_config)
         refs = {"float32": Reference(Wp, X)}
         if Aq is not None:
             refs["int8"] = reference(Aq, Wp, X, self.threads)

@@ -10,6 +10,7 @@ from ..bench.baselines import DEFAULT_METHODS, names as _method_names
 from ..errors import SparsebenchError
 from ..machine import results_folder
 from ..peak import DEGRADED
+from ..spmm import LAYOUTS_OF_X
 from . import bert as bert_cli
 from . import report as report_cli
 from .args import blocks, duration, floats, positive, ray_address
@@ -84,13 +85,14 @@ def cmd_compare(args):
     config_for = None
     if args.config:
         fixed = KernelConfig.from_json(args.config)
-        config_for = lambda A, n, s: fixed if fixed.dtype == A.dtype else None      # noqa: E731
+        config_for = lambda A, n, s, layout="features": fixed if fixed.dtype == A.dtype else None  # noqa: E731
     elif args.tuned:
         from ..tune.apply import load_tuned
         tuned = load_tuned(args.tuned)
 
-        def config_for(A, n, s):
-            choice = tuned.lookup(A.shape[0], A.shape[1], n, s, A.block, dtype=A.dtype, threads=threads)
+        def config_for(A, n, s, layout="features"):
+            choice = tuned.lookup(A.shape[0], A.shape[1], n, s, A.block, dtype=A.dtype, threads=threads,
+                                  layout=layout)
             return "dense" if choice.method == "dense" else choice.config
     store.check_writable(out)
     read_rows(out)      # an unwritable, foreign or corrupt file fails now, before any measuring
@@ -171,13 +173,13 @@ def cmd_autotune(args):
     isas = available_isas(args.dtype)
     isas = isas if args.isa == "all" else isas[:1]
     print(f"sparsebench autotune: {len(shapes)} shapes x {len(args.block)} blocks x {len(args.sparsity)} "
-          f"sparsities; {args.dtype}; strategy {args.strategy}; {_budget(args)}; {threads} threads; "
+          f"sparsities; {args.dtype}; {args.layout}-major X; strategy {args.strategy}; {_budget(args)}; {threads} threads; "
           f"ISAs {', '.join(isas)}; "
           f"database {args.db} ({len(db.records)} records of this machine and build)", flush=True)
     tuner = Autotuner(db, args.strategy, max_evals=args.max_evals, time_limit=args.time_limit,
                       retune=args.retune, samples=args.samples, isas=isas,
                       log=lambda line: print(line, flush=True), progress=tty_progress(sys.stderr))
-    results = tuner.tune_all(shapes, args.sparsity, args.block, threads, args.dtype)
+    results = tuner.tune_all(shapes, args.sparsity, args.block, threads, args.dtype, args.layout)
     print("\nbest per task " + RESULTS_LEGEND)
     print(_results_table(results))
     degraded = [r for r in results if r.get("degraded")]
@@ -211,7 +213,7 @@ def _results_table(results):
     for r in results:
         t = r["task"]
         cfg = "dense" if r["method"] == "dense" else _short_config(r["config"])
-        lines.append([r["name"], f"{t['M']}x{t['K']}x{t['N']}", t["block"], f"{t['sparsity']:g}", cfg,
+        lines.append([r["name"], f"{t['M']}x{t['K']}x{t['N']}" + (" " + t["layout"] if "layout" in t else ""), t["block"], f"{t['sparsity']:g}", cfg,
                       f"{r['best_s'] * 1e3:.3f}", f"{min(r['dense_s'], r.get('numpy_s') or math.inf) / r['best_s']:.2f}x",
                       "-" if r.get("numpy_s") is None else f"{r['numpy_s'] / r['best_s']:.2f}x",
                       f"{r['evals']}/{r['space_size']}", f"{r['default_s'] / r['best_s']:.2f}x"
@@ -238,7 +240,7 @@ def _autotune_on_ray(args, shapes):
         kinds = tuner.group(tuner.probe_nodes(), args.dtype)
         for kind in kinds:
             threads = args.threads or kind.threads
-            kind.tasks = [(sh.name, Task(sh.M, sh.K, sh.N, s, b, args.dtype, threads))
+            kind.tasks = [(sh.name, Task(sh.M, sh.K, sh.N, s, b, args.dtype, threads, args.layout))
                           for sh in shapes for b in args.block for s in args.sparsity]
         print(f"sparsebench autotune on {where}: {sum(len(k.nodes) for k in kinds)} node(s), {len(kinds)} CPU "
               f"kind(s); {len(shapes)} shapes x {len(args.block)} blocks x {len(args.sparsity)} sparsities per "
@@ -274,7 +276,7 @@ def cmd_check_strategy(args):
 
     threads = args.threads or default_threads()
     db = TuningDB(args.db, foreign=args.use_foreign, writable=False)
-    tasks = [Task(sh.M, sh.K, sh.N, s, b, args.dtype, threads)
+    tasks = [Task(sh.M, sh.K, sh.N, s, b, args.dtype, threads, args.layout)
              for sh in load_shapes(args.shapes) for b in args.block for s in args.sparsity]
     if args.replay:
         print(f"{args.strategy} replayed on the whole-space table {args.against}'s run measured (no timing): "
@@ -335,6 +337,12 @@ def cmd_export(args):
         print(f"  {len(section['entries'])} tuned tasks of {section['cpu']} (hardware {hardware_id})")
 
 
+def add_layout_arg(q):
+    q.add_argument("--layout", choices=LAYOUTS_OF_X, default="features",
+                   help="of X and Y: features (X is K x N, as our models compute) or tokens (X is N x K and Y "
+                   "N x M, PyTorch's layout: what sparsebench.torch's SparseLinear runs); tuned separately")
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="sparsebench", description=__doc__)
     here = results_folder()         # this machine's results: results/<cpu>
@@ -368,6 +376,7 @@ def build_parser():
     q.set_defaults(func=cmd_compare)
     q = sub.add_parser("autotune", help="search the best kernel config per shape, sparsity and block")
     add_problem_args(q)
+    add_layout_arg(q)
     q.add_argument("--strategy", default="smart", help="smart (local search), exhaustive or random")
     q.add_argument("--max-evals", type=positive, default=None, help="sparse configs measured per task")
     q.add_argument("--time-limit", type=duration, default=None, help="for the whole run, e.g. 10m")
@@ -392,6 +401,7 @@ def build_parser():
     q.set_defaults(func=cmd_run)
     q = sub.add_parser("check-strategy", help="re-time one strategy's winners against another's")
     add_problem_args(q)
+    add_layout_arg(q)
     q.add_argument("--strategy", default="smart")
     q.add_argument("--against", default="exhaustive")
     q.add_argument("--samples", type=positive, default=41, help="interleaved samples per process")

@@ -109,20 +109,21 @@ class SparseLinear:
     def block(self):
         return self.A.block
 
-    def plan(self, n):
-        """The KernelPlan for N = n tokens (chosen once per N)."""
-        plan = self._plans.get(n)
+    def plan(self, n, layout="features"):
+        """The KernelPlan for N = n tokens with X in `layout` (chosen once per N and layout)."""
+        plan = self._plans.get((n, layout))
         if plan is None:
-            plan = self._plans[n] = self._choose(n)
+            plan = self._plans[n, layout] = self._choose(n, layout)
             if plan.method == "numpy" and self._dense is None:
                 self._dense = self.A.to_dense()
             if plan.method == "dense":
                 if self._dense is None:
                     self._dense = BSRMatrix.from_dense(self.A.to_dense(), DENSE_BLOCK, keep_zero_blocks=True)
-                plan = self._plans[n] = dataclasses.replace(plan, config=default_config(self._dense, n, self.threads))
+                plan = self._plans[n, layout] = dataclasses.replace(
+                    plan, config=default_config(self._dense, n, self.threads))
         return plan
 
-    def _choose(self, n):
+    def _choose(self, n, layout):
         if isinstance(self._config, KernelConfig):
             return KernelPlan("sparse", self._config, "given")
         if self._config in ("dense", "numpy"):
@@ -131,7 +132,8 @@ class SparseLinear:
         if self.tuned is None:
             return KernelPlan("sparse", heuristic, "default heuristic", "no tuned file")
         M, K = self.A.shape
-        entry = self.tuned.lookup(M, K, n, self.sparsity, self.block, dtype=self.dtype, threads=self.threads)
+        entry = self.tuned.lookup(M, K, n, self.sparsity, self.block, dtype=self.dtype, threads=self.threads,
+                                  layout=layout)
         if entry.method == "sparse" and entry.config is None:
             return KernelPlan("sparse", heuristic, "default heuristic", entry.note)
         source = "tuned" if entry.exact else "tuned (nearest)"
@@ -162,7 +164,7 @@ class SparseLinear:
                              + (" or QuantizedActivations" if self.dtype == "int8" else "")
                              + f", got {type(X).__name__} {getattr(X, 'shape', '')}")
         n = X.shape[1]
-        plan = self._plans.get(n) or self.plan(n)
+        plan = self._plans.get((n, "features")) or self.plan(n)
         if plan.method == "sparse":
             out = spmm(self.A, X, plan.config, out=out, bias=self.bias, activation=self.activation)
         elif plan.method == "dense":
@@ -177,7 +179,7 @@ class SparseLinear:
         if not (isinstance(X, np.ndarray) and X.ndim == 2):
             raise ModelError(f"{self.name}: token-major X must be a 2-D numpy array (tokens x in_features)")
         n = X.shape[0]
-        plan = self._plans.get(n) or self.plan(n)
+        plan = self._plans.get((n, "tokens")) or self.plan(n, "tokens")
         if plan.method == "numpy":
             raise ModelError(f"{self.name}: the 'numpy' config computes features x tokens only")
         A = self.A if plan.method == "sparse" else self._dense

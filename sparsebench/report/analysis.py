@@ -7,7 +7,7 @@ import numbers
 import numpy as np
 import pandas as pd
 
-TASK = ["M", "K", "N", "sparsity", "block", "dtype", "threads"]
+TASK = ["M", "K", "N", "sparsity", "block", "dtype", "threads", "layout"]
 #: a tuning run has "converged" once its best-so-far is within this factor of the task's best
 CONVERGED = 1.05
 #: order in which methods are listed (others follow alphabetically)
@@ -127,7 +127,7 @@ def tuned_choices(inputs):
 
     From the tuning database's result records when there are any (they carry the default
     config, the spread and the unstable flag), else from the tuned-config files. Columns:
-    name, M, K, N, sparsity, block, dtype, threads, method, config, default_config, time_s,
+    name, M, K, N, sparsity, block, dtype, threads, layout, method, config, default_config, time_s,
     p20_s, p80_s, default_s, dense_s, unstable, strategy, evals, space_size."""
     res = inputs.tuning_results
     if len(res):
@@ -176,7 +176,7 @@ def convergence(inputs):
         reached = np.flatnonzero(curve <= CONVERGED)
         rows.append({"strategy": r["strategy"], "block": r["block"], "threads": r["threads"],
                      "task": f"{shape_label(names[key], r['M'], r['K'], r['N'])} {r['block']} "
-                             f"{r['sparsity']:g}",
+                             f"{r['sparsity']:g}" + ("" if r["layout"] == "features" else f" {r['layout']}"),
                      "evals": len(curve), "space_size": r["space_size"], "curve": curve,
                      "final": curve[-1], "to_converge": reached[0] + 1 if len(reached) else math.nan})
     return pd.DataFrame(rows)

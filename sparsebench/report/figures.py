@@ -297,7 +297,8 @@ def _heat_grid(choices):
     threads = choices["threads"].nunique() > 1
 
     def label(r):
-        return f"{analysis.shape_label(r.name, r.M, r.K, r.N)}  {r.block}" + (f"  t{r.threads}" if threads else "")
+        return (f"{analysis.shape_label(r.name, r.M, r.K, r.N)}  {r.block}" + (f"  t{r.threads}" if threads else "")
+                + ("" if r.layout == "features" else f"  {r.layout}"))
     rows = list(dict.fromkeys(label(r) for r in choices.itertuples()))
     cols = sorted(set(choices["sparsity"]))
     cells = {(rows.index(label(r)), cols.index(r.sparsity)): r for r in choices.itertuples()}

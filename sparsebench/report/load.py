@@ -369,7 +369,8 @@ def _task(rec):
         raise KeyError("task")
     br, bc = (int(x) for x in str(t["block"]).split("x"))
     return {"M": int(t["M"]), "K": int(t["K"]), "N": int(t["N"]), "sparsity": float(t["sparsity"]),
-            "block": f"{br}x{bc}", "dtype": str(t["dtype"]), "threads": int(t["threads"])}
+            "block": f"{br}x{bc}", "dtype": str(t["dtype"]), "threads": int(t["threads"]),
+            "layout": str(t.get("layout", "features"))}
 
 
 def _result_row(rec, source):
@@ -427,7 +428,8 @@ def _read_tuned(path):
     for e in data["entries"]:
         rows.append({"name": e.get("name", ""), "M": int(e["M"]), "K": int(e["K"]), "N": int(e["N"]),
                      "sparsity": float(e["sparsity"]), "block": "%dx%d" % tuple(e["block"]), "dtype": e["dtype"],
-                     "threads": int(e["threads"]), "method": e["method"], "config": e["config"],
+                     "threads": int(e["threads"]), "layout": e.get("layout", "features"),
+                     "method": e["method"], "config": e["config"],
                      "time_s": e.get("time_s"), "dense_s": e.get("dense_s"), "default_s": e.get("default_s"),
                      "strategy": e.get("strategy", ""), "evals": e.get("evals"),
                      "hardware_id": data.get("hardware_id", ""), "source": os.path.basename(path)})

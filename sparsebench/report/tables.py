@@ -134,7 +134,7 @@ def skipped_methods(compare):
 
 
 def tuned_table(choices):
-    header = ["shape", "M×K×N", "block", "sparsity", "threads", "winner", "tuned ms (p20–p80)", "default ms",
+    header = ["shape", "M×K×N", "block", "X layout", "sparsity", "threads", "winner", "tuned ms (p20–p80)", "default ms",
               "dense ms", "tuned vs default", "tuned vs dense", "strategy", "evals"]
     out = []
     for _, r in choices.iterrows():
@@ -147,7 +147,7 @@ def tuned_table(choices):
         evals = f"{int(r['evals'])}" if r["evals"] is not None and np.isfinite(r["evals"]) else "–"
         if r.get("space_size") is not None and np.isfinite(r["space_size"]):
             evals += f"/{int(r['space_size'])}"
-        out.append([r["name"], _dims(r), r["block"], f"{r['sparsity']:g}", f"{int(r['threads'])}", winner,
+        out.append([r["name"], _dims(r), r["block"], r["layout"], f"{r['sparsity']:g}", f"{int(r['threads'])}", winner,
                     f"{ms(t)}{spread}{flag}", ms(r["default_s"] * 1e3), ms(r["dense_s"] * 1e3),
                     ratio(r["default_s"] / r["time_s"]), ratio(r["dense_s"] / r["time_s"]),
                     r["strategy"], evals])

@@ -146,7 +146,7 @@ class SparseLinear(torch.nn.Module):
 
     def kernel(self, tokens):
         """What a call on `tokens` rows runs: "dense" or the kernel config string."""
-        return self._kernel_layer().plan(tokens).kernel
+        return self._kernel_layer().plan(tokens, "tokens").kernel
 
     # -- forward --------------------------------------------------------------------------------
     def forward(self, x):
@@ -163,7 +163,7 @@ class SparseLinear(torch.nn.Module):
         layer = self._kernel_layer()
         rows = x.detach().reshape(-1, self.in_features)
         n = rows.shape[0]
-        if n == 0 or layer.plan(n).method == "dense":
+        if n == 0 or layer.plan(n, "tokens").method == "dense":
             y = torch.nn.functional.linear(x.detach(), self.weight, self.bias)
             return y if self.activation is None else torch.nn.functional.gelu(y)
         y = torch.empty((n, self.out_features), dtype=torch.float32)

@@ -217,7 +217,7 @@ def _tuned_kernels(layer):
     kernel_layer = layer._kernel_layer()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")           # the nearest-shape fallbacks are not listed
-        plans = {n: kernel_layer.plan(n) for n in tokens}
+        plans = {n: kernel_layer.plan(n, "tokens") for n in tokens}
     exact = {n: p.kernel for n, p in plans.items() if p.source == "tuned"}
     if not exact:
         return None

@@ -1,11 +1,11 @@
 """Tuned-config files: what `sparsebench export` writes and models import.
 
 A small versioned JSON file holds, per tuned task (M, K, N, sparsity, block, dtype,
-threads), the winning choice ("sparse" with its KernelConfig, or "dense") and its times.
+threads, layout), the winning choice ("sparse" with its KernelConfig, or "dense") and its times.
 `load_tuned(path).lookup(...)` answers for any layer:
 
 1. an exact task match (sparsity within 0.005; any thread count if threads is None,
-   preferring this machine's default) -> that choice;
+   preferring this machine's default; the asked layout's entry, else the other layout's) -> that choice;
 2. otherwise the nearest tuned task with the same block and dtype, if it is close
    (each of M, K, N within 2x, sparsity within 0.1) -> its choice, with a warning;
 3. otherwise the default heuristic (sparse, config None), with a warning.
@@ -27,6 +27,7 @@ from .. import fingerprint, store
 from ..config import KernelConfig
 from ..errors import ConfigError
 from ..machine import cpu_label
+from ..spmm import LAYOUTS_OF_X
 
 FORMAT = "sparsebench-tuned"
 VERSION = 1
@@ -58,24 +59,27 @@ class TunedConfigs:
         self.data = data
         self.entries = data["entries"] if entries is None else entries
 
-    def lookup(self, M, K, N, sparsity, block, dtype="float32", threads=None):
+    def lookup(self, M, K, N, sparsity, block, dtype="float32", threads=None, layout="features"):
         block = tuple(int(b) for b in block)
         same = [e for e in self.entries if tuple(e["block"]) == block and e["dtype"] == dtype]
         exact = [e for e in same if (e["M"], e["K"], e["N"]) == (M, K, N)
                  and abs(e["sparsity"] - sparsity) <= SPARSITY_MATCH
                  and (threads is None or e["threads"] == threads)]
         if exact:
-            if threads is None:
-                from ..cpu import default_threads
-                exact.sort(key=lambda e: (e["threads"] != default_threads(), -e["threads"]))
-            return self._choice(exact[0], threads, True, "tuned")
+            from ..cpu import default_threads
+            # this layout's entry first; the other layout's config runs here too (same kernels)
+            exact.sort(key=lambda e: (_layout(e) != layout, e["threads"] != default_threads(), -e["threads"]))
+            e = exact[0]
+            note = "tuned" if _layout(e) == layout else f"tuned {_layout(e)}-major (no {layout}-major entry)"
+            return self._choice(e, threads, True, note)
         what = f"{M}x{K}x{N} sparsity {sparsity:g} block {block[0]}x{block[1]} {dtype}"
         near = [e for e in same if max(_ratio(e["M"], M), _ratio(e["K"], K), _ratio(e["N"], N)) <= 2
                 and abs(e["sparsity"] - sparsity) <= 0.1]
         if near:
-            e = min(near, key=lambda e: _distance(e, M, K, N, sparsity))
+            e = min(near, key=lambda e: _distance(e, M, K, N, sparsity) + (_layout(e) != layout) * 1e-3)
             note = (f"{what} was not tuned; using the choice tuned for {e['M']}x{e['K']}x{e['N']} "
-                    f"sparsity {e['sparsity']:g} ({self.path})")
+                    f"sparsity {e['sparsity']:g}" + ("" if _layout(e) == layout else f" {_layout(e)}-major")
+                    + f" ({self.path})")
             warnings.warn(note, TunedFallbackWarning, stacklevel=2)
             return self._choice(e, threads, False, note)
         note = f"{what} was not tuned and no tuned shape is close; using the default heuristic ({self.path})"
@@ -90,6 +94,11 @@ class TunedConfigs:
         if threads is not None and cfg.threads != threads:
             cfg = dataclasses.replace(cfg, threads=threads)
         return Choice("sparse", cfg, exact, note)
+
+
+def _layout(entry):
+    """The layout an entry was tuned in (entries before token-major tuning: "features")."""
+    return entry.get("layout", "features")
 
 
 def _ratio(a, b):
@@ -121,6 +130,8 @@ def load_tuned(path):
             if e["method"] == "sparse":
                 KernelConfig.from_dict(e["config"])
             tuple(e["block"]), e["M"], e["K"], e["N"], e["sparsity"], e["dtype"], e["threads"]
+            if _layout(e) not in LAYOUTS_OF_X:
+                raise ConfigError(f"unknown layout {_layout(e)!r}")
     except (AttributeError, KeyError, TypeError, ConfigError) as e:
         raise ConfigError(f"{path}: malformed entry ({e}); re-export it with `sparsebench export`") from None
     here = machines.get(fingerprint.hardware_id())
@@ -178,11 +189,13 @@ def _winners(results):
             best[key] = rec
     entries = []
     for rec in sorted(best.values(), key=lambda r: (r["task"]["block"], r["task"]["M"], r["task"]["K"],
-                                                    r["task"]["N"], r["task"]["sparsity"])):
+                                                    r["task"]["N"], r["task"]["sparsity"],
+                                                    r["task"].get("layout", "features"))):
         t = rec["task"]
         entries.append({"name": rec.get("name", ""), "M": t["M"], "K": t["K"], "N": t["N"],
                         "sparsity": t["sparsity"], "block": [int(x) for x in t["block"].split("x")],
-                        "dtype": t["dtype"], "threads": t["threads"], "method": rec["method"],
+                        "dtype": t["dtype"], "threads": t["threads"], "layout": t.get("layout", "features"),
+                        "method": rec["method"],
                         "config": rec["config"], "time_s": rec["best_s"], "dense_s": rec["dense_s"],
                         "default_s": rec["default_s"], "speedup": rec["dense_s"] / rec["best_s"],
                         "strategy": rec["strategy"], "evals": rec["evals"]})

@@ -28,7 +28,7 @@ from ..bench.verify import Reference
 from . import strategies
 from .check import task_shape
 from .records import Task, nearby_winners
-from .runners import dense_runner, numpy_runner, sparse_runner
+from .runners import dense_runner, in_layout, numpy_runner, out_shape, sparse_runner
 from .space import SearchSpace
 
 #: re-timed side by side at the end of each task: the best configs of the search, up to
@@ -62,8 +62,8 @@ class Autotuner:
             self.monitors[threads] = PeakMonitor(threads)
         return self.monitors[threads]
 
-    def tune_all(self, shapes, sparsities, blocks, threads, dtype="float32"):
-        tasks = [(sh, Task(sh.M, sh.K, sh.N, s, b, dtype, threads))
+    def tune_all(self, shapes, sparsities, blocks, threads, dtype="float32", layout="features"):
+        tasks = [(sh, Task(sh.M, sh.K, sh.N, s, b, dtype, threads, layout))
                  for sh in shapes for b in blocks for s in sparsities]
         results = []
         for i, (shape, task) in enumerate(tasks):
@@ -87,9 +87,10 @@ class Autotuner:
         A = sparse_matrix(Wp, task.block, task.dtype)
         # dense computes in float32; int8 candidates are checked exactly against their operands
         refs = {"dense": Reference(Wp, X), "sparse": reference(A, Wp, X, task.threads)}
+        X = in_layout(X, task.layout)
         space = SearchSpace(A, task.N, task.threads, self.isas)
         cache = {} if self.retune else self.db.measurements(task)
-        runners = {"dense": dense_runner(Wp, X, task.threads)}
+        runners = {"dense": dense_runner(Wp, X, task.threads, task.layout)}
         times, order = {}, []
         deadline = time.monotonic() + time_share if time_share else None
         budget = self.max_evals
@@ -128,9 +129,10 @@ class Autotuner:
                "config": None if candidate == "dense" else candidate.to_dict()}
         try:
             if candidate != "dense":
-                runners[candidate] = sparse_runner(A, X, candidate)
-            fresh = np.full((A.shape[0], X.shape[1]), np.nan, dtype=np.float32)
-            ok, err = refs[method].check(runners[candidate](fresh))
+                runners[candidate] = sparse_runner(A, X, candidate, task.layout)
+            fresh = np.full(out_shape(task), np.nan, dtype=np.float32)
+            result = runners[candidate](fresh)
+            ok, err = refs[method].check(result.T if task.layout == "tokens" else result)
             if not ok:
                 rec.update(status="wrong", reason=f"result differs from the float64 reference of its "
                            f"{task.dtype} operands (max rel. error {err:.2e})")
@@ -152,10 +154,10 @@ class Autotuner:
         close = [c for c in ok[:FINALISTS] if times[c] <= times[ok[0]] * (1 + FINALIST_MARGIN)]
         finalists = list(dict.fromkeys(ok[:2] + close + [space.default]))
         fns = {}
-        runners["numpy"] = numpy_runner(W, X)
+        runners["numpy"] = numpy_runner(W, X, task.layout)
         for c in ["dense", "numpy"] + finalists:
-            run = runners.get(c) or runners.setdefault(c, sparse_runner(A, X, c))
-            out = activations(A.shape[0], X.shape[1])
+            run = runners.get(c) or runners.setdefault(c, sparse_runner(A, X, c, task.layout))
+            out = activations(*out_shape(task))
             fns[c] = (lambda run=run, out=out: run(out))
         monitor = self.monitor(task.threads)
         st, degraded = monitor.around(tag, lambda: interleaved(fns, samples=self.confirm_samples, warmup=1,
@@ -179,3 +181,4 @@ class Autotuner:
                "peak_probes": monitor.probes[-2:]}
         self.db.add(rec)
         return rec
+

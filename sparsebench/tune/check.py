@@ -22,7 +22,7 @@ from ..prune import prune
 from ..bench.timing import interleaved, ratio
 from . import strategies
 from .records import candidate_of, nearby_winners
-from .runners import dense_runner, sparse_runner
+from .runners import dense_runner, in_layout, out_shape, sparse_runner
 from .space import SearchSpace
 
 
@@ -62,10 +62,12 @@ def time_winners(jobs, samples):
         W, X = problem_arrays(task_shape(task))
         Wp = prune(W, task.sparsity, task.block)
         A = sparse_matrix(Wp, task.block, task.dtype)
+        X = in_layout(X, task.layout)
         fns = {}
         for name, cand in (("mine", mine), ("ref", ref)):
-            out_buf = activations(task.M, task.N)
-            run = dense_runner(Wp, X, task.threads) if cand == "dense" else sparse_runner(A, X, cand)
+            out_buf = activations(*out_shape(task))
+            run = (dense_runner(Wp, X, task.threads, task.layout) if cand == "dense"
+                   else sparse_runner(A, X, cand, task.layout))
             fns[name] = (lambda run=run, o=out_buf: run(o))
         st = interleaved(fns, samples=samples, warmup=2)
         out.append((st["mine"].median, st["ref"].median, 1 / ratio(st["ref"], st["mine"]).median))

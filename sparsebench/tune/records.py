@@ -2,7 +2,7 @@
 
 Every record carries the hardware and build fingerprints, a short label of the CPU kind
 ("cpu", e.g. "AMD EPYC Zen 4 (family 25 model 17)") and the task key (shape, sparsity,
-block, dtype, threads). Records of other machines or builds, and records without "cpu"
+block, dtype, threads; the layout of X when token-major). Records of other machines or builds, and records without "cpu"
 (written before sparsebench told CPU kinds apart), are set aside with a message saying
 whose they are, never silently reused; `foreign=True` (the CLI's --use-foreign) takes
 them anyway. Appends go through sparsebench.store (whole lines, flock, fsync), so a
@@ -22,6 +22,7 @@ from ..config import KernelConfig
 from ..dtypes import DTYPES
 from ..errors import ConfigError
 from ..machine import cpu_label
+from ..spmm import LAYOUTS_OF_X
 
 FORMAT = 1
 
@@ -37,21 +38,29 @@ class Task:
     block: tuple
     dtype: str = "float32"
     threads: int = 1
+    layout: str = "features"    # of X and Y: "features" (K x N, M x N) or "tokens" (N x K, N x M)
 
     def key(self):
-        return {"M": self.M, "K": self.K, "N": self.N, "sparsity": round(self.sparsity, 6),
-                "block": "%dx%d" % self.block, "dtype": self.dtype, "threads": self.threads}
+        """The record key; layout only when token-major (feature-major keys are as they were)."""
+        key = {"M": self.M, "K": self.K, "N": self.N, "sparsity": round(self.sparsity, 6),
+               "block": "%dx%d" % self.block, "dtype": self.dtype, "threads": self.threads}
+        if self.layout != "features":
+            key["layout"] = self.layout
+        return key
 
     def __str__(self):
         return (f"{self.M}x{self.K}x{self.N} s={self.sparsity:g} {self.block[0]}x{self.block[1]} "
-                f"{self.dtype} t{self.threads}")
+                f"{self.dtype} t{self.threads}" + ("" if self.layout == "features" else f" {self.layout}"))
 
 
 def task_of(rec):
     k = rec["task"]
     br, bc = (int(x) for x in k["block"].split("x"))
+    layout = k.get("layout", "features")
+    if layout not in LAYOUTS_OF_X:
+        raise ValueError(f"unknown layout {layout!r}")
     return Task(int(k["M"]), int(k["K"]), int(k["N"]), float(k["sparsity"]), (br, bc), k["dtype"],
-                int(k["threads"]))
+                int(k["threads"]), layout)
 
 
 def candidate_of(rec):
@@ -170,11 +179,12 @@ def newest_builds(path):
 
 
 def nearby_winners(db, task, count=2, strategy=None):
-    """Sparse winners of other tuned tasks with the same block, dtype and threads, nearest first:
-    the smart strategy's seeds besides the default heuristic. `strategy`: only its winners."""
+    """Sparse winners of other tuned tasks with the same block, dtype and threads, nearest first
+    (the same task in the other layout first of all): the smart strategy's seeds besides the
+    default heuristic. `strategy`: only its winners."""
     def distance(t):
         return (sum(abs(math.log(a / b)) for a, b in ((t.M, task.M), (t.K, task.K), (t.N, task.N)))
-                + abs(t.sparsity - task.sparsity))
+                + abs(t.sparsity - task.sparsity) + (t.layout != task.layout) * 1e-3)
     found = {}
     for rec in db.results():
         t = task_of(rec)

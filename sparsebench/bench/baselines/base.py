@@ -22,6 +22,7 @@ class Problem:
     dtype: str = "float32"        # the data type the `sparsebench` method computes in
     Aq: object = None             # int8: the weights as a QuantizedBSRMatrix
     fp32_config: object = None    # `sparsebench-fp32` method (float32 kernels whatever the dtype)
+    tokens_config: object = None  # `sparsebench-tokens` method (tuned token-major, else as `config`)
 
     def contiguous_X(self):
         """X as one C-contiguous block, for methods that take no row stride (where X's rows are

@@ -8,8 +8,9 @@
 `sparsebench` method of an int8 run includes quantizing X);
 `sparsebench-dense`: our dense GEMM (the kernels' dense variants, every block of W stored),
 the yardstick beside numpy's BLAS;
-`sparsebench-tokens`: the `sparsebench` config on token-major X and Y (spmm's layout="tokens",
-what sparsebench.torch.SparseLinear runs: PyTorch's tokens x features).
+`sparsebench-tokens`: our kernels on token-major X and Y (spmm's layout="tokens", what
+sparsebench.torch.SparseLinear runs: PyTorch's tokens x features), with the config tuned
+token-major (the `sparsebench` config when only feature-major was tuned).
 """
 import dataclasses
 
@@ -95,7 +96,11 @@ class SparsebenchInt8Kernel(Sparsebench):
 
 class SparsebenchTokens(Sparsebench):
     name = "sparsebench-tokens"
-    description = "sparsebench block-sparse kernel on token-major X and Y (layout='tokens'), same config"
+    description = "sparsebench block-sparse kernel on token-major X and Y (layout='tokens'), tuned token-major"
+
+    def _operands(self, problem):
+        A, config = super()._operands(problem)
+        return A, problem.tokens_config or config
 
     def prepare(self, problem):
         A, X = self._operands(problem)[0], problem.X

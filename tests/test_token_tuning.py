@@ -1,0 +1,128 @@
+"""Token-major X (PyTorch's layout) as its own dimension of tuning: tasks, verification, export, lookup."""
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+import sparsebench as sb
+from sparsebench.bench.shapes import Shape
+from sparsebench.cli.main import main
+from sparsebench.models.linear import SparseLinear
+from sparsebench.tune import Autotuner, Task, TuningDB, autotune
+from sparsebench.tune.apply import TunedConfigs, export, load_tuned
+from sparsebench.tune.records import task_of
+
+SMALL = Shape("small", 64, 48, 24)
+QUIET = dict(samples=3, confirm_samples=3, log=lambda *a: None)
+
+
+def _records(path):
+    return [json.loads(line) for line in open(path)]
+
+
+def test_task_keys_name_the_layout_only_when_token_major():
+    features = Task(64, 48, 24, 0.7, (4, 1), "float32", 2)
+    tokens = Task(64, 48, 24, 0.7, (4, 1), "float32", 2, "tokens")
+    assert "layout" not in features.key()          # records of before token-major tuning still match
+    assert tokens.key()["layout"] == "tokens" and tokens.key() != features.key()
+    for task in (features, tokens):
+        assert task_of({"task": task.key()}) == task
+    assert str(tokens).endswith(" tokens")
+    with pytest.raises(ValueError, match="layout"):
+        task_of({"task": {**tokens.key(), "layout": "columns"}})
+
+
+def test_token_major_candidates_are_checked_in_their_layout(tmp_path, monkeypatch):
+    real = autotune.sparse_runner
+    layouts = set()
+
+    def wrong_without_prefetch(A, X, config, layout):
+        layouts.add((layout, X.shape))
+        run = real(A, X, config, layout)
+        if config.prefetch:
+            return run
+
+        def wrong(out):
+            run(out)
+            out[-1, 0] += 1.0            # token N-1, feature 0: only a token-major check sees it there
+            return out
+        return wrong
+    monkeypatch.setattr(autotune, "sparse_runner", wrong_without_prefetch)
+    path = tmp_path / "db.jsonl"
+    db = TuningDB(str(path), log=lambda *a: None)
+    [res] = Autotuner(db, "exhaustive", **QUIET).tune_all([SMALL], [0.7], [(4, 1)], threads=1, layout="tokens")
+    assert layouts == {("tokens", (24, 48))}              # X handed over token-major, N x K
+    meas = [r for r in _records(path) if r["kind"] == "measurement" and r["method"] == "sparse"]
+    assert all(r["task"]["layout"] == "tokens" for r in meas)
+    wrong = [r for r in meas if r["status"] == "wrong"]
+    assert wrong and all(r["config"]["prefetch"] == 0 for r in wrong)
+    assert all(r["status"] == "ok" for r in meas if r["config"]["prefetch"])
+    assert res["task"]["layout"] == "tokens" and (res["method"] == "dense" or res["config"]["prefetch"])
+
+
+def _entry(layout, which):
+    """A tuned entry for 64x48x24, sparsity 0.7, 4x1, with a valid config (`which`: first or last)."""
+    W = np.random.default_rng(1).standard_normal((64, 48)).astype(np.float32)
+    A = sb.BSRMatrix.from_dense(sb.prune(W, 0.7, (4, 1)), (4, 1))
+    config = sb.kernel_configs(A, 24, threads=1)[which]
+    return {"M": 64, "K": 48, "N": 24, "sparsity": 0.7, "block": [4, 1], "dtype": "float32", "threads": 1,
+            "method": "sparse", "config": config.to_dict(), **({"layout": layout} if layout else {})}, config
+
+
+def test_lookup_prefers_the_asked_layout_and_falls_back_to_the_other():
+    (old, feature_cfg), (tok, token_cfg) = _entry(None, 0), _entry("tokens", -1)
+    table = TunedConfigs({"entries": [old, tok]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert table.lookup(64, 48, 24, 0.7, (4, 1), threads=1).config == feature_cfg
+        found = table.lookup(64, 48, 24, 0.7, (4, 1), threads=1, layout="tokens")
+        assert found.config == token_cfg and found.exact and found.note == "tuned"
+        only_features = TunedConfigs({"entries": [old]}).lookup(64, 48, 24, 0.7, (4, 1), threads=1, layout="tokens")
+    assert only_features.config == feature_cfg and "features-major" in only_features.note
+
+
+def test_models_plan_token_major_calls_with_the_token_major_entry():
+    (old, feature_cfg), (tok, token_cfg) = _entry(None, 0), _entry("tokens", -1)
+    W = np.random.default_rng(1).standard_normal((64, 48)).astype(np.float32)
+    layer = SparseLinear(W, sparsity=0.7, tuned=TunedConfigs({"entries": [old, tok]}), threads=1)
+    assert layer.plan(24).config == feature_cfg and layer.plan(24, "tokens").config == token_cfg
+    X = np.random.default_rng(2).standard_normal((24, 48)).astype(np.float32)
+    Y = layer.matmul(X, layout="tokens")
+    assert layer.kernel == str(token_cfg)
+    np.testing.assert_allclose(Y, (layer.A.to_dense().astype(np.float64) @ X.T.astype(np.float64)).T,
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_autotune_cli_tunes_and_exports_token_major(tmp_path, capsys):
+    db, out = str(tmp_path / "db.jsonl"), str(tmp_path / "tuned.json")
+    common = ["--shapes", "64x48x24", "--sparsity", "0.7", "--threads", "1", "--db", db, "--max-evals", "2",
+              "--samples", "3"]
+    assert main(["autotune", *common, "--layout", "tokens"]) in (None, 0)
+    assert "tokens-major X" in capsys.readouterr().out
+    assert main(["autotune", *common]) in (None, 0)
+    assert main(["export", "--db", db, "--out", out]) in (None, 0)
+    layouts = sorted(e["layout"] for e in load_tuned(out).entries)
+    assert layouts == ["features", "tokens"]
+    assert len(export(TuningDB(db, log=lambda *a: None), out)["entries"]) == 2
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "report")]) in (None, 0)
+    md = open(tmp_path / "report" / "report.md").read()
+    rows = [line for line in md.splitlines() if line.startswith("| 64x48x24 | 64×48×24 | 4x1 |")]
+    assert sorted(line.split(" | ")[3] for line in rows) == ["features", "tokens"]   # two tasks, not one
+
+
+def test_compare_runs_sparsebench_tokens_with_its_token_major_config():
+    from sparsebench.bench.compare import Compare
+    (_, feature_cfg), (_, token_cfg) = _entry(None, 0), _entry("tokens", -1)
+    asked = []
+
+    def config_for(A, n, s, layout="features"):
+        asked.append(layout)
+        return token_cfg if layout == "tokens" else feature_cfg
+    cmp = Compare(["sparsebench", "sparsebench-tokens"], threads=1, samples=3, log=lambda *a: None,
+                  config_for=config_for)
+    rows = {r["method"]: r for r in cmp.run([SMALL], [0.7], [(4, 1)])}
+    assert all(r["status"] == "ok" for r in rows.values())
+    assert rows["sparsebench"]["config"] == str(feature_cfg)
+    assert rows["sparsebench-tokens"]["config"] == str(token_cfg)
+    assert sorted(asked) == ["features", "tokens"]
