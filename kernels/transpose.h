@@ -91,11 +91,33 @@ static void sb_transpose_rows(const float *src, ptrdiff_t lds, float *dst, ptrdi
         for (c = 0; c < cols; c++) dst[(ptrdiff_t)c * ldd + r] = src[r * lds + c];
 }
 
+/* dst[c][r] = src[r][c] for r < rows, c < cols, in blocks of 16 source columns: the 8x8 tiles
+ * of a block read each source row's 64 bytes together and fill the block's destination rows
+ * before the next block. Both sides can be rows a multiple of 4 KiB apart (a panel of token-major
+ * X, token rows of Yt), which share a few cache sets: a line half read or half written would be
+ * evicted before the loop came back to it. A panel task's tokens of X; a group of Y's register
+ * tiles stored token-major. */
+static inline void sb_transpose_block(const float *src, ptrdiff_t lds, float *dst, ptrdiff_t ldd, int rows,
+                                      int cols) {
+    int c = 0;
+#if SB_TR_TILE
+    int whole = rows - rows % SB_TR_TILE;
+    for (; c + 2 * SB_TR_TILE <= cols; c += 2 * SB_TR_TILE)
+        for (int r = 0; r < whole; r += SB_TR_TILE) {
+            sb_transpose8x8(src + r * lds + c, lds, dst + (ptrdiff_t)c * ldd + r, ldd);
+            sb_transpose8x8(src + r * lds + c + SB_TR_TILE, lds, dst + (ptrdiff_t)(c + SB_TR_TILE) * ldd + r, ldd);
+        }
+    if (whole < rows && c > 0)          /* the last rows of the blocks done */
+        sb_transpose_rows(src, lds, dst, ldd, whole, rows, c);
+#endif
+    if (c < cols) sb_transpose_rows(src + c, lds, dst + (ptrdiff_t)c * ldd, ldd, 0, rows, cols - c);
+}
+
 /* Source rows [SB_TR_STRIPE t, SB_TR_STRIPE (t + 1)) of the job. */
 static void sb_transpose_task(void *ctx, int t) {
     const sb_transpose_job_t *j = (const sb_transpose_job_t *)ctx;
     int r0 = t * SB_TR_STRIPE, r1 = r0 + SB_TR_STRIPE < j->rows ? r0 + SB_TR_STRIPE : j->rows;
-    sb_transpose_rows(j->src, j->lds, j->dst, j->ldd, r0, r1, j->cols);
+    sb_transpose_block(j->src + (ptrdiff_t)r0 * j->lds, j->lds, j->dst + r0, j->ldd, r1 - r0, j->cols);
 }
 
 /* Rows [SB_TR_STRIPE t, SB_TR_STRIPE (t + 1)) of a copy (rows x cols, no transpose). */

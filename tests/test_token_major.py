@@ -114,9 +114,11 @@ def test_token_major_equals_feature_major_bitwise(block, dtype):
 @pytest.mark.parametrize("block", SUPPORTED_BLOCKS)
 def test_panel_tasks_transposing_their_own_tokens_give_the_same_bits(block):
     """N large enough for a panel of n_tile tokens per thread: each task transposes its tokens
-    (remainder panel included); K not a multiple of the block's columns takes the other path."""
-    for K in (96, 67):
-        W = sb.prune(random_x(40, K, seed=K), 0.6, block)
+    (remainder panel included) in 16-column blocks of 8x8 tiles (features past the last block
+    too), and stores Y in groups of rows (rows past the last 8 of a group too); K not a multiple
+    of the block's columns takes the other path."""
+    for M, K in ((40, 96), (45, 96), (45, 67)):
+        W = sb.prune(random_x(M, K, seed=K), 0.6, block)
         A = sb.BSRMatrix.from_dense(W, block)
         for N in (128, 131):
             Xt = random_x(N, K, seed=N)
