@@ -58,9 +58,8 @@ typedef struct {
     int cols;
 } sb_transpose_job_t;
 
-/* dst[c][r] = src[r][c] for source rows r0..r1 and columns 0..cols: a task's share of a whole
- * transpose, a register tile of Y stored token-major from its scratch tile, the rows of Y a
- * K-sliced task has summed, or a panel task's tokens of X. */
+/* dst[c][r] = src[r][c] for source rows r0..r1 and columns 0..cols, 8 or 4 rows at a time: the
+ * rows of Y a K-sliced task has summed, and the edges of sb_transpose_block. */
 static void sb_transpose_rows(const float *src, ptrdiff_t lds, float *dst, ptrdiff_t ldd, int r0, int r1,
                               int cols) {
     int r = r0, c;

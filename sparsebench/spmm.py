@@ -69,10 +69,8 @@ def spmm(A, X, config=None, out=None, bias=None, activation=None, layout="featur
 def _multiply(A, X, config, out, y, bias, activation, yt=None, xt=None):
     """The checked call: plan (once per matrix and config), then the kernel. y: out's canonical
     view; yt: a token-major N x M array the kernels store Y into, transposed; xt: token-major X
-    (N x K), whose transpose X (a scratch buffer) is to hold: float32 kernels with one K slice,
-    K a multiple of the block's columns and at least a panel of n_tile tokens per thread
-    transpose their own tokens in their task (no pass before the kernel, nothing crosses cores);
-    the others get X transposed first."""
+    (N x K), whose transpose X (a scratch buffer) is to hold: by the kernels' panel tasks where
+    panel_tasks says so, else on the pool first."""
     int8 = isinstance(A, QuantizedBSRMatrix)
     M, K = A.shape
     N = X.shape[1]
@@ -89,8 +87,7 @@ def _multiply(A, X, config, out, y, bias, activation, yt=None, xt=None):
                                    + (A.task_bounds(config.threads, config.m_tile),))
     if M == 0 or N == 0:
         return out
-    if xt is not None and (int8 or not K or plan[2] > 1 or K % A.block[1]
-                           or -(-N // config.n_tile) < config.threads):
+    if xt is not None and not panel_tasks(A, config, N):
         kernel_module(best_isa()).transpose(xt, X, config.threads)    # the whole X, first
         xt = None
     if int8:
@@ -139,6 +136,16 @@ def _multiply(A, X, config, out, y, bias, activation, yt=None, xt=None):
 #: 1024x1024 (512 KiB) staging was 1.10-1.15x slower, so smaller X stays where it is.
 #: python -m sparsebench.bench.plain: 1x1 768x3072x128 plain/lab 1.40 -> 1.05-1.12.
 STAGE_MIN_BYTES = 1024 * 1024
+
+
+def panel_tasks(A, config, N):
+    """Whether a token-major call runs as panel tasks: each task transposes a panel of n_tile
+    tokens of X on its own core and runs every block row on them (no pass before the kernel,
+    nothing crosses cores; n_panel and m_tile play no part). That takes float32 kernels, one K
+    slice, K a multiple of the block's columns and a panel per thread."""
+    K = A.shape[1]
+    return (not isinstance(A, QuantizedBSRMatrix) and K > 0 and K % A.block[1] == 0
+            and (not config.k_slice or config.k_slice >= K) and -(-N // config.n_tile) >= config.threads)
 
 
 def stages(A, X):

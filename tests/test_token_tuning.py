@@ -9,6 +9,7 @@ import sparsebench as sb
 from sparsebench.bench.shapes import Shape
 from sparsebench.cli.main import main
 from sparsebench.models.linear import SparseLinear
+from sparsebench.spmm import panel_tasks
 from sparsebench.tune import Autotuner, Task, TuningDB, autotune
 from sparsebench.tune.apply import TunedConfigs, export, load_tuned
 from sparsebench.tune.records import task_of
@@ -125,4 +126,36 @@ def test_compare_runs_sparsebench_tokens_with_its_token_major_config():
     assert all(r["status"] == "ok" for r in rows.values())
     assert rows["sparsebench"]["config"] == str(feature_cfg)
     assert rows["sparsebench-tokens"]["config"] == str(token_cfg)
-    assert sorted(asked) == ["features", "tokens"]
+    assert set(asked) == {"features", "tokens"}          # (a case measured degraded runs again)
+
+
+def test_lookup_keeps_to_the_layout_among_near_shapes_and_files_say_their_version(tmp_path):
+    (old, feature_cfg), (tok, token_cfg) = _entry(None, 0), _entry("tokens", -1)
+    # the same shape a step away tuned in both layouts: each layout takes its own
+    table = TunedConfigs({"entries": [{**old, "N": 32}, {**tok, "N": 32}]}, "t.json")
+    with pytest.warns(UserWarning, match=r"tuned for 64x48x32 sparsity 0.7 \(t.json"):
+        assert table.lookup(64, 48, 28, 0.7, (4, 1), threads=1, layout="tokens").config == token_cfg
+    with pytest.warns(UserWarning, match=r"tuned for 64x48x32 sparsity 0.7 \(t.json"):
+        assert table.lookup(64, 48, 28, 0.7, (4, 1), threads=1).config == feature_cfg
+    path = tmp_path / "tuned.json"
+    for version, entries, ok in ((1, [old], True), (2, [old, tok], True), (2, [{**tok, "layout": "cols"}], False),
+                                 (3, [old], False)):
+        path.write_text(json.dumps({"format": "sparsebench-tuned", "version": version, "entries": entries}))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if ok:
+                assert load_tuned(str(path)).lookup(64, 48, 24, 0.7, (4, 1), threads=1).config == feature_cfg
+            else:
+                with pytest.raises(sb.errors.ConfigError, match="layout|version"):
+                    load_tuned(str(path))
+
+
+def test_token_major_space_drops_knobs_that_panel_tasks_ignore():
+    W = np.random.default_rng(1).standard_normal((64, 256)).astype(np.float32)
+    A = sb.BSRMatrix.from_dense(sb.prune(W, 0.7, (4, 1)), (4, 1))
+    features = set(sb.kernel_configs(A, 128, threads=2))
+    tokens = set(sb.kernel_configs(A, 128, threads=2, layout="tokens"))
+    assert tokens < features
+    dropped = features - tokens
+    assert dropped and all((c.n_panel or c.m_tile) and panel_tasks(A, c, 128) for c in dropped)
+    assert any(c.k_slice and c.m_tile for c in tokens)      # K-sliced configs keep every knob

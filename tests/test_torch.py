@@ -1,6 +1,7 @@
 """sparsebench.torch: SparseLinear and sparsify against float64 and dense PyTorch, torch.compile,
 pickling, error cases, and Hugging Face models (tiny random configs built offline, MiniLM)."""
 import copy
+import dataclasses
 import importlib
 import io
 import pickle
@@ -273,6 +274,28 @@ def test_sparsify_keeps_layers_dense_where_tuning_says_so(tmp_path, monkeypatch)
     assert summary[1].kernel == f"N=16: {config}, N=64: dense"
     assert (model[0].weight == 0).float().mean() == pytest.approx(0.8, abs=0.01)   # pruned all the same
     assert tied.count_nonzero() == tied.numel()                     # a weight tied to it is untouched
+
+
+@needs_torch
+def test_sparsify_summary_names_the_kernels_that_run_in_each_layout(monkeypatch):
+    """A fused layer's linear layers run feature-major (our encoder's layer body), an unfused
+    SparseLinear token-major: the summary shows each one's tuned config."""
+    from sparsebench.tune.apply import TunedConfigs
+    monkeypatch.setenv("SPARSEBENCH_NUM_THREADS", "2")
+    features = sb.KernelConfig((4, 1), cpu.best_isa(), 16, prefetch=0, threads=2)
+    tokens = dataclasses.replace(features, prefetch=4)
+    shapes = [(64, 64), (128, 64), (64, 128)]
+    table = TunedConfigs({"entries": [
+        {"M": M, "K": K, "N": 16, "sparsity": 0.8, "block": [4, 1], "dtype": "float32", "threads": 2,
+         "method": "sparse", "config": config.to_dict(), "layout": layout}
+        for M, K in shapes for layout, config in (("features", features), ("tokens", tokens))]})
+    query = "encoder.layer.0.attention.self.query"
+    for fuse, expected in ((True, features), (False, tokens)):
+        summary = sbt.sparsify(tiny_hf("bert"), sparsity=0.8, tuned=table, fuse_layers=fuse)
+        assert bool(summary.fused_layers) == fuse
+        rows = {r.name: r for r in summary}
+        assert rows[query].kernel == f"N=16: {expected}"
+        assert rows["pooler.dense"].kernel == f"N=16: {tokens}"          # never inside a fused layer
 
 
 # -- Hugging Face -------------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ class KernelPlan:
 
     method: str                 # "sparse", "dense" (our dense GEMM) or "numpy" (numpy's matmul)
     config: object              # KernelConfig for "sparse" and "dense", None for "numpy"
-    source: str                 # "given", "tuned", "tuned (nearest)", "default heuristic", ...
+    source: str                 # "given", "tuned", "tuned (features-major)", "tuned (nearest)", "default heuristic", ...
     note: str = ""
 
     @property
@@ -136,7 +136,8 @@ class SparseLinear:
                                   layout=layout)
         if entry.method == "sparse" and entry.config is None:
             return KernelPlan("sparse", heuristic, "default heuristic", entry.note)
-        source = "tuned" if entry.exact else "tuned (nearest)"
+        source = ("tuned (nearest)" if not entry.exact else "tuned" if entry.layout == layout
+                  else f"tuned ({entry.layout}-major)")
         if entry.method == "dense":
             return KernelPlan("dense", None, source, entry.note)
         try:

@@ -124,6 +124,12 @@ def sparsify(model, sparsity=None, block=None, dtype="float32", tuned=None, min_
     if fuse_layers:
         summary.unfused_layers = fuse_layer_modules(model)
         summary.fused_layers = [name for name, module in model.named_modules() if isinstance(module, _FusedLayer)]
+        # a fused layer's linear layers run feature-major, as our encoder computes
+        inside = tuple(f"{name}." for name in summary.fused_layers)
+        layers = {name: layer for name, _, layer, stays_dense in planned if not stays_dense}
+        summary[:] = [dataclasses.replace(row, kernel=_tuned_kernels(layers[row.name], "features")
+                                          or "default heuristic")
+                      if row.name in layers and row.name.startswith(inside) else row for row in summary]
     if summary.replaced:
         _warn_if_torch_spins()
     if not summary.replaced:
@@ -206,9 +212,10 @@ def _weight_blocks(weight, block, dtype):
     return block, float(detect_block(weight, (block,), tolerance=math.inf)[1])    # any block fits: its sparsity
 
 
-def _tuned_kernels(layer):
-    """"N=128: config, N=384: dense" for every token count tuned for exactly this layer, "dense"
-    if all of them say dense, None without a tuned table (or with nothing tuned for it)."""
+def _tuned_kernels(layer, layout="tokens"):
+    """"N=128: config, N=384: dense" for every token count tuned for exactly this layer (X in
+    `layout`: token-major as SparseLinear runs, feature-major inside a fused layer), "dense" if
+    all of them say dense, None without a tuned table (or with nothing tuned for it)."""
     if layer.tuned is None:
         return None
     M, K = layer.out_features, layer.in_features
@@ -217,8 +224,8 @@ def _tuned_kernels(layer):
     kernel_layer = layer._kernel_layer()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")           # the nearest-shape fallbacks are not listed
-        plans = {n: kernel_layer.plan(n, "tokens") for n in tokens}
-    exact = {n: p.kernel for n, p in plans.items() if p.source == "tuned"}
+        plans = {n: kernel_layer.plan(n, layout) for n in tokens}
+    exact = {n: p.kernel for n, p in plans.items() if p.source.startswith("tuned") and p.source != "tuned (nearest)"}
     if not exact:
         return None
     if set(exact.values()) == {"dense"}:

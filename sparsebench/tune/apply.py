@@ -30,7 +30,9 @@ from ..machine import cpu_label
 from ..spmm import LAYOUTS_OF_X
 
 FORMAT = "sparsebench-tuned"
-VERSION = 1
+#: 2: entries carry the layout they were tuned in; version 1 files (all feature-major) still load
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 SPARSITY_MATCH = 0.005
 
 
@@ -48,6 +50,7 @@ class Choice:
     config: KernelConfig = None      # for "sparse"; None means the default heuristic
     exact: bool = True
     note: str = ""
+    layout: str = "features"         # the layout of X the choice was tuned in
 
 
 class TunedConfigs:
@@ -89,11 +92,11 @@ class TunedConfigs:
     @staticmethod
     def _choice(entry, threads, exact, note):
         if entry["method"] == "dense":
-            return Choice("dense", None, exact, note)
+            return Choice("dense", None, exact, note, _layout(entry))
         cfg = KernelConfig.from_dict(entry["config"])
         if threads is not None and cfg.threads != threads:
             cfg = dataclasses.replace(cfg, threads=threads)
-        return Choice("sparse", cfg, exact, note)
+        return Choice("sparse", cfg, exact, note, _layout(entry))
 
 
 def _layout(entry):
@@ -121,9 +124,10 @@ def load_tuned(path):
         raise ConfigError(f"{path} is not valid JSON ({e}); re-export it with `sparsebench export`") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ConfigError(f"{path} is not a sparsebench tuned-config file (format {FORMAT!r} expected)")
-    if data.get("version") != VERSION:
+    if data.get("version") not in READABLE_VERSIONS:
         raise ConfigError(f"{path} has tuned-config version {data.get('version')!r}; this sparsebench "
-                          f"reads version {VERSION}: re-export it with `sparsebench export`")
+                          f"reads versions {', '.join(map(str, READABLE_VERSIONS))}: re-export it with "
+                          "`sparsebench export`")
     try:
         machines = data.get("machines", {})
         for e in data["entries"] + [e for section in machines.values() for e in section["entries"]]:

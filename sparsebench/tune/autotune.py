@@ -17,7 +17,6 @@ import time
 
 import numpy as np
 
-from ..arrays import activations
 from ..bench.problems import problem_arrays
 from ..dtypes import reference, sparse_matrix
 from ..errors import ConfigError
@@ -28,7 +27,7 @@ from ..bench.verify import Reference
 from . import strategies
 from .check import task_shape
 from .records import Task, nearby_winners
-from .runners import dense_runner, in_layout, numpy_runner, out_shape, sparse_runner
+from .runners import dense_runner, in_layout, new_output, numpy_runner, out_shape, sparse_runner
 from .space import SearchSpace
 
 #: re-timed side by side at the end of each task: the best configs of the search, up to
@@ -88,7 +87,7 @@ class Autotuner:
         # dense computes in float32; int8 candidates are checked exactly against their operands
         refs = {"dense": Reference(Wp, X), "sparse": reference(A, Wp, X, task.threads)}
         X = in_layout(X, task.layout)
-        space = SearchSpace(A, task.N, task.threads, self.isas)
+        space = SearchSpace(A, task.N, task.threads, self.isas, task.layout)
         cache = {} if self.retune else self.db.measurements(task)
         runners = {"dense": dense_runner(Wp, X, task.threads, task.layout)}
         times, order = {}, []
@@ -137,7 +136,7 @@ class Autotuner:
                 rec.update(status="wrong", reason=f"result differs from the float64 reference of its "
                            f"{task.dtype} operands (max rel. error {err:.2e})")
             else:
-                out = activations(*fresh.shape)
+                out = new_output(task)
                 fn = runners[candidate]
                 st = measure(lambda: fn(out), samples=self.samples, warmup=1, sample_time=1e-3)
                 rec.update(status="ok", median_s=st.median, p20_s=st.p20, p80_s=st.p80, min_s=st.min,
@@ -157,7 +156,7 @@ class Autotuner:
         runners["numpy"] = numpy_runner(W, X, task.layout)
         for c in ["dense", "numpy"] + finalists:
             run = runners.get(c) or runners.setdefault(c, sparse_runner(A, X, c, task.layout))
-            out = activations(*out_shape(task))
+            out = new_output(task)
             fns[c] = (lambda run=run, out=out: run(out))
         monitor = self.monitor(task.threads)
         st, degraded = monitor.around(tag, lambda: interleaved(fns, samples=self.confirm_samples, warmup=1,

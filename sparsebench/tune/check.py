@@ -15,14 +15,13 @@ import multiprocessing
 
 import numpy as np
 
-from ..arrays import activations
 from ..bench.problems import problem_arrays
 from ..dtypes import sparse_matrix
 from ..prune import prune
 from ..bench.timing import interleaved, ratio
 from . import strategies
 from .records import candidate_of, nearby_winners
-from .runners import dense_runner, in_layout, out_shape, sparse_runner
+from .runners import dense_runner, in_layout, new_output, sparse_runner
 from .space import SearchSpace
 
 
@@ -65,7 +64,7 @@ def time_winners(jobs, samples):
         X = in_layout(X, task.layout)
         fns = {}
         for name, cand in (("mine", mine), ("ref", ref)):
-            out_buf = activations(*out_shape(task))
+            out_buf = new_output(task)
             run = (dense_runner(Wp, X, task.threads, task.layout) if cand == "dense"
                    else sparse_runner(A, X, cand, task.layout))
             fns[name] = (lambda run=run, o=out_buf: run(o))
@@ -102,7 +101,7 @@ def replay_strategy(db, tasks, strategy, against="exhaustive", seed=0):
         W, X = problem_arrays(task_shape(task))
         A = sparse_matrix(prune(W, task.sparsity, task.block), task.block, task.dtype)
         isas = sorted({c.isa for c in table})
-        space = SearchSpace(A, task.N, task.threads, isas or None)
+        space = SearchSpace(A, task.N, task.threads, isas or None, task.layout)
         missing = [c for c in space.configs if c not in table]
         if not table or missing:
             rows.append({"task": task, "missing": f"{against} sweep of {len(missing) if table else 'all'} "

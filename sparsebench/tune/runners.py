@@ -32,14 +32,19 @@ def sparse_runner(A, X, config, layout="features"):
 
 
 def in_layout(X, layout):
-    """A task's X (K x N) as its candidates read it: a token-major copy (N x K) for "tokens"."""
-    if layout != "tokens":
-        return X
-    Xt = activations(X.shape[1], X.shape[0])
-    Xt[:] = X.T
-    return Xt
+    """A task's X (K x N) as its candidates read it: for "tokens" a contiguous N x K copy, as a
+    PyTorch tensor holds it (rows a multiple of 4 KiB apart for K = 1024 or 3072, say)."""
+    return np.ascontiguousarray(X.T) if layout == "tokens" else X
 
 
 def out_shape(task):
     """The shape of a task's output: N x M token-major, M x N feature-major."""
     return (task.N, task.M) if task.layout == "tokens" else (task.M, task.N)
+
+
+def new_output(task):
+    """An output as the task's callers hold it: rows padded apart (arrays.activations, as our models
+    allocate) feature-major; contiguous token-major, as a PyTorch tensor."""
+    if task.layout == "tokens":
+        return np.empty(out_shape(task), np.float32)
+    return activations(task.M, task.N)

@@ -11,6 +11,7 @@ from ..config import KernelConfig
 from ..cpu import available_isas, best_isa, default_threads, kernel_module
 from ..dispatch import default_config
 from ..quant import QuantizedBSRMatrix
+from ..spmm import panel_tasks
 
 #: cache panel widths (columns of X kept hot while every block row is swept); 0 = all of N
 PANELS = (0, 128, 256, 512)
@@ -25,11 +26,12 @@ PREFETCH = (0, 4, 16)
 TUNABLE = ("isa", "n_tile", "n_panel", "k_slice", "m_tile", "prefetch")
 
 
-def kernel_configs(A, n, threads=None, isas=None):
+def kernel_configs(A, n, threads=None, isas=None, layout="features"):
     """Every valid KernelConfig for matrix A times a K x n X: the autotuner's search space.
 
     Tiles much wider than n are left out (they would only run their masked tail path),
-    as are panels that would not split N.
+    as are panels that would not split N, and, token-major, the panels and task sizes of
+    configs that run as panel tasks (spmm.panel_tasks: they would run the same kernel).
     """
     threads = threads or default_threads()
     if isinstance(A, QuantizedBSRMatrix):
@@ -50,8 +52,11 @@ def kernel_configs(A, n, threads=None, isas=None):
                         continue
                     for m_tile in M_TILES:
                         for prefetch in PREFETCH:
-                            out.append(KernelConfig(A.block, isa, nt, n_panel, k_slice, m_tile,
-                                                    prefetch, threads))
+                            config = KernelConfig(A.block, isa, nt, n_panel, k_slice, m_tile, prefetch, threads)
+                            if (layout == "tokens" and (n_panel or m_tile)
+                                    and panel_tasks(A, config, n)):
+                                continue
+                            out.append(config)
     return out
 
 
@@ -74,8 +79,8 @@ def _int8_configs(A, n, threads, isas):
 class SearchSpace:
     """Valid KernelConfigs for matrix A times a K x n X, with `threads` threads."""
 
-    def __init__(self, A, n, threads, isas=None):
-        self.configs = kernel_configs(A, n, threads=threads, isas=isas)
+    def __init__(self, A, n, threads, isas=None, layout="features"):
+        self.configs = kernel_configs(A, n, threads=threads, isas=isas, layout=layout)
         self._valid = set(self.configs)
         self.params = {p: sorted({getattr(c, p) for c in self.configs}, key=_order) for p in TUNABLE}
         dflt = default_config(A, n, threads)

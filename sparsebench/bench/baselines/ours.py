@@ -104,9 +104,8 @@ class SparsebenchTokens(Sparsebench):
 
     def prepare(self, problem):
         A, X = self._operands(problem)[0], problem.X
-        Xt = activations(X.shape[1], X.shape[0])
-        Xt[...] = X.T
-        Yt = activations(X.shape[1], A.shape[0])
+        Xt = np.ascontiguousarray(X.T)                      # contiguous, as a PyTorch tensor
+        Yt = np.empty((X.shape[1], A.shape[0]), np.float32)
         cfg = self.config_for(problem)
         if cfg == "dense":
             raise MethodUnavailable("the tuned choice for this case is dense")
