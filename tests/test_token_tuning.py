@@ -159,3 +159,11 @@ def test_token_major_space_drops_knobs_that_panel_tasks_ignore():
     dropped = features - tokens
     assert dropped and all((c.n_panel or c.m_tile) and panel_tasks(A, c, 128) for c in dropped)
     assert any(c.k_slice and c.m_tile for c in tokens)      # K-sliced configs keep every knob
+
+
+def test_compare_prints_token_major_over_feature_major(tmp_path, capsys):
+    assert main(["compare", "--shapes", "64x48x24", "--sparsity", "0.7", "--threads", "1", "--samples", "3",
+                 "--methods", "sparsebench,sparsebench-tokens", "--out", str(tmp_path / "c.csv")]) == 0
+    out = capsys.readouterr().out
+    table = out[out.index("token-major X and Y"):]
+    assert "token / feature" in table and "64x48x24" in table.splitlines()[3]

@@ -278,21 +278,34 @@ def speedup_table(rows, methods):
     return format_table(header, lines)
 
 
-def int8_table(rows):
-    """Text table: our float32 kernel's time / our int8 kernel's time, per shape x sparsity."""
+def _pairs(rows, first, second):
+    """{(shape, MxKxN, block, sparsity): (row of `first`, row of `second`)} where both ran."""
     by_case = {}
     for r in rows:
-        if r["status"] == "ok" and r["method"] in ("sparsebench", "sparsebench-fp32"):
+        if r["status"] == "ok" and r["method"] in (first, second):
             key = (r["shape"], f"{r['M']}x{r['K']}x{r['N']}", r["block"], r["sparsity"])
             by_case.setdefault(key, {})[r["method"]] = r
+    return {key: (by[first], by[second]) for key, by in by_case.items() if len(by) == 2}
+
+
+def int8_table(rows):
+    """Text table: our float32 kernel's time / our int8 kernel's time, per shape x sparsity."""
     lines = []
-    for key, by in by_case.items():
-        if len(by) == 2:
-            fp32, int8 = float(by["sparsebench-fp32"]["median_ms"]), float(by["sparsebench"]["median_ms"])
-            lines.append(list(key) + [f"{fp32:.3f}", f"{int8:.3f}", f"{fp32 / int8:.2f}x",
-                                      f"{float(by['sparsebench']['max_rel_error']):.2%}"])
+    for key, (fp32, int8) in _pairs(rows, "sparsebench-fp32", "sparsebench").items():
+        a, b = float(fp32["median_ms"]), float(int8["median_ms"])
+        lines.append(list(key) + [f"{a:.3f}", f"{b:.3f}", f"{a / b:.2f}x", f"{float(int8['max_rel_error']):.2%}"])
     return format_table(["shape", "MxKxN", "block", "sparsity", "fp32 ms", "int8 ms", "int8 speedup",
                          "int8 error"], lines)
+
+
+def layout_table(rows):
+    """Text table: token-major time (sparsebench-tokens) / feature-major time (sparsebench)."""
+    lines = []
+    for key, (features, tokens) in _pairs(rows, "sparsebench", "sparsebench-tokens").items():
+        a, b = float(features["median_ms"]), float(tokens["median_ms"])
+        lines.append(list(key) + [f"{a:.3f}", f"{b:.3f}", f"{b / a:.2f}"])
+    return format_table(["shape", "MxKxN", "block", "sparsity", "feature-major ms", "token-major ms",
+                         "token / feature"], lines)
 
 
 def format_table(header, lines):

@@ -69,7 +69,7 @@ def _set_name(spec):
 def cmd_compare(args):
     from ..bench import baselines
     from .. import store
-    from ..bench.compare import Compare, int8_table, read_rows, speedup_table, tty_progress
+    from ..bench.compare import Compare, int8_table, layout_table, read_rows, speedup_table, tty_progress
     from ..config import KernelConfig
     from ..cpu import default_threads
 
@@ -118,6 +118,10 @@ def cmd_compare(args):
     if args.dtype == "int8" and {"sparsebench", "sparsebench-fp32"} <= set(methods):
         print("\nint8 against our float32 kernels (time ratio of the medians; quantization of X included):")
         print(int8_table(rows))
+    if {"sparsebench", "sparsebench-tokens"} <= set(methods):
+        print("\ntoken-major X and Y (contiguous, as PyTorch holds them) against feature-major (time ratio of "
+              "the medians):")
+        print(layout_table(rows))
     bad = [r for r in rows if r["status"] in ("wrong", "error")]
     for r in bad:
         print(f"FAILED {r['method']} on {r['shape']} {r['block']} {r['sparsity']}: {r['reason']}")
