@@ -11,6 +11,8 @@ more samples, and the fastest of that side-by-side run is the task's result; num
 matmul runs beside them as the yardstick (numpy_s), never as a choice. Peak probes before
 and after that run give the result its pct_peak (of the machine's measured peak, see
 sparsebench.peak), the probes, and a degraded mark when one ran more than 15% under the peak (25% under the copy bandwidth).
+A token-major task (Task.layout "tokens") runs every candidate on contiguous token-major X and Y,
+as PyTorch holds them, and checks the result transposed back.
 """
 import math
 import time
