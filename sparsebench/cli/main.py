@@ -177,7 +177,8 @@ def cmd_autotune(args):
     isas = available_isas(args.dtype)
     isas = isas if args.isa == "all" else isas[:1]
     print(f"sparsebench autotune: {len(shapes)} shapes x {len(args.block)} blocks x {len(args.sparsity)} "
-          f"sparsities; {args.dtype}; {args.layout}-major X; strategy {args.strategy}; {_budget(args)}; {threads} threads; "
+          f"sparsities; {args.dtype}; {args.layout}-major X; strategy {args.strategy}; {_budget(args)}; "
+          f"{threads} threads; "
           f"ISAs {', '.join(isas)}; "
           f"database {args.db} ({len(db.records)} records of this machine and build)", flush=True)
     tuner = Autotuner(db, args.strategy, max_evals=args.max_evals, time_limit=args.time_limit,
@@ -217,7 +218,8 @@ def _results_table(results):
     for r in results:
         t = r["task"]
         cfg = "dense" if r["method"] == "dense" else _short_config(r["config"])
-        lines.append([r["name"], f"{t['M']}x{t['K']}x{t['N']}" + (" " + t["layout"] if "layout" in t else ""), t["block"], f"{t['sparsity']:g}", cfg,
+        dims = f"{t['M']}x{t['K']}x{t['N']}" + (" " + t["layout"] if "layout" in t else "")
+        lines.append([r["name"], dims, t["block"], f"{t['sparsity']:g}", cfg,
                       f"{r['best_s'] * 1e3:.3f}", f"{min(r['dense_s'], r.get('numpy_s') or math.inf) / r['best_s']:.2f}x",
                       "-" if r.get("numpy_s") is None else f"{r['numpy_s'] / r['best_s']:.2f}x",
                       f"{r['evals']}/{r['space_size']}", f"{r['default_s'] / r['best_s']:.2f}x"

@@ -36,7 +36,7 @@ class KernelPlan:
 
     method: str                 # "sparse", "dense" (our dense GEMM) or "numpy" (numpy's matmul)
     config: object              # KernelConfig for "sparse" and "dense", None for "numpy"
-    source: str                 # "given", "tuned", "tuned (features-major)", "tuned (nearest)", "default heuristic", ...
+    source: str                 # "given", "tuned", "tuned (features-major)", "tuned (nearest)", ...
     note: str = ""
 
     @property

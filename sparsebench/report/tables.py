@@ -134,8 +134,8 @@ def skipped_methods(compare):
 
 
 def tuned_table(choices):
-    header = ["shape", "M×K×N", "block", "X layout", "sparsity", "threads", "winner", "tuned ms (p20–p80)", "default ms",
-              "dense ms", "tuned vs default", "tuned vs dense", "strategy", "evals"]
+    header = ["shape", "M×K×N", "block", "X layout", "sparsity", "threads", "winner", "tuned ms (p20–p80)",
+              "default ms", "dense ms", "tuned vs default", "tuned vs dense", "strategy", "evals"]
     out = []
     for _, r in choices.iterrows():
         t = r["time_s"] * 1e3
