@@ -139,13 +139,15 @@ def extensions():
     for isa in built["spmm"]:
         pyx = os.path.join(GENERATED, f"spmm_{isa}.pyx")
         render(os.path.join(KERNELS, "spmm.pyx.tp"), pyx, isa=isa, VW=VARIANTS.ISAS[isa].lanes,
-               VARIANTS=VARIANTS.fp32_variants(isa), PREFETCH_PAD=VARIANTS.PREFETCH_PAD)
+               VARIANTS=VARIANTS.fp32_variants(isa), PREFETCH_PAD=VARIANTS.PREFETCH_PAD,
+               TOKEN_ROWS=VARIANTS.TOKEN_ROWS)
         exts.append(kernel_extension(f"_spmm_{isa}", pyx, flags[isa], ["transpose.h"]))
     for isa in built["spmm_int8"]:
         pyx = os.path.join(GENERATED, f"spmm_int8_{isa}.pyx")
         render(os.path.join(KERNELS, "spmm_int8.pyx.tp"), pyx, isa=isa,
-               VARIANTS=VARIANTS.int8_variants(), PREFETCH_PAD=VARIANTS.PREFETCH_PAD)
-        exts.append(kernel_extension(f"_spmm_int8_{isa}", pyx, flags[isa], ["vnni.h"]))
+               VARIANTS=VARIANTS.int8_variants(), PREFETCH_PAD=VARIANTS.PREFETCH_PAD,
+               TOKEN_ROWS=VARIANTS.TOKEN_ROWS)
+        exts.append(kernel_extension(f"_spmm_int8_{isa}", pyx, flags[isa], ["vnni.h", "transpose.h"]))
     encoder_headers = [os.path.join("encoder", n) for n in sorted(os.listdir(ENCODER)) if n.endswith(".h")]
     for isa in built["encoder"]:
         pyx = os.path.join(GENERATED, f"encoder_{isa}.pyx")

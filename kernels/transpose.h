@@ -1,7 +1,8 @@
 /* dst = src^T on the kernels' pool: the token-major entry of spmm (PyTorch's activations are
  * tokens x features; the kernels compute features x tokens); and dst = src, staging X. 8x8 tiles
  * go through registers (AVX2 shuffles, also on AVX-512 builds), then 4x4 tiles (SSE); the edges
- * and non-x86 builds go element by element.
+ * and non-x86 builds go element by element. The kernels' scratch tiles of 16 outputs go into
+ * token-major Y as 16x16 blocks on AVX-512 (sb_store_tokens).
  * Each task takes a stripe of SB_TR_STRIPE source rows, so both sides stream through the cache.
  */
 #ifndef SPARSEBENCH_TRANSPOSE_H
@@ -11,6 +12,9 @@
 #include <string.h>
 #include "simd.h"
 #include "pool.h"
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 #if defined(__SSE__)
 #include <xmmintrin.h>
 #endif
@@ -110,6 +114,45 @@ static inline void sb_transpose_block(const float *src, ptrdiff_t lds, float *ds
         sb_transpose_rows(src, lds, dst, ldd, whole, rows, c);
 #endif
     if (c < cols) sb_transpose_rows(src + c, lds, dst + (ptrdiff_t)c * ldd, ldd, 0, rows, cols - c);
+}
+
+#if defined(__AVX512F__)
+/* dst rows 0..15 (16 floats each) = the 16x16 block of src, transposed in registers */
+static inline void sb_transpose16x16(const float *s, ptrdiff_t lds, float *d, ptrdiff_t ldd) {
+    __m512 r[16], t[16];
+    for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_ps(s + i * lds);
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; i++) {          /* r[4 i + k], lane L: rows 4i..4i+3 of column 4L + k */
+        r[4 * i] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+        r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+        r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+        r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+    }
+    for (int k = 0; k < 4; k++) {
+        __m512 w0 = _mm512_shuffle_f32x4(r[k], r[4 + k], 0x88), w1 = _mm512_shuffle_f32x4(r[k], r[4 + k], 0xDD);
+        __m512 x0 = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0x88), x1 = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], 0xDD);
+        _mm512_storeu_ps(d + (ptrdiff_t)k * ldd, _mm512_shuffle_f32x4(w0, x0, 0x88));
+        _mm512_storeu_ps(d + (ptrdiff_t)(4 + k) * ldd, _mm512_shuffle_f32x4(w1, x1, 0x88));
+        _mm512_storeu_ps(d + (ptrdiff_t)(8 + k) * ldd, _mm512_shuffle_f32x4(w0, x0, 0xDD));
+        _mm512_storeu_ps(d + (ptrdiff_t)(12 + k) * ldd, _mm512_shuffle_f32x4(w1, x1, 0xDD));
+    }
+}
+#endif
+
+/* A scratch tile of register tiles (rows outputs x cols tokens) into token-major Y: with 16
+ * rows (a cache line of each token's row), 16x16 blocks in registers, one store a token line;
+ * otherwise sb_transpose_block. */
+static inline void sb_store_tokens(const float *tile, ptrdiff_t ldt, float *dst, ptrdiff_t ldd, int rows,
+                                   int cols) {
+    int c = 0;
+#if defined(__AVX512F__)
+    if (rows == 16)
+        for (; c + 16 <= cols; c += 16) sb_transpose16x16(tile + c, ldt, dst + (ptrdiff_t)c * ldd, ldd);
+#endif
+    if (c < cols) sb_transpose_block(tile + c, ldt, dst + (ptrdiff_t)c * ldd, ldd, rows, cols - c);
 }
 
 /* Source rows [SB_TR_STRIPE t, SB_TR_STRIPE (t + 1)) of the job. */

@@ -158,6 +158,19 @@ static void sb_colmax_bits(const float *X, ptrdiff_t ldx, int k0, int k1, int N,
     }
 }
 
+/* Largest |x| (as bits, see sb_absbits) of x[0..n): a token's row of token-major X. */
+static inline uint32_t sb_absmax_bits(const float *x, int n) {
+    vi b0 = vi_zero(), b1 = vi_zero();
+    int c = 0;
+    for (; c + 32 <= n; c += 32) {
+        b0 = _mm512_max_epu32(b0, sb_absbits(_mm512_loadu_ps(x + c)));
+        b1 = _mm512_max_epu32(b1, sb_absbits(_mm512_loadu_ps(x + c + 16)));
+    }
+    for (; c < n; c += 16)
+        b0 = _mm512_max_epu32(b0, sb_absbits(sb_load16(x + c, n - c)));
+    return _mm512_reduce_max_epu32(_mm512_max_epu32(b0, b1));
+}
+
 /* 64 u8 from 4 vectors of floats and their inverse scales (see sb_to_u8 for the order);
  * tracks |x| if calibrated */
 static inline vi sb_quant64(vf v0, vf v1, vf v2, vf v3, vf i0, vf i1, vf i2, vf i3, vi *bits,
@@ -221,6 +234,99 @@ static inline uint32_t sb_pack_quads(const float *X, ptrdiff_t ldx, int K, int g
                 sb_load16(x[0] + c, n[0] - c), sb_load16(x[1] + c, n[1] - c), sb_load16(x[2] + c, n[2] - c),
                 sb_load16(x[3] + c, n[3] - c), i, i, i, i, &bits, calibrated)));
         }
+    }
+    return _mm512_reduce_max_epu32(bits);
+}
+
+/* -- the same from token-major X (N x K): no transposed copy of the floats ----------------------
+ * Each token's 16 features are quantized with its own scale (a broadcast) and narrowed to s8 in
+ * registers; only the bytes are transposed, through a 4 KiB scratch in L1, into the layouts
+ * above: bit for bit what sb_pack_rows / sb_pack_quads write from X. */
+
+/* v[r] = lane j: s8 features 0..15 of token 16 j + r. In-lane 16x16 byte transpose: lane j of
+ * v[k] becomes tokens 16 j + 0..15 of feature k. */
+static inline void sb_transpose16_bytes(vi v[16]) {
+    vi a[16], b[16];
+    for (int p = 0; p < 8; p++) {            /* pairs of tokens: features 0-7, 8-15 */
+        a[p] = _mm512_unpacklo_epi8(v[2 * p], v[2 * p + 1]);
+        a[8 + p] = _mm512_unpackhi_epi8(v[2 * p], v[2 * p + 1]);
+    }
+    for (int h = 0; h < 2; h++)              /* 4 tokens: features 8h + 4e + 0..3 */
+        for (int q = 0; q < 4; q++) {
+            b[8 * h + 2 * q] = _mm512_unpacklo_epi16(a[8 * h + 2 * q], a[8 * h + 2 * q + 1]);
+            b[8 * h + 2 * q + 1] = _mm512_unpackhi_epi16(a[8 * h + 2 * q], a[8 * h + 2 * q + 1]);
+        }
+    for (int h = 0; h < 2; h++)              /* 8 tokens: features 8h + 4e + 2f + 0..1 */
+        for (int m = 0; m < 2; m++)
+            for (int e = 0; e < 2; e++) {
+                a[8 * h + 4 * m + 2 * e] = _mm512_unpacklo_epi32(b[8 * h + 4 * m + e], b[8 * h + 4 * m + 2 + e]);
+                a[8 * h + 4 * m + 2 * e + 1] = _mm512_unpackhi_epi32(b[8 * h + 4 * m + e], b[8 * h + 4 * m + 2 + e]);
+            }
+    for (int h = 0; h < 2; h++)              /* 16 tokens: feature 8h + 4e + 2f + 0, 1 */
+        for (int e = 0; e < 2; e++)
+            for (int f = 0; f < 2; f++) {
+                v[8 * h + 4 * e + 2 * f] = _mm512_unpacklo_epi64(a[8 * h + 2 * e + f], a[8 * h + 4 + 2 * e + f]);
+                v[8 * h + 4 * e + 2 * f + 1] = _mm512_unpackhi_epi64(a[8 * h + 2 * e + f], a[8 * h + 4 + 2 * e + f]);
+            }
+}
+
+/* s8 -> the u8 operand, as sb_to_u8 */
+static inline vi sb_s8_to_u8(vi b) {
+    return _mm512_xor_si512(_mm512_max_epi8(b, _mm512_set1_epi8(-127)), _mm512_set1_epi8((char)0x80));
+}
+
+/* Tokens 0..ntok (ntok <= 64; rows of xt, ldxt floats apart) and features 0..kc (kc <= 64) of
+ * token-major X, quantized with the tokens' inverse scales inv[0..ntok) into the rows layout
+ * (quads 0: out + k * ldo is feature k's 64-column chunk; all 64 columns are written, zero points
+ * past ntok) or the quads layout (quads 1: out + g * ldo + 4 c is token c of quad-row g;
+ * columns up to `width`, a multiple of 16). Returns the largest |x| seen, as bits (calibrated
+ * mode; else 0). */
+static inline uint32_t sb_pack_tokens(const float *xt, ptrdiff_t ldxt, int ntok, int kc, const float *inv,
+                                      int quads, int width, uint8_t *out, ptrdiff_t ldo, int calibrated) {
+    /* s8 of token t, features 16 b..16 b + 15 (block b), where the transposes below load them */
+    __attribute__((aligned(64))) int8_t scratch[4][1024];
+    vi bits = vi_zero();
+    int blocks = (kc + 15) / 16;
+    for (int t = 0; t < 64; t++) {
+        int at = quads ? (t >> 4) * 256 + (t & 3) * 64 + ((t >> 2) & 3) * 16 : (t & 15) * 64 + (t >> 4) * 16;
+        vf inv_t = _mm512_set1_ps(t < ntok ? inv[t] : 1.0f);
+        for (int b = 0; b < blocks; b++) {
+            __m128i q = _mm_setzero_si128();
+            if (t < ntok) {
+                vf x = sb_load16(xt + (ptrdiff_t)t * ldxt + 16 * b, kc - 16 * b);
+                if (calibrated)
+                    bits = _mm512_max_epu32(bits, sb_absbits(x));
+                q = _mm512_cvtsepi32_epi8(sb_quant16(x, inv_t, calibrated));
+            }
+            _mm_store_si128((__m128i *)(scratch[b] + at), q);
+        }
+    }
+    if (!quads) {
+        /* dword 4 L + j of a row = lane j's dword L: the _mm512_packs byte order of sb_to_u8 */
+        const vi order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+        for (int b = 0; b < blocks; b++) {
+            vi v[16];
+            for (int r = 0; r < 16; r++)
+                v[r] = _mm512_load_si512((const void *)(scratch[b] + 64 * r));
+            sb_transpose16_bytes(v);
+            for (int k = 0; k < 16 && 16 * b + k < kc; k++)
+                _mm512_storeu_si512((void *)(out + (ptrdiff_t)(16 * b + k) * ldo),
+                                    sb_s8_to_u8(_mm512_permutexvar_epi32(order, v[k])));
+        }
+    } else {
+        for (int b = 0; b < blocks; b++)
+            for (int c = 0; c < width; c += 16) {
+                /* lane L of A, B, C, D: tokens c + 4 L + 0, 1, 2, 3 */
+                const int8_t *s = scratch[b] + c * 16;
+                vi A = _mm512_load_si512((const void *)s), B = _mm512_load_si512((const void *)(s + 64));
+                vi C = _mm512_load_si512((const void *)(s + 128)), D = _mm512_load_si512((const void *)(s + 192));
+                vi ab0 = _mm512_unpacklo_epi32(A, B), ab1 = _mm512_unpackhi_epi32(A, B);
+                vi cd0 = _mm512_unpacklo_epi32(C, D), cd1 = _mm512_unpackhi_epi32(C, D);
+                vi q[4] = {_mm512_unpacklo_epi64(ab0, cd0), _mm512_unpackhi_epi64(ab0, cd0),
+                           _mm512_unpacklo_epi64(ab1, cd1), _mm512_unpackhi_epi64(ab1, cd1)};
+                for (int g = 0; g < 4 && 16 * b + 4 * g < kc; g++)
+                    _mm512_storeu_si512((void *)(out + (ptrdiff_t)(4 * b + g) * ldo + 4 * c), sb_s8_to_u8(q[g]));
+            }
     }
     return _mm512_reduce_max_epu32(bits);
 }

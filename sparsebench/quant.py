@@ -281,24 +281,30 @@ class QuantizedActivations:
         return f"<QuantizedActivations {K}x{N} u8, layout {self._layout}, {what}>"
 
 
-def quantize_activations(X, block=(4, 1), scale=None, threads=None):
+def quantize_activations(X, block=(4, 1), scale=None, threads=None, layout="features"):
     """Quantize float32 X (K x N, finite) to u8 and pack it for the int8 kernels of `block`.
 
     scale None: dynamic, a scale per column (token) max |X[:, n]| / 127 (one more pass over
     X); else one calibrated scale for every column, values beyond 127 * scale saturating.
+    layout "tokens": X is N x K (PyTorch's activations), packed with no transposed copy into
+    the same K x N QuantizedActivations, bit for bit; spmm(..., layout="tokens") takes it.
     """
+    if layout not in ("features", "tokens"):
+        raise ValueError(f"layout must be 'features' (X is K x N) or 'tokens' (X is N x K), got {layout!r}")
     X = operand(X, "X")
-    layout = LAYOUTS[check_int8_block(block)]
+    packing = LAYOUTS[check_int8_block(block)]
     scale = 0.0 if scale is None else _check_scale(scale)
-    packed, scales = pack(X, layout, scale, threads or default_threads())
-    return QuantizedActivations(packed, X.shape, layout, scales)
+    tokens = layout == "tokens"
+    packed, scales = pack(X, packing, scale, threads or default_threads(), tokens)
+    return QuantizedActivations(packed, X.shape[::-1] if tokens else X.shape, packing, scales)
 
 
-def pack(X, layout, scale, threads):
-    """(packed u8 array, scale per padded column) of a checked float32 X; scale 0 means
-    max |X[:, n]| / 127 per column."""
+def pack(X, layout, scale, threads, tokens=False):
+    """(packed u8 array, scale per padded column) of a checked float32 X (K x N; tokens: N x K,
+    packed as its transpose); scale 0 means max |x| / 127 per token."""
     threads = 1 if X.shape[0] * X.shape[1] < SERIAL_PACK else min(threads, MAX_PACK_THREADS)
-    return kernel_module(best_isa("int8"), "int8").quantize(X, layout == "quads", scale, threads)
+    module = kernel_module(best_isa("int8"), "int8")
+    return (module.quantize_tokens if tokens else module.quantize)(X, layout == "quads", scale, threads)
 
 
 def _check_scale(scale):

@@ -22,7 +22,10 @@ def spmm(A, X, config=None, out=None, bias=None, activation=None, layout="featur
     layout "tokens": X is N x K and Y (and `out`) N x M, token-major as PyTorch keeps
     activations; the kernels store their tiles into `out` transposed, and each float32 task
     transposes its own panel of tokens (otherwise X is transposed on the pool first: fewer panels
-    than threads, K slices, K not a multiple of the block's columns, int8). No copies by the caller.
+    than threads, K slices, K not a multiple of the block's columns); int8 quantizes and packs X
+    from token-major, 64 tokens a task. No copies by the caller. The int8 QuantizedActivations
+    of quantize_activations(X, block, layout="tokens") serve any number of calls with the
+    same X: the layout then only says how Y is stored.
 
     X must be float32 with contiguous rows (C order; a column slice of a C array is fine).
     float64 or Fortran-ordered X is refused rather than silently copied: convert it once
@@ -51,10 +54,7 @@ def spmm(A, X, config=None, out=None, bias=None, activation=None, layout="featur
     if layout == "tokens":
         return _token_major(A, X, config, out, bias, activation)
     if int8 and isinstance(X, QuantizedActivations):
-        layout = LAYOUTS[A.block]
-        if X.layout != layout:
-            raise ValueError(f"X was packed in the {X.layout!r} layout, but {A.block[0]}x{A.block[1]} "
-                             f"blocks need {layout!r}: quantize_activations(X, block={A.block})")
+        _check_packing(A, X)
     else:
         X = _operand(X, "X")
     M, K = A.shape
@@ -68,9 +68,10 @@ def spmm(A, X, config=None, out=None, bias=None, activation=None, layout="featur
 
 def _multiply(A, X, config, out, y, bias, activation, yt=None, xt=None):
     """The checked call: plan (once per matrix and config), then the kernel. y: out's canonical
-    view; yt: a token-major N x M array the kernels store Y into, transposed; xt: token-major X
-    (N x K), whose transpose X (a scratch buffer) is to hold: by the kernels' panel tasks where
-    panel_tasks says so, else on the pool first."""
+    view (None for int8 with yt); yt: a token-major N x M array the kernels store Y into,
+    transposed; xt: token-major X (N x K). float32: X is a scratch buffer its transpose goes
+    into, by the kernels' panel tasks where panel_tasks says so, else on the pool first. int8
+    quantizes and packs straight from xt (X is then xt.T, for its shape)."""
     int8 = isinstance(A, QuantizedBSRMatrix)
     M, K = A.shape
     N = X.shape[1]
@@ -87,20 +88,19 @@ def _multiply(A, X, config, out, y, bias, activation, yt=None, xt=None):
                                    + (A.task_bounds(config.threads, config.m_tile),))
     if M == 0 or N == 0:
         return out
-    if xt is not None and not panel_tasks(A, config, N):
-        kernel_module(best_isa()).transpose(xt, X, config.threads)    # the whole X, first
-        xt = None
     if int8:
         module, vid, bounds = plan
         if isinstance(X, QuantizedActivations):
             packed, xscales = X._packed, X._scales
-        else:
-            packed, xscales = pack(X, LAYOUTS[A.block], 0.0, config.threads)
-        module.run(vid, A._data, A._indices_padded, A._gptr, bounds, A._comp, A._scales, packed, xscales, y, M, packed.shape[0], config.prefetch,
-                   config.threads, bias, ACTIVATIONS[activation])
-        if yt is not None:
-            kernel_module(best_isa()).transpose(y, yt, config.threads)
+        else:                                         # from token-major X with no transposed copy
+            packed, xscales = pack(X if xt is None else xt, LAYOUTS[A.block], 0.0, config.threads,
+                                   tokens=xt is not None)
+        module.run(vid, A._data, A._indices_padded, A._gptr, bounds, A._comp, A._scales, packed, xscales, y, M,
+                   packed.shape[0], config.prefetch, config.threads, bias, ACTIVATIONS[activation], yt)
         return out
+    if xt is not None and not panel_tasks(A, config, N):
+        kernel_module(best_isa()).transpose(xt, X, config.threads)    # the whole X, first
+        xt = None
     if K == 0:
         # no products: every column is act(bias), or 0, with the kernels' own GELU
         column = np.zeros(M, np.float32) if bias is None else bias.copy()
@@ -171,6 +171,14 @@ def _output(out, shape, X, bias, layout=""):
     return out, y
 
 
+def _check_packing(A, X):
+    """Quantized activations X packed for the int8 kernels of A's block shape."""
+    layout = LAYOUTS[A.block]
+    if X.layout != layout:
+        raise ValueError(f"X was packed in the {X.layout!r} layout, but {A.block[0]}x{A.block[1]} "
+                         f"blocks need {layout!r}: quantize_activations(X, block={A.block})")
+
+
 def _check_bias(bias, M):
     if bias is not None and not (isinstance(bias, np.ndarray) and bias.dtype == np.float32
                                  and bias.shape == (M,) and bias.flags.c_contiguous):
@@ -193,15 +201,25 @@ def _buffer(tag, rows, cols):
 
 
 def _token_major(A, X, config, out, bias, activation):
-    """spmm on token-major X (N x K) into token-major Y (N x M)."""
-    X = _operand(X, "X")
-    N, K = X.shape
+    """spmm on token-major X (N x K; or int8 activations quantized from it) into token-major
+    Y (N x M)."""
+    int8 = isinstance(A, QuantizedBSRMatrix)
+    quantized = int8 and isinstance(X, QuantizedActivations)
+    if quantized:
+        _check_packing(A, X)
+    else:
+        X = _operand(X, "X")
+    N, K = X.shape[::-1] if quantized else X.shape
     M = A.shape[0]
     if K != A.shape[1]:
         raise ValueError(f"shape mismatch: A is {M}x{A.shape[1]} but token-major X has {K} columns "
                          f"(needs {A.shape[1]})")
     _check_bias(bias, M)
     out, yt = _output(out, (N, M), X, bias, " (token-major)")
+    if quantized:
+        return _multiply(A, X, config, out, None, bias, activation, yt=yt)
+    if int8:                                     # quantized and packed from X, stored into yt
+        return _multiply(A, X.T, config, out, None, bias, activation, yt=yt, xt=X)
     Xf = _buffer("x", K, N)
     Yf = _buffer("y", M, N)
     _multiply(A, Xf, config, Yf, Yf, bias, activation, yt=yt, xt=X)

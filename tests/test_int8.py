@@ -487,3 +487,93 @@ def test_info_lists_the_int8_kernels():
     if HAS_VNNI:
         assert "4x1/nt64" in info["int8_variants"]["avx512vnni"]
     assert "Compiled int8 variants" in format_info(info)
+
+
+# -- token-major activations: quantized and packed with no transposed copy ----------------------
+
+@needs_vnni
+@pytest.mark.parametrize("block", [(4, 1), (4, 4)], ids=block_ids)
+@pytest.mark.parametrize("K, N", [(0, 5), (6, 0), (1, 1), (3, 15), (4, 16), (5, 17), (17, 63), (64, 64), (67, 65),
+                                  (130, 130), (768, 128), (100, 200)])
+def test_token_major_quantization_is_the_same_bits(block, K, N):
+    """From X's transpose, every padding column and row, dynamic and calibrated scales, one and
+    two threads: the packed bytes and scales of the feature-major packer, bit for bit."""
+    X = normal_x(K, N, seed=K + N) * 3
+    if N > 2:
+        X[:, 1] = 0                                # an all-zero token: scale 1
+    Xt = np.ascontiguousarray(X.T)
+    for scale in (None, 0.02):
+        for threads in (1, 2):
+            want = sb.quantize_activations(X, block, scale=scale, threads=threads)
+            got = sb.quantize_activations(Xt, block, scale=scale, threads=threads, layout="tokens")
+            assert got.shape == (K, N) and got.layout == want.layout
+            np.testing.assert_array_equal(got._packed, want._packed)
+            np.testing.assert_array_equal(got._scales, want._scales)
+
+
+@needs_vnni
+@settings(max_examples=examples(40), deadline=None)
+@given(K=st.integers(1, 150), N=st.integers(1, 150), block=st.sampled_from(INT8_BLOCKS),
+       calibrated=st.booleans(), seed=seeds)
+def test_random_token_major_quantization_matches(K, N, block, calibrated, seed):
+    X = normal_x(K, N, seed=seed)
+    scale = 0.01 if calibrated else None
+    want = sb.quantize_activations(X, block, scale=scale)
+    got = sb.quantize_activations(np.ascontiguousarray(X.T), block, scale=scale, layout="tokens")
+    np.testing.assert_array_equal(got._packed, want._packed)
+    np.testing.assert_array_equal(got._scales, want._scales)
+
+
+@needs_vnni
+@pytest.mark.parametrize("scale", [None, 0.1])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_token_major_non_finite_activations_are_refused(scale, bad):
+    Xt = normal_x(70, 40)
+    Xt[66, 37] = bad
+    for block in ((4, 1), (4, 4)):
+        with pytest.raises(ValueError, match="X holds inf or NaN"):
+            sb.quantize_activations(Xt, block, scale=scale, layout="tokens")
+        _, Aq = pruned(8, 40, block, 0.5)
+        with pytest.raises(ValueError, match="X holds inf or NaN"):
+            sb.spmm(Aq, Xt, layout="tokens")
+
+
+@needs_vnni
+@pytest.mark.parametrize("block", INT8_BLOCKS, ids=block_ids)
+def test_token_major_spmm_takes_quantized_activations(block):
+    """One quantization of token-major X serves several matrices; Y token-major, the same bits
+    as the feature-major call on the same quantized X."""
+    Xt = normal_x(130, 48, seed=3)
+    Xq = sb.quantize_activations(Xt, block, layout="tokens")
+    for M in (40, 45):
+        _, Aq = pruned(M, 48, block, 0.5, seed=M)
+        Y = sb.spmm(Aq, Xq, layout="tokens")
+        assert Y.shape == (130, M)
+        np.testing.assert_array_equal(Y, sb.spmm(Aq, Xq).T)
+    with pytest.raises(ValueError, match="token-major X has 48 columns"):
+        sb.spmm(pruned(8, 40, block, 0.5)[1], Xq, layout="tokens")
+    with pytest.raises(ValueError, match="layout must be"):
+        sb.quantize_activations(Xt, block, layout="columns")
+
+
+@needs_vnni
+def test_token_major_entry_points_refuse_garbage():
+    W, Aq = pruned(12, 16, (4, 1), 0.5)
+    Xq = sb.quantize_activations(normal_x(16, 6), (4, 1))
+    cfg = sb.default_config(Aq, 6, threads=1)
+    module, vid = variant_id(cfg)
+    args = [vid, Aq._data, Aq._indices_padded, Aq._gptr, Aq.task_bounds(1, 0), Aq._comp, Aq._scales,
+            Xq._packed, Xq._scales, None, 12, 16, 0, 1, None, 0]
+    Yt = np.zeros((6, 12), np.float32)
+    module.run(*args, Yt)
+    np.testing.assert_array_equal(Yt, sb.spmm(Aq, Xq).T)
+    for Y, bad in ((np.zeros((12, 6), np.float32), Yt), (None, np.zeros((6, 13), np.float32)),
+                   (None, np.zeros((6, 12))), (None, np.zeros((12, 6), np.float32).T)):
+        a = list(args)
+        a[9] = Y
+        with pytest.raises(ValueError, match="Yt must be a writeable N x M float32 array"):
+            module.run(*a, bad)
+    with pytest.raises(ValueError, match="Xt must be a 2-D float32 array"):
+        module.quantize_tokens(np.zeros((4, 4)), False, 0.0, 1)
+    with pytest.raises(ValueError, match="invalid arguments: threads, scale"):
+        module.quantize_tokens(normal_x(4, 4), False, 0.0, 0)

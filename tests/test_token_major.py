@@ -129,6 +129,23 @@ def test_panel_tasks_transposing_their_own_tokens_give_the_same_bits(block):
                 assert np.array_equal(got, want.T), str(cfg)
 
 
+@pytest.mark.skipif(not INT8, reason="this CPU (or build) has no AVX512-VNNI kernels")
+@pytest.mark.parametrize("block", [(4, 1), (8, 1), (16, 1), (4, 4), (1, 4)])
+def test_int8_token_major_stores_and_packs_give_the_same_bits(block):
+    """Several 64-token tiles and a remainder; groups of 16 outputs (16x16 blocks into Y) and a
+    partial last group; features past the last 64 and 16: quantized from token-major X and
+    stored token-major, the same bits as the feature-major call."""
+    for M, K in ((48, 128), (45, 100)):
+        A = sb.QuantizedBSRMatrix.from_dense(sb.prune(random_x(M, K, seed=K), 0.6, block), block)
+        for N in (64, 130, 200):
+            Xt = random_x(N, K, seed=N)
+            bias = random_x(M, 1, seed=M)[:, 0].copy()
+            for cfg in sb.kernel_configs(A, N, threads=2):
+                want = sb.spmm(A, np.ascontiguousarray(Xt.T), cfg, bias=bias, activation="gelu")
+                got = sb.spmm(A, Xt, cfg, bias=bias, activation="gelu", layout="tokens")
+                assert np.array_equal(got, want.T), str(cfg)
+
+
 def test_run_takes_any_panel_width():
     """run() clamps the panel to N: a huge panel is one task, never an overflowed task count."""
     A = sb.BSRMatrix.from_dense(sb.prune(random_x(12, 16, seed=1), 0.5, (4, 1)), (4, 1))
