@@ -28,9 +28,21 @@ def _locked(path):
                          "location (e.g. --db/--out in your home folder)") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
+        while not _still_at(fd, path):     # replaced (replace_lines) while we waited: lock the new file
+            os.close(fd)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+            fcntl.flock(fd, fcntl.LOCK_EX)
         yield fd
     finally:
         os.close(fd)
+
+
+def _still_at(fd, path):
+    """Whether the open file `fd` is still the file at `path`."""
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
 
 
 def _cut_partial_tail(fd):
@@ -106,6 +118,34 @@ def read_lines(path):
         return [line.decode() for line in lines[:-1]]
     except UnicodeDecodeError as e:
         raise StoreError(f"{path} is not a text results file ({e}); move it aside") from None
+
+
+def move_lines(path, choose, archive):
+    """Move some complete lines of `path` to the end of the gzip file `archive` (a new gzip
+    member, fsynced), then replace `path` by the rest, atomically and under its lock: appenders
+    wait, then write to the new file. `choose(lines)` says, line by line, which move. A crash
+    between the two steps leaves the lines in both files, never in neither. Returns (moved,
+    kept) line counts."""
+    import gzip
+    with _locked(path) as fd:
+        _cut_partial_tail(fd)
+        lines = read_lines(path)
+        flags = list(choose(lines))
+        out = [line for line, move in zip(lines, flags) if move]
+        kept = [line for line, move in zip(lines, flags) if not move]
+        if not out:
+            return 0, len(kept)
+        try:
+            with open(archive, "ab") as raw:
+                with gzip.GzipFile(fileobj=raw, mode="wb") as z:
+                    z.write("".join(line + "\n" for line in out).encode())
+                raw.flush()
+                os.fsync(raw.fileno())
+        except OSError as e:
+            raise StoreError(f"cannot write the archive {archive}: {e.strerror}") from None
+        with atomic_file(path) as f:
+            f.write("".join(line + "\n" for line in kept))
+        return len(out), len(kept)
 
 
 def append_json(path, records):

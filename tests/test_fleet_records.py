@@ -1,6 +1,7 @@
 """One database for several CPU kinds (what a Ray fleet run gathers): reading other kinds' records
 when asked, appending their records as stamped, and a tuned-config section per kind."""
 import json
+import os
 import warnings
 
 import pytest
@@ -107,3 +108,53 @@ def test_malformed_sections_are_clear_errors(two_kinds, tmp_path, monkeypatch):
         out.write_text(json.dumps(dict(data, machines=bad)))
         with pytest.raises(ConfigError, match="malformed entry"):
             load_tuned(str(out))
+
+
+def test_archive_moves_older_builds_and_loses_nothing(two_kinds, monkeypatch, capsys):
+    """Records of an older build of each kind, and records without CPU identity, go to the gzipped
+    archive; each kind's newest build stays, so the tuner and export see the same as before."""
+    import gzip
+    from sparsebench.tune.records import archive_path
+    path, kinds = two_kinds
+    zen4_id = kinds["zen4"][0]
+    current = store.read_json(str(path))
+    old_build = [dict(r, build_id="0123456789ab") for r in current[:3]]
+    no_identity = [{k: v for k, v in r.items() if k not in ("cpu", "hardware_id", "build_id")} for r in current[:2]]
+    lines = store.read_lines(str(path))
+    with open(path, "w") as f:                     # older records first, as a database grows
+        f.write("".join(json.dumps(r) + "\n" for r in no_identity + old_build) + "\n".join(lines) + "\nnot json\n")
+    monkeypatch.setenv(ENV_FAKE_CPU, ZEN4)
+    before = TuningDB(str(path), log=lambda *a: None).records
+    assert main(["archive", "--db", str(path)]) == 0
+    assert f"moved 5 records of older builds (or without CPU identity) to {archive_path(str(path))}" in capsys.readouterr().out
+    assert store.read_lines(str(path)) == lines + ["not json"]
+    with gzip.open(archive_path(str(path)), "rt") as f:
+        assert [json.loads(line) for line in f] == no_identity + old_build
+    after = TuningDB(str(path), log=lambda *a: None)
+    assert after.records == before and not after.ignored_reasons.get("from build 0123456789ab")
+    assert {r["hardware_id"] for r in after.records} == {zen4_id}
+    assert main(["archive", "--db", str(path)]) == 0          # again: nothing left to move
+    assert "nothing to archive" in capsys.readouterr().out
+    with gzip.open(archive_path(str(path)), "rt") as f:
+        assert len(f.readlines()) == 5
+
+
+def test_an_append_waiting_on_the_lock_goes_to_the_replaced_file(tmp_path):
+    """move_lines replaces the file while holding its lock; an appender that waited on the old
+    file's lock must write into the new one, not the unlinked old one."""
+    import fcntl
+    import threading
+    path = str(tmp_path / "db.jsonl")
+    store.append_lines(path, ["keep", "move"])
+    fd = os.open(path, os.O_RDWR | os.O_APPEND)
+    fcntl.flock(fd, fcntl.LOCK_EX)                     # hold the old file's lock
+    writer = threading.Thread(target=store.append_lines, args=(path, ["late"]))
+    writer.start()
+    tmp = path + ".new"
+    with open(tmp, "w") as f:
+        f.write("keep\n")
+    os.replace(tmp, path)                               # as move_lines does, under the lock
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+    writer.join(10)
+    assert store.read_lines(path) == ["keep", "late"]

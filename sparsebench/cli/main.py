@@ -343,6 +343,17 @@ def cmd_export(args):
         print(f"  {len(section['entries'])} tuned tasks of {section['cpu']} (hardware {hardware_id})")
 
 
+def cmd_archive(args):
+    from ..tune.records import archive, archive_path
+
+    moved, kept = archive(args.db)
+    if moved:
+        print(f"{args.db}: moved {moved} records of older builds (or without CPU identity) to "
+              f"{archive_path(args.db)}; kept {kept}")
+    else:
+        print(f"{args.db}: nothing to archive; its {kept} lines are all of each machine's newest build")
+
+
 def add_layout_arg(q):
     q.add_argument("--layout", choices=LAYOUTS_OF_X, default="features",
                    help="of X and Y: features (X is K x N, as our models compute) or tokens (X is N x K and Y "
@@ -425,6 +436,10 @@ def build_parser():
     q.add_argument("--out", default=os.path.join(here, "tuned.json"))
     q.add_argument("--use-foreign", action="store_true", help="export records of another machine or build")
     q.set_defaults(func=cmd_export)
+    q = sub.add_parser("archive", help="move the tuning records no tuner reads any more (older builds) to a "
+                       "gzipped archive beside the database")
+    q.add_argument("--db", default=os.path.join(here, "tuning.jsonl"))
+    q.set_defaults(func=cmd_archive)
     return p
 
 

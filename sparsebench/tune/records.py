@@ -14,7 +14,9 @@ database: `hardware_ids` names the other machines (and their builds) whose recor
 import collections
 import dataclasses
 import datetime
+import json
 import math
+import os
 import warnings
 
 from .. import fingerprint, store
@@ -107,7 +109,7 @@ class TuningDB:
                 + ", ".join(f"{n} {why}" for why, n in self.ignored_reasons.most_common())
                 + f" (this one: hardware {self.hardware_id} ({self.cpu}), builds "
                 + ", ".join(f"{d} {b}" for d, b in self.build_ids.items()) + "); "
-                "pass --use-foreign to use them anyway")
+                "pass --use-foreign to use them anyway (`sparsebench archive` moves older builds' aside)")
 
     @property
     def ignored(self):
@@ -176,6 +178,35 @@ def newest_builds(path):
         except (KeyError, TypeError):
             continue
     return builds
+
+
+def archive_path(path):
+    """Where `archive` moves the old records of the database at `path`: tuning.jsonl ->
+    tuning-archive.jsonl.gz beside it."""
+    stem, ext = os.path.splitext(path)
+    return f"{stem}-archive{ext or '.jsonl'}.gz"
+
+
+def archive(path):
+    """Move the records no tuner reads any more (a build older than each machine's newest for
+    that dtype, or written before records carried the CPU identity) from the database at `path`
+    to archive_path(path), gzipped; the current ones stay. Returns (moved, kept) counts. Nothing
+    is lost: `zcat` the archive back onto the database to have them all again."""
+    def old(lines):
+        records = []
+        for line in lines:
+            try:
+                rec = json.loads(line)
+                records.append((bool(rec.get("cpu")), rec.get("hardware_id"), rec["task"]["dtype"],
+                                rec.get("build_id")))
+            except (ValueError, KeyError, TypeError, AttributeError):
+                records.append(None)      # not a record of ours: left where it is
+        newest = {}
+        for r in records:
+            if r and r[0]:
+                newest[r[1:3]] = r[3]     # in file order: the last build each machine wrote
+        return [bool(r) and (not r[0] or newest[r[1:3]] != r[3]) for r in records]
+    return store.move_lines(path, old, archive_path(path))
 
 
 def nearby_winners(db, task, count=2, strategy=None):
