@@ -43,7 +43,7 @@ VARIANTS = load_variants()
 SHARED_SOURCES = ("variants.py", "pool.h", "pool_impl.h", "pool.pyx", "common.pxi", "simd.h")
 #: what the kernels of each dtype are rendered and compiled from (see kernel_hashes)
 KERNEL_SOURCES = {"float32": SHARED_SOURCES + ("spmm.pyx.tp", "transpose.h"),
-                  "int8": SHARED_SOURCES + ("spmm_int8.pyx.tp", "vnni.h")}
+                  "int8": SHARED_SOURCES + ("spmm_int8.pyx.tp", "vnni.h", "transpose.h")}
 COMMON_FLAGS = ["-O3", "-pthread", "-fno-math-errno", "-Wno-unused-function", "-Wno-unreachable-code"]
 
 

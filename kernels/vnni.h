@@ -224,13 +224,13 @@ static inline uint32_t sb_pack_quads(const float *X, ptrdiff_t ldx, int K, int g
         if (4 * g + 3 < K)                     /* whole vectors of 4 rows, then the rest */
             for (; c + 16 <= N; c += 16) {
                 vf i = _mm512_loadu_ps(inv + c);
-                _mm512_storeu_si512((void *)(o + 4 * c), sb_to_quads(sb_quant64(
+                _mm512_storeu_si512((void *)(o + 4 * (ptrdiff_t)c), sb_to_quads(sb_quant64(
                     _mm512_loadu_ps(x[0] + c), _mm512_loadu_ps(x[1] + c), _mm512_loadu_ps(x[2] + c),
                     _mm512_loadu_ps(x[3] + c), i, i, i, i, &bits, calibrated)));
             }
         for (; c < npad; c += 16) {
             vf i = _mm512_loadu_ps(inv + c);
-            _mm512_storeu_si512((void *)(o + 4 * c), sb_to_quads(sb_quant64(
+            _mm512_storeu_si512((void *)(o + 4 * (ptrdiff_t)c), sb_to_quads(sb_quant64(
                 sb_load16(x[0] + c, n[0] - c), sb_load16(x[1] + c, n[1] - c), sb_load16(x[2] + c, n[2] - c),
                 sb_load16(x[3] + c, n[3] - c), i, i, i, i, &bits, calibrated)));
         }
@@ -325,7 +325,7 @@ static inline uint32_t sb_pack_tokens(const float *xt, ptrdiff_t ldxt, int ntok,
                 vi q[4] = {_mm512_unpacklo_epi64(ab0, cd0), _mm512_unpackhi_epi64(ab0, cd0),
                            _mm512_unpacklo_epi64(ab1, cd1), _mm512_unpackhi_epi64(ab1, cd1)};
                 for (int g = 0; g < 4 && 16 * b + 4 * g < kc; g++)
-                    _mm512_storeu_si512((void *)(out + (ptrdiff_t)(4 * b + g) * ldo + 4 * c), sb_s8_to_u8(q[g]));
+                    _mm512_storeu_si512((void *)(out + (ptrdiff_t)(4 * b + g) * ldo + 4 * (ptrdiff_t)c), sb_s8_to_u8(q[g]));
             }
     }
     return _mm512_reduce_max_epu32(bits);

@@ -282,12 +282,13 @@ class QuantizedActivations:
 
 
 def quantize_activations(X, block=(4, 1), scale=None, threads=None, layout="features"):
-    """Quantize float32 X (K x N, finite) to u8 and pack it for the int8 kernels of `block`.
+    """Quantize float32 X (K x N features x tokens, finite) to u8 and pack it for the int8
+    kernels of `block`.
 
-    scale None: dynamic, a scale per column (token) max |X[:, n]| / 127 (one more pass over
-    X); else one calibrated scale for every column, values beyond 127 * scale saturating.
-    layout "tokens": X is N x K (PyTorch's activations), packed with no transposed copy into
-    the same K x N QuantizedActivations, bit for bit; spmm(..., layout="tokens") takes it.
+    scale None: dynamic, a scale per token, its largest |x| / 127 (one more pass over X); else
+    one calibrated scale for every token, values beyond 127 * scale saturating. layout
+    "tokens": X is N x K (PyTorch's activations), packed with no transposed copy into the same
+    K x N QuantizedActivations, bit for bit; spmm(..., layout="tokens") takes it.
     """
     if layout not in ("features", "tokens"):
         raise ValueError(f"layout must be 'features' (X is K x N) or 'tokens' (X is N x K), got {layout!r}")

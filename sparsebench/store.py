@@ -28,7 +28,7 @@ def _locked(path):
                          "location (e.g. --db/--out in your home folder)") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        while not _still_at(fd, path):     # replaced (replace_lines) while we waited: lock the new file
+        while not _still_at(fd, path):     # replaced (move_lines) while we waited: lock the new file
             os.close(fd)
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -43,6 +43,8 @@ def _still_at(fd, path):
         return os.path.samestat(os.fstat(fd), os.stat(path))
     except FileNotFoundError:
         return False
+    except OSError as e:
+        raise StoreError(f"cannot lock {path}: {e.strerror}") from None
 
 
 def _cut_partial_tail(fd):
@@ -125,8 +127,10 @@ def move_lines(path, choose, archive):
     member, fsynced), then replace `path` by the rest, atomically and under its lock: appenders
     wait, then write to the new file. `choose(lines)` says, line by line, which move. A crash
     between the two steps leaves the lines in both files, never in neither. Returns (moved,
-    kept) line counts."""
+    kept) line counts. Meant for a local disk: on NFS an appender may not see the new file."""
     import gzip
+    if not os.path.exists(path):
+        raise StoreError(f"no file {path} to archive from")
     with _locked(path) as fd:
         _cut_partial_tail(fd)
         lines = read_lines(path)
@@ -135,17 +139,36 @@ def move_lines(path, choose, archive):
         kept = [line for line, move in zip(lines, flags) if not move]
         if not out:
             return 0, len(kept)
-        try:
-            with open(archive, "ab") as raw:
+        with open(archive, "ab") as raw:
+            size = raw.seek(0, os.SEEK_END)
+            try:
                 with gzip.GzipFile(fileobj=raw, mode="wb") as z:
                     z.write("".join(line + "\n" for line in out).encode())
                 raw.flush()
                 os.fsync(raw.fileno())
-        except OSError as e:
-            raise StoreError(f"cannot write the archive {archive}: {e.strerror}") from None
+            except BaseException as e:          # no half member: it would hide every later one
+                raw.truncate(size)
+                if isinstance(e, OSError):
+                    raise StoreError(f"cannot write the archive {archive}: {e.strerror}") from None
+                raise
         with atomic_file(path) as f:
             f.write("".join(line + "\n" for line in kept))
+        _sync_folder(path)
         return len(out), len(kept)
+
+
+def _sync_folder(path):
+    """fsync the folder of `path`, so that a rename into it survives a power cut."""
+    try:
+        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def append_json(path, records):

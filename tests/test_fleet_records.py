@@ -118,7 +118,7 @@ def test_archive_moves_older_builds_and_loses_nothing(two_kinds, monkeypatch, ca
     path, kinds = two_kinds
     zen4_id = kinds["zen4"][0]
     current = store.read_json(str(path))
-    old_build = [dict(r, build_id="0123456789ab") for r in current[:3]]
+    old_build = [dict(r, build_id="fedcba987654", timestamp="2026-01-01T00:00:00") for r in current[:3]]
     no_identity = [{k: v for k, v in r.items() if k not in ("cpu", "hardware_id", "build_id")} for r in current[:2]]
     lines = store.read_lines(str(path))
     with open(path, "w") as f:                     # older records first, as a database grows
@@ -131,7 +131,7 @@ def test_archive_moves_older_builds_and_loses_nothing(two_kinds, monkeypatch, ca
     with gzip.open(archive_path(str(path)), "rt") as f:
         assert [json.loads(line) for line in f] == no_identity + old_build
     after = TuningDB(str(path), log=lambda *a: None)
-    assert after.records == before and not after.ignored_reasons.get("from build 0123456789ab")
+    assert after.records == before and not after.ignored_reasons.get("from build fedcba987654")
     assert {r["hardware_id"] for r in after.records} == {zen4_id}
     assert main(["archive", "--db", str(path)]) == 0          # again: nothing left to move
     assert "nothing to archive" in capsys.readouterr().out
@@ -139,7 +139,7 @@ def test_archive_moves_older_builds_and_loses_nothing(two_kinds, monkeypatch, ca
         assert len(f.readlines()) == 5
 
 
-def test_an_append_waiting_on_the_lock_goes_to_the_replaced_file(tmp_path):
+def test_an_append_waiting_on_the_lock_goes_to_the_replaced_file(tmp_path, monkeypatch):
     """move_lines replaces the file while holding its lock; an appender that waited on the old
     file's lock must write into the new one, not the unlinked old one."""
     import fcntl
@@ -148,8 +148,17 @@ def test_an_append_waiting_on_the_lock_goes_to_the_replaced_file(tmp_path):
     store.append_lines(path, ["keep", "move"])
     fd = os.open(path, os.O_RDWR | os.O_APPEND)
     fcntl.flock(fd, fcntl.LOCK_EX)                     # hold the old file's lock
+    waiting = threading.Event()
+    real_flock = fcntl.flock
+
+    def flock(f, op):                                  # the writer, about to wait on the old file
+        if threading.current_thread() is writer:
+            waiting.set()
+        return real_flock(f, op)
+    monkeypatch.setattr(store.fcntl, "flock", flock)
     writer = threading.Thread(target=store.append_lines, args=(path, ["late"]))
     writer.start()
+    assert waiting.wait(10)
     tmp = path + ".new"
     with open(tmp, "w") as f:
         f.write("keep\n")
@@ -158,3 +167,28 @@ def test_an_append_waiting_on_the_lock_goes_to_the_replaced_file(tmp_path):
     os.close(fd)
     writer.join(10)
     assert store.read_lines(path) == ["keep", "late"]
+
+
+def test_a_failed_archive_write_leaves_no_half_member(tmp_path, monkeypatch):
+    """An error while the gzip member is written truncates the archive back: what was archived
+    before stays readable, and the database keeps every line."""
+    import gzip
+    path, archive = str(tmp_path / "db.jsonl"), str(tmp_path / "db-archive.jsonl.gz")
+    store.append_lines(path, ["a", "b"])
+    assert store.move_lines(path, lambda lines: [line == "a" for line in lines], archive) == (1, 1)
+    store.append_lines(path, ["c"])
+
+    class Full(gzip.GzipFile):
+        def write(self, data):
+            super().write(data[:3])
+            self.fileobj.write(b"partial")
+            raise OSError(28, "No space left on device")
+    monkeypatch.setattr(gzip, "GzipFile", Full)
+    with pytest.raises(store.StoreError, match="cannot write the archive .*No space left"):
+        store.move_lines(path, lambda lines: [True] * len(lines), archive)
+    monkeypatch.undo()
+    assert store.read_lines(path) == ["b", "c"]
+    with gzip.open(archive, "rt") as f:
+        assert f.read() == "a\n"
+    with pytest.raises(store.StoreError, match="no file"):
+        store.move_lines(str(tmp_path / "none.jsonl"), lambda lines: [], archive)

@@ -351,7 +351,7 @@ def cmd_archive(args):
         print(f"{args.db}: moved {moved} records of older builds (or without CPU identity) to "
               f"{archive_path(args.db)}; kept {kept}")
     else:
-        print(f"{args.db}: nothing to archive; its {kept} lines are all of each machine's newest build")
+        print(f"{args.db}: nothing to archive ({kept} lines kept: this build's records and each machine's newest)")
 
 
 def add_layout_arg(q):
@@ -437,7 +437,7 @@ def build_parser():
     q.add_argument("--use-foreign", action="store_true", help="export records of another machine or build")
     q.set_defaults(func=cmd_export)
     q = sub.add_parser("archive", help="move the tuning records no tuner reads any more (older builds) to a "
-                       "gzipped archive beside the database")
+                       "gzipped archive beside the database (a local disk; not while a tuner on NFS appends)")
     q.add_argument("--db", default=os.path.join(here, "tuning.jsonl"))
     q.set_defaults(func=cmd_archive)
     return p

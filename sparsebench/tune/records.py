@@ -188,24 +188,30 @@ def archive_path(path):
 
 
 def archive(path):
-    """Move the records no tuner reads any more (a build older than each machine's newest for
-    that dtype, or written before records carried the CPU identity) from the database at `path`
-    to archive_path(path), gzipped; the current ones stay. Returns (moved, kept) counts. Nothing
-    is lost: `zcat` the archive back onto the database to have them all again."""
+    """Move the records no tuner reads any more from the database at `path` to
+    archive_path(path), gzipped: those written before records carried the CPU identity, and
+    those of a build that is neither this process's nor the one each machine last wrote to
+    (by timestamp) for that dtype. Returns (moved, kept) line counts. Nothing is lost: `zcat`
+    the archive back onto the database to have them all again."""
+    here = fingerprint.hardware_id()
+    keep = {(here, dtype, fingerprint.build_id(dtype)) for dtype in DTYPES}
+
     def old(lines):
         records = []
         for line in lines:
             try:
                 rec = json.loads(line)
-                records.append((bool(rec.get("cpu")), rec.get("hardware_id"), rec["task"]["dtype"],
-                                rec.get("build_id")))
+                key = (str(rec.get("hardware_id")), str(rec["task"]["dtype"]), str(rec.get("build_id")))
+                records.append((bool(rec.get("cpu")), key, str(rec.get("timestamp", ""))))
             except (ValueError, KeyError, TypeError, AttributeError):
                 records.append(None)      # not a record of ours: left where it is
-        newest = {}
+        newest = {}                       # (hardware, dtype): (timestamp, build) last written
         for r in records:
             if r and r[0]:
-                newest[r[1:3]] = r[3]     # in file order: the last build each machine wrote
-        return [bool(r) and (not r[0] or newest[r[1:3]] != r[3]) for r in records]
+                kind = r[1][:2]
+                newest[kind] = max(newest.get(kind, ("", "")), (r[2], r[1][2]))
+        keep.update(kind + (build,) for kind, (_, build) in newest.items())
+        return [bool(r) and (not r[0] or r[1] not in keep) for r in records]
     return store.move_lines(path, old, archive_path(path))
 
 
