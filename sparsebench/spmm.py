@@ -69,9 +69,9 @@ def spmm(A, X, config=None, out=None, bias=None, activation=None, layout="featur
 def _multiply(A, X, config, out, y, bias, activation, yt=None, xt=None):
     """The checked call: plan (once per matrix and config), then the kernel. y: out's canonical
     view (None for int8 with yt); yt: a token-major N x M array the kernels store Y into,
-    transposed; xt: token-major X (N x K). float32: X is a scratch buffer its transpose goes
-    into, by the kernels' panel tasks where panel_tasks says so, else on the pool first. int8
-    quantizes and packs straight from xt (X is then xt.T, for its shape)."""
+    transposed; xt: token-major X (N x K), and X then xt.T (for its shape). float32: the
+    kernels' panel tasks transpose their tokens into a scratch where panel_tasks says so, else X
+    is transposed into one on the pool first; int8 quantizes and packs straight from xt."""
     int8 = isinstance(A, QuantizedBSRMatrix)
     M, K = A.shape
     N = X.shape[1]
@@ -98,9 +98,6 @@ def _multiply(A, X, config, out, y, bias, activation, yt=None, xt=None):
         module.run(vid, A._data, A._indices_padded, A._gptr, bounds, A._comp, A._scales, packed, xscales, y, M,
                    packed.shape[0], config.prefetch, config.threads, bias, ACTIVATIONS[activation], yt)
         return out
-    if xt is not None and not panel_tasks(A, config, N):
-        kernel_module(best_isa()).transpose(xt, X, config.threads)    # the whole X, first
-        xt = None
     if K == 0:
         # no products: every column is act(bias), or 0, with the kernels' own GELU
         column = np.zeros(M, np.float32) if bias is None else bias.copy()
@@ -112,6 +109,18 @@ def _multiply(A, X, config, out, y, bias, activation, yt=None, xt=None):
         return out
     module, vid, nslices, data, indices, ptr, bounds = plan
     bc = A.block[1]
+    if xt is not None and panel_tasks(A, config, N):
+        # each panel of n_tile tokens gets its own K rows of the scratch, panel_ld floats apart
+        panel = min(config.n_tile, N)
+        ld = module.panel_ld(panel)
+        X = _flat("x", -(-N // panel) * K * ld).reshape(-1, ld)
+        module.run(vid, data, indices, ptr, bounds, X, y, M, panel, config.prefetch, config.threads, K,
+                   bias, ACTIVATIONS[activation], nslices, yt, xt)
+        return out
+    if xt is not None:
+        Xf = _buffer("x", K, N)
+        kernel_module(best_isa()).transpose(xt, Xf, config.threads)    # the whole X, first
+        X = Xf
     if stages(A, X):
         Xs = _buffer("stage", K, N)
         module.copy_rows(X, Xs, config.threads)
@@ -122,9 +131,8 @@ def _multiply(A, X, config, out, y, bias, activation, yt=None, xt=None):
         Xp[:K] = X
         Xp[K:] = 0
         X = Xp
-    panel = config.n_tile if xt is not None else config.n_panel or N
-    module.run(vid, data, indices, ptr, bounds, X, y, M, panel, config.prefetch, config.threads, -(-K // bc) * bc,
-               bias, ACTIVATIONS[activation], nslices, yt, xt)
+    module.run(vid, data, indices, ptr, bounds, X, y, M, config.n_panel or N, config.prefetch, config.threads,
+               -(-K // bc) * bc, bias, ACTIVATIONS[activation], nslices, yt)
     return out
 
 
@@ -192,12 +200,16 @@ def _buffer(tag, rows, cols):
     """This thread's scratch array `tag` of (rows, cols), laid out as arrays.activations (grown
     when too small)."""
     ld = padded_columns(cols)
-    size = rows * ld
+    return _flat(tag, rows * ld).reshape(rows, ld)[:, :cols]
+
+
+def _flat(tag, size):
+    """This thread's scratch `tag` as `size` float32 (grown when too small)."""
     buf = getattr(_buffers, tag, None)
     if buf is None or buf.size < size:
         buf = _empty((max(size, 1),))
         setattr(_buffers, tag, buf)
-    return buf[:size].reshape(rows, ld)[:, :cols]
+    return buf[:size]
 
 
 def _token_major(A, X, config, out, bias, activation):
@@ -220,7 +232,6 @@ def _token_major(A, X, config, out, bias, activation):
         return _multiply(A, X, config, out, None, bias, activation, yt=yt)
     if int8:                                     # quantized and packed from X, stored into yt
         return _multiply(A, X.T, config, out, None, bias, activation, yt=yt, xt=X)
-    Xf = _buffer("x", K, N)
-    Yf = _buffer("y", M, N)
-    _multiply(A, Xf, config, Yf, Yf, bias, activation, yt=yt, xt=X)
+    Yf = _buffer("y", M, N)                      # for the K slices' partial sums only
+    _multiply(A, X.T, config, Yf, Yf, bias, activation, yt=yt, xt=X)
     return out
