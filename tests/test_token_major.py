@@ -191,6 +191,20 @@ def test_random_token_major_problems_match_the_reference(m, k, n, block):
     assert np.abs(Y - ref).max(initial=0) <= 1e-5 * (np.abs(Xt) @ np.abs(W.T)).max(initial=1) + 1e-6
 
 
+@settings(max_examples=examples(40), deadline=None)
+@given(m=st.integers(1, 70), k=st.integers(1, 90), n=st.integers(1, 300), block=st.sampled_from(SUPPORTED_BLOCKS),
+       pick=st.integers(0, 10 ** 6), threads=st.integers(1, 3))
+def test_random_configs_on_token_major_x_give_the_feature_major_bits(m, k, n, block, pick, threads):
+    """Any config (panel tasks with every n_tile and a remainder panel, their scratch rows
+    panel_ld apart; or the pool's transpose first), any thread count: the feature-major bits."""
+    A = sb.BSRMatrix.from_dense(sb.prune(random_x(m, k, seed=m * k), 0.5, block), block)
+    Xt = random_x(n, k, seed=n)
+    configs = sb.kernel_configs(A, n, threads=threads)
+    cfg = configs[pick % len(configs)]
+    want = sb.spmm(A, np.ascontiguousarray(Xt.T), cfg)
+    assert np.array_equal(sb.spmm(A, Xt, cfg, layout="tokens"), want.T), str(cfg)
+
+
 def test_token_major_errors_are_clear():
     A = sb.BSRMatrix.from_dense(random_x(8, 6), (4, 1))
     with pytest.raises(ValueError, match="layout must be"):
