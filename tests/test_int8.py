@@ -258,15 +258,18 @@ def test_calibrated_scale_saturates(block):
 @needs_vnni
 @pytest.mark.parametrize("scale", [None, 0.1])
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_non_finite_activations_are_refused(scale, bad):
+@pytest.mark.parametrize("layout", ["features", "tokens"])
+def test_non_finite_activations_are_refused(scale, bad, layout):
     X = normal_x(40, 70)
     X[37, 66] = bad
+    if layout == "tokens":
+        X = np.ascontiguousarray(X.T)
     for block in ((4, 1), (4, 4)):
         with pytest.raises(ValueError, match="X holds inf or NaN: int8 quantization needs finite"):
-            sb.quantize_activations(X, block, scale=scale)
+            sb.quantize_activations(X, block, scale=scale, layout=layout)
         _, Aq = pruned(8, 40, block, 0.5)
         with pytest.raises(ValueError, match="X holds inf or NaN"):
-            sb.spmm(Aq, X)
+            sb.spmm(Aq, X, layout=layout)
 
 
 @needs_vnni
@@ -448,12 +451,17 @@ def test_kernel_configs_and_default(block):
 
 # -- the low-level entry points refuse garbage --------------------------------------------------------
 
+def small_call():
+    """A 12 x 16 int8 matrix (4x1), 16 x 6 quantized activations, the kernel module and variant."""
+    _, Aq = pruned(12, 16, (4, 1), 0.5)
+    Xq = sb.quantize_activations(normal_x(16, 6), (4, 1))
+    module, vid = variant_id(sb.default_config(Aq, 6, threads=1))
+    return Aq, Xq, module, vid
+
+
 @needs_vnni
 def test_kernel_entry_points_refuse_garbage():
-    W, Aq = pruned(12, 16, (4, 1), 0.5)
-    Xq = sb.quantize_activations(normal_x(16, 6), (4, 1))
-    cfg = sb.default_config(Aq, 6, threads=1)
-    module, vid = variant_id(cfg)
+    Aq, Xq, module, vid = small_call()
 
     def args():
         return [vid, Aq._data, Aq._indices_padded, Aq._gptr, Aq.task_bounds(1, 0), Aq._comp,
@@ -530,20 +538,6 @@ def test_random_token_major_quantization_matches(K, N, block, calibrated, seed):
 
 
 @needs_vnni
-@pytest.mark.parametrize("scale", [None, 0.1])
-@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_token_major_non_finite_activations_are_refused(scale, bad):
-    Xt = normal_x(70, 40)
-    Xt[66, 37] = bad
-    for block in ((4, 1), (4, 4)):
-        with pytest.raises(ValueError, match="X holds inf or NaN"):
-            sb.quantize_activations(Xt, block, scale=scale, layout="tokens")
-        _, Aq = pruned(8, 40, block, 0.5)
-        with pytest.raises(ValueError, match="X holds inf or NaN"):
-            sb.spmm(Aq, Xt, layout="tokens")
-
-
-@needs_vnni
 @pytest.mark.parametrize("block", INT8_BLOCKS, ids=block_ids)
 def test_token_major_spmm_takes_quantized_activations(block):
     """One quantization of token-major X serves several matrices; Y token-major, the same bits
@@ -563,10 +557,7 @@ def test_token_major_spmm_takes_quantized_activations(block):
 
 @needs_vnni
 def test_token_major_entry_points_refuse_garbage():
-    W, Aq = pruned(12, 16, (4, 1), 0.5)
-    Xq = sb.quantize_activations(normal_x(16, 6), (4, 1))
-    cfg = sb.default_config(Aq, 6, threads=1)
-    module, vid = variant_id(cfg)
+    Aq, Xq, module, vid = small_call()
     args = [vid, Aq._data, Aq._indices_padded, Aq._gptr, Aq.task_bounds(1, 0), Aq._comp, Aq._scales,
             Xq._packed, Xq._scales, None, 12, 16, 0, 1, None, 0]
     Yt = np.zeros((6, 12), np.float32)
