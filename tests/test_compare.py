@@ -8,7 +8,7 @@ from sparsebench import store
 from sparsebench.bench import baselines
 from sparsebench.bench.baselines import MethodUnavailable
 from sparsebench.cli.main import main
-from sparsebench.bench.compare import FIELDS, Compare, read_rows, speedup_table
+from sparsebench.bench.compare import FIELDS, Compare, layout_table, read_rows, speedup_table
 from sparsebench.bench.shapes import Shape
 from sparsebench.bench.timing import Stats, interleaved, ratio
 from sparsebench.bench.verify import Reference
@@ -235,21 +235,42 @@ def test_a_degraded_probe_marks_the_case_and_measures_it_again(tmp_path, monkeyp
     assert "!" in speedup_table(rows, ["dense"])
 
 
-def test_a_compare_csv_of_the_old_header_loads_and_resumes(tmp_path, steady_machine):
-    from sparsebench.bench.compare import LEGACY_FIELDS, PEAK_FIELDS
+@pytest.mark.parametrize("earlier", [0, 1], ids=["before the peak columns", "before the ratio columns"])
+def test_a_compare_csv_of_an_earlier_header_loads_and_resumes(tmp_path, steady_machine, earlier):
+    from sparsebench.bench.compare import EARLIER_HEADERS
+    header = EARLIER_HEADERS[earlier]
     out = tmp_path / "c.csv"
-    Compare(["dense"], threads=1, samples=3, out=str(out)).run(TINY, [0.5], [(4, 1)])
+    Compare(["dense", "sparsebench"], threads=1, samples=3, out=str(out)).run(TINY, [0.5], [(4, 1)])
     rows = list(csv.DictReader(open(out)))
-    with open(out, "w", newline="") as f:                  # as written before the peak columns
-        w = csv.DictWriter(f, LEGACY_FIELDS, extrasaction="ignore", lineterminator="\n")
+    with open(out, "w", newline="") as f:                  # as an earlier version wrote it
+        w = csv.DictWriter(f, header, extrasaction="ignore", lineterminator="\n")
         w.writeheader()
         w.writerows(rows)
     old = read_rows(str(out))
-    assert len(old) == 1 and all(old[0][k] == "" for k in PEAK_FIELDS)
-    rows = Compare(["dense"], threads=1, samples=3, out=str(out)).run(TINY + [Shape("b", 16, 16, 4)], [0.5], [(4, 1)])
+    assert len(old) == 2 and all(r[k] == "" for r in old for k in FIELDS if k not in header)
+    rows = Compare(["dense", "sparsebench"], threads=1, samples=3, out=str(out)).run(
+        TINY + [Shape("b", 16, 16, 4)], [0.5], [(4, 1)])
     assert open(out).readline().strip() == ",".join(FIELDS)
-    assert [r["shape"] for r in read_rows(str(out))] == ["tiny", "b"]
-    assert read_rows(str(out))[1]["pct_peak"] != ""
+    new = read_rows(str(out))
+    assert [r["shape"] for r in new] == ["tiny", "tiny", "b", "b"]
+    assert new[2]["pct_peak"] != "" and new[2]["vs_sparsebench"] != ""      # dense over ours, per round
+    assert float(new[2]["vs_sparsebench_p20"]) <= float(new[2]["vs_sparsebench"]) <= float(new[2]["vs_sparsebench_p80"])
+    assert new[3]["vs_sparsebench"] == ""
+
+
+def test_the_layout_table_uses_the_per_round_ratio(tmp_path, steady_machine):
+    """The token / feature table of a run with both methods shows the per-round ratio with its
+    spread; rows written before the ratio columns fall back to the ratio of the medians."""
+    rows = Compare(["sparsebench", "sparsebench-tokens"], threads=1, samples=5, log=lambda *a: None).run(
+        TINY, [0.5], [(4, 1)])
+    tokens = next(r for r in rows if r["method"] == "sparsebench-tokens")
+    line = layout_table(rows).splitlines()[-1]
+    assert f"{float(tokens['vs_sparsebench']):.2f} ({float(tokens['vs_sparsebench_p20']):.2f}-" in line
+    for r in rows:
+        r["vs_sparsebench"] = ""
+    ours = next(r for r in rows if r["method"] == "sparsebench")
+    assert layout_table(rows).splitlines()[-1].endswith(
+        f"{float(tokens['median_ms']) / float(ours['median_ms']):.2f}")
 
 
 def test_methods_take_x_with_rows_padded_apart(tmp_path, steady_machine):
@@ -269,3 +290,14 @@ def test_token_major_method_checks_its_result_as_m_by_n(steady_machine):
     for block in ("4x1", "1x4"):
         assert by[block, "sparsebench-tokens"]["config"] == by[block, "sparsebench"]["config"]
         assert float(by[block, "sparsebench-tokens"]["max_rel_error"]) < 1e-5
+
+
+def test_the_int8_table_shows_fp32_over_int8_per_round():
+    from sparsebench.bench.compare import int8_table
+    case = dict(shape="s", M="8", K="8", N="4", block="4x1", sparsity="0.5", status="ok", max_rel_error="0.01")
+    rows = [dict(case, method="sparsebench", median_ms="1.0", vs_sparsebench=""),
+            dict(case, method="sparsebench-fp32", median_ms="2.4", vs_sparsebench="2.1",
+                 vs_sparsebench_p20="1.9", vs_sparsebench_p80="2.3")]
+    assert int8_table(rows).splitlines()[-1].split()[-3:] == ["2.10", "(1.90-2.30)", "1.00%"]
+    rows[1]["vs_sparsebench"] = ""                        # a file of an earlier header
+    assert int8_table(rows).splitlines()[-1].split()[-2:] == ["2.40", "1.00%"]

@@ -39,8 +39,12 @@ FIELDS = ["shape", "M", "K", "N", "block", "sparsity", "dtype", "threads", "cach
 #: peak_gflops is the peak pct_peak refers to (GOP/s for int8 rows), probe_gflops the lower of
 #: the fp32 probes before and after the case
 PEAK_FIELDS = ["pct_peak", "peak_gflops", "probe_gflops", "degraded"]
-LEGACY_FIELDS = list(FIELDS)
-FIELDS = FIELDS + PEAK_FIELDS
+#: this method's time over the `sparsebench` method's, per interleaved round: median, p20, p80
+#: (token-major over feature-major; our float32 kernels over our int8 ones in int8 runs)
+RATIO_FIELDS = ["vs_sparsebench", "vs_sparsebench_p20", "vs_sparsebench_p80"]
+#: headers of earlier versions, each a prefix of FIELDS: their rows read with the later columns empty
+EARLIER_HEADERS = [list(FIELDS), FIELDS + PEAK_FIELDS]
+FIELDS = FIELDS + PEAK_FIELDS + RATIO_FIELDS
 #: methods that compute the whole dense product (their useful work is 2*M*K*N)
 DENSE_METHODS = ("dense", "sparsebench-dense")
 KEY = ("shape", "M", "K", "N", "block", "sparsity", "dtype", "threads", "cache")
@@ -52,23 +56,23 @@ def case_key(shape, block, sparsity, threads, cache, dtype="float32"):
 
 
 def read_rows(path):
-    """Rows of a compare CSV, of this version's header or the one before the peak columns
-    (which come back empty)."""
+    """Rows of a compare CSV, of this version's header or an earlier one (whose missing columns
+    come back empty)."""
     lines = store.read_lines(path)
     if not lines:
         return []
     rows = list(csv.reader(lines))
-    if rows[0] not in (FIELDS, LEGACY_FIELDS):
+    if rows[0] != FIELDS and rows[0] not in EARLIER_HEADERS:
         raise store.StoreError(f"{path} is not a compare results file of this sparsebench version "
                                "(header differs); pass another --out or --rerun to start it afresh")
-    return [dict(dict.fromkeys(PEAK_FIELDS, ""), **dict(zip(rows[0], r))) for r in rows[1:] if len(r) == len(rows[0])]
+    return [dict(dict.fromkeys(FIELDS, ""), **dict(zip(rows[0], r))) for r in rows[1:] if len(r) == len(rows[0])]
 
 
 def _upgrade_header(path):
-    """Rewrite a compare CSV of the header before the peak columns with this version's, so rows
-    can be appended to it."""
+    """Rewrite a compare CSV of an earlier header with this version's, so rows can be appended
+    to it."""
     lines = store.read_lines(path)
-    if lines and next(csv.reader(lines[:1])) == LEGACY_FIELDS:
+    if lines and next(csv.reader(lines[:1])) in EARLIER_HEADERS:
         rows = read_rows(path)
         with store.atomic_file(path) as f:
             f.write("".join(line + "\n" for line in [",".join(FIELDS)] + [_csv_line(r) for r in rows]))
@@ -217,6 +221,10 @@ class Compare:
                 if "dense" in stats:
                     sp = ratio(stats["dense"], st)
                     rows[name].update(speedup=sp.median, speedup_p20=sp.p20, speedup_p80=sp.p80)
+                if "sparsebench" in stats and name != "sparsebench":
+                    vs = ratio(st, stats["sparsebench"])
+                    rows[name].update(vs_sparsebench=vs.median, vs_sparsebench_p20=vs.p20,
+                                      vs_sparsebench_p80=vs.p80)
         return [{f: _fmt(r.get(f, "")) for f in FIELDS} for r in rows.values()]
 
 
@@ -288,13 +296,23 @@ def _pairs(rows, first, second):
     return {key: (by[first], by[second]) for key, by in by_case.items() if len(by) == 2}
 
 
+def _vs_sparsebench(row, base, other):
+    """`row`'s time over the sparsebench method's: the per-round ratio, median (p20-p80), where
+    the row has it; else the ratio of the medians (files written before the ratio columns)."""
+    if row.get("vs_sparsebench"):
+        return (f"{float(row['vs_sparsebench']):.2f} ({float(row['vs_sparsebench_p20']):.2f}-"
+                f"{float(row['vs_sparsebench_p80']):.2f})")
+    return f"{float(other['median_ms']) / float(base['median_ms']):.2f}"
+
+
 def int8_table(rows):
     """Text table: our float32 kernel's time / our int8 kernel's time, per shape x sparsity."""
     lines = []
     for key, (fp32, int8) in _pairs(rows, "sparsebench-fp32", "sparsebench").items():
         a, b = float(fp32["median_ms"]), float(int8["median_ms"])
-        lines.append(list(key) + [f"{a:.3f}", f"{b:.3f}", f"{a / b:.2f}x", f"{float(int8['max_rel_error']):.2%}"])
-    return format_table(["shape", "MxKxN", "block", "sparsity", "fp32 ms", "int8 ms", "int8 speedup",
+        lines.append(list(key) + [f"{a:.3f}", f"{b:.3f}", _vs_sparsebench(fp32, int8, fp32),
+                                  f"{float(int8['max_rel_error']):.2%}"])
+    return format_table(["shape", "MxKxN", "block", "sparsity", "fp32 ms", "int8 ms", "int8 speedup (p20-p80)",
                          "int8 error"], lines)
 
 
@@ -303,9 +321,9 @@ def layout_table(rows):
     lines = []
     for key, (features, tokens) in _pairs(rows, "sparsebench", "sparsebench-tokens").items():
         a, b = float(features["median_ms"]), float(tokens["median_ms"])
-        lines.append(list(key) + [f"{a:.3f}", f"{b:.3f}", f"{b / a:.2f}"])
+        lines.append(list(key) + [f"{a:.3f}", f"{b:.3f}", _vs_sparsebench(tokens, features, tokens)])
     return format_table(["shape", "MxKxN", "block", "sparsity", "feature-major ms", "token-major ms",
-                         "token / feature"], lines)
+                         "token / feature (p20-p80)"], lines)
 
 
 def format_table(header, lines):

@@ -28,7 +28,7 @@ import pandas as pd
 
 from .. import store
 from ..tune import apply as tuned
-from ..bench.compare import FIELDS as COMPARE_FIELDS, LEGACY_FIELDS as LEGACY_COMPARE_FIELDS
+from ..bench.compare import EARLIER_HEADERS as EARLIER_COMPARE_HEADERS, FIELDS as COMPARE_FIELDS
 from ..errors import SparsebenchError
 
 #: columns a BERT latency CSV must have, and the optional ones the report uses
@@ -43,7 +43,8 @@ BREAKDOWN_REQUIRED = ("model", "category", "ms")
 BREAKDOWN_OPTIONAL = ("sparsity", "block", "batch", "seq", "threads")
 COMPARE_NUMERIC = ("M", "K", "N", "sparsity", "threads", "median_ms", "p20_ms", "p80_ms", "min_ms",
                    "spread", "samples", "loops", "gflops", "effective_gflops", "speedup", "speedup_p20",
-                   "speedup_p80", "max_rel_error", "pct_peak", "peak_gflops", "probe_gflops")
+                   "speedup_p80", "max_rel_error", "pct_peak", "peak_gflops", "probe_gflops", "vs_sparsebench",
+                   "vs_sparsebench_p20", "vs_sparsebench_p80")
 STATUSES = ("ok", "wrong", "error", "skipped")
 RESULT_KEYS = ("strategy", "evals", "space_size", "method", "config", "best_s", "dense_s", "default_s",
                "trajectory")
@@ -192,7 +193,7 @@ def _classify(path):
             return "tuned", None
         return None, NOT_READ
     header = set(next(csv.reader([_first_line(path)]), []))
-    if header in (set(COMPARE_FIELDS), set(LEGACY_COMPARE_FIELDS)) or name.startswith("compare"):
+    if header in [set(h) for h in [COMPARE_FIELDS] + EARLIER_COMPARE_HEADERS] or name.startswith("compare"):
         return "compare", None
     if {"model", "p50_ms", "p90_ms"} <= header and header & {"runner", "method"}:
         return "bert", None
@@ -241,7 +242,7 @@ def _numeric(df, columns, path):
 
 def _compare_header(path):
     def check(header):
-        if header in (COMPARE_FIELDS, LEGACY_COMPARE_FIELDS):
+        if header == COMPARE_FIELDS or header in EARLIER_COMPARE_HEADERS:
             return
         missing = [f for f in COMPARE_FIELDS if f not in header]
         extra = [f for f in header if f not in COMPARE_FIELDS]
@@ -259,7 +260,7 @@ def _compare_header(path):
 def _read_compare(path):
     df, dropped = _csv_frame(path, _compare_header(path))
     for col in COMPARE_FIELDS:
-        if col not in df:                  # a file written before the peak columns
+        if col not in df:                  # a file of an earlier header: its later columns empty
             df[col] = ""
     _numeric(df, COMPARE_NUMERIC, path)
     bad_status = ~df["status"].isin(STATUSES)
