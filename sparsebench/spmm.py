@@ -109,6 +109,9 @@ def _multiply(A, X, config, out, y, bias, activation, yt=None, xt=None):
         return out
     module, vid, nslices, data, indices, ptr, bounds = plan
     bc = A.block[1]
+    if xt is not None and reads_tokens(A, config):
+        module.run_direct(data, indices, ptr, bounds, xt, yt, M, K, config.threads, bias, ACTIVATIONS[activation])
+        return out
     if xt is not None and panel_tasks(A, config, N):
         # each panel of n_tile tokens gets its own K rows of the scratch, panel_ld floats apart
         panel = min(config.n_tile, N)
@@ -146,14 +149,27 @@ def _multiply(A, X, config, out, y, bias, activation, yt=None, xt=None):
 STAGE_MIN_BYTES = 1024 * 1024
 
 
+def reads_tokens(A, config):
+    """Whether a token-major call runs the direct kernel (run_direct): blocks of one vector of
+    outputs (16x1 on AVX-512, 8x1 on AVX2, 4x1 on the generic build) read token-major X and
+    write token-major Y as they are, no transposes. float32, one K slice, not a dense matrix,
+    and n_tile one vector (wider tiles run as panel tasks: the tuner picks); only m_tile plays
+    a part. At 768x3072 the direct kernel's 8 tokens of X (96 KB) leave L1 and panels win."""
+    vw = kernel_module(config.isa).VECTOR_WIDTH
+    return (not isinstance(A, QuantizedBSRMatrix) and not A.is_dense and A.block == (vw, 1)
+            and config.n_tile == vw and (not config.k_slice or config.k_slice >= A.shape[1]))
+
+
 def panel_tasks(A, config, N):
     """Whether a token-major call runs as panel tasks: each task transposes a panel of n_tile
     tokens of X on its own core and runs every block row on them (no pass before the kernel,
     nothing crosses cores; n_panel and m_tile play no part). That takes float32 kernels, one K
-    slice, K a multiple of the block's columns and a panel per thread."""
+    slice, K a multiple of the block's columns, a panel per thread, and blocks the direct kernel
+    does not take (reads_tokens)."""
     K = A.shape[1]
     return (not isinstance(A, QuantizedBSRMatrix) and K > 0 and K % A.block[1] == 0
-            and (not config.k_slice or config.k_slice >= K) and -(-N // config.n_tile) >= config.threads)
+            and not reads_tokens(A, config) and (not config.k_slice or config.k_slice >= K)
+            and -(-N // config.n_tile) >= config.threads)
 
 
 def stages(A, X):

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 import sparsebench as sb
 from sparsebench import cpu
 from conftest import SUPPORTED_BLOCKS, examples, random_x
+from sparsebench.spmm import reads_tokens
 
 INT8 = bool(cpu.available_isas("int8"))
 
@@ -144,6 +145,36 @@ def test_int8_token_major_stores_and_packs_give_the_same_bits(block):
                 want = sb.spmm(A, np.ascontiguousarray(Xt.T), cfg, bias=bias, activation="gelu")
                 got = sb.spmm(A, Xt, cfg, bias=bias, activation="gelu", layout="tokens")
                 assert np.array_equal(got, want.T), str(cfg)
+
+
+@pytest.mark.parametrize("isa", cpu.available_isas())
+def test_the_direct_kernel_reads_tokens_as_they_are(isa):
+    """Blocks of one vector of outputs (VW x 1), a tile of one vector: X and Y token-major with no
+    scratch, tokens in tiles of 8 (remainders 1..7), a partial last block row, bias and GELU, 1
+    and 2 threads: the feature-major bits."""
+    module = cpu.kernel_module(isa)
+    vw = module.VECTOR_WIDTH
+    for M, K in ((vw, 1), (5 * vw - 3, 70)):
+        A = sb.BSRMatrix.from_dense(sb.prune(random_x(M, K, seed=M), 0.6, (vw, 1)), (vw, 1))
+        bias = random_x(M, 1, seed=K)[:, 0].copy()
+        for N in (1, 7, 8, 9, 130):
+            Xt = random_x(N, K, seed=N)
+            for threads in (1, 2):
+                cfg = sb.KernelConfig((vw, 1), isa, vw, threads=threads)
+                assert reads_tokens(A, cfg)
+                want = sb.spmm(A, np.ascontiguousarray(Xt.T), cfg, bias=bias, activation="gelu")
+                got = sb.spmm(A, Xt, cfg, bias=bias, activation="gelu", layout="tokens")
+                assert np.array_equal(got, want.T), (M, K, N, threads)
+    _, vid, nslices, data, indices, ptr, bounds = A._plans[cfg]
+    Xt, Yt = random_x(9, K), np.zeros((9, M), np.float32)
+    module.run_direct(data, indices, ptr, bounds, Xt, Yt, M, K, 2)
+    for bad, what in (((data, indices, ptr, bounds, Xt, Yt[:, :-1], M, K, 2), "Yt must be"),
+                      ((data, indices, ptr, bounds, Xt[:, :0], Yt, M, K, 2), "a column for every column"),
+                      ((data, indices, ptr[:-1], bounds, Xt, Yt, M, K, 2), "indptr"),
+                      ((data[:0], indices, ptr, bounds, Xt, Yt, M, K, 2), "data"),
+                      ((data, indices, ptr, bounds, Xt, Xt, M, K, 2), "Yt must be")):
+        with pytest.raises(ValueError, match=what):
+            module.run_direct(*bad)
 
 
 def test_run_takes_any_panel_width():

@@ -9,7 +9,8 @@ import sparsebench as sb
 from sparsebench.bench.shapes import Shape
 from sparsebench.cli.main import main
 from sparsebench.models.linear import SparseLinear
-from sparsebench.spmm import panel_tasks
+from sparsebench import cpu
+from sparsebench.spmm import panel_tasks, reads_tokens
 from sparsebench.tune import Autotuner, Task, TuningDB, autotune
 from sparsebench.tune.apply import TunedConfigs, export, load_tuned
 from sparsebench.tune.records import task_of
@@ -157,8 +158,24 @@ def test_token_major_space_drops_knobs_that_panel_tasks_ignore():
     tokens = set(sb.kernel_configs(A, 128, threads=2, layout="tokens"))
     assert tokens < features
     dropped = features - tokens
-    assert dropped and all((c.n_panel or c.m_tile) and panel_tasks(A, c, 128) for c in dropped)
+    assert dropped and all((c.n_panel or c.m_tile) and panel_tasks(A, c, 128)
+                           or reads_tokens(A, c) for c in dropped)   # 4x1 is one vector on the generic build
     assert any(c.k_slice and c.m_tile for c in tokens)      # K-sliced configs keep every knob
+
+
+def test_token_major_space_keeps_only_the_task_size_of_the_direct_kernel():
+    """Blocks of one vector of outputs read token-major X directly (spmm.reads_tokens) with a
+    tile of one vector: panel and prefetch play no part there, so one config per ISA and task
+    size is left; wider tiles run as panel tasks, for the tuner to pick between them."""
+    isa = cpu.best_isa()
+    vw = cpu.kernel_module(isa).VECTOR_WIDTH
+    W = np.random.default_rng(1).standard_normal((4 * vw, 256)).astype(np.float32)
+    A = sb.BSRMatrix.from_dense(sb.prune(W, 0.7, (vw, 1)), (vw, 1))
+    configs = [c for c in sb.kernel_configs(A, 128, threads=2, isas=[isa], layout="tokens") if not c.k_slice]
+    direct = [c for c in configs if c.n_tile == vw]
+    assert direct and all(reads_tokens(A, c) and not c.n_panel and not c.prefetch for c in direct)
+    assert len({c.m_tile for c in direct}) == len(direct) > 1
+    assert any(panel_tasks(A, c, 128) for c in configs if c.n_tile > vw)
 
 
 def test_compare_prints_token_major_over_feature_major(tmp_path, capsys):

@@ -11,7 +11,7 @@ from ..config import KernelConfig
 from ..cpu import available_isas, best_isa, default_threads, kernel_module
 from ..dispatch import default_config
 from ..quant import QuantizedBSRMatrix
-from ..spmm import panel_tasks
+from ..spmm import panel_tasks, reads_tokens
 
 #: cache panel widths (columns of X kept hot while every block row is swept); 0 = all of N
 PANELS = (0, 128, 256, 512)
@@ -31,7 +31,8 @@ def kernel_configs(A, n, threads=None, isas=None, layout="features"):
 
     Tiles much wider than n are left out (they would only run their masked tail path),
     as are panels that would not split N, and, token-major, the panels and task sizes of
-    configs that run as panel tasks (spmm.panel_tasks: they would run the same kernel).
+    configs that run as panel tasks (spmm.panel_tasks: they would run the same kernel), and all
+    but the task size of those that run the direct kernel (spmm.reads_tokens).
     """
     threads = threads or default_threads()
     if isinstance(A, QuantizedBSRMatrix):
@@ -53,8 +54,9 @@ def kernel_configs(A, n, threads=None, isas=None, layout="features"):
                     for m_tile in M_TILES:
                         for prefetch in PREFETCH:
                             config = KernelConfig(A.block, isa, nt, n_panel, k_slice, m_tile, prefetch, threads)
-                            if (layout == "tokens" and (n_panel or m_tile)
-                                    and panel_tasks(A, config, n)):
+                            if layout == "tokens" and (
+                                    (n_panel or m_tile) and panel_tasks(A, config, n)
+                                    or (n_panel or prefetch) and reads_tokens(A, config)):
                                 continue
                             out.append(config)
     return out
