@@ -22,8 +22,9 @@ def spmm(A, X, config=None, out=None, bias=None, activation=None, layout="featur
     layout "tokens": X is N x K and Y (and `out`) N x M, token-major as PyTorch keeps
     activations; the kernels store their tiles into `out` transposed, and each float32 task
     transposes its own panel of tokens (otherwise X is transposed on the pool first: fewer panels
-    than threads, K slices, K not a multiple of the block's columns); int8 quantizes and packs X
-    from token-major, 64 tokens a task. No copies by the caller. The int8 QuantizedActivations
+    than threads, K slices, K not a multiple of the block's columns), except for blocks of one
+    vector of outputs with a tile of one vector, whose direct kernel reads X as it is
+    (reads_tokens); int8 quantizes and packs X from token-major, 64 tokens a task. No copies by the caller. The int8 QuantizedActivations
     of quantize_activations(X, block, layout="tokens") serve any number of calls with the
     same X: the layout then only says how Y is stored.
 
@@ -69,9 +70,10 @@ def spmm(A, X, config=None, out=None, bias=None, activation=None, layout="featur
 def _multiply(A, X, config, out, y, bias, activation, yt=None, xt=None):
     """The checked call: plan (once per matrix and config), then the kernel. y: out's canonical
     view (None for int8 with yt); yt: a token-major N x M array the kernels store Y into,
-    transposed; xt: token-major X (N x K), and X then xt.T (for its shape). float32: the
-    kernels' panel tasks transpose their tokens into a scratch where panel_tasks says so, else X
-    is transposed into one on the pool first; int8 quantizes and packs straight from xt."""
+    transposed; xt: token-major X (N x K), and X then xt.T (for its shape). float32: the direct
+    kernel reads xt where reads_tokens says so, the panel tasks transpose their tokens into a
+    scratch where panel_tasks says so, else X is transposed into one on the pool first; int8
+    quantizes and packs straight from xt."""
     int8 = isinstance(A, QuantizedBSRMatrix)
     M, K = A.shape
     N = X.shape[1]
@@ -248,6 +250,6 @@ def _token_major(A, X, config, out, bias, activation):
         return _multiply(A, X, config, out, None, bias, activation, yt=yt)
     if int8:                                     # quantized and packed from X, stored into yt
         return _multiply(A, X.T, config, out, None, bias, activation, yt=yt, xt=X)
-    Yf = _buffer("y", M, N)                      # for the K slices' partial sums only
+    Yf = _buffer("y", M, N)       # K slices' partial sums; the kernels' checks read its shape
     _multiply(A, X.T, config, Yf, Yf, bias, activation, yt=yt, xt=X)
     return out

@@ -154,8 +154,9 @@ def test_the_direct_kernel_reads_tokens_as_they_are(isa):
     and 2 threads: the feature-major bits."""
     module = cpu.kernel_module(isa)
     vw = module.VECTOR_WIDTH
-    for M, K in ((vw, 1), (5 * vw - 3, 70)):
-        A = sb.BSRMatrix.from_dense(sb.prune(random_x(M, K, seed=M), 0.6, (vw, 1)), (vw, 1))
+    for M, K, sparsity in ((vw, 3, 0.4), (5 * vw - 3, 70, 0.6)):
+        A = sb.BSRMatrix.from_dense(sb.prune(random_x(M, K, seed=M), sparsity, (vw, 1)), (vw, 1))
+        assert A.nnz_blocks and not A.is_dense
         bias = random_x(M, 1, seed=K)[:, 0].copy()
         for N in (1, 7, 8, 9, 130):
             Xt = random_x(N, K, seed=N)
@@ -168,11 +169,15 @@ def test_the_direct_kernel_reads_tokens_as_they_are(isa):
     _, vid, nslices, data, indices, ptr, bounds = A._plans[cfg]
     Xt, Yt = random_x(9, K), np.zeros((9, M), np.float32)
     module.run_direct(data, indices, ptr, bounds, Xt, Yt, M, K, 2)
+    both = np.zeros((9, M + K), np.float32)                  # Yt overlapping Xt
+    with pytest.raises(ValueError, match="apart from Xt"):
+        module.run_direct(data, indices, ptr, bounds, both[:, :K], both[:, K - 1:K - 1 + M], M, K, 2)
     for bad, what in (((data, indices, ptr, bounds, Xt, Yt[:, :-1], M, K, 2), "Yt must be"),
                       ((data, indices, ptr, bounds, Xt[:, :0], Yt, M, K, 2), "a column for every column"),
                       ((data, indices, ptr[:-1], bounds, Xt, Yt, M, K, 2), "indptr"),
                       ((data[:0], indices, ptr, bounds, Xt, Yt, M, K, 2), "data"),
-                      ((data, indices, ptr, bounds, Xt, Xt, M, K, 2), "Yt must be")):
+                      ((data, indices, ptr, bounds.reshape(1, -1), Xt, Yt, M, K, 2), "bounds"),
+                      ((data, indices, ptr, None, Xt, Yt, M, K, 2), "bounds")):
         with pytest.raises(ValueError, match=what):
             module.run_direct(*bad)
 
@@ -195,7 +200,8 @@ def test_run_takes_any_panel_width():
     assert np.array_equal(Yt, want.T)
     readonly = np.zeros((48, ld), np.float32)
     readonly.flags.writeable = False
-    for bad in (np.zeros((47, ld), np.float32), np.zeros((48, ld + 16), np.float32), readonly):
+    for bad in (np.zeros((47, ld), np.float32), np.zeros((48, ld + 16), np.float32), readonly,
+                np.zeros((48, ld), np.float32)[:, :3]):
         with pytest.raises(ValueError, match="X must be the writeable scratch of the panels"):
             module.run(vid, data, indices, ptr, bounds, bad, Y, 12, 4, 0, 2, 16, None, 0, nslices, Yt, Xt)
 
