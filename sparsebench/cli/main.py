@@ -116,11 +116,12 @@ def cmd_compare(args):
           f"! = degraded, {DEGRADED}:")
     print(speedup_table(rows, methods))
     if args.dtype == "int8" and {"sparsebench", "sparsebench-fp32"} <= set(methods):
-        print("\nint8 against our float32 kernels (time ratio of the medians; quantization of X included):")
+        print("\nint8 against our float32 kernels (per-round time ratio, median and p20-p80; quantization of "
+              "X included):")
         print(int8_table(rows))
     if {"sparsebench", "sparsebench-tokens"} <= set(methods):
-        print("\ntoken-major X and Y (contiguous, as PyTorch holds them) against feature-major (time ratio of "
-              "the medians):")
+        print("\ntoken-major X and Y (contiguous, as PyTorch holds them) against feature-major (per-round time "
+              "ratio, median and p20-p80):")
         print(layout_table(rows))
     bad = [r for r in rows if r["status"] in ("wrong", "error")]
     for r in bad:
