@@ -25,6 +25,7 @@
 #error "vnni.h needs -mavx512f -mavx512bw -mavx512vnni"
 #endif
 
+#include <float.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -106,6 +107,16 @@ static inline vf sb_dequant_bias(vi acc, vi comp, vf rscale, vf xscale, vf bias)
  * capped at 127 before the conversion (which turns anything beyond 2^31, and NaN, into
  * INT_MIN), -128 is lifted to -127, and the largest |x| is tracked so that the caller can
  * refuse inf and NaN. */
+
+/* The dynamic scale of a token whose largest |x| is amax (finite): amax / 127, FLT_MIN at
+ * least, 1 for a token of zeros; and the inverse the packers multiply by. Every quantizer
+ * (sparsebench's quantize and quantize_tokens, the int8 encoder's LayerNorm) uses these two. */
+static inline float sb_dynamic_scale(float amax) {
+    if (!(amax > 0)) return 1.0f;
+    double s = amax / 127.0;
+    return (float)(s > FLT_MIN ? s : FLT_MIN);
+}
+static inline float sb_inverse_scale(float scale) { return (float)(1.0 / scale); }
 
 /* |x| as float bits: ordered like |x| for finite x, >= 0x7f800000 for inf and NaN */
 static inline vi sb_absbits(vf x) {

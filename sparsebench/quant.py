@@ -16,7 +16,7 @@ from ._buildinfo import BUILD
 from .arrays import operand
 from .blocks import BlockGrid, check_block, padded_blocks
 from .bsr import PREFETCH_PAD, _frozen, task_bounds
-from .cpu import best_isa, default_threads, kernel_module
+from .cpu import best_isa, default_threads, encoder_module, kernel_module
 
 #: block shapes with int8 kernels (setup.py)
 INT8_BLOCKS = tuple(tuple(b) for b in BUILD["int8_blocks"])
@@ -298,6 +298,21 @@ def quantize_activations(X, block=(4, 1), scale=None, threads=None, layout="feat
     tokens = layout == "tokens"
     packed, scales = pack(X, packing, scale, threads or default_threads(), tokens)
     return QuantizedActivations(packed, X.shape[::-1] if tokens else X.shape, packing, scales)
+
+
+def layer_norm_quantized(x, gamma, beta, eps, residual=None, block=(4, 1), threads=1):
+    """x <- LayerNorm(x + residual) in place (the encoder ops' kernel; x: features x tokens,
+    float32 with contiguous rows) and, in the same pass, its output quantized per token and
+    packed for `block`'s int8 kernels: what quantize_activations(x, block) returns afterwards,
+    bit for bit, without its two more passes over x. Returns the QuantizedActivations."""
+    layout = LAYOUTS[check_int8_block(block)]
+    if not (isinstance(x, np.ndarray) and x.ndim == 2):
+        raise ValueError(f"x must be a 2-D float32 array (features x tokens), got {type(x).__name__}")
+    K, N = x.shape
+    packed, both = kernel_module(best_isa("int8"), "int8").packed_arrays(K, N, layout == "quads")
+    encoder_module("avx512vnni").add_layer_norm(x, gamma, beta, eps, residual, threads, packed, both,
+                                                layout == "quads")
+    return QuantizedActivations(packed, (K, N), layout, both[:both.shape[0] // 2])
 
 
 def pack(X, layout, scale, threads, tokens=False):

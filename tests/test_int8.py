@@ -573,3 +573,81 @@ def test_token_major_entry_points_refuse_garbage():
         module.quantize_tokens(np.zeros((4, 4)), False, 0.0, 1)
     with pytest.raises(ValueError, match="invalid arguments: threads, scale"):
         module.quantize_tokens(normal_x(4, 4), False, 0.0, 0)
+
+
+# -- the int8 encoder's LayerNorm, quantizing its own output -------------------------------------
+
+def layer_norm_inputs(H, T, seed, residual):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((H, T)) * rng.uniform(0.01, 30, T)).astype(np.float32)
+    res = rng.standard_normal((H, T)).astype(np.float32) if residual else None
+    gamma, beta = rng.standard_normal(H).astype(np.float32), rng.standard_normal(H).astype(np.float32)
+    return x, res, gamma, beta
+
+
+def assert_fused_layer_norm(x, res, gamma, beta, block, threads):
+    """layer_norm_quantized: the LayerNorm's bits, then quantize_activations' bytes and scales."""
+    ops = cpu.encoder_module("avx512vnni")
+    want_x = ops.add_layer_norm(x.copy(), gamma, beta, 1e-5, res, threads)
+    want = sb.quantize_activations(want_x, block, threads=threads)
+    got_x = x.copy()
+    got = sb.quant.layer_norm_quantized(got_x, gamma, beta, 1e-5, res, block, threads)
+    np.testing.assert_array_equal(got_x, want_x)
+    assert got.shape == want.shape and got.layout == want.layout
+    np.testing.assert_array_equal(got._packed, want._packed)
+    np.testing.assert_array_equal(got._scales, want._scales)
+    return got
+
+
+@needs_vnni
+@pytest.mark.parametrize("block", [(4, 1), (4, 4)], ids=block_ids)
+@pytest.mark.parametrize("H, T", [(1, 1), (3, 15), (5, 17), (33, 64), (64, 130), (768, 128), (7, 600),
+                                  (130, 1100)])
+@pytest.mark.parametrize("residual", [False, True])
+def test_layer_norm_quantizes_its_output_bit_for_bit(block, H, T, residual):
+    """Every strip shape (whole, masked, past 64 or 16 columns of padding), quad-rows past H,
+    two tasks (T > 512 columns), one and two threads."""
+    for threads in (1, 2):
+        assert_fused_layer_norm(*layer_norm_inputs(H, T, H + T, residual), block, threads)
+
+
+@needs_vnni
+def test_layer_norm_of_zeros_quantizes_to_the_zero_point():
+    """gamma = beta = 0: every token's output is 0, its scale 1 and every byte the zero point."""
+    x, res, _, _ = layer_norm_inputs(9, 70, 0, True)
+    zero = np.zeros(9, np.float32)
+    got = assert_fused_layer_norm(x, res, zero, zero, (4, 1), 1)
+    assert (got.scales == 1).all() and (got.to_uint8() == 128).all()
+
+
+@needs_vnni
+@settings(max_examples=examples(30), deadline=None)
+@given(H=st.integers(1, 90), T=st.integers(1, 300), block=st.sampled_from(INT8_BLOCKS),
+       residual=st.booleans(), threads=st.sampled_from([1, 2]), seed=seeds)
+def test_random_layer_norms_quantize_bit_for_bit(H, T, block, residual, threads, seed):
+    assert_fused_layer_norm(*layer_norm_inputs(H, T, seed, residual), block, threads)
+
+
+@needs_vnni
+def test_layer_norm_quantizing_refuses_bad_arguments():
+    x, res, gamma, beta = layer_norm_inputs(8, 64, 0, True)
+    x[3, 5] = np.inf
+    with pytest.raises(ValueError, match="inf or NaN"):
+        sb.quant.layer_norm_quantized(x, gamma, beta, 1e-5, res)
+    ops = cpu.encoder_module("avx512vnni")
+    module = cpu.kernel_module("avx512vnni", "int8")
+    packed, both = module.packed_arrays(8, 64, False)
+    with pytest.raises(ValueError, match="packed must be a writeable uint8 array of shape \\(8, 64\\)"):
+        ops.add_layer_norm(x, gamma, beta, 1e-5, None, 1, packed[:4], both)
+    with pytest.raises(ValueError, match="packed must be a writeable uint8 array of shape \\(2, 256\\)"):
+        ops.add_layer_norm(x, gamma, beta, 1e-5, None, 1, packed, both, True)
+    with pytest.raises(ValueError, match="scales must hold 128 floats"):
+        ops.add_layer_norm(x, gamma, beta, 1e-5, None, 1, packed, both[:64])
+    with pytest.raises(ValueError, match="packed must not overlap x"):
+        ops.add_layer_norm(x, gamma, beta, 1e-5, None, 1, x.view(np.uint8)[:, :64], both)
+    with pytest.raises(ValueError, match="scales must not overlap x"):
+        ops.add_layer_norm(x, gamma, beta, 1e-5, None, 1, packed, x.reshape(-1)[:128])
+    for isa in cpu.encoder_isas():
+        if not cpu.encoder_module(isa).QUANTIZES:
+            with pytest.raises(ValueError, match="cannot quantize"):
+                cpu.encoder_module(isa).add_layer_norm(x, gamma, beta, 1e-5, None, 1, packed, both)

@@ -12,9 +12,16 @@
 
 #include <math.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "pool.h"
 #include "simd.h"
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#include "vnni.h"
+#define SB_LN_QUANT 1          /* int8 builds: the LayerNorm can quantize its output (below) */
+#else
+#define SB_LN_QUANT 0
+#endif
 
 #define SB_INLINE static inline __attribute__((always_inline))
 /* acc[r][j] = zero for r < R, j < J: the start of a register tile, fully unrolled */
@@ -40,7 +47,13 @@ SB_INLINE void sb_store(float *p, vmask m, vf v, int masked) {
  * across its three sweeps. The op is bound by memory bandwidth, so a second thread gains
  * nothing below a few thousand columns (768 x 128: 21 us on one thread or two; 768 x 4096:
  * 2.9 ms vs 2.3 ms) while a worker that is late or preempted on a busy core makes the caller
- * wait (71 us instead of 23): a task takes at least SB_LN_TASK_COLS columns. */
+ * wait (71 us instead of 23): a task takes at least SB_LN_TASK_COLS columns.
+ *
+ * In the int8 (AVX512-VNNI) build it can also quantize its output for the int8 kernels, what
+ * an int8 linear layer reading x would do next (vnni.h's per-token u8, rows or quads layout):
+ * the third sweep tracks each token's largest |y|, a fourth packs the strip, still in L2. The
+ * result is bit for bit quantize_activations(x) (the same scales, the same vnni.h packers'
+ * arithmetic), without its two passes over x and their two pool runs. */
 #if defined(__AVX512F__)
 #define SB_LN_J 8            /* 8 sums, then 8 means + 8 scales live: 24 of 32 registers */
 #else
@@ -58,9 +71,77 @@ typedef struct {
     ptrdiff_t ldx, ldr;
     int rows, cols;
     float eps;
+    /* int8 builds, q non-NULL: the output quantized per token into q (row or quad-row r at
+     * q + r * ldq; quads: vnni.h's quads layout, else rows), npad columns (cols padded with zero
+     * points); scales: npad scales, then npad inverses; bits[task]: the largest |y| seen, as
+     * float bits (inf and NaN are >= 0x7f800000: the caller refuses them) */
+    uint8_t *q;
+    ptrdiff_t ldq;
+    int quads, npad;
+    float *scales;
+    uint32_t *bits;
 } sb_ln_job_t;
 
-SB_INLINE void sb_ln_strip(const sb_ln_job_t *job, int c0, int masked, int with_res) {
+#if SB_LN_QUANT
+/* The strip's tokens c0.. quantized: their scales from amax (each token's largest |y|, as bits;
+ * 0 in masked lanes) by vnni.h's rule, then the strip's rows packed with vnni.h's packers.
+ * Returns the largest amax, as bits. */
+SB_INLINE uint32_t sb_ln_quantize(const sb_ln_job_t *job, int c0, const vi amax[SB_LN_J], int masked) {
+    const int rows = job->rows, npad = job->npad;
+    const ptrdiff_t ldx = job->ldx, ldq = job->ldq;
+    const float *x = job->x + c0;
+    __attribute__((aligned(64))) float a[SB_LN_STRIP];
+    vf inv[SB_LN_J];
+    vmask m[SB_LN_J];
+    vi most = vi_zero();
+#pragma GCC unroll 8
+    for (int j = 0; j < SB_LN_J; j++) {
+        _mm512_store_si512((void *)(a + j * SB_VW), amax[j]);
+        most = _mm512_max_epu32(most, amax[j]);
+    }
+    for (int t = 0; t < SB_LN_STRIP && c0 + t < npad; t++) {   /* columns of q: up to npad */
+        job->scales[c0 + t] = sb_dynamic_scale(a[t]);
+        job->scales[npad + c0 + t] = sb_inverse_scale(job->scales[c0 + t]);
+    }
+#pragma GCC unroll 8
+    for (int j = 0; j < SB_LN_J; j++) {
+        inv[j] = sb_load16(job->scales + npad + c0 + j * SB_VW, npad - c0 - j * SB_VW);
+        m[j] = vm_first(job->cols - c0 - j * SB_VW);
+    }
+    vi unused = vi_zero();
+    if (!job->quads) {
+        /* row h: the strip's 64-column chunks, each from 4 vectors (sb_pack_rows) */
+        for (int h = 0; h < rows; h++) {
+            const float *y = x + h * ldx;
+            uint8_t *o = job->q + h * ldq + c0;
+#pragma GCC unroll 2
+            for (int k = 0; k < SB_LN_J / 4; k++)
+                if (c0 + 64 * k < npad)
+                    _mm512_storeu_si512((void *)(o + 64 * k), sb_quant64(
+                        sb_load(y + 64 * k, m[4 * k], masked), sb_load(y + 64 * k + 16, m[4 * k + 1], masked),
+                        sb_load(y + 64 * k + 32, m[4 * k + 2], masked), sb_load(y + 64 * k + 48, m[4 * k + 3], masked),
+                        inv[4 * k], inv[4 * k + 1], inv[4 * k + 2], inv[4 * k + 3], &unused, 0));
+        }
+    } else {
+        /* quad-row g: rows 4g..4g+3 (zeros past the last), 16 tokens at a time (sb_pack_quads) */
+        for (int g = 0; 4 * g < rows; g++) {
+            uint8_t *o = job->q + g * ldq + 4 * (ptrdiff_t)c0;
+            for (int j = 0; j < SB_LN_J && c0 + j * SB_VW < npad; j++) {
+                vf v[4];
+                for (int t = 0; t < 4; t++)
+                    v[t] = 4 * g + t < rows ? sb_load(x + (4 * g + t) * ldx + j * SB_VW, m[j], masked) : vf_zero();
+                _mm512_storeu_si512((void *)(o + 4 * j * SB_VW), sb_to_quads(sb_quant64(
+                    v[0], v[1], v[2], v[3], inv[j], inv[j], inv[j], inv[j], &unused, 0)));
+            }
+        }
+    }
+    return _mm512_reduce_max_epu32(most);
+}
+#endif
+
+/* Columns c0.. of the job (SB_LN_STRIP, fewer if masked); quant: quantize them too (int8
+ * builds), returning the largest |y| as bits (else 0) */
+SB_INLINE uint32_t sb_ln_strip(const sb_ln_job_t *job, int c0, int masked, int with_res, int quant) {
     const int rows = job->rows;
     const ptrdiff_t ldx = job->ldx, ldr = job->ldr;
     float *x = job->x + c0;
@@ -102,36 +183,62 @@ SB_INLINE void sb_ln_strip(const sb_ln_job_t *job, int c0, int masked, int with_
 #pragma GCC unroll 8
     for (j = 0; j < SB_LN_J; j++)
         scale[j] = vf_div(vf_set1(1.0f), vf_sqrt(vf_add(vf_div(acc[j], n), vf_set1(job->eps))));
+#if SB_LN_QUANT
+    vi amax[SB_LN_J];          /* each token's largest |y| (as bits), when quantizing */
+#pragma GCC unroll 8
+    for (j = 0; j < SB_LN_J; j++)
+        amax[j] = vi_zero();
+#endif
     for (h = 0; h < rows; h++) {
         float *xr = x + h * ldx;
         const vf g = vf_set1(job->gamma[h]), b = vf_set1(job->beta[h]);
 #pragma GCC unroll 8
         for (j = 0; j < SB_LN_J; j++) {
             vf d = vf_sub(sb_load(xr + j * SB_VW, m[j], masked), mean[j]);
-            sb_store(xr + j * SB_VW, m[j], vf_fmadd(d, vf_mul(scale[j], g), b), masked);
+            vf y = vf_fmadd(d, vf_mul(scale[j], g), b);
+            sb_store(xr + j * SB_VW, m[j], y, masked);
+#if SB_LN_QUANT
+            if (quant)         /* masked lanes are not tokens: left out */
+                amax[j] = masked ? _mm512_mask_max_epu32(amax[j], m[j], amax[j], sb_absbits(y))
+                                 : _mm512_max_epu32(amax[j], sb_absbits(y));
+#endif
         }
     }
+#if SB_LN_QUANT
+    if (quant)
+        return sb_ln_quantize(job, c0, amax, masked);
+#endif
+    return 0;
+}
+
+/* every combination of the strip's constant flags gets its own copy */
+SB_INLINE uint32_t sb_ln_strip_of(const sb_ln_job_t *job, int c0, int masked) {
+    if (job->q) return job->res ? sb_ln_strip(job, c0, masked, 1, 1) : sb_ln_strip(job, c0, masked, 0, 1);
+    return job->res ? sb_ln_strip(job, c0, masked, 1, 0) : sb_ln_strip(job, c0, masked, 0, 0);
 }
 
 static void sb_ln_task(void *ctx, int task) {
     const sb_ln_job_t *job = (const sb_ln_job_t *)ctx;
     int c0 = task * SB_LN_TASK_COLS;
     int c1 = job->cols - c0 > SB_LN_TASK_COLS ? c0 + SB_LN_TASK_COLS : job->cols;
-    for (; c1 - c0 >= SB_LN_STRIP; c0 += SB_LN_STRIP) {
-        if (job->res) sb_ln_strip(job, c0, 0, 1);
-        else sb_ln_strip(job, c0, 0, 0);
-    }
-    if (c0 < c1) {                 /* the last strip of the array: c1 == cols */
-        if (job->res) sb_ln_strip(job, c0, 1, 1);
-        else sb_ln_strip(job, c0, 1, 0);
-    }
+    uint32_t most = 0, b;
+    for (; c1 - c0 >= SB_LN_STRIP; c0 += SB_LN_STRIP)
+        if ((b = sb_ln_strip_of(job, c0, 0)) > most) most = b;
+    if (c0 < c1)                   /* the last strip of the array: c1 == cols */
+        if ((b = sb_ln_strip_of(job, c0, 1)) > most) most = b;
+    if (job->bits) job->bits[task] = most;
 }
 
-/* x (rows x cols, row stride ldx) <- LayerNorm(x + res) per column; res (stride ldr) may be NULL. */
+/* Tasks of a LayerNorm of cols columns (the size of the quantizing caller's bits array). */
+static inline int sb_ln_tasks(int cols) { return (int)(((ptrdiff_t)cols + SB_LN_TASK_COLS - 1) / SB_LN_TASK_COLS); }
+
+/* x (rows x cols, row stride ldx) <- LayerNorm(x + res) per column; res (stride ldr) may be NULL.
+ * q non-NULL (int8 builds only): also quantized into q (see sb_ln_job_t); bits: sb_ln_tasks(cols). */
 static void sb_add_layer_norm(float *x, const float *res, ptrdiff_t ldx, ptrdiff_t ldr, int rows,
-                              int cols, const float *gamma, const float *beta, float eps, int threads) {
-    sb_ln_job_t job = {x, res, gamma, beta, ldx, ldr, rows, cols, eps};
-    sb_pool_run(threads, (int)(((ptrdiff_t)cols + SB_LN_TASK_COLS - 1) / SB_LN_TASK_COLS), sb_ln_task, &job);
+                              int cols, const float *gamma, const float *beta, float eps, int threads,
+                              uint8_t *q, ptrdiff_t ldq, int quads, int npad, float *scales, uint32_t *bits) {
+    sb_ln_job_t job = {x, res, gamma, beta, ldx, ldr, rows, cols, eps, q, ldq, quads, npad, scales, bits};
+    sb_pool_run(threads, sb_ln_tasks(cols), sb_ln_task, &job);
 }
 
 /* ---- GELU ------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from ..cpu import default_threads, encoder_module, int8_attention
 from ..errors import UnsupportedISAError
 from ..dtypes import check_dtype
 from ..prune import check_sparsity
-from ..quant import quantize_activations
+from ..quant import layer_norm_quantized, quantize_activations
 from .config import BertConfig, ModelError, model_config
 from .linear import SparseLinear, detect_block
 
@@ -152,11 +152,19 @@ class EncoderLayer:
     def linears(self):
         return [(name, getattr(self, name)) for name, _ in _LINEARS]
 
-    def forward(self, ws, heads, key_mask, ops, attend, threads, timer=None):
+    def forward(self, ws, heads, key_mask, ops, attend, threads, timer=None, x=None, quantize_for=None):
         """ws.hidden (hidden x tokens, the residual stream) <- this layer applied to it, in place;
-        ws: a Workspace of exactly these tokens, key_mask: additive (batch, seq) or None."""
+        ws: a Workspace of exactly these tokens, key_mask: additive (batch, seq) or None.
+
+        x: what Q, K and V read when the LayerNorm that wrote ws.hidden already quantized it for
+        them (qkv_block), else None. quantize_for: an int8 block, to have the last LayerNorm
+        quantize its output for it (the next layer's qkv_block). Returns that
+        QuantizedActivations, or None."""
         timer = timer or _NO_TIMER
-        x = self.qkv_input(ws.hidden, threads)
+        n = ws.hidden.shape[1]
+        if x is None:
+            block = self.qkv_block(n)
+            x = ws.hidden if block is None else quantize_activations(ws.hidden, block, threads=threads)
         for lin, buf in ((self.query, ws.q), (self.key, ws.k), (self.value, ws.v)):
             lin.matmul(x, out=buf)
             timer.lap(_GEMM_CATEGORY[lin.method])
@@ -164,27 +172,50 @@ class EncoderLayer:
         timer.lap("attention")
         self.attn_out.matmul(ws.ctx, out=ws.sub)
         timer.lap(_GEMM_CATEGORY[self.attn_out.method])
-        ops.add_layer_norm(ws.hidden, *self.ln1, self.eps, ws.sub, threads)    # hidden += sub, LN
+        # hidden += sub, LayerNorm (quantized for ffn_in in the same pass when it reads int8)
+        x = layer_norm(ops, ws.hidden, self.ln1, self.eps, ws.sub, threads, _int8_block(self.ffn_in, n))
         timer.lap("LayerNorm")
-        self.ffn_in.matmul(ws.hidden, out=ws.inter)          # sparse: GELU fused in the kernel
+        self.ffn_in.matmul(ws.hidden if x is None else x, out=ws.inter)     # sparse: GELU fused in the kernel
         timer.lap(_GEMM_CATEGORY[self.ffn_in.method])
         if self.ffn_in.method == "numpy":
             self.ffn_in.activate(ws.inter)
             timer.lap("GELU")
         self.ffn_out.matmul(ws.inter, out=ws.sub)
         timer.lap(_GEMM_CATEGORY[self.ffn_out.method])
-        ops.add_layer_norm(ws.hidden, *self.ln2, self.eps, ws.sub, threads)
+        x = layer_norm(ops, ws.hidden, self.ln2, self.eps, ws.sub, threads, quantize_for)
         timer.lap("LayerNorm")
+        return x
 
-    def qkv_input(self, hidden, threads):
-        """What Q, K and V read: `hidden`, or, when all three run the same int8 kernels' layout,
-        `hidden` quantized once for the three."""
-        qkv = (self.query, self.key, self.value)
-        n = hidden.shape[1]
-        if all(lin.dtype == "int8" and lin.block == self.query.block and lin.plan(n).method == "sparse"
-               for lin in qkv):
-            return quantize_activations(hidden, self.query.block, threads=threads)
-        return hidden
+    def qkv_block(self, n):
+        """The int8 block Q, K and V read one quantization of their input in (all three on the int8
+        kernels, sparse for n tokens, with the same block), or None."""
+        blocks = {_int8_block(lin, n) for lin in (self.query, self.key, self.value)}
+        return blocks.pop() if len(blocks) == 1 else None
+
+
+def _int8_block(linear, n):
+    """linear's block if it runs the int8 sparse kernels for n tokens (it reads quantized X), else None."""
+    return linear.block if linear.dtype == "int8" and linear.plan(n).method == "sparse" else None
+
+
+def layer_norm(ops, hidden, ln, eps, residual, threads, block=None):
+    """hidden <- LayerNorm(hidden + residual) in place with ln = (gamma, beta); with an int8
+    `block`, also quantized for its kernels in the same pass: returns that QuantizedActivations
+    (else None)."""
+    if block is None:
+        ops.add_layer_norm(hidden, *ln, eps, residual, threads)
+        return None
+    return layer_norm_quantized(hidden, *ln, eps, residual, block, threads)
+
+
+def forward_layers(layers, ws, key_mask, ops, attend, threads, timer=None, x=None):
+    """ws.hidden <- `layers` ((EncoderLayer, heads) pairs) applied in turn; x: ws.hidden already
+    quantized for the first layer's Q, K and V (its qkv_block), or None. Each layer's last
+    LayerNorm quantizes its output for the next layer's Q, K and V when they read int8."""
+    n = ws.hidden.shape[1]
+    for i, (layer, heads) in enumerate(layers):
+        after = layers[i + 1][0].qkv_block(n) if i + 1 < len(layers) else None
+        x = layer.forward(ws, heads, key_mask, ops, attend, threads, timer, x, after)
 
 
 #: tokens a forward pass takes at once. BERT-Base, batch 8 x 128 tokens, 90% 4x1, 2 threads, side by
@@ -528,11 +559,12 @@ class BertEncoder:
         timer.start()
         self._embed(ws, ids, types)
         timer.lap("embeddings")
-        ops.add_layer_norm(ws.hidden, *self.embeddings_ln, eps, None, threads)
+        first = self.layers[0].qkv_block(ws.hidden.shape[1]) if self.layers else None
+        x = layer_norm(ops, ws.hidden, self.embeddings_ln, eps, None, threads, first)
         timer.lap("LayerNorm")
         key_mask = None if mask is None else key_mask_into(mask, ws.mask)
-        for layer in self.layers:
-            layer.forward(ws, c.heads, key_mask, ops, self._attend, threads, timer)
+        forward_layers([(layer, c.heads) for layer in self.layers], ws, key_mask, ops, self._attend, threads,
+                       timer, x)
         np.copyto(out.reshape(batch * seq, c.hidden), ws.hidden.T)
         timer.lap("copies/other")
 

@@ -27,7 +27,7 @@ import torch
 
 from ..cpu import best_isa, encoder_module, kernel_module
 from ..models.bert import (_DISTILBERT_NAMES, _LINEARS, DEFAULT_TOKENS_PER_PASS, EncoderLayer, Workspace,
-                           attention_kernel, key_mask_into, sequences_per_pass)
+                           attention_kernel, forward_layers, key_mask_into, sequences_per_pass)
 from .linear import SparseLinear, _version, register_handle, registered, state_without
 
 __all__ = ["FUSABLE_LAYERS", "fuse_layers"]
@@ -281,8 +281,7 @@ def _in_passes(layers, x, attention_mask, tokens_per_pass):
         part, rows = ws.first(n), slice(s * seq, (s + n) * seq)
         transpose(tokens[rows], part.hidden, threads)
         mask = None if keep is None else key_mask_into(keep[s:s + n], part.mask)
-        for layer, layer_heads in fused:
-            layer.forward(part, layer_heads, mask, ops, attend, threads)
+        forward_layers(fused, part, mask, ops, attend, threads)
         transpose(part.hidden, out[rows], threads)
     return y
 
