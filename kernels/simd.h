@@ -16,9 +16,9 @@
 #include <stdint.h>
 #include <string.h>
 
-/* vf_exp_nonpos(v) = exp(v) for v <= 0 (the softmax subtracts the maximum first, GELU passes
- * -z^2): v = k ln2 + r with k = round(v / ln2) and |r| <= ln2/2 (ln2 split in two parts, so
- * k ln2 is exact to float32), exp(r) by its degree-7 Taylor polynomial (truncation error < 5e-9
+/* vf_exp_nonpos(v) = exp(v) for v <= 0 (the softmax subtracts the maximum first): v = k ln2 + r
+ * with k = round(v / ln2) and |r| <= ln2/2 (ln2 split in two parts, so k ln2 is exact to
+ * float32), exp(r) by its degree-7 Taylor polynomial (truncation error < 5e-9
  * relative), times 2^k. Within 2 ulp of the exact value over [-87, 0] (tests compare it with
  * float64 exp); arguments below -87 (exp < 1.7e-38) and -inf give exactly 0, NaN gives NaN. */
 #define SB_EXP_MIN -87.0f
@@ -27,17 +27,29 @@
 #define SB_LN2_LO -2.12194440e-4f
 
 /* GELU(x) = x/2 (1 + erf(x / sqrt 2)), the exact (erf) form BERT uses (vf_gelu, below the three
- * implementations). erf from Abramowitz & Stegun 7.1.26 (|error| <= 1.5e-7): with z = |x|/sqrt 2
- * and t = 1/(1 + p z), 1 - erf(z) = q = t (a1 + t (a2 + ... + t a5)) exp(-z^2), so
- * 1 + erf(x/sqrt 2) is q for x < 0 (no cancellation: tails stay accurate) and 2 - q otherwise.
- * Against float64 erf GELU: within 4e-7 max(1, |GELU(x)|) (tests); GELU(inf) = inf,
- * GELU(-inf) = NaN (-inf times 0), NaN stays NaN. */
-#define SB_GELU_P 0.3275911f
-#define SB_GELU_A1 0.254829592f
-#define SB_GELU_A2 -0.284496736f
-#define SB_GELU_A3 1.421413741f
-#define SB_GELU_A4 -1.453152027f
-#define SB_GELU_A5 1.061405429f
+ * implementations). With t = |x|/sqrt 2, erfc(t) = 1 - erf(t) is a rational function r(t) =
+ * P(t)/Q(t), P of degree 5 and Q of degree 8 (Q(0) = 1), fitted for sparsebench to float64 erfc
+ * over [0, 4] (linearized least squares, reweighted towards the largest errors: |r - erfc| <=
+ * 6e-8 there) and taken as 0 from t = 4 on (erfc(4) = 1.5e-8). 1 + erf(x/sqrt 2) is r for x < 0
+ * (no cancellation: tails stay accurate) and 2 - r otherwise. Against float64 erf GELU: within
+ * 4e-7 max(1, |GELU(x)|) (tests); GELU(inf) = inf, GELU(-inf) = NaN (-inf times 0), NaN stays
+ * NaN. 13 FMAs and a division: 1.4x the speed of the exp-based form it replaced (Abramowitz &
+ * Stegun 7.1.26 times exp(-t^2)), at the same accuracy. */
+#define SB_ERFC_END 4.0f
+#define SB_ERFC_P0 0.9999999403953552f
+#define SB_ERFC_P1 -1.3521544933319092f
+#define SB_ERFC_P2 0.7365425825119019f
+#define SB_ERFC_P3 -0.20189246535301208f
+#define SB_ERFC_P4 0.02782774530351162f
+#define SB_ERFC_P5 -0.0015418517868965864f
+#define SB_ERFC_Q1 -0.2237825095653534f
+#define SB_ERFC_Q2 0.48418858647346497f
+#define SB_ERFC_Q3 -0.03301046043634415f
+#define SB_ERFC_Q4 0.08053819090127945f
+#define SB_ERFC_Q5 0.00576800387352705f
+#define SB_ERFC_Q6 0.014714083634316921f
+#define SB_ERFC_Q7 -0.0037923145573586226f
+#define SB_ERFC_Q8 0.002665542531758547f
 
 /* The operations AVX-512 and AVX2 spell alike, but for the prefix (_mm512, _mm256) */
 #define SB_X86_OPS(P)                                                                          \
@@ -52,7 +64,8 @@
     static inline vf vf_mul(vf a, vf b) { return P##_mul_ps(a, b); }                           \
     static inline vf vf_div(vf a, vf b) { return P##_div_ps(a, b); }                           \
     static inline vf vf_sqrt(vf a) { return P##_sqrt_ps(a); }                                  \
-    static inline vf vf_max(vf a, vf b) { return P##_max_ps(a, b); }
+    static inline vf vf_max(vf a, vf b) { return P##_max_ps(a, b); }                           \
+    static inline vf vf_min(vf a, vf b) { return P##_min_ps(a, b); }
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -141,6 +154,10 @@ static inline vf vf_max(vf a, vf b) {         /* b if either is NaN, as maxps */
     for (int i = 0; i < SB_VW; i++) a[i] = a[i] > b[i] ? a[i] : b[i];
     return a;
 }
+static inline vf vf_min(vf a, vf b) {         /* b if either is NaN, as minps */
+    for (int i = 0; i < SB_VW; i++) a[i] = a[i] < b[i] ? a[i] : b[i];
+    return a;
+}
 static inline vf vf_abs(vf a) {
     for (int i = 0; i < SB_VW; i++) a[i] = fabsf(a[i]);
     return a;
@@ -174,14 +191,24 @@ static inline vf vf_exp_nonpos(vf v) {
 #endif
 
 static inline vf vf_gelu(vf x) {
-    const vf z = vf_mul(vf_abs(x), vf_set1(0.70710678f));
-    const vf t = vf_div(vf_set1(1.0f), vf_fmadd(z, vf_set1(SB_GELU_P), vf_set1(1.0f)));
-    vf s = vf_fmadd(vf_set1(SB_GELU_A5), t, vf_set1(SB_GELU_A4));
-    s = vf_fmadd(s, t, vf_set1(SB_GELU_A3));
-    s = vf_fmadd(s, t, vf_set1(SB_GELU_A2));
-    s = vf_fmadd(s, t, vf_set1(SB_GELU_A1));
-    const vf q = vf_mul(vf_mul(s, t), vf_exp_nonpos(vf_mul(vf_sub(vf_zero(), z), z)));
-    return vf_mul(vf_mul(x, vf_set1(0.5f)), vf_if_negative(x, q, vf_sub(vf_set1(2.0f), q)));
+    const vf t = vf_mul(vf_abs(x), vf_set1(0.70710678f));
+    const vf c = vf_min(t, vf_set1(SB_ERFC_END));          /* no overflow in Q for large |x| */
+    vf p = vf_fmadd(vf_set1(SB_ERFC_P5), c, vf_set1(SB_ERFC_P4));
+    p = vf_fmadd(p, c, vf_set1(SB_ERFC_P3));
+    p = vf_fmadd(p, c, vf_set1(SB_ERFC_P2));
+    p = vf_fmadd(p, c, vf_set1(SB_ERFC_P1));
+    p = vf_fmadd(p, c, vf_set1(SB_ERFC_P0));
+    vf q = vf_fmadd(vf_set1(SB_ERFC_Q8), c, vf_set1(SB_ERFC_Q7));
+    q = vf_fmadd(q, c, vf_set1(SB_ERFC_Q6));
+    q = vf_fmadd(q, c, vf_set1(SB_ERFC_Q5));
+    q = vf_fmadd(q, c, vf_set1(SB_ERFC_Q4));
+    q = vf_fmadd(q, c, vf_set1(SB_ERFC_Q3));
+    q = vf_fmadd(q, c, vf_set1(SB_ERFC_Q2));
+    q = vf_fmadd(q, c, vf_set1(SB_ERFC_Q1));
+    q = vf_fmadd(q, c, vf_set1(1.0f));
+    /* erfc(t), 0 from t = SB_ERFC_END on (and for NaN, which h below carries) */
+    const vf r = vf_if_negative(vf_sub(t, vf_set1(SB_ERFC_END)), vf_div(p, q), vf_zero());
+    return vf_mul(vf_mul(x, vf_set1(0.5f)), vf_if_negative(x, r, vf_sub(vf_set1(2.0f), r)));
 }
 
 /* GELU over y[0:n] in place. Out of line on purpose: inlined into every SpMM tile, its
