@@ -76,7 +76,7 @@ class BSRMatrix(BlockGrid):
             padded[:nnzb].reshape(Mb, Kb), np.broadcast_to(np.arange(Kb, dtype=np.int32), (Mb, Kb))))))
         init(self, "_tasks", {})     # (threads, m_tile) -> task bounds
         init(self, "_slices", {})    # k_slice -> blocks in slice order (see sliced)
-        init(self, "_plans", {})     # KernelConfig -> (module, variant id, arrays, task bounds); N -> default
+        init(self, "_plans", {})     # KernelConfig -> (module, variant id, arrays, task bounds); (N, layout) -> default
 
     def __setattr__(self, name, value):
         raise AttributeError("BSRMatrix is immutable; build a new one (e.g. BSRMatrix.from_dense)")

@@ -1,6 +1,7 @@
 """The kernel config used when nothing is tuned: a heuristic, sensible rather than optimal."""
 from .config import KernelConfig
 from .cpu import available_isas, best_isa, default_threads, kernel_module
+from .machine import cpu_identity
 from .quant import QuantizedBSRMatrix
 
 #: below this many multiply-adds a call runs on one thread (waking the pool costs more)
@@ -11,6 +12,8 @@ SERIAL_WORK_INT8 = 1 << 19
 L2_PANEL_BYTES = 512 * 1024
 #: the block our dense GEMM stores W in (a dense variant is compiled for it)
 DENSE_BLOCK = (4, 1)
+#: L1 data cache per core when the CPU does not say
+L1_BYTES = 32 * 1024
 
 
 def _int8_default(A, n, threads):
@@ -24,8 +27,9 @@ def _int8_default(A, n, threads):
                         threads if work >= SERIAL_WORK_INT8 else 1, "int8")
 
 
-def default_config(A, n, threads=None):
-    """The heuristic used when no tuned config is given: sensible, not optimal."""
+def default_config(A, n, threads=None, layout="features"):
+    """The heuristic used when no tuned config is given: sensible, not optimal. layout "tokens":
+    for X token-major (spmm(..., layout="tokens"))."""
     threads = threads or default_threads()
     if isinstance(A, QuantizedBSRMatrix):
         return _int8_default(A, n, threads)
@@ -41,6 +45,12 @@ def default_config(A, n, threads=None):
     while n_tile > module.VECTOR_WIDTH and n_tile // 2 >= n and n_tile // 2 in widths:
         n_tile //= 2
     K = A.shape[1]
+    if layout == "tokens" and n_tile == module.VECTOR_WIDTH and A.block == (n_tile, 1):
+        # the direct kernel (spmm.reads_tokens) reads the rows of DIRECT_TOKENS tokens of X at
+        # once: beyond L1 (768x3072, 16x1: 96 KB) panels of two vectors ran 1.16-1.18x faster
+        l1 = cpu_identity()["caches"].get("L1d") or L1_BYTES
+        if module.DIRECT_TOKENS * K * 4 > l1:
+            n_tile = 2 * module.VECTOR_WIDTH
     # single-row blocks load one X vector per multiply-add: keep a K slice of X in cache;
     # the others prefetch the X rows of coming blocks, further ahead once X outgrows L2
     # (what won most often in results/bench-bert-spmm.csv)

@@ -78,9 +78,10 @@ def _multiply(A, X, config, out, y, bias, activation, yt=None, xt=None):
     M, K = A.shape
     N = X.shape[1]
     if config is None:
-        config = A._plans.get(N)          # the default for this N, chosen once per matrix
+        layout = "features" if yt is None else "tokens"
+        config = A._plans.get((N, layout))      # the default for this N, chosen once per matrix
         if config is None:
-            config = A._plans[N] = default_config(A, N)
+            config = A._plans[N, layout] = default_config(A, N, layout=layout)
     plan = A._plans.get(config)
     if plan is None:
         check_config(config, A)

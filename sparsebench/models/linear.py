@@ -120,7 +120,7 @@ class SparseLinear:
                 if self._dense is None:
                     self._dense = BSRMatrix.from_dense(self.A.to_dense(), DENSE_BLOCK, keep_zero_blocks=True)
                 plan = self._plans[n, layout] = dataclasses.replace(
-                    plan, config=default_config(self._dense, n, self.threads))
+                    plan, config=default_config(self._dense, n, self.threads, layout))
         return plan
 
     def _choose(self, n, layout):
@@ -128,7 +128,7 @@ class SparseLinear:
             return KernelPlan("sparse", self._config, "given")
         if self._config in ("dense", "numpy"):
             return KernelPlan(self._config, None, "given")
-        heuristic = default_config(self.A, n, self.threads)
+        heuristic = default_config(self.A, n, self.threads, layout)
         if self.tuned is None:
             return KernelPlan("sparse", heuristic, "default heuristic", "no tuned file")
         M, K = self.A.shape

@@ -15,7 +15,7 @@ def dense_runner(W, X, threads, layout="features"):
     a model runs for a "dense" verdict."""
     A = BSRMatrix.from_dense(W, DENSE_BLOCK, keep_zero_blocks=True)
     n = X.shape[0] if layout == "tokens" else X.shape[1]
-    config = default_config(A, n, threads)
+    config = default_config(A, n, threads, layout)
     return lambda out: spmm(A, X, config, out=out, layout=layout)
 
 

@@ -85,7 +85,7 @@ class SearchSpace:
         self.configs = kernel_configs(A, n, threads=threads, isas=isas, layout=layout)
         self._valid = set(self.configs)
         self.params = {p: sorted({getattr(c, p) for c in self.configs}, key=_order) for p in TUNABLE}
-        dflt = default_config(A, n, threads)
+        dflt = default_config(A, n, threads, layout)
         # the heuristic may pick a single thread for tiny work; the space is for `threads`
         self.default = dflt if dflt in self._valid else min(
             self.configs, key=lambda c: sum(getattr(c, p) != getattr(dflt, p) for p in TUNABLE))
