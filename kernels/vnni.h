@@ -109,8 +109,10 @@ static inline vf sb_dequant_bias(vi acc, vi comp, vf rscale, vf xscale, vf bias)
  * refuse inf and NaN. */
 
 /* The dynamic scale of a token whose largest |x| is amax (finite): amax / 127, FLT_MIN at
- * least, 1 for a token of zeros; and the inverse the packers multiply by. Every quantizer
- * (sparsebench's quantize and quantize_tokens, the int8 encoder's LayerNorm) uses these two. */
+ * least, 1 for a token of zeros; and the inverse the packers multiply by. Every quantizer of
+ * the int8 linear layers' activations (the int8 module's quantize and quantize_tokens, the
+ * int8 encoder's LayerNorm) uses these two; int8 attention quantizes Q, K, V and P by its own
+ * rules (attention_int8.h). */
 static inline float sb_dynamic_scale(float amax) {
     if (!(amax > 0)) return 1.0f;
     double s = amax / 127.0;

@@ -49,7 +49,7 @@ def default_config(A, n, threads=None, layout="features"):
         # the direct kernel (spmm.reads_tokens) reads the rows of DIRECT_TOKENS tokens of X at
         # once: beyond L1 (768x3072, 16x1: 96 KB) panels of two vectors ran 1.16-1.18x faster
         l1 = cpu_identity()["caches"].get("L1d") or L1_BYTES
-        if module.DIRECT_TOKENS * K * 4 > l1:
+        if min(n, module.DIRECT_TOKENS) * K * 4 > l1:
             n_tile = 2 * module.VECTOR_WIDTH
     # single-row blocks load one X vector per multiply-add: keep a K slice of X in cache;
     # the others prefetch the X rows of coming blocks, further ahead once X outgrows L2

@@ -300,7 +300,7 @@ def quantize_activations(X, block=(4, 1), scale=None, threads=None, layout="feat
     return QuantizedActivations(packed, X.shape[::-1] if tokens else X.shape, packing, scales)
 
 
-def layer_norm_quantized(x, gamma, beta, eps, residual=None, block=(4, 1), threads=1):
+def layer_norm_quantized(x, gamma, beta, eps, residual=None, block=(4, 1), threads=None):
     """x <- LayerNorm(x + residual) in place (the encoder ops' kernel; x: features x tokens,
     float32 with contiguous rows) and, in the same pass, its output quantized per token and
     packed for `block`'s int8 kernels: what quantize_activations(x, block) returns afterwards,
@@ -310,8 +310,8 @@ def layer_norm_quantized(x, gamma, beta, eps, residual=None, block=(4, 1), threa
         raise ValueError(f"x must be a 2-D float32 array (features x tokens), got {type(x).__name__}")
     K, N = x.shape
     packed, both = kernel_module(best_isa("int8"), "int8").packed_arrays(K, N, layout == "quads")
-    encoder_module("avx512vnni").add_layer_norm(x, gamma, beta, eps, residual, threads, packed, both,
-                                                layout == "quads")
+    encoder_module("avx512vnni").add_layer_norm(x, gamma, beta, eps, residual, threads or default_threads(),
+                                                packed, both, layout == "quads")
     return QuantizedActivations(packed, (K, N), layout, both[:both.shape[0] // 2])
 
 

@@ -32,7 +32,7 @@ def spmm(A, X, config=None, out=None, bias=None, activation=None, layout="featur
     float64 or Fortran-ordered X is refused rather than silently copied: convert it once
     with ``np.ascontiguousarray(X, dtype=np.float32)``. `out`, if given, must be a writeable
     M x N float32 array with contiguous rows, not overlapping X or bias; it is overwritten.
-    `config` None picks default_config(A, N). Structurally zero blocks are never multiplied,
+    `config` None picks default_config(A, N, layout=layout). Structurally zero blocks are never multiplied,
     so NaN/inf in X reach only the outputs of stored blocks (as with scipy.sparse and MKL).
     `activation` "gelu" applies the exact (erf) GELU of BERT in the kernel's epilogue
     (|error| < 5e-7 against float64 erf).

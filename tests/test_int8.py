@@ -612,6 +612,26 @@ def test_layer_norm_quantizes_its_output_bit_for_bit(block, H, T, residual):
 
 
 @needs_vnni
+@pytest.mark.parametrize("block", [(4, 1), (4, 4)], ids=block_ids)
+def test_layer_norm_quantizes_rows_of_wider_arrays(block):
+    """x and the residual as column slices of wider arrays (rows apart by more than their
+    length), the packed output in wider rows: the same bits, padding columns left alone."""
+    x, res, gamma, beta = layer_norm_inputs(37, 70, 5, True)
+    wide_x, wide_res = np.zeros((37, 100), np.float32), np.zeros((37, 90), np.float32)
+    wide_x[:, :70], wide_res[:, 3:73] = x, res
+    want = assert_fused_layer_norm(x, res, gamma, beta, block, 2)
+    module = cpu.kernel_module("avx512vnni", "int8")
+    quads = LAYOUTS[block] == "quads"
+    packed, both = module.packed_arrays(37, 70, quads)
+    wide = np.full((packed.shape[0], packed.shape[1] + 64), 7, np.uint8)
+    cpu.encoder_module("avx512vnni").add_layer_norm(wide_x[:, :70], gamma, beta, 1e-5, wide_res[:, 3:73], 2,
+                                                    wide[:, :packed.shape[1]], both, quads)
+    np.testing.assert_array_equal(wide[:, :packed.shape[1]], want._packed)
+    assert (wide[:, packed.shape[1]:] == 7).all() and (wide_x[:, 70:] == 0).all()
+    np.testing.assert_array_equal(both[:both.shape[0] // 2], want._scales)
+
+
+@needs_vnni
 def test_layer_norm_of_zeros_quantizes_to_the_zero_point():
     """gamma = beta = 0: every token's output is 0, its scale 1 and every byte the zero point."""
     x, res, _, _ = layer_norm_inputs(9, 70, 0, True)

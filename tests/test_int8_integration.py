@@ -215,18 +215,22 @@ def test_sparse_linear_int8_matches_float32_and_takes_quantized_input():
 
 def test_int8_encoder_is_close_to_float32_and_its_layer_norms_quantize(monkeypatch):
     """Every int8 linear layer reading a LayerNorm's output gets it quantized by that LayerNorm
-    (Q, K and V one quantization for the three), nothing quantizes twice."""
+    (Q, K and V one quantization for the three); spmm quantizes the inputs of attn_out and
+    ffn_out, and nothing else is quantized."""
+    import sys
     from sparsebench.models import bert
-    calls, fused = [], []
-    real, real_ln = bert.quantize_activations, bert.layer_norm_quantized
+    spmm_module = sys.modules["sparsebench.spmm"]
+    calls, fused, packs = [], [], []
+    real, real_ln, real_pack = bert.quantize_activations, bert.layer_norm_quantized, spmm_module.pack
     monkeypatch.setattr(bert, "quantize_activations", lambda *a, **k: calls.append(1) or real(*a, **k))
     monkeypatch.setattr(bert, "layer_norm_quantized", lambda *a, **k: fused.append(1) or real_ln(*a, **k))
+    monkeypatch.setattr(spmm_module, "pack", lambda *a, **k: packs.append(1) or real_pack(*a, **k))
     enc8 = BertEncoder.random(TINY, seed=3, sparsity=0.8, block=(4, 4), dtype="int8", threads=1)
     enc32 = BertEncoder.random(TINY, seed=3, sparsity=0.8, block=(4, 4), threads=1)
     ids = np.random.default_rng(0).integers(0, TINY.vocab_size, size=(2, 19))
     y8, y32 = enc8(ids), enc32(ids)
     # the embeddings' LayerNorm and each layer's first, and every last one but the last layer's
-    assert len(calls) == 0 and len(fused) == 2 * TINY.layers
+    assert len(calls) == 0 and len(fused) == 2 * TINY.layers and len(packs) == 2 * TINY.layers
     assert cosine(y8, y32) >= 0.99
     assert "int8 kernels" in enc8.describe()
     assert all(r["kernel"].startswith("int8/") for r in enc8.kernel_report(38))
@@ -239,17 +243,22 @@ def test_int8_encoder_is_close_to_float32_and_its_layer_norms_quantize(monkeypat
 def test_layer_norms_that_quantize_give_the_same_bits_as_quantizing_after(block, monkeypatch):
     """The int8 encoder with its LayerNorms quantizing for the next layers, and with every
     layer quantizing its own input after a plain LayerNorm: the same output, bit for bit
-    (padded batch, odd length, passes of several sequences, two threads)."""
+    (padded batch, odd length, a pass per sequence, two threads)."""
     from sparsebench.models import bert
     enc = BertEncoder.random(TINY, seed=5, sparsity=0.8, block=block, dtype="int8", threads=2,
-                             tokens_per_pass=40)
+                             tokens_per_pass=20)
     ids = np.random.default_rng(1).integers(0, TINY.vocab_size, size=(3, 13))
     mask = np.ones((3, 13), bool)
     mask[1, 9:] = False
+    calls = []
+    real_ln = bert.layer_norm_quantized
+    monkeypatch.setattr(bert, "layer_norm_quantized", lambda *a, **k: calls.append(1) or real_ln(*a, **k))
     fused = enc(ids, mask)
+    assert len(calls) == 2 * TINY.layers * 3            # three passes of one sequence
     real = bert.layer_norm
     monkeypatch.setattr(bert, "layer_norm", lambda *a: real(*a[:6]))
     np.testing.assert_array_equal(enc(ids, mask), fused)
+    assert len(calls) == 2 * TINY.layers * 3
 
 
 def test_minilm_int8_cosine_to_the_float32_sparse_runner():

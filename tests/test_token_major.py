@@ -262,22 +262,26 @@ def test_token_major_bias_is_checked():
 
 
 def test_default_token_major_config_leaves_the_direct_kernel_when_x_outgrows_l1(monkeypatch):
-    """The heuristic's token-major config runs the direct kernel while DIRECT_TOKENS rows of X fit
-    in L1 (the CPU's, 32 KB when it does not say), panels of two vectors beyond; feature-major
-    is unchanged."""
+    """The heuristic's token-major config runs the direct kernel while the rows of X it reads at
+    once (DIRECT_TOKENS tokens, or all of N if fewer) fit in L1 (the CPU's, 32 KB when it does
+    not say), panels of two vectors beyond; feature-major is unchanged."""
     from sparsebench import dispatch
     isa = cpu.available_isas()[0]
     module = cpu.kernel_module(isa)
     vw, dt = module.VECTOR_WIDTH, module.DIRECT_TOKENS
+    probe = sb.BSRMatrix.from_dense(sb.prune(random_x(4 * vw, 64, seed=1), 0.5, (vw, 1)), (vw, 1))
+    if sb.default_config(probe, 128, 2).n_tile != vw:
+        pytest.skip(f"the {isa} default tile for {vw}x1 blocks is not one vector: no direct kernel")
     for l1 in (None, 48 * 1024):
         caches = {**dispatch.cpu_identity()["caches"], "L1d": l1}
         monkeypatch.setattr(dispatch, "cpu_identity", lambda: {"caches": caches})
-        fits = (l1 or dispatch.L1_BYTES) // (4 * dt)            # the largest K whose rows fit
-        for K, direct in ((fits, True), (fits + 1, False)):
-            A = sb.BSRMatrix.from_dense(sb.prune(random_x(4 * vw, K, seed=K), 0.5, (vw, 1)), (vw, 1))
-            tokens = sb.default_config(A, 128, 2, "tokens")
-            assert reads_tokens(A, tokens) == direct and tokens.n_tile == (vw if direct else 2 * vw)
-            assert sb.default_config(A, 128, 2).n_tile == vw
-            Xt = random_x(37, K, seed=1)
-            np.testing.assert_array_equal(sb.spmm(A, Xt, layout="tokens"),
-                                          sb.spmm(A, np.ascontiguousarray(Xt.T), tokens).T)
+        for n in (128, 3):
+            fits = (l1 or dispatch.L1_BYTES) // (4 * min(n, dt))      # the largest K whose rows fit
+            for K, direct in ((fits, True), (fits + 1, False)):
+                A = sb.BSRMatrix.from_dense(sb.prune(random_x(4 * vw, K, seed=K), 0.5, (vw, 1)), (vw, 1))
+                tokens = sb.default_config(A, n, 2, "tokens")
+                assert reads_tokens(A, tokens) == direct and tokens.n_tile == (vw if direct else 2 * vw)
+                assert sb.default_config(A, n, 2).n_tile == vw
+                Xt = random_x(n, K, seed=1)
+                np.testing.assert_array_equal(sb.spmm(A, Xt, layout="tokens"),
+                                              sb.spmm(A, np.ascontiguousarray(Xt.T), tokens).T)

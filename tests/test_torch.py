@@ -718,6 +718,41 @@ def test_torch_imported_first_keeps_its_spinning_and_sparsify_says_so(first, pri
     assert done.stdout.strip().splitlines()[-1] == printed
 
 
+TORCH_FIRST_INT8 = """
+import copy, warnings
+import torch                                   # a user's script: PyTorch first, its OpenMP as it is
+import sparsebench as sb, sparsebench.torch as sbt
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.GELU(), torch.nn.Linear(512, 256))
+for lin in (model[0], model[2]):               # pruned, still dense: the float32 reference
+    lin.weight.data = torch.from_numpy(sb.prune(lin.weight.detach().numpy(), 0.8, (4, 1)))
+int8_model = copy.deepcopy(model).eval()
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")            # that PyTorch's workers spin is said, not fatal
+    sbt.sparsify(int8_model, dtype="int8")
+x, a = torch.randn(3, 37, 256), torch.randn(256, 256)
+with torch.inference_mode():
+    want = model(x)
+    for _ in range(20):                        # alternating with PyTorch's own matmuls
+        got = int8_model(x)
+        a = torch.tanh(a @ a)
+cos = torch.nn.functional.cosine_similarity(got.reshape(-1, 256), want.reshape(-1, 256)).min().item()
+print(type(int8_model[0]).__name__, int8_model[0].dtype, tuple(got.shape), cos >= 0.99)
+"""
+
+
+@needs_torch
+@needs_vnni
+def test_int8_sparsify_in_a_script_that_imports_torch_first():
+    """A plain script: torch imported first (its OpenMP workers spinning), int8 sparsify, calls
+    alternating with PyTorch's matmuls: it runs to the end and gives finite results."""
+    env = {k: v for k, v in __import__("os").environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    done = __import__("subprocess").run([sys.executable, "-c", TORCH_FIRST_INT8], capture_output=True, text=True,
+                                        env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "SparseLinear int8 (3, 37, 256) True"
+
+
 _FUSED_MODELS = {}
 
 

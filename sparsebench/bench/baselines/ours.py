@@ -30,6 +30,7 @@ class Sparsebench(Baseline):
     description = "sparsebench block-sparse kernel (tuned or default config), in the compare dtype"
     float32_only = False
     heuristic = False
+    layout = "features"             # of X and Y: what the default config is chosen for
 
     def version(self):
         from ... import __version__
@@ -51,7 +52,7 @@ class Sparsebench(Baseline):
             cfg = None
         if cfg == "dense":
             return "dense"
-        cfg = cfg or default_config(A, problem.X.shape[1], problem.threads)
+        cfg = cfg or default_config(A, problem.X.shape[1], problem.threads, self.layout)
         if cfg.threads != problem.threads:
             cfg = dataclasses.replace(cfg, threads=problem.threads)
         return cfg
@@ -97,6 +98,7 @@ class SparsebenchInt8Kernel(Sparsebench):
 class SparsebenchTokens(Sparsebench):
     name = "sparsebench-tokens"
     description = "sparsebench block-sparse kernel on token-major X and Y (layout='tokens'), tuned token-major"
+    layout = "tokens"
 
     def _operands(self, problem):
         A, config = super()._operands(problem)
