@@ -3,6 +3,14 @@ import os as _os
 
 __version__ = "0.1.0"
 
+try:    # what setup.py builds: the build's record and the compiled modules
+    from . import _buildinfo, _cpu  # noqa: E402, F401
+except ImportError as _e:
+    raise ImportError(
+        f"sparsebench at {_os.path.dirname(__file__)} is not built: its compiled modules are missing. Run "
+        "from a clone's folder, Python imports that source tree before an installed sparsebench: run from "
+        "another folder, or build it in place (pip install -e .)") from _e
+
 # numpy's OpenBLAS keeps its idle threads polling for ~0.1 s after each call, on the cores our
 # kernels need (see blas_spin): set its timeout before numpy loads, or restart its pool below
 from . import blas_spin as _blas_spin  # noqa: E402

@@ -573,3 +573,21 @@ def test_cpu_caches_restored_after_isa_tests():
     """Runs after the monkeypatching tests above (file order): real features are back."""
     assert set(cpu.available_isas()) == {i for i in cpu.compiled_isas() if cpu.isa_supported(i)}
     assert "generic" in cpu.available_isas()
+
+
+def test_an_unbuilt_source_tree_says_how_to_run(tmp_path):
+    """Python run from a clone's folder imports its source tree before an installed sparsebench:
+    without the compiled modules that is a clear ImportError saying what to do."""
+    import shutil
+    import subprocess
+    import sys
+    src = os.path.dirname(sb.__file__)
+    shutil.copytree(src, tmp_path / "sparsebench", ignore=shutil.ignore_patterns("*.so", "_buildinfo.py", "__pycache__"))
+    (tmp_path / "setup.py").write_text("")
+    # as after a plain `pip install .`: no editable install's finder to fall back on
+    code = ("import sys; sys.meta_path[:] = [f for f in sys.meta_path "
+            "if not getattr(f, '__module__', '').startswith('__editable__')]; import sparsebench")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert done.returncode != 0
+    assert "is not built" in done.stderr and "pip install -e ." in done.stderr
