@@ -84,57 +84,29 @@ typedef struct {
 
 #if SB_LN_QUANT
 /* The strip's tokens c0.. quantized: their scales from amax (each token's largest |y|, as bits;
- * 0 in masked lanes) by vnni.h's rule, then the strip's rows packed with vnni.h's packers.
- * Returns the largest amax, as bits. */
-SB_INLINE uint32_t sb_ln_quantize(const sb_ln_job_t *job, int c0, const vi amax[SB_LN_J], int masked) {
-    const int rows = job->rows, npad = job->npad;
-    const ptrdiff_t ldx = job->ldx, ldq = job->ldq;
-    const float *x = job->x + c0;
+ * 0 in masked lanes) by vnni.h's rule, then the strip packed by vnni.h's own packers. Returns
+ * the largest amax, as bits. */
+SB_INLINE uint32_t sb_ln_quantize(const sb_ln_job_t *job, int c0, const vi amax[SB_LN_J]) {
+    const int npad = job->npad;
+    const int n = job->cols - c0 < SB_LN_STRIP ? job->cols - c0 : SB_LN_STRIP;     /* tokens */
+    const int width = npad - c0 < SB_LN_STRIP ? npad - c0 : SB_LN_STRIP;            /* columns of q */
     __attribute__((aligned(64))) float a[SB_LN_STRIP];
-    vf inv[SB_LN_J];
-    vmask m[SB_LN_J];
     vi most = vi_zero();
 #pragma GCC unroll 8
     for (int j = 0; j < SB_LN_J; j++) {
         _mm512_store_si512((void *)(a + j * SB_VW), amax[j]);
         most = _mm512_max_epu32(most, amax[j]);
     }
-    for (int t = 0; t < SB_LN_STRIP && c0 + t < npad; t++) {   /* columns of q: up to npad */
+    float *inv = job->scales + npad;
+    for (int t = 0; t < width; t++) {
         job->scales[c0 + t] = sb_dynamic_scale(a[t]);
-        job->scales[npad + c0 + t] = sb_inverse_scale(job->scales[c0 + t]);
+        inv[c0 + t] = sb_inverse_scale(job->scales[c0 + t]);
     }
-#pragma GCC unroll 8
-    for (int j = 0; j < SB_LN_J; j++) {
-        inv[j] = sb_load16(job->scales + npad + c0 + j * SB_VW, npad - c0 - j * SB_VW);
-        m[j] = vm_first(job->cols - c0 - j * SB_VW);
-    }
-    vi unused = vi_zero();
-    if (!job->quads) {
-        /* row h: the strip's 64-column chunks, each from 4 vectors (sb_pack_rows) */
-        for (int h = 0; h < rows; h++) {
-            const float *y = x + h * ldx;
-            uint8_t *o = job->q + h * ldq + c0;
-#pragma GCC unroll 2
-            for (int k = 0; k < SB_LN_J / 4; k++)
-                if (c0 + 64 * k < npad)
-                    _mm512_storeu_si512((void *)(o + 64 * k), sb_quant64(
-                        sb_load(y + 64 * k, m[4 * k], masked), sb_load(y + 64 * k + 16, m[4 * k + 1], masked),
-                        sb_load(y + 64 * k + 32, m[4 * k + 2], masked), sb_load(y + 64 * k + 48, m[4 * k + 3], masked),
-                        inv[4 * k], inv[4 * k + 1], inv[4 * k + 2], inv[4 * k + 3], &unused, 0));
-        }
-    } else {
-        /* quad-row g: rows 4g..4g+3 (zeros past the last), 16 tokens at a time (sb_pack_quads) */
-        for (int g = 0; 4 * g < rows; g++) {
-            uint8_t *o = job->q + g * ldq + 4 * (ptrdiff_t)c0;
-            for (int j = 0; j < SB_LN_J && c0 + j * SB_VW < npad; j++) {
-                vf v[4];
-                for (int t = 0; t < 4; t++)
-                    v[t] = 4 * g + t < rows ? sb_load(x + (4 * g + t) * ldx + j * SB_VW, m[j], masked) : vf_zero();
-                _mm512_storeu_si512((void *)(o + 4 * j * SB_VW), sb_to_quads(sb_quant64(
-                    v[0], v[1], v[2], v[3], inv[j], inv[j], inv[j], inv[j], &unused, 0)));
-            }
-        }
-    }
+    if (job->quads)
+        sb_pack_quads(job->x + c0, job->ldx, job->rows, 0, (job->rows + 3) / 4, n, width, inv + c0,
+                      job->q + 4 * (ptrdiff_t)c0, job->ldq, 0);
+    else
+        sb_pack_rows(job->x + c0, job->ldx, 0, job->rows, n, width, inv + c0, job->q + c0, job->ldq, 0);
     return _mm512_reduce_max_epu32(most);
 }
 #endif
@@ -206,7 +178,7 @@ SB_INLINE uint32_t sb_ln_strip(const sb_ln_job_t *job, int c0, int masked, int w
     }
 #if SB_LN_QUANT
     if (quant)
-        return sb_ln_quantize(job, c0, amax, masked);
+        return sb_ln_quantize(job, c0, amax);
 #endif
     return 0;
 }
