@@ -115,6 +115,28 @@ def test_layer_norm_large_shapes(ops, H, T, with_residual):
         assert_within(y, ref, bound)
 
 
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_layer_norm_of_a_token_does_not_depend_on_the_others(ops, with_residual):
+    """A token's LayerNorm is the same bits whether it is one of 1, 8, 20 or 150 tokens (a full
+    strip, or a masked one whose rows are less than a vector apart), in a row of its own width
+    or of a wider array: the encoder's passes of 128 tokens give what the whole batch gives."""
+    rng = np.random.default_rng(5)
+    H, T = 97, 150
+    x = rng.standard_normal((H, T)).astype(np.float32)
+    residual = rng.standard_normal((H, T)).astype(np.float32) if with_residual else None
+    gamma, beta = rng.standard_normal(H).astype(np.float32), rng.standard_normal(H).astype(np.float32)
+    whole = x.copy()
+    ops.add_layer_norm(whole, gamma, beta, 1e-12, residual, 2)
+    for t0, t1 in ((0, 1), (3, 11), (0, 8), (130, 150), (17, 37), (0, 128), (5, 150)):
+        for wide in (False, True):
+            part = (x.copy() if wide else np.ascontiguousarray(x))[:, t0:t1]
+            if not wide:
+                part = part.copy()
+            res = None if residual is None else residual[:, t0:t1].copy()
+            ops.add_layer_norm(part, gamma, beta, 1e-12, res, 1)
+            assert np.array_equal(part, whole[:, t0:t1]), (t0, t1, wide)
+
+
 def test_layer_norm_constant_columns_give_beta(ops):
     x = np.full((5, 19), 2.0, np.float32)
     beta = np.arange(5, dtype=np.float32)
