@@ -23,7 +23,7 @@ FP32_BLOCKS = [(1, 1), (1, 4), (4, 1), (4, 4), (8, 1), (16, 1)]
 DENSE_BLOCKS = [(4, 1), (8, 1)]
 #: int8 blocks and their N-tile widths (columns); 4x1 groups interleave whole 64-column chunks,
 #: taller blocks half (8x1) or a quarter (16x1) of one, so that BR x NT/16 accumulators fit
-INT8_TILES = {(4, 1): (64,), (8, 1): (32,), (16, 1): (16,), (4, 4): (16, 32, 64), (1, 4): (16, 32, 64, 128)}
+INT8_TILES = {(4, 1): (16, 32, 64), (8, 1): (16, 32), (16, 1): (16,), (4, 4): (16, 32, 64), (1, 4): (16, 32, 64, 128)}
 #: outputs a token-major store writes per token at once (a 64-byte line of float32): the
 #: register tiles of TOKEN_ROWS / BR block rows fill a scratch tile before going into Y
 TOKEN_ROWS = 16
