@@ -19,6 +19,8 @@ def parse_block(text):
 def check_block(block, supported=SUPPORTED_BLOCKS, refusal="unsupported block shape {}; supported: {}"):
     """block as (rows, cols) if `supported` has it, else ValueError(refusal with the block and the
     supported list)."""
+    if type(block) is tuple and block in supported and type(block[0]) is int and type(block[1]) is int:
+        return block                          # the common case, checked on every int8 call
     try:
         br, bc = (int(b) for b in block)
     except (TypeError, ValueError):
