@@ -21,9 +21,9 @@ FP32_BLOCKS = [(1, 1), (1, 4), (4, 1), (4, 4), (8, 1), (16, 1)]
 #: blocks that also get dense variants (every block stored, X rows follow from the block number):
 #: the dense GEMM of our own kernels, W packed as panels of 4 or 8 rows
 DENSE_BLOCKS = [(4, 1), (8, 1)]
-#: int8 blocks and their N-tile widths (columns); 4x1 groups interleave whole 64-column chunks,
-#: taller blocks half (8x1) or a quarter (16x1) of one, so that BR x NT/16 accumulators fit;
-#: the narrower 4x1 and 8x1 tiles take part of a chunk too, for a few tokens (dispatch)
+#: int8 blocks and their N-tile widths (columns); the rows layout's tiles take a whole 64-column
+#: chunk (4x1 at 64), half of one (32) or a quarter (16): the taller blocks so that BR x NT/16
+#: accumulators fit, 4x1 and 8x1 also for a few tokens (dispatch picks the narrowest that covers N)
 INT8_TILES = {(4, 1): (16, 32, 64), (8, 1): (16, 32), (16, 1): (16,), (4, 4): (16, 32, 64), (1, 4): (16, 32, 64, 128)}
 #: outputs a token-major store writes per token at once (a 64-byte line of float32): the
 #: register tiles of TOKEN_ROWS / BR block rows fill a scratch tile before going into Y

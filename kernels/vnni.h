@@ -13,8 +13,9 @@
  *   rows (blocks 4x1, 8x1, 16x1, grouped 4 to a quad): row k of X as u8, each 64-column chunk in the
  *        byte order of _mm512_packs (byte 16L + 4j + i holds column 16j + 4L + i). Interleaving
  *        any 4 such rows with unpacklo/hi (sb_interleave4) undoes that order: the 4 vectors it
- *        returns hold the quads of columns 0-15, 16-31, 32-47 and 48-63 of the chunk (taller
- *        blocks, with narrower tiles, take half or a quarter of them).
+ *        returns hold the quads of columns 0-15, 16-31, 32-47 and 48-63 of the chunk (tiles of
+ *        32 and 16 columns take half or a quarter of them: 8x1 and 16x1 blocks, and the narrow
+ *        4x1 and 8x1 tiles for a few tokens).
  *
  * Both layouts pad N (to 16 columns for quads, 64 for rows) with zero points.
  */
@@ -68,7 +69,7 @@ static inline void sb_interleave4(const uint8_t *p0, const uint8_t *p1, const ui
     *q3 = _mm512_unpackhi_epi16(t1, t3);
 }
 
-/* Half of sb_interleave4 for narrower tiles (8x1 blocks): the quads of columns 32 hi .. 32 hi + 31
+/* Half of sb_interleave4 for tiles of 32 columns: the quads of columns 32 hi .. 32 hi + 31
  * of the chunk, qa and qb (q0, q1 or q2, q3); four shuffles instead of eight. */
 static inline void sb_interleave4_half(const uint8_t *p0, const uint8_t *p1, const uint8_t *p2,
                                        const uint8_t *p3, int hi, vi *qa, vi *qb) {
@@ -80,7 +81,7 @@ static inline void sb_interleave4_half(const uint8_t *p0, const uint8_t *p1, con
     *qb = _mm512_unpackhi_epi16(ta, tb);
 }
 
-/* A quarter of sb_interleave4 (16x1 blocks): quad vector q (columns 16 q .. 16 q + 15). */
+/* A quarter of sb_interleave4 for tiles of 16 columns: quad vector q (columns 16 q .. 16 q + 15). */
 static inline vi sb_interleave4_quarter(const uint8_t *p0, const uint8_t *p1, const uint8_t *p2,
                                         const uint8_t *p3, int q) {
     vi r0 = _mm512_loadu_si512((const void *)p0), r1 = _mm512_loadu_si512((const void *)p1);

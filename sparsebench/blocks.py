@@ -19,7 +19,8 @@ def parse_block(text):
 def check_block(block, supported=SUPPORTED_BLOCKS, refusal="unsupported block shape {}; supported: {}"):
     """block as (rows, cols) if `supported` has it, else ValueError(refusal with the block and the
     supported list)."""
-    if type(block) is tuple and block in supported and type(block[0]) is int and type(block[1]) is int:
+    if (type(block) is tuple and len(block) == 2 and type(block[0]) is int and type(block[1]) is int
+            and block in supported):
         return block                          # the common case, checked on every int8 call
     try:
         br, bc = (int(b) for b in block)

@@ -20,8 +20,9 @@ def _int8_default(A, n, threads):
     isa = best_isa("int8")
     module = kernel_module(isa, "int8")
     widths = sorted(nt for br, bc, nt in module.VARIANTS if (br, bc) == A.block)
-    # the narrowest tile that covers N, at most 64 columns: at N = 8 a 4x1 tile of 16 ran
-    # 1.5-1.8x faster than one of 64, at N = 48 one masked 64 tile beat tiles of 32 and 16
+    # the narrowest tile that covers N, at most 64 columns (768x768, 90%, one thread): at N = 8
+    # a 4x1 tile of 16 ran 1.5-1.8x faster than one of 64; at N = 36-48 one masked tile of 64
+    # beat tiles of 32 and 16 for 4x1 and 1x4 (1.4-2.5x), and 4x4 took the same with each
     n_tile = min([w for w in widths if w >= n and w <= 64]
                  or [max([w for w in widths if w <= 64] or widths[:1])])
     work = A.nnz * max(n, 1)

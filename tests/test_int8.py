@@ -438,7 +438,7 @@ def test_bad_spmm_arguments_are_refused():
 @pytest.mark.parametrize("block", INT8_BLOCKS, ids=block_ids)
 def test_kernel_configs_and_default(block):
     W, Aq = pruned(64, 64, block, 0.5)
-    for n in (1, 15, 16, 17, 64, 128, 300):
+    for n in (1, 15, 16, 17, 33, 40, 48, 64, 100, 128, 300):
         cfgs = sb.kernel_configs(Aq, n, threads=2)
         assert cfgs and len(set(cfgs)) == len(cfgs)
         for c in cfgs:

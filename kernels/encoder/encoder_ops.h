@@ -111,32 +111,35 @@ SB_INLINE uint32_t sb_ln_quantize(const sb_ln_job_t *job, int c0, const vi amax[
 }
 #endif
 
-/* Row h of the strip's vector j: x (+ res) */
-SB_INLINE vf sb_ln_input(const float *xr, const float *rr, vmask m, int masked, int with_res) {
-    vf v = sb_load(xr, m, masked);
-    return with_res ? vf_add(v, sb_load(rr, m, masked)) : v;
+/* Vector j of row h of the strip: x (+ res when with_res) */
+SB_INLINE vf sb_ln_input(const float *x, const float *res, ptrdiff_t h, int j, ptrdiff_t ldx, ptrdiff_t ldr,
+                         vmask m, int masked, int with_res) {
+    vf v = sb_load(x + h * ldx + j * SB_VW, m, masked);
+    return with_res ? vf_add(v, sb_load(res + h * ldr + j * SB_VW, m, masked)) : v;
 }
 
 /* Columns c0.. of the job (SB_LN_STRIP, fewer if masked); quant: quantize them too (int8
  * builds), returning the largest |y| as bits (else 0).
  *
- * A masked strip (the last few tokens: 8 tokens, 20, any count not a multiple of SB_VW) stores
- * only in its last sweep and skips its empty vectors. Its rows are then less than a vector
- * apart, or its last vector reaches into the next row, and a load of a row just after a
- * (masked) store to the one before waits for that store (1 to 24 tokens: 8.5-9.7 us per
- * 768-row LayerNorm against 2.8 at 16). So x + res is summed again in each sweep instead of
- * stored in the first, and the last sweep takes every P-th row, P rows spanning the stored
- * vectors, so that no row loads where the row before it has just stored (its order does not
- * change the results: no sums run across rows there). */
+ * A masked strip (the last tokens of the array, fewer than SB_LN_STRIP: 8, 20, 100...) skips
+ * its empty vectors and stores only in its last sweep. Where its rows are less than a vector
+ * apart, or its last vector reaches into the next row, a load of a row right after a (masked)
+ * store to the row before waits for that store: 768 rows of 1 to 24 tokens took 8.5-9.7 us
+ * with the empty vectors already skipped, against 2.8 at 16 tokens (AVX-512). So x + res is
+ * summed again in each sweep instead of stored in the first, and the last sweep takes every
+ * P-th row, P rows spanning the stored vectors, so that no row loads where the row before it
+ * has just stored (2.8-3.0 us at 8 tokens). The order of that sweep does not change the
+ * results: no sums run across rows there. */
 SB_INLINE uint32_t sb_ln_strip(const sb_ln_job_t *job, int c0, int masked, int with_res, int quant) {
-    const int rows = job->rows;
+    const ptrdiff_t rows = job->rows;
     const ptrdiff_t ldx = job->ldx, ldr = job->ldr;
     float *x = job->x + c0;
     const float *res = with_res ? job->res + c0 : NULL;
     const int res_again = masked && with_res;       /* x + res summed in every sweep */
     vmask m[SB_LN_J];
     vf acc[SB_LN_J], mean[SB_LN_J], scale[SB_LN_J];
-    int h, j;
+    ptrdiff_t h;
+    int j;
     const int nv = masked ? (job->cols - c0 + SB_VW - 1) / SB_VW : SB_LN_J;    /* vectors with tokens */
     const ptrdiff_t step = masked ? (nv * SB_VW + ldx - 1) / ldx : 1;          /* P, at least 1 */
 #pragma GCC unroll 8
@@ -145,13 +148,12 @@ SB_INLINE uint32_t sb_ln_strip(const sb_ln_job_t *job, int c0, int masked, int w
         acc[j] = vf_zero();
     }
     for (h = 0; h < rows; h++) {
-        float *xr = x + h * ldx;
 #pragma GCC unroll 8
         for (j = 0; j < SB_LN_J; j++) {
             if (j >= nv) break;
-            vf v = sb_ln_input(xr + j * SB_VW, with_res ? res + h * ldr + j * SB_VW : NULL, m[j], masked, with_res);
+            vf v = sb_ln_input(x, res, h, j, ldx, ldr, m[j], masked, with_res);
             if (with_res && !masked)
-                sb_store(xr + j * SB_VW, m[j], v, masked);
+                vf_storeu(x + h * ldx + j * SB_VW, v);
             acc[j] = vf_add(acc[j], v);
         }
     }
@@ -162,12 +164,10 @@ SB_INLINE uint32_t sb_ln_strip(const sb_ln_job_t *job, int c0, int masked, int w
         acc[j] = vf_zero();
     }
     for (h = 0; h < rows; h++) {
-        const float *xr = x + h * ldx;
 #pragma GCC unroll 8
         for (j = 0; j < SB_LN_J; j++) {
             if (j >= nv) break;
-            vf d = vf_sub(sb_ln_input(xr + j * SB_VW, res_again ? res + h * ldr + j * SB_VW : NULL, m[j], masked,
-                                      res_again), mean[j]);
+            vf d = vf_sub(sb_ln_input(x, res, h, j, ldx, ldr, m[j], masked, res_again), mean[j]);
             acc[j] = vf_fmadd(d, d, acc[j]);
         }
     }
@@ -181,16 +181,14 @@ SB_INLINE uint32_t sb_ln_strip(const sb_ln_job_t *job, int c0, int masked, int w
         amax[j] = vi_zero();
 #endif
     for (ptrdiff_t p = 0; p < step; p++)
-        for (h = (int)p; h < rows; h += (int)step) {
-            float *xr = x + h * ldx;
+        for (h = p; h < rows; h += step) {
             const vf g = vf_set1(job->gamma[h]), b = vf_set1(job->beta[h]);
 #pragma GCC unroll 8
             for (j = 0; j < SB_LN_J; j++) {
                 if (j >= nv) break;
-                vf d = vf_sub(sb_ln_input(xr + j * SB_VW, res_again ? res + h * ldr + j * SB_VW : NULL, m[j],
-                                          masked, res_again), mean[j]);
+                vf d = vf_sub(sb_ln_input(x, res, h, j, ldx, ldr, m[j], masked, res_again), mean[j]);
                 vf y = vf_fmadd(d, vf_mul(scale[j], g), b);
-                sb_store(xr + j * SB_VW, m[j], y, masked);
+                sb_store(x + h * ldx + j * SB_VW, m[j], y, masked);
 #if SB_LN_QUANT
                 if (quant)         /* masked lanes are not tokens: left out */
                     amax[j] = masked ? _mm512_mask_max_epu32(amax[j], m[j], amax[j], sb_absbits(y))

@@ -68,7 +68,8 @@ def _int8_configs(A, n, threads, isas):
     for isa in isas or [best_isa("int8")]:
         module = kernel_module(isa, "int8")
         widths = sorted(nt for br, bc, nt in module.VARIANTS if (br, bc) == A.block)
-        widest = max(widths[0], -(-n // 16) * 16)
+        # up to the narrowest tile that covers n (wider ones only add empty columns)
+        widest = min([w for w in widths if w >= n] or widths[-1:])
         for nt in widths:
             if nt > widest:
                 continue
