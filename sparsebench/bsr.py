@@ -71,9 +71,7 @@ class BSRMatrix(BlockGrid):
         init(self, "_indices_padded", _frozen(padded))
         init(self, "_indptr", indptr)
         init(self, "_row_nnz", _frozen(np.diff(indptr)))
-        # every block stored, each row's in column order: the kernels' dense variants apply
-        init(self, "_dense", bool(np.all(np.diff(indptr) == Kb) and (nnzb == 0 or np.array_equal(
-            padded[:nnzb].reshape(Mb, Kb), np.broadcast_to(np.arange(Kb, dtype=np.int32), (Mb, Kb))))))
+        init(self, "_dense", _every_block_stored(indptr, padded[:nnzb], Kb))
         init(self, "_tasks", {})     # (threads, m_tile) -> task bounds
         init(self, "_slices", {})    # k_slice -> blocks in slice order (see sliced)
         init(self, "_plans", {})     # KernelConfig -> (module, variant id, arrays, task bounds); (N, layout) -> default
@@ -85,6 +83,44 @@ class BSRMatrix(BlockGrid):
         return (type(self), (self._data, self.indices, self._indptr, self._shape))
 
     # -- construction -----------------------------------------------------------------------
+    @classmethod
+    def vstack(cls, parts):
+        """The matrices `parts` (the same K and block; every M but the last a whole number of
+        block rows) stacked by rows into one: each output row computes what it did in its part,
+        from the same blocks in the same order."""
+        first = parts[0]
+        br = first.block[0]
+        if any(p.block != first.block or p.shape[1] != first.shape[1] for p in parts):
+            raise ValueError("vstack needs matrices with the same block shape and number of columns")
+        if any(p.shape[0] % br for p in parts[:-1]):
+            raise ValueError(f"vstack needs every matrix but the last to have whole block rows ({br} rows)")
+        offsets = np.cumsum([0] + [p.nnz_blocks for p in parts[:-1]])
+        indptr = np.concatenate([[0]] + [p.indptr[1:] + o for p, o in zip(parts, offsets)])
+        return cls(np.concatenate([p.data for p in parts]), np.concatenate([p.indices for p in parts]),
+                   indptr, (sum(p.shape[0] for p in parts), first.shape[1]))
+
+    def block_rows(self, i0, i1):
+        """Block rows i0..i1 as a BSRMatrix that shares this one's blocks and indices (no copy)."""
+        br, bc = self._block
+        M, K = self._shape
+        if not 0 <= i0 <= i1 <= self._indptr.shape[0] - 1:
+            raise ValueError(f"block rows {i0}..{i1} are outside 0..{self._indptr.shape[0] - 1}")
+        b0, b1 = int(self._indptr[i0]), int(self._indptr[i1])
+        view = object.__new__(BSRMatrix)
+        init = object.__setattr__
+        indptr = _frozen((self._indptr[i0:i1 + 1] - b0).astype(np.int32))
+        init(view, "_shape", (min(i1 * br, M) - i0 * br, K))
+        init(view, "_block", self._block)
+        init(view, "_data", self._data[b0:b1])
+        init(view, "_indices_padded", self._indices_padded[b0:])     # PREFETCH_PAD entries past b1 at least
+        init(view, "_indptr", indptr)
+        init(view, "_row_nnz", self._row_nnz[i0:i1])
+        init(view, "_dense", _every_block_stored(indptr, self._indices_padded[b0:b1], -(-K // bc)))
+        init(view, "_tasks", {})
+        init(view, "_slices", {})
+        init(view, "_plans", {})
+        return view
+
     @classmethod
     def from_dense(cls, W, block=(1, 1), keep_zero_blocks=False):
         """Store every block of W that has a nonzero (or NaN) entry; W is converted to float32.
@@ -258,6 +294,13 @@ def _as_index_array(a, name):
     if a.ndim != 1 or not np.issubdtype(a.dtype, np.integer):
         raise ValueError(f"{name} must be a 1-D integer array, got shape {a.shape} dtype {a.dtype}")
     return a
+
+
+def _every_block_stored(indptr, indices, Kb):
+    """Every block of every row stored, each row's in column order: the kernels' dense variants apply."""
+    Mb = indptr.shape[0] - 1
+    return bool(np.all(np.diff(indptr) == Kb) and (indices.size == 0 or np.array_equal(
+        indices.reshape(Mb, Kb), np.broadcast_to(np.arange(Kb, dtype=np.int32), (Mb, Kb)))))
 
 
 def _frozen(a):

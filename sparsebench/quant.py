@@ -123,6 +123,45 @@ class QuantizedBSRMatrix(BlockGrid):
 
     # -- construction -----------------------------------------------------------------------
     @classmethod
+    def vstack(cls, parts):
+        """The matrices `parts` (the same K and block; every M but the last a whole number of
+        block rows) stacked by rows into one, with the same s8 weights and row scales: each output
+        row computes what it did in its part."""
+        first = parts[0]
+        if any(p.block != first.block or p.shape[1] != first.shape[1] for p in parts):
+            raise ValueError("vstack needs matrices with the same block shape and number of columns")
+        if any(p.shape[0] % first.block[0] for p in parts[:-1]):
+            raise ValueError(f"vstack needs every matrix but the last to have whole block rows "
+                             f"({first.block[0]} rows)")
+        return cls(np.vstack([p.to_int8() for p in parts]), np.concatenate([p.scales for p in parts]),
+                   first.block)
+
+    def block_rows(self, i0, i1):
+        """Block rows i0..i1 as a QuantizedBSRMatrix that shares this one's groups, indices, zero-point
+        corrections and scales (no copy)."""
+        br, bc = self._block
+        M, K = self._shape
+        if not 0 <= i0 <= i1 <= self._gptr.shape[0] - 1:
+            raise ValueError(f"block rows {i0}..{i1} are outside 0..{self._gptr.shape[0] - 1}")
+        members = 1 if bc == 4 else 4
+        g0, g1 = int(self._gptr[i0]), int(self._gptr[i1])
+        data = self._data[g0:g1]
+        view = object.__new__(QuantizedBSRMatrix)
+        init = object.__setattr__
+        init(view, "_shape", (min(i1 * br, M) - i0 * br, K))
+        init(view, "_block", self._block)
+        init(view, "_data", data)
+        init(view, "_indices_padded", self._indices_padded[g0 * members:])   # PREFETCH_PAD groups past g1 at least
+        init(view, "_gptr", _frozen(self._gptr[i0:i1 + 1] - g0))
+        init(view, "_comp", self._comp[i0 * br:i1 * br])
+        init(view, "_scales", self._scales[i0 * br:i1 * br])
+        # the stored blocks: every group of a 4x4 or 1x4 block; the nonzero members of the others
+        init(view, "_nnzb", int(g1 - g0) if bc == 4 else int(np.any(data != 0, axis=1).sum()))
+        init(view, "_tasks", {})
+        init(view, "_plans", {})
+        return view
+
+    @classmethod
     def from_dense(cls, W, block=(4, 1)):
         """Quantize W (finite, real) per output row to s8 and store its nonzero blocks."""
         W = np.asarray(W)

@@ -181,6 +181,42 @@ def test_constructor_does_not_freeze_the_callers_arrays():
     assert S.data.flags.writeable
 
 
+@pytest.mark.parametrize("block", SUPPORTED_BLOCKS, ids=lambda b: "%dx%d" % b)
+def test_vstack_and_block_rows_compute_each_part_as_it_was(block):
+    """Stacked matrices (the last with a partial block row, one with empty rows) give each part's
+    rows bit for bit; block_rows views share the stacked arrays and give the parts back."""
+    br = block[0]
+    parts = [random_pruned(M, 70, block, s, seed=M, empty_block_rows=e)[1]
+             for M, s, e in ((4 * br, 0.7, 0.0), (3 * br, 0.5, 0.5), (2 * br + (br > 1), 0.9, 0.0))]
+    stacked = sb.BSRMatrix.vstack(parts)
+    X = random_dense(70, 37, np.random.default_rng(1))
+    Y = sb.spmm(stacked, X)
+    r = i = 0
+    for A in parts:
+        rows = -(-A.shape[0] // br)
+        view = stacked.block_rows(i, i + rows)
+        assert view.shape == A.shape and view.nnz_blocks == A.nnz_blocks and view.is_dense == A.is_dense
+        assert np.array_equal(view.to_dense(), A.to_dense()) and np.array_equal(view.indptr, A.indptr)
+        assert view.nnz_blocks == 0 or np.shares_memory(view.data, stacked.data)
+        for cfg in sb.kernel_configs(A, 37, threads=2)[::9]:
+            assert np.array_equal(sb.spmm(view, X, cfg), sb.spmm(A, X, cfg)), str(cfg)
+        assert np.array_equal(Y[r:r + A.shape[0]], sb.spmm(A, X))
+        r, i = r + A.shape[0], i + rows
+    assert stacked.block_rows(2, 2).shape == (0, 70)
+
+
+def test_vstack_and_block_rows_refuse_what_does_not_fit():
+    a, b = random_pruned(6, 8, (4, 1), 0.5)[1], random_pruned(8, 8, (4, 1), 0.5)[1]
+    with pytest.raises(ValueError, match="whole block rows"):
+        sb.BSRMatrix.vstack([a, b])                 # 6 rows are not whole 4x1 block rows
+    with pytest.raises(ValueError, match="same block shape and number of columns"):
+        sb.BSRMatrix.vstack([b, random_pruned(8, 9, (4, 1), 0.5)[1]])
+    with pytest.raises(ValueError, match="same block shape"):
+        sb.BSRMatrix.vstack([b, random_pruned(8, 8, (1, 1), 0.5)[1]])
+    with pytest.raises(ValueError, match="outside 0..2"):
+        b.block_rows(1, 3)
+
+
 # -- prune --------------------------------------------------------------------------------------
 
 @settings(max_examples=examples(200), deadline=None)

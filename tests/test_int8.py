@@ -449,6 +449,35 @@ def test_kernel_configs_and_default(block):
         assert dflt in sb.kernel_configs(Aq, n, threads=dflt.threads)
 
 
+@needs_vnni
+@pytest.mark.parametrize("block", INT8_BLOCKS, ids=block_ids)
+def test_vstack_and_block_rows_compute_each_part_as_it_was(block):
+    """Stacked int8 matrices give each part's rows bit for bit (same s8 weights and row scales);
+    block_rows views share the stacked arrays and give the parts back, stored blocks counted."""
+    br = block[0]
+    parts = [pruned(M, 70, block, s, seed=M, empty_block_rows=e)[1]
+             for M, s, e in ((4 * br, 0.7, 0.0), (3 * br, 0.5, 0.5), (2 * br + 1, 0.9, 0.0))]
+    stacked = sb.QuantizedBSRMatrix.vstack(parts)
+    Xq = sb.quantize_activations(normal_x(70, 37), block)
+    Y = sb.spmm(stacked, Xq)
+    r = i = 0
+    for A in parts:
+        rows = -(-A.shape[0] // br)
+        view = stacked.block_rows(i, i + rows)
+        assert view.shape == A.shape and view.nnz_blocks == A.nnz_blocks
+        assert np.array_equal(view.to_int8(), A.to_int8()) and np.array_equal(view.scales, A.scales)
+        assert np.shares_memory(view._comp, stacked._comp)
+        for cfg in sb.kernel_configs(A, 37, threads=2)[::5]:
+            assert np.array_equal(sb.spmm(view, Xq, cfg), sb.spmm(A, Xq, cfg)), str(cfg)
+        assert np.array_equal(Y[r:r + A.shape[0]], sb.spmm(A, Xq))
+        r, i = r + A.shape[0], i + rows
+    if br > 1:                                      # the part with a partial block row first
+        with pytest.raises(ValueError, match="whole block rows"):
+            sb.QuantizedBSRMatrix.vstack(parts[::-1])
+    with pytest.raises(ValueError, match="outside"):
+        stacked.block_rows(0, 100)
+
+
 # -- the low-level entry points refuse garbage --------------------------------------------------------
 
 def small_call():

@@ -324,6 +324,46 @@ def test_given_config_and_plans():
     assert plan.kernel == "generic/b4x1/nt8/np0/ks0/mt0/pf0/t1"
 
 
+def _unfused(enc):
+    """A copy of `enc` whose layers run Q, K and V as three calls."""
+    other = copy.copy(enc)
+    other.layers, other._ws = [copy.copy(layer) for layer in enc.layers], None
+    for layer in other.layers:
+        object.__setattr__(layer, "_qkv", None)
+    return other
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int8"])
+def test_q_k_and_v_run_as_one_call_with_the_same_bits(dtype):
+    """Q, K and V stacked into one matrix (theirs are views of its rows: no copy of the weights)
+    give the encoder's output bit for bit as three calls do; a pickled layer stacks them again."""
+    if dtype == "int8" and not sb.cpu.available_isas("int8"):
+        pytest.skip("this CPU (or build) has no AVX512-VNNI kernels")
+    enc = BertEncoder.random(TINY, sparsity=0.7, block=(4, 1), dtype=dtype)
+    ids, mask, _ = padded_batch(enc.config)
+    layer = enc.layers[0]
+    stacked, bias, config = layer.fused_qkv(ids.size)
+    assert stacked.shape == (3 * TINY.hidden, TINY.hidden) and bias.shape == (3 * TINY.hidden,)
+    assert config == layer.query.plan(ids.size).config
+    for lin in (layer.query, layer.key, layer.value):
+        assert np.shares_memory(lin.A._data, stacked._data)
+    assert any("Q, K and V in one call" in r["note"] for r in enc.kernel_report(ids.size))
+    y = enc(ids, mask)
+    assert np.array_equal(y, _unfused(enc)(ids, mask))
+    again = pickle.loads(pickle.dumps(layer))
+    assert again.fused_qkv(ids.size) is not None and np.shares_memory(again.query.A._data, again._qkv[0]._data)
+
+
+def test_q_k_and_v_stay_three_calls_where_they_cannot_stack():
+    enc = BertEncoder.random(TINY, sparsity=0.5, block=(4, 1))
+    assert enc.as_dense().layers[0].fused_qkv(10) is None            # numpy's matmul
+    assert BertEncoder.random(TINY, linear_config="dense").layers[0].fused_qkv(10) is None
+    layer = enc.layers[0]
+    mixed = bert_module.EncoderLayer(**{**dict(layer.linears()), "key": SparseLinear(
+        layer.key.dense_weight()[0], block=(1, 4), name="key")}, ln1=layer.ln1, ln2=layer.ln2, eps=layer.eps)
+    assert mixed.fused_qkv(10) is None                                # blocks differ
+
+
 # -- bad input ----------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
