@@ -342,13 +342,17 @@ def test_q_k_and_v_run_as_one_call_with_the_same_bits(dtype):
     enc = BertEncoder.random(TINY, sparsity=0.7, block=(4, 1), dtype=dtype)
     ids, mask, _ = padded_batch(enc.config)
     layer = enc.layers[0]
-    stacked, bias, config = layer.fused_qkv(ids.size)
+    stacked, bias, plan = layer.fused_qkv(ids.size)
+    config = plan.config
     assert stacked.shape == (3 * TINY.hidden, TINY.hidden) and bias.shape == (3 * TINY.hidden,)
-    assert config == layer.query.plan(ids.size).config
+    # the default heuristic's config for the stacked matrix: the same tile as query's
+    assert config == sb.default_config(stacked, ids.size, enc.threads)
+    assert config.n_tile == layer.query.plan(ids.size).config.n_tile
     for lin in (layer.query, layer.key, layer.value):
         assert np.shares_memory(lin.A._data, stacked._data)
     assert any("Q, K and V in one call" in r["note"] for r in enc.kernel_report(ids.size))
     y = enc(ids, mask)
+    assert layer.key.kernel == str(config)                      # what the one call ran
     assert np.array_equal(y, _unfused(enc)(ids, mask))
     again = pickle.loads(pickle.dumps(layer))
     assert again.fused_qkv(ids.size) is not None and np.shares_memory(again.query.A._data, again._qkv[0]._data)

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..arrays import activations
 from ..cpu import default_threads, encoder_module, int8_attention
+from ..dispatch import default_config
 from ..errors import UnsupportedISAError
 from ..dtypes import check_dtype
 from ..prune import check_sparsity
@@ -182,20 +183,26 @@ class EncoderLayer:
             rows = -(-lin.out_features // br)
             lin.A = stacked.block_rows(i, i + rows)
             i += rows
-        self._qkv = (stacked, bias)
+        self._qkv = (stacked, bias, {})
 
     def fused_qkv(self, n):
-        """(stacked matrix, stacked bias, config) to compute Q, K and V for n tokens in one kernel
-        call, with query's kernel config, when all three run the sparse kernels for n tokens;
-        else None. BERT-Base, 90% 4x1, 2 threads, side by side in one process: one call of
-        2304 rows ran 1.09x (float32) and 1.12x (int8) faster than three of 768 at 128 tokens,
-        1.24x and 1.58x at 8 tokens."""
+        """(stacked matrix, stacked bias, KernelPlan) to compute Q, K and V for n tokens in one
+        kernel call when all three run the sparse kernels for n tokens, else None (chosen once per
+        n). The plan is query's (tuned or given), or the default heuristic's for the stacked
+        matrix (whose threads count its whole work). BERT-Base, 90% 4x1, 2 threads, side by
+        side in one process: one call of 2304 rows ran 1.09x (float32) and 1.12x (int8) faster
+        than three of 768 at 128 tokens, 1.24x and 1.58x at 8 tokens."""
         if self._qkv is None:
             return None
-        plans = [lin.plan(n) for lin in (self.query, self.key, self.value)]
-        if any(plan.method != "sparse" for plan in plans):
-            return None
-        return self._qkv + (plans[0].config,)
+        stacked, bias, plans = self._qkv
+        if n not in plans:
+            own = [lin.plan(n) for lin in (self.query, self.key, self.value)]
+            plan = None
+            if all(p.method == "sparse" for p in own):
+                plan = own[0] if own[0].source != "default heuristic" else dataclasses.replace(
+                    own[0], config=default_config(stacked, n, self.query.threads))
+            plans[n] = plan
+        return None if plans[n] is None else (stacked, bias, plans[n])
 
     def linears(self):
         return [(name, getattr(self, name)) for name, _ in _LINEARS]
@@ -215,9 +222,8 @@ class EncoderLayer:
             x = ws.hidden if block is None else quantize_activations(ws.hidden, block, threads=threads)
         fused = self.fused_qkv(n)
         if fused is not None:
-            A, bias, config = fused
-            spmm(A, x, config, out=ws.qkv, bias=bias)
-            plan = self.query.plan(n)
+            A, bias, plan = fused
+            spmm(A, x, plan.config, out=ws.qkv, bias=bias)
             for lin in (self.query, self.key, self.value):
                 lin.ran(plan)
             timer.lap("sparse GEMMs")
@@ -516,7 +522,7 @@ class BertEncoder:
                 plan = lin.plan(tokens)
                 note = plan.note
                 if fused is not None and name in ("query", "key", "value"):
-                    note = "; ".join(filter(None, [note, f"Q, K and V in one call with the config {fused[2]}"]))
+                    note = "; ".join(filter(None, [note, f"Q, K and V in one call with the config {fused[2].kernel}"]))
                 rows.append({"layer": i, "linear": name, "M": lin.out_features, "K": lin.in_features,
                              "N": tokens, "block": "%dx%d" % lin.block, "sparsity": round(lin.sparsity, 4),
                              "method": plan.method, "kernel": plan.kernel, "source": plan.source,
