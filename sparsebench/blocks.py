@@ -31,6 +31,19 @@ def check_block(block, supported=SUPPORTED_BLOCKS, refusal="unsupported block sh
     return br, bc
 
 
+def check_stackable(parts):
+    """Matrices that stack by rows: at least one, the same block and number of columns, every one
+    but the last a whole number of block rows (ValueError saying which rule fails)."""
+    if not parts:
+        raise ValueError("vstack needs at least one matrix")
+    first = parts[0]
+    if any(p.block != first.block or p.shape[1] != first.shape[1] for p in parts):
+        raise ValueError("vstack needs matrices with the same block shape and number of columns")
+    if any(p.shape[0] % first.block[0] for p in parts[:-1]):
+        raise ValueError(f"vstack needs every matrix but the last to have whole block rows "
+                         f"({first.block[0]} rows)")
+
+
 class BlockGrid:
     """What a block-sparse matrix with `shape`, `block` and `nnz_blocks` says of its block grid."""
 

@@ -2,7 +2,7 @@
 import numpy as np
 
 from ._buildinfo import BUILD
-from .blocks import BlockGrid, check_block, padded_blocks
+from .blocks import BlockGrid, check_block, check_stackable, padded_blocks
 
 PREFETCH_PAD = BUILD["prefetch_pad"]
 
@@ -88,28 +88,24 @@ class BSRMatrix(BlockGrid):
         """The matrices `parts` (the same K and block; every M but the last a whole number of
         block rows) stacked by rows into one: each output row computes what it did in its part,
         from the same blocks in the same order."""
+        check_stackable(parts)
         first = parts[0]
-        br = first.block[0]
-        if any(p.block != first.block or p.shape[1] != first.shape[1] for p in parts):
-            raise ValueError("vstack needs matrices with the same block shape and number of columns")
-        if any(p.shape[0] % br for p in parts[:-1]):
-            raise ValueError(f"vstack needs every matrix but the last to have whole block rows ({br} rows)")
         offsets = np.cumsum([0] + [p.nnz_blocks for p in parts[:-1]])
         indptr = np.concatenate([[0]] + [p.indptr[1:] + o for p, o in zip(parts, offsets)])
         return cls(np.concatenate([p.data for p in parts]), np.concatenate([p.indices for p in parts]),
                    indptr, (sum(p.shape[0] for p in parts), first.shape[1]))
 
     def block_rows(self, i0, i1):
-        """Block rows i0..i1 as a BSRMatrix that shares this one's blocks and indices (no copy)."""
+        """Block rows [i0, i1) as a BSRMatrix that shares this one's blocks and indices (no copy)."""
         br, bc = self._block
         M, K = self._shape
         if not 0 <= i0 <= i1 <= self._indptr.shape[0] - 1:
             raise ValueError(f"block rows {i0}..{i1} are outside 0..{self._indptr.shape[0] - 1}")
         b0, b1 = int(self._indptr[i0]), int(self._indptr[i1])
-        view = object.__new__(BSRMatrix)
+        view = object.__new__(type(self))
         init = object.__setattr__
         indptr = _frozen((self._indptr[i0:i1 + 1] - b0).astype(np.int32))
-        init(view, "_shape", (min(i1 * br, M) - i0 * br, K))
+        init(view, "_shape", (min(i1 * br, M) - min(i0 * br, M), K))
         init(view, "_block", self._block)
         init(view, "_data", self._data[b0:b1])
         init(view, "_indices_padded", self._indices_padded[b0:])     # PREFETCH_PAD entries past b1 at least

@@ -14,7 +14,7 @@ import numpy as np
 
 from ._buildinfo import BUILD
 from .arrays import operand
-from .blocks import BlockGrid, check_block, padded_blocks
+from .blocks import BlockGrid, check_block, check_stackable, padded_blocks
 from .bsr import PREFETCH_PAD, _frozen, task_bounds
 from .cpu import best_isa, default_threads, encoder_module, kernel_module
 
@@ -127,18 +127,14 @@ class QuantizedBSRMatrix(BlockGrid):
         """The matrices `parts` (the same K and block; every M but the last a whole number of
         block rows) stacked by rows into one, with the same s8 weights and row scales: each output
         row computes what it did in its part."""
+        check_stackable(parts)
         first = parts[0]
-        if any(p.block != first.block or p.shape[1] != first.shape[1] for p in parts):
-            raise ValueError("vstack needs matrices with the same block shape and number of columns")
-        if any(p.shape[0] % first.block[0] for p in parts[:-1]):
-            raise ValueError(f"vstack needs every matrix but the last to have whole block rows "
-                             f"({first.block[0]} rows)")
         return cls(np.vstack([p.to_int8() for p in parts]), np.concatenate([p.scales for p in parts]),
                    first.block)
 
     def block_rows(self, i0, i1):
-        """Block rows i0..i1 as a QuantizedBSRMatrix that shares this one's groups, indices, zero-point
-        corrections and scales (no copy)."""
+        """Block rows [i0, i1) as a QuantizedBSRMatrix that shares this one's groups, indices,
+        zero-point corrections and scales (no copy)."""
         br, bc = self._block
         M, K = self._shape
         if not 0 <= i0 <= i1 <= self._gptr.shape[0] - 1:
@@ -146,9 +142,9 @@ class QuantizedBSRMatrix(BlockGrid):
         members = 1 if bc == 4 else 4
         g0, g1 = int(self._gptr[i0]), int(self._gptr[i1])
         data = self._data[g0:g1]
-        view = object.__new__(QuantizedBSRMatrix)
+        view = object.__new__(type(self))
         init = object.__setattr__
-        init(view, "_shape", (min(i1 * br, M) - i0 * br, K))
+        init(view, "_shape", (min(i1 * br, M) - min(i0 * br, M), K))
         init(view, "_block", self._block)
         init(view, "_data", data)
         init(view, "_indices_padded", self._indices_padded[g0 * members:])   # PREFETCH_PAD groups past g1 at least

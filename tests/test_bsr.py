@@ -203,10 +203,14 @@ def test_vstack_and_block_rows_compute_each_part_as_it_was(block):
         assert np.array_equal(Y[r:r + A.shape[0]], sb.spmm(A, X))
         r, i = r + A.shape[0], i + rows
     assert stacked.block_rows(2, 2).shape == (0, 70)
+    end = stacked.indptr.shape[0] - 1                    # past a partial last block row: empty
+    assert stacked.block_rows(end, end).shape == (0, 70) and stacked.block_rows(end, end).nnz_blocks == 0
 
 
 def test_vstack_and_block_rows_refuse_what_does_not_fit():
     a, b = random_pruned(6, 8, (4, 1), 0.5)[1], random_pruned(8, 8, (4, 1), 0.5)[1]
+    with pytest.raises(ValueError, match="at least one matrix"):
+        sb.BSRMatrix.vstack([])
     with pytest.raises(ValueError, match="whole block rows"):
         sb.BSRMatrix.vstack([a, b])                 # 6 rows are not whole 4x1 block rows
     with pytest.raises(ValueError, match="same block shape and number of columns"):

@@ -471,6 +471,8 @@ def test_vstack_and_block_rows_compute_each_part_as_it_was(block):
             assert np.array_equal(sb.spmm(view, Xq, cfg), sb.spmm(A, Xq, cfg)), str(cfg)
         assert np.array_equal(Y[r:r + A.shape[0]], sb.spmm(A, Xq))
         r, i = r + A.shape[0], i + rows
+    end = stacked._gptr.shape[0] - 1                # past a partial last block row: empty
+    assert stacked.block_rows(end, end).shape == (0, 70) and stacked.block_rows(end, end).nnz_blocks == 0
     if br > 1:                                      # the part with a partial block row first
         with pytest.raises(ValueError, match="whole block rows"):
             sb.QuantizedBSRMatrix.vstack(parts[::-1])

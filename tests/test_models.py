@@ -333,29 +333,47 @@ def _unfused(enc):
     return other
 
 
-@pytest.mark.parametrize("dtype", ["float32", "int8"])
-def test_q_k_and_v_run_as_one_call_with_the_same_bits(dtype):
+@pytest.mark.parametrize("dtype, block", [("float32", (4, 1)), ("float32", (1, 4)), ("int8", (4, 1)), ("int8", (4, 4))])
+def test_q_k_and_v_run_as_one_call_with_the_same_bits(dtype, block, monkeypatch):
     """Q, K and V stacked into one matrix (theirs are views of its rows: no copy of the weights)
-    give the encoder's output bit for bit as three calls do; a pickled layer stacks them again."""
+    run as one call per layer and give the encoder's output bit for bit as three calls do; a
+    pickled layer stacks them again."""
     if dtype == "int8" and not sb.cpu.available_isas("int8"):
         pytest.skip("this CPU (or build) has no AVX512-VNNI kernels")
-    enc = BertEncoder.random(TINY, sparsity=0.7, block=(4, 1), dtype=dtype)
+    enc = BertEncoder.random(TINY, sparsity=0.7, block=block, dtype=dtype)
     ids, mask, _ = padded_batch(enc.config)
     layer = enc.layers[0]
     stacked, bias, plan = layer.fused_qkv(ids.size)
-    config = plan.config
     assert stacked.shape == (3 * TINY.hidden, TINY.hidden) and bias.shape == (3 * TINY.hidden,)
-    # the default heuristic's config for the stacked matrix: the same tile as query's
-    assert config == sb.default_config(stacked, ids.size, enc.threads)
-    assert config.n_tile == layer.query.plan(ids.size).config.n_tile
+    # the default heuristic's config for the stacked matrix (its threads count the whole work)
+    assert plan.config == sb.default_config(stacked, ids.size, enc.threads)
     for lin in (layer.query, layer.key, layer.value):
-        assert np.shares_memory(lin.A._data, stacked._data)
-    assert any("Q, K and V in one call" in r["note"] for r in enc.kernel_report(ids.size))
+        assert np.shares_memory(lin.A._data, stacked._data) and np.shares_memory(lin.bias, bias)
+    report = enc.kernel_report(ids.size)
+    assert {r["kernel"] for r in report if r["linear"] in ("query", "key", "value")} == {plan.kernel}
+    assert all("Q, K and V in one call" in r["note"] for r in report if r["linear"] == "key")
+    calls = []
+    real_spmm = bert_module.spmm
+    monkeypatch.setattr(bert_module, "spmm", lambda A, *a, **k: calls.append(A.shape) or real_spmm(A, *a, **k))
     y = enc(ids, mask)
-    assert layer.key.kernel == str(config)                      # what the one call ran
+    assert calls == [(3 * TINY.hidden, TINY.hidden)] * TINY.layers            # one call per layer
+    assert layer.key.kernel == plan.kernel                                   # what the one call ran
     assert np.array_equal(y, _unfused(enc)(ids, mask))
     again = pickle.loads(pickle.dumps(layer))
     assert again.fused_qkv(ids.size) is not None and np.shares_memory(again.query.A._data, again._qkv[0]._data)
+
+
+def test_a_replaced_layer_is_stacked_again():
+    enc = BertEncoder.random(TINY, sparsity=0.5, block=(4, 1))
+    ids, mask, _ = padded_batch(enc.config)
+    y = enc(ids, mask)
+    layer = enc.layers[1]
+    old = layer._qkv[0]
+    W, b = layer.key.dense_weight()
+    layer.key = SparseLinear(-W, b, block=(4, 1), name="key")                 # other weights
+    assert layer.fused_qkv(ids.size)[0] is not old
+    assert np.array_equal(layer.key.A.to_dense(), -W)
+    assert np.array_equal(enc(ids, mask), _unfused(enc)(ids, mask)) and not np.array_equal(enc(ids, mask), y)
 
 
 def test_q_k_and_v_stay_three_calls_where_they_cannot_stack():
@@ -366,6 +384,11 @@ def test_q_k_and_v_stay_three_calls_where_they_cannot_stack():
     mixed = bert_module.EncoderLayer(**{**dict(layer.linears()), "key": SparseLinear(
         layer.key.dense_weight()[0], block=(1, 4), name="key")}, ln1=layer.ln1, ln2=layer.ln2, eps=layer.eps)
     assert mixed.fused_qkv(10) is None                                # blocks differ
+    odd = BertConfig("odd", layers=1, hidden=50, heads=5, intermediate=96, vocab_size=100, max_positions=64)
+    enc = BertEncoder.random(odd, sparsity=0.5, block=(4, 1))          # 50 rows: not whole 4x1 block rows
+    assert enc.layers[0].fused_qkv(10) is None
+    ids, mask, _ = padded_batch(odd)
+    assert np.isfinite(enc(ids, mask)).all()
 
 
 # -- bad input ----------------------------------------------------------------------------------

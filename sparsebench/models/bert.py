@@ -150,12 +150,17 @@ class EncoderLayer:
     ln1: tuple                  # (gamma, beta), each (hidden,) float32
     ln2: tuple
     eps: float                  # of both LayerNorms
-    #: (matrix, bias) of query, key and value stacked by rows, whose own matrices are then views of
-    #: its rows (no copy of the weights); None where they cannot stack (see fused_qkv)
+    #: Q, K and V stacked by rows, their layers computing on views of its rows (see _stack_qkv):
+    #: (matrix, bias, {n: KernelPlan or None}, the three SparseLinears, their matrices), or None
     _qkv: tuple = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         self._stack_qkv()
+
+    def __copy__(self):
+        other = object.__new__(type(self))
+        other.__dict__.update(self.__dict__)     # the same layers on the same stack
+        return other
 
     def __getstate__(self):
         return {**self.__dict__, "_qkv": None}
@@ -165,41 +170,49 @@ class EncoderLayer:
         self._stack_qkv()
 
     def _stack_qkv(self):
-        """Stack query, key and value into one matrix (and bias), and make theirs views of it, when
-        they run the same kind of kernels on the same block (the stacked matrix is then one call)."""
+        """Stack the matrices and biases of query, key and value by rows, and have the three layers
+        compute on views of them (no copy of the weights), where they run the same kind of
+        kernels on the same block (else _qkv is None)."""
+        self._qkv = None
         lins = (self.query, self.key, self.value)
-        A = [lin.A for lin in lins]
-        br = A[0].block[0]
-        if not (all(type(a) is type(A[0]) and a.block == A[0].block and a.shape[1] == A[0].shape[1] for a in A)
-                and all(lin.activation is None and lin._config not in ("dense", "numpy") for lin in lins)
-                and all(a.shape[0] % br == 0 for a in A[:2])):
-            self._qkv = None
+        if not all(type(lin.A) is type(self.query.A) and lin.activation is None
+                   and lin._config not in ("dense", "numpy") for lin in lins):
             return
-        stacked = type(A[0]).vstack(A)
+        try:
+            stacked = type(self.query.A).vstack([lin.A for lin in lins])
+        except ValueError:                      # other blocks, K, or rows not whole blocks
+            return
         bias = None if all(lin.bias is None for lin in lins) else np.concatenate(
             [np.zeros(lin.out_features, np.float32) if lin.bias is None else lin.bias for lin in lins])
-        i = 0
+        br, i, r = stacked.block[0], 0, 0
         for lin in lins:
             rows = -(-lin.out_features // br)
-            lin.A = stacked.block_rows(i, i + rows)
-            i += rows
-        self._qkv = (stacked, bias, {})
+            lin.share(stacked.block_rows(i, i + rows), None if lin.bias is None else bias[r:r + lin.out_features])
+            i, r = i + rows, r + lin.out_features
+        self._qkv = (stacked, bias, {}, lins, tuple(lin.A for lin in lins))
 
     def fused_qkv(self, n):
         """(stacked matrix, stacked bias, KernelPlan) to compute Q, K and V for n tokens in one
-        kernel call when all three run the sparse kernels for n tokens, else None (chosen once per
-        n). The plan is query's (tuned or given), or the default heuristic's for the stacked
-        matrix (whose threads count its whole work). BERT-Base, 90% 4x1, 2 threads, side by
-        side in one process: one call of 2304 rows ran 1.09x (float32) and 1.12x (int8) faster
-        than three of 768 at 128 tokens, 1.24x and 1.58x at 8 tokens."""
+        kernel call, or None (chosen once per n): when all three run the sparse kernels for n
+        tokens with the same compiled variant (ISA and N-tile: then the same bits as three
+        calls). The plan is query's (tuned or given), or the default heuristic's for the stacked
+        matrix (whose threads count its whole work). Stacked again if a layer or its matrix was
+        replaced. BERT-Base, 90% 4x1, 2 threads, side by side in one process: one call of 2304
+        rows ran 1.09x (float32) and 1.12x (int8) faster than three of 768 at 128 tokens, 1.24x
+        and 1.58x at 8 tokens."""
+        lins = (self.query, self.key, self.value)
+        if self._qkv is not None and (any(a is not b for a, b in zip(lins, self._qkv[3]))
+                                      or any(lin.A is not A for lin, A in zip(lins, self._qkv[4]))):
+            self._stack_qkv()
         if self._qkv is None:
             return None
-        stacked, bias, plans = self._qkv
+        stacked, bias, plans = self._qkv[:3]
         if n not in plans:
-            own = [lin.plan(n) for lin in (self.query, self.key, self.value)]
+            own = [lin.plan(n) for lin in lins]
             plan = None
-            if all(p.method == "sparse" for p in own):
-                plan = own[0] if own[0].source != "default heuristic" else dataclasses.replace(
+            if all(p.method == "sparse" and (p.config.isa, p.config.n_tile) == (own[0].config.isa, own[0].config.n_tile)
+                   for p in own):
+                plan = own[0] if not own[0].is_default else dataclasses.replace(
                     own[0], config=default_config(stacked, n, self.query.threads))
             plans[n] = plan
         return None if plans[n] is None else (stacked, bias, plans[n])
@@ -522,7 +535,7 @@ class BertEncoder:
                 plan = lin.plan(tokens)
                 note = plan.note
                 if fused is not None and name in ("query", "key", "value"):
-                    note = "; ".join(filter(None, [note, f"Q, K and V in one call with the config {fused[2].kernel}"]))
+                    plan, note = fused[2], "; ".join(filter(None, [note, "Q, K and V in one call"]))
                 rows.append({"layer": i, "linear": name, "M": lin.out_features, "K": lin.in_features,
                              "N": tokens, "block": "%dx%d" % lin.block, "sparsity": round(lin.sparsity, 4),
                              "method": plan.method, "kernel": plan.kernel, "source": plan.source,

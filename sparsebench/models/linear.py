@@ -21,6 +21,8 @@ from .config import ModelError
 from .parallel import blas_threads
 
 ACTIVATIONS = (None, "gelu")
+#: KernelPlan.source of a plan the default heuristic chose (no tuned or given config)
+DEFAULT_SOURCE = "default heuristic"
 
 
 def gelu_(x, threads=1):
@@ -43,6 +45,11 @@ class KernelPlan:
     def kernel(self):
         """The config string, "dense" or "numpy"."""
         return str(self.config) if self.method == "sparse" else self.method
+
+    @property
+    def is_default(self):
+        """Chosen by the default heuristic (no tuned or given config)."""
+        return self.source == DEFAULT_SOURCE
 
 
 class SparseLinear:
@@ -130,12 +137,12 @@ class SparseLinear:
             return KernelPlan(self._config, None, "given")
         heuristic = default_config(self.A, n, self.threads, layout)
         if self.tuned is None:
-            return KernelPlan("sparse", heuristic, "default heuristic", "no tuned file")
+            return KernelPlan("sparse", heuristic, DEFAULT_SOURCE, "no tuned file")
         M, K = self.A.shape
         entry = self.tuned.lookup(M, K, n, self.sparsity, self.block, dtype=self.dtype, threads=self.threads,
                                   layout=layout)
         if entry.method == "sparse" and entry.config is None:
-            return KernelPlan("sparse", heuristic, "default heuristic", entry.note)
+            return KernelPlan("sparse", heuristic, DEFAULT_SOURCE, entry.note)
         source = ("tuned (nearest)" if not entry.exact else "tuned" if entry.layout == layout
                   else f"tuned ({entry.layout}-major)")
         if entry.method == "dense":
@@ -143,7 +150,7 @@ class SparseLinear:
         try:
             check_config(entry.config, self.A)
         except (ConfigError, TypeError) as e:
-            return KernelPlan("sparse", heuristic, "default heuristic",
+            return KernelPlan("sparse", heuristic, DEFAULT_SOURCE,
                               f"tuned config {entry.config} unusable: {e}")
         return KernelPlan("sparse", entry.config, source, entry.note)
 
@@ -187,6 +194,13 @@ class SparseLinear:
         out = spmm(A, X, plan.config, out=out, bias=self.bias, activation=self.activation, layout="tokens")
         self._last = plan
         return out
+
+    def share(self, A, bias):
+        """Compute with `A` and `bias` from now on: the same values, in arrays shared with other
+        layers (views of the rows of a stacked matrix and bias)."""
+        self.A = A
+        self.bias = bias
+        self._bias_column = None if bias is None else bias[:, None]
 
     def ran(self, plan):
         """Record `plan` as what the last call ran: a call made for this layer together with others
