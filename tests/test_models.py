@@ -374,6 +374,10 @@ def test_a_replaced_layer_is_stacked_again():
     assert layer.fused_qkv(ids.size)[0] is not old
     assert np.array_equal(layer.key.A.to_dense(), -W)
     assert np.array_equal(enc(ids, mask), _unfused(enc)(ids, mask)) and not np.array_equal(enc(ids, mask), y)
+    # a layer sharing these linears stacks them again: this one then runs three calls, no ping-pong
+    other = bert_module.EncoderLayer(**dict(layer.linears()), ln1=layer.ln1, ln2=layer.ln2, eps=layer.eps)
+    assert layer.fused_qkv(ids.size) is None and other.fused_qkv(ids.size) is not None
+    assert layer.fused_qkv(ids.size) is None and np.array_equal(enc(ids, mask), _unfused(enc)(ids, mask))
 
 
 def test_q_k_and_v_stay_three_calls_where_they_cannot_stack():

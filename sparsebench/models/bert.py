@@ -196,14 +196,17 @@ class EncoderLayer:
         kernel call, or None (chosen once per n): when all three run the sparse kernels for n
         tokens with the same compiled variant (ISA and N-tile: then the same bits as three
         calls). The plan is query's (tuned or given), or the default heuristic's for the stacked
-        matrix (whose threads count its whole work). Stacked again if a layer or its matrix was
-        replaced. BERT-Base, 90% 4x1, 2 threads, side by side in one process: one call of 2304
+        matrix (whose threads count its whole work). Stacked again if a layer was replaced; three
+        calls if their matrices were. BERT-Base, 90% 4x1, 2 threads, side by side in one process: one call of 2304
         rows ran 1.09x (float32) and 1.12x (int8) faster than three of 768 at 128 tokens, 1.24x
         and 1.58x at 8 tokens."""
         lins = (self.query, self.key, self.value)
-        if self._qkv is not None and (any(a is not b for a, b in zip(lins, self._qkv[3]))
-                                      or any(lin.A is not A for lin, A in zip(lins, self._qkv[4]))):
-            self._stack_qkv()
+        if self._qkv is not None and any(a is not b for a, b in zip(lins, self._qkv[3])):
+            self._stack_qkv()                   # a layer was replaced
+        elif self._qkv is not None and any(lin.A is not A for lin, A in zip(lins, self._qkv[4])):
+            # their matrices were replaced, or stacked again by another layer that shares them
+            # (restacking here would take turns with it): three calls from now on
+            self._qkv = None
         if self._qkv is None:
             return None
         stacked, bias, plans = self._qkv[:3]
