@@ -171,12 +171,11 @@ class EncoderLayer:
 
     def _stack_qkv(self):
         """Stack the matrices and biases of query, key and value by rows, and have the three layers
-        compute on views of them (no copy of the weights), where they run the same kind of
-        kernels on the same block (else _qkv is None)."""
+        compute on views of them (no copy of the weights), where they are of one dtype, block and
+        K with no activation (else _qkv is None)."""
         self._qkv = None
         lins = (self.query, self.key, self.value)
-        if not all(type(lin.A) is type(self.query.A) and lin.activation is None
-                   and lin._config not in ("dense", "numpy") for lin in lins):
+        if not all(type(lin.A) is type(self.query.A) and lin.activation is None for lin in lins):
             return
         try:
             stacked = type(self.query.A).vstack([lin.A for lin in lins])
@@ -197,9 +196,9 @@ class EncoderLayer:
         tokens with the same compiled variant (ISA and N-tile: then the same bits as three
         calls). The plan is query's (tuned or given), or the default heuristic's for the stacked
         matrix (whose threads count its whole work). Stacked again if a layer was replaced; three
-        calls if their matrices were. BERT-Base, 90% 4x1, 2 threads, side by side in one process: one call of 2304
-        rows ran 1.09x (float32) and 1.12x (int8) faster than three of 768 at 128 tokens, 1.24x
-        and 1.58x at 8 tokens."""
+        calls if their matrices were. BERT-Base, 90% 4x1, 2 threads, side by side in one process:
+        one call of 2304 rows ran 1.09x (float32) and 1.12x (int8) faster than three of 768 at
+        128 tokens, 1.24x and 1.58x at 8 tokens."""
         lins = (self.query, self.key, self.value)
         if self._qkv is not None and any(a is not b for a, b in zip(lins, self._qkv[3])):
             self._stack_qkv()                   # a layer was replaced
@@ -213,8 +212,8 @@ class EncoderLayer:
         if n not in plans:
             own = [lin.plan(n) for lin in lins]
             plan = None
-            if all(p.method == "sparse" and (p.config.isa, p.config.n_tile) == (own[0].config.isa, own[0].config.n_tile)
-                   for p in own):
+            variant = lambda p: (p.config.isa, p.config.n_tile)      # noqa: E731
+            if all(p.method == "sparse" for p in own) and len({variant(p) for p in own}) == 1:
                 plan = own[0] if not own[0].is_default else dataclasses.replace(
                     own[0], config=default_config(stacked, n, self.query.threads))
             plans[n] = plan
