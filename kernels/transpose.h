@@ -9,6 +9,7 @@
 #define SPARSEBENCH_TRANSPOSE_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <string.h>
 #include "simd.h"
 #include "pool.h"
@@ -94,28 +95,6 @@ static void sb_transpose_rows(const float *src, ptrdiff_t lds, float *dst, ptrdi
         for (c = 0; c < cols; c++) dst[(ptrdiff_t)c * ldd + r] = src[r * lds + c];
 }
 
-/* dst[c][r] = src[r][c] for r < rows, c < cols, in blocks of 16 source columns: the 8x8 tiles
- * of a block read each source row's 64 bytes together and fill the block's destination rows
- * before the next block. Both sides can be rows a multiple of 4 KiB apart (a panel of token-major
- * X, token rows of Yt), which share a few cache sets: a line half read or half written would be
- * evicted before the loop came back to it. A panel task's tokens of X; a group of Y's register
- * tiles stored token-major. */
-static inline void sb_transpose_block(const float *src, ptrdiff_t lds, float *dst, ptrdiff_t ldd, int rows,
-                                      int cols) {
-    int c = 0;
-#if SB_TR_TILE
-    int whole = rows - rows % SB_TR_TILE;
-    for (; c + 2 * SB_TR_TILE <= cols; c += 2 * SB_TR_TILE)
-        for (int r = 0; r < whole; r += SB_TR_TILE) {
-            sb_transpose8x8(src + r * lds + c, lds, dst + (ptrdiff_t)c * ldd + r, ldd);
-            sb_transpose8x8(src + r * lds + c + SB_TR_TILE, lds, dst + (ptrdiff_t)(c + SB_TR_TILE) * ldd + r, ldd);
-        }
-    if (whole < rows && c > 0)          /* the last rows of the blocks done */
-        sb_transpose_rows(src, lds, dst, ldd, whole, rows, c);
-#endif
-    if (c < cols) sb_transpose_rows(src + c, lds, dst + (ptrdiff_t)c * ldd, ldd, 0, rows, cols - c);
-}
-
 #if defined(__AVX512F__)
 /* dst rows 0..15 (16 floats each) = the 16x16 block of src, transposed in registers */
 static inline void sb_transpose16x16(const float *s, ptrdiff_t lds, float *d, ptrdiff_t ldd) {
@@ -141,6 +120,43 @@ static inline void sb_transpose16x16(const float *s, ptrdiff_t lds, float *d, pt
     }
 }
 #endif
+
+/* dst[c][r] = src[r][c] for r < rows, c < cols. Every load and store takes a source or
+ * destination row's 64 bytes at once: both sides can be rows a multiple of 4 KiB apart (a panel
+ * of token-major X, token rows of Yt), which share a few cache sets, and a line half read or half
+ * written would be evicted before the loop came back to it. On AVX-512, 16x16 blocks in
+ * registers, 16 source rows at a time, each read from start to end (a stream the prefetchers
+ * follow); otherwise blocks of 16 source columns, two 8x8 tiles each. A panel task's tokens of X;
+ * a group of Y's register tiles stored token-major. */
+static inline void sb_transpose_block(const float *src, ptrdiff_t lds, float *dst, ptrdiff_t ldd, int rows,
+                                      int cols) {
+    int c = 0;
+#if defined(__AVX512F__)
+    /* rows a whole number of lines apart (a numpy array's start is often 16 bytes past a line):
+     * the columns up to the first line boundary go first, so that every 16x16 load is one line */
+    int lead = lds % 16 ? 0 : (int)((-(uintptr_t)src & 63) / sizeof(float));
+    if (rows >= 16 && cols >= lead + 16) {
+        int r = 0, c1 = cols - (cols - lead) % 16;
+        if (lead) sb_transpose_rows(src, lds, dst, ldd, 0, rows, lead);
+        for (; r + 16 <= rows; r += 16)
+            for (c = lead; c < c1; c += 16)
+                sb_transpose16x16(src + r * lds + c, lds, dst + (ptrdiff_t)c * ldd + r, ldd);
+        if (r < rows) sb_transpose_rows(src + lead, lds, dst + (ptrdiff_t)lead * ldd, ldd, r, rows, c1 - lead);
+        c = c1;
+    }
+#elif SB_TR_TILE
+    int whole = rows - rows % SB_TR_TILE;
+    for (; c + 2 * SB_TR_TILE <= cols; c += 2 * SB_TR_TILE)
+        for (int r = 0; r < whole; r += SB_TR_TILE) {
+            sb_transpose8x8(src + r * lds + c, lds, dst + (ptrdiff_t)c * ldd + r, ldd);
+            sb_transpose8x8(src + r * lds + c + SB_TR_TILE, lds, dst + (ptrdiff_t)(c + SB_TR_TILE) * ldd + r, ldd);
+        }
+    if (whole < rows && c > 0)          /* the last rows of the blocks done */
+        sb_transpose_rows(src, lds, dst, ldd, whole, rows, c);
+#endif
+    if (c < cols) sb_transpose_rows(src + c, lds, dst + (ptrdiff_t)c * ldd, ldd, 0, rows, cols - c);
+}
+
 
 /* A scratch tile of register tiles (rows outputs x cols tokens) into token-major Y: with 16
  * rows (a cache line of each token's row), 16x16 blocks in registers, one store a token line;

@@ -26,6 +26,19 @@ def test_transpose_every_isa_with_edges_and_strides(isa, rows, cols):
     assert np.isnan(big).sum() == big.size - rows * cols          # nothing written outside dst
 
 
+@pytest.mark.parametrize("isa", cpu.available_isas())
+@settings(max_examples=60, deadline=None)
+@given(rows=st.integers(1, 70), cols=st.integers(1, 90), offset=st.integers(0, 15), lines=st.integers(0, 2))
+def test_transpose_of_rows_whole_lines_apart_from_any_start(isa, rows, cols, offset, lines):
+    """Rows a multiple of 16 floats apart, from any float of a line (numpy's start is 16 bytes
+    into one): the columns before the first line boundary go their own way."""
+    width = 16 * ((offset + cols + 15) // 16 + lines)
+    src = random_x(rows, width)[:, offset:offset + cols]
+    dst = np.full((cols, rows), np.nan, np.float32)
+    cpu.kernel_module(isa).transpose(src, dst, 2)
+    assert np.array_equal(dst, src.T)
+
+
 def test_transpose_refuses_bad_arguments():
     t = cpu.kernel_module(cpu.best_isa()).transpose
     a = np.zeros((4, 6), np.float32)
