@@ -278,8 +278,8 @@ def test_sparsify_keeps_layers_dense_where_tuning_says_so(tmp_path, monkeypatch)
 
 @needs_torch
 def test_sparsify_summary_names_the_kernels_that_run_in_each_layout(monkeypatch):
-    """A fused layer's linear layers run feature-major (our encoder's layer body), an unfused
-    SparseLinear token-major: the summary shows each one's tuned config."""
+    """A fused layer's linear layers run feature-major (our encoder's layer body), its Q, K and V
+    in one call, an unfused SparseLinear token-major: the summary shows the config each one runs."""
     from sparsebench.tune.apply import TunedConfigs
     monkeypatch.setenv("SPARSEBENCH_NUM_THREADS", "2")
     features = sb.KernelConfig((4, 1), cpu.best_isa(), 16, prefetch=0, threads=2)
@@ -296,6 +296,10 @@ def test_sparsify_summary_names_the_kernels_that_run_in_each_layout(monkeypatch)
         rows = {r.name: r for r in summary}
         assert rows[query].kernel == f"N=16: {expected}"
         assert rows["pooler.dense"].kernel == f"N=16: {tokens}"          # never inside a fused layer
+        for name in ("query", "key", "value", "output.dense"):
+            row = rows[f"encoder.layer.1.attention.{'self.' * (name != 'output.dense')}{name}"]
+            assert row.kernel == f"N=16: {expected}"
+            assert ("Q, K and V in one call" in row.note) == (fuse and name != "output.dense")
 
 
 # -- Hugging Face -------------------------------------------------------------------------------------------
