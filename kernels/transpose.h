@@ -1,8 +1,8 @@
 /* dst = src^T on the kernels' pool: the token-major entry of spmm (PyTorch's activations are
- * tokens x features; the kernels compute features x tokens); and dst = src, staging X. 8x8 tiles
- * go through registers (AVX2 shuffles, also on AVX-512 builds), then 4x4 tiles (SSE); the edges
- * and non-x86 builds go element by element. The kernels' scratch tiles of 16 outputs go into
- * token-major Y as 16x16 blocks on AVX-512 (sb_store_tokens).
+ * tokens x features; the kernels compute features x tokens); and dst = src, staging X. 16x16
+ * blocks go through registers on AVX-512, 8x8 tiles on AVX2 (and at the edges of AVX-512's),
+ * then 4x4 tiles (SSE); the rest and non-x86 builds go element by element. The kernels' scratch
+ * tiles of 16 outputs go into token-major Y as 16x16 blocks on AVX-512 (sb_store_tokens).
  * Each task takes a stripe of SB_TR_STRIPE source rows, so both sides stream through the cache.
  */
 #ifndef SPARSEBENCH_TRANSPOSE_H
