@@ -4,11 +4,13 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 import sparsebench as sb
 
 NUMPY_FIRST = """
 import numpy as np
+import pytest
 a = np.arange(90000, dtype=np.float32).reshape(300, 300) / 1e4
 before = a @ a
 import sparsebench as sb
@@ -48,3 +50,39 @@ def test_single_row_blocks_on_a_numpy_x_match_the_reference():
         A = sb.BSRMatrix.from_dense(W, block)
         ref = W.astype(np.float64) @ X
         assert np.abs(sb.spmm(A, X) - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+class _ScriptedMonitor:
+    """PeakMonitor.around with the probes' verdicts given in advance, one per process."""
+
+    def __init__(self, slow):
+        self.slow = list(slow)
+
+    def around(self, label, measure):
+        return measure(), self.slow.pop(0)
+
+
+def _scripted_run(times):
+    """run_process stand-in: each call returns the next lab or plain time of the one case."""
+    times = {kind: list(t) for kind, t in times.items()}
+    return lambda kind, threads, torch_model: {"case": times[kind].pop(0)}
+
+
+def test_plain_benchmark_measures_degraded_rounds_again_and_leaves_them_out():
+    from sparsebench.bench import plain
+    # round 1's plain process ran while a probe was slow (ratio 5): set aside, measured again
+    run = _scripted_run({"lab": [1.0, 1.0, 1.0], "plain": [5.0, 1.1, 1.3]})
+    rows = plain.compare(2, 2, log=lambda line: None, monitor=_ScriptedMonitor([False, True, False, False,
+                                                                                False, False]), run=run)
+    (row,) = rows
+    assert (row["rounds"], row["degraded_rounds"], row["clean"]) == (2, 1, True)
+    assert (row["low"], row["high"]) == pytest.approx((1.1, 1.3))
+
+
+def test_plain_benchmark_with_no_clean_round_says_so():
+    from sparsebench.bench import plain
+    attempts = 2 * (1 + plain.RETRIES)
+    run = _scripted_run({"lab": [1.0] * attempts, "plain": [2.0] * attempts})
+    (row,) = plain.compare(2, 2, log=lambda line: None, monitor=_ScriptedMonitor([True] * (2 * attempts)), run=run)
+    assert (row["rounds"], row["degraded_rounds"], row["clean"]) == (attempts, attempts, False)
+    assert row["plain_over_lab"] == 2.0

@@ -6,7 +6,9 @@ A "plain" process is what a user writes: numpy imported before sparsebench, X an
 with numpy, each spmm call right after a numpy matmul. A "lab" process imports sparsebench first
 (so OpenBLAS's idle threads stop spinning at once), puts X on huge pages (sparsebench.empty)
 and alternates with the same numpy matmul. Rounds alternate the two kinds of process; the
-result per case is plain time / lab time, the median over rounds with its range.
+result per case is plain time / lab time, the median over rounds with its range. A peak probe
+runs before and after each process; a round in which one ran degraded (this machine's cores or
+memory busy with something else) is set aside and run again.
 
 --torch MODEL (bert-base, ...; needs torch and transformers) measures a forward pass of that
 model in transformers after sparsebench.torch.sparsify (90% 4x1, batch 1, sequence 128), each
@@ -88,6 +90,8 @@ times = sorted(times[{calls} // 5:])
 print(json.dumps({{"sparsify {model} b1 seq{n}": times[len(times) // 2]}}))
 """
 TORCH_CALLS = 40
+#: degraded rounds measured again: at most `rounds` * RETRIES more rounds in all
+RETRIES = 2
 
 
 def run_process(kind, threads, torch_model=None):
@@ -105,22 +109,37 @@ def run_process(kind, threads, torch_model=None):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def compare(rounds=5, threads=2, log=print, torch_model=None):
-    """Rows per case: lab and plain medians (us) and plain/lab over the rounds."""
-    runs = {"lab": [], "plain": []}
-    for r in range(rounds):
-        for kind in (("lab", "plain") if r % 2 == 0 else ("plain", "lab")):
-            runs[kind].append(run_process(kind, threads, torch_model))
-        log(f"round {r + 1}/{rounds} done")
+def compare(rounds=5, threads=2, log=print, torch_model=None, monitor=None, run=run_process):
+    """Rows per case: lab and plain medians (us) and plain/lab over `rounds` rounds (a lab and
+    a plain process each, in alternating order). A peak probe (PeakMonitor) runs before and
+    after each process: a round in which one of them ran degraded (the cores or the memory busy
+    with something else) is run again, up to `rounds` * RETRIES more rounds in all. The ratios
+    come from the clean rounds; from the degraded ones only if none was clean (`clean` False).
+    run(kind, threads, torch_model): one process's seconds per call of each case."""
+    if monitor is None:
+        from ..peak import PeakMonitor
+        monitor = PeakMonitor(threads)
+    clean, degraded = [], []
+    while len(clean) < rounds and len(clean) + len(degraded) < rounds * (1 + RETRIES):
+        attempt = len(clean) + len(degraded) + 1
+        result, slow = {}, False
+        for kind in (("lab", "plain") if attempt % 2 else ("plain", "lab")):
+            result[kind], was_slow = monitor.around(f"{kind} process, round {attempt}",
+                                                    lambda: run(kind, threads, torch_model))
+            slow = slow or was_slow
+        (degraded if slow else clean).append(result)
+        log(f"round {attempt}: " + ("degraded (a peak probe ran slow), measured again" if slow
+                                    else f"{len(clean)}/{rounds} clean"))
+    used = clean or degraded
     rows = []
-    for case in runs["lab"][0]:
-        ratios = sorted(p[case] / lab[case] for p, lab in zip(runs["plain"], runs["lab"]))
-        lab = sorted(x[case] for x in runs["lab"])
-        plain = sorted(x[case] for x in runs["plain"])
+    for case in used[0]["lab"]:
+        ratios = sorted(r["plain"][case] / r["lab"][case] for r in used)
+        lab = sorted(r["lab"][case] for r in used)
+        plain = sorted(r["plain"][case] for r in used)
         rows.append({"case": case, "threads": threads, "lab_us": lab[len(lab) // 2] * 1e6,
                      "plain_us": plain[len(plain) // 2] * 1e6,
                      "plain_over_lab": ratios[len(ratios) // 2], "low": ratios[0], "high": ratios[-1],
-                     "rounds": rounds})
+                     "rounds": len(used), "degraded_rounds": len(degraded), "clean": bool(clean)})
     return rows
 
 
@@ -140,6 +159,9 @@ def main(argv=None):
             print(f"--torch needs {e.name}: pip install \"sparsebench[torch]\" transformers", file=sys.stderr)
             return 2
     rows = compare(args.rounds, args.threads, torch_model=args.torch)
+    r0 = rows[0]
+    print(f"{r0['rounds']} clean rounds; {r0['degraded_rounds']} degraded round(s) set aside" if r0["clean"] else
+          f"all {r0['rounds']} rounds degraded (a peak probe ran slow around each): the figures are theirs")
     print(f"{'case':<24} {'lab us':>8} {'plain us':>9} {'plain/lab':>10}  [range]")
     for r in rows:
         print(f"{r['case']:<24} {r['lab_us']:8.1f} {r['plain_us']:9.1f} {r['plain_over_lab']:10.2f}  "
