@@ -67,6 +67,26 @@ def spmm(A, X, config=None, out=None, bias=None, activation=None, layout="featur
     return _multiply(A, X, config, out, y, bias, activation)
 
 
+def spmm_into(A, X, config, out, bias=None, activation=None):
+    """spmm(A, X, config, out=out, bias=bias, activation=activation) for the encoder's own arrays
+    (Workspace), known good: X float32 K x N with contiguous rows (or QuantizedActivations), out
+    a writeable M x N one apart from X and bias, bias None or (M,) float32, config a planned
+    KernelConfig. spmm's Python checks are skipped but for X's shape (3.7 of the 6.8 us a
+    64x64x8 call took, four calls a layer); the kernel modules still check types, sizes and
+    strides before they release the GIL, so wrong arrays get a ValueError, never a crash."""
+    if isinstance(X, QuantizedActivations):
+        _check_packing(A, X)
+    if X.shape[0] != A.shape[1] or X.shape[1] != out.shape[1]:    # packed X no longer shows its N
+        raise ValueError(f"spmm_into: X has shape {X.shape}, needs ({A.shape[1]}, {out.shape[1]})")
+    return _multiply(A, X, config, out, out, bias, activation)
+
+
+def _packed_rows(A):
+    """The rows of packed X that A's int8 kernels read: X rows (rows layout) or quad-rows."""
+    K = A.shape[1]
+    return K if LAYOUTS[A.block] == "rows" else -(-K // 4)
+
+
 def _multiply(A, X, config, out, y, bias, activation, yt=None, xt=None):
     """The checked call: plan (once per matrix and config), then the kernel. y: out's canonical
     view (None for int8 with yt); yt: a token-major N x M array the kernels store Y into,
@@ -99,7 +119,7 @@ def _multiply(A, X, config, out, y, bias, activation, yt=None, xt=None):
             packed, xscales = pack(X if xt is None else xt, LAYOUTS[A.block], 0.0, config.threads,
                                    tokens=xt is not None)
         module.run(vid, A._data, A._indices_padded, A._gptr, bounds, A._comp, A._scales, packed, xscales, y, M,
-                   packed.shape[0], config.prefetch, config.threads, bias, ACTIVATIONS[activation], yt)
+                   _packed_rows(A), config.prefetch, config.threads, bias, ACTIVATIONS[activation], yt)
         return out
     if K == 0:
         # no products: every column is act(bias), or 0, with the kernels' own GELU

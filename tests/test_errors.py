@@ -591,3 +591,31 @@ def test_an_unbuilt_source_tree_says_how_to_run(tmp_path):
                           text=True, timeout=120, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     assert done.returncode != 0
     assert "is not built" in done.stderr and "pip install -e ." in done.stderr
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int8"])
+def test_spmm_into_skips_python_checks_but_the_kernels_still_refuse_bad_arrays(dtype):
+    """The encoder's unchecked entry (spmm_into) computes what spmm does, and arrays its
+    workspace would never hold still get a ValueError from the kernel modules, not a crash."""
+    from sparsebench.spmm import spmm_into
+    if dtype == "int8" and not cpu.available_isas("int8"):
+        pytest.skip("this CPU (or build) has no AVX512-VNNI kernels")
+    rng = np.random.default_rng(3)
+    W = sb.prune(rng.standard_normal((40, 24), dtype=np.float32), 0.5, (4, 1))
+    A = sb.BSRMatrix.from_dense(W, (4, 1)) if dtype == "float32" else sb.QuantizedBSRMatrix.from_dense(W, (4, 1))
+    X, bias = random_x(24, 9), rng.standard_normal(40, dtype=np.float32)
+    cfg = sb.default_config(A, 9, 1)
+    out = np.empty((40, 9), np.float32)
+    assert np.array_equal(spmm_into(A, X, cfg, out, bias, "gelu"), sb.spmm(A, X, cfg, bias=bias, activation="gelu"))
+    for X_bad, out_bad in [(X[:, :8], out), (X[:20], out), (X.astype(np.float64), out),
+                           (X, np.empty((40, 9), np.float64)), (X, np.empty((39, 9), np.float32)),
+                           (X, np.asfortranarray(out))]:
+        with pytest.raises(ValueError):
+            spmm_into(A, X_bad, cfg, out_bad)
+    readonly = out.copy()
+    readonly.flags.writeable = False
+    with pytest.raises(ValueError, match="writeable"):
+        spmm_into(A, X, cfg, readonly)
+    if dtype == "int8":
+        with pytest.raises(ValueError, match="layout"):
+            spmm_into(A, sb.quantize_activations(X, block=(4, 4)), cfg, out)

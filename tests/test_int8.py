@@ -702,3 +702,21 @@ def test_layer_norm_quantizing_refuses_bad_arguments():
         if not cpu.encoder_module(isa).QUANTIZES:
             with pytest.raises(ValueError, match="cannot quantize"):
                 cpu.encoder_module(isa).add_layer_norm(x, gamma, beta, 1e-5, None, 1, packed, both)
+
+
+@needs_vnni
+@pytest.mark.parametrize("block", sorted(INT8_BLOCKS))
+def test_the_kernels_are_told_the_packed_rows_the_matrix_reaches(block):
+    """spmm tells the int8 kernels how many rows of packed X the matrix's indices reach (its K,
+    or K / 4 quad-rows, rounded up), so that their check of X's rows means something."""
+    from sparsebench.spmm import _packed_rows
+    rng = np.random.default_rng(5)
+    for K in (5, 8, 13):
+        W = sb.prune(rng.standard_normal((16, K), dtype=np.float32), 0.5, block)
+        A = sb.QuantizedBSRMatrix.from_dense(W, block)
+        X = sb.quantize_activations(rng.standard_normal((K, 3), dtype=np.float32), block)
+        assert _packed_rows(A) == X._packed.shape[0]
+        module, vid = variant_id(sb.default_config(A, 3, 1))
+        with pytest.raises(ValueError, match="packed activations of every row"):
+            module.run(vid, A._data, A._indices_padded, A._gptr, A.task_bounds(1, 0), A._comp, A._scales,
+                       X._packed[:-1], X._scales, np.empty((16, 3), np.float32), 16, _packed_rows(A), 0, 1)

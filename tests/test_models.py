@@ -353,8 +353,8 @@ def test_q_k_and_v_run_as_one_call_with_the_same_bits(dtype, block, monkeypatch)
     assert {r["kernel"] for r in report if r["linear"] in ("query", "key", "value")} == {plan.kernel}
     assert all("Q, K and V in one call" in r["note"] for r in report if r["linear"] == "key")
     calls = []
-    real_spmm = bert_module.spmm
-    monkeypatch.setattr(bert_module, "spmm", lambda A, *a, **k: calls.append(A.shape) or real_spmm(A, *a, **k))
+    real_spmm = bert_module.spmm_into
+    monkeypatch.setattr(bert_module, "spmm_into", lambda A, *a, **k: calls.append(A.shape) or real_spmm(A, *a, **k))
     y = enc(ids, mask)
     assert calls == [(3 * TINY.hidden, TINY.hidden)] * TINY.layers            # one call per layer
     assert layer.key.kernel == plan.kernel                                   # what the one call ran

@@ -24,7 +24,7 @@ from ..errors import UnsupportedISAError
 from ..dtypes import check_dtype
 from ..prune import check_sparsity
 from ..quant import layer_norm_quantized, quantize_activations
-from ..spmm import spmm
+from ..spmm import spmm_into
 from .config import BertConfig, ModelError, model_config
 from .linear import SparseLinear, detect_block
 
@@ -238,27 +238,27 @@ class EncoderLayer:
         fused = self.fused_qkv(n)
         if fused is not None:
             A, bias, plan = fused
-            spmm(A, x, plan.config, out=ws.qkv, bias=bias)
+            spmm_into(A, x, plan.config, ws.qkv, bias)
             for lin in (self.query, self.key, self.value):
                 lin.ran(plan)
             timer.lap("sparse GEMMs")
         else:
             for lin, buf in ((self.query, ws.q), (self.key, ws.k), (self.value, ws.v)):
-                lin.matmul(x, out=buf)
+                lin.matmul_into(x, buf)
                 timer.lap(_GEMM_CATEGORY[lin.method])
         attend(ws.qkv, ws.ctx, heads, ws.shape[0], key_mask, threads)
         timer.lap("attention")
-        self.attn_out.matmul(ws.ctx, out=ws.sub)
+        self.attn_out.matmul_into(ws.ctx, ws.sub)
         timer.lap(_GEMM_CATEGORY[self.attn_out.method])
         # hidden += sub, LayerNorm (quantized for ffn_in in the same pass when it reads int8)
         x = layer_norm(ops, ws.hidden, self.ln1, self.eps, ws.sub, threads, _int8_block(self.ffn_in, n))
         timer.lap("LayerNorm")
-        self.ffn_in.matmul(ws.hidden if x is None else x, out=ws.inter)     # sparse: GELU fused in the kernel
+        self.ffn_in.matmul_into(ws.hidden if x is None else x, ws.inter)     # sparse: GELU fused in the kernel
         timer.lap(_GEMM_CATEGORY[self.ffn_in.method])
         if self.ffn_in.method == "numpy":
             self.ffn_in.activate(ws.inter)
             timer.lap("GELU")
-        self.ffn_out.matmul(ws.inter, out=ws.sub)
+        self.ffn_out.matmul_into(ws.inter, ws.sub)
         timer.lap(_GEMM_CATEGORY[self.ffn_out.method])
         x = layer_norm(ops, ws.hidden, self.ln2, self.eps, ws.sub, threads, quantize_for)
         timer.lap("LayerNorm")

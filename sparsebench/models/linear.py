@@ -16,7 +16,7 @@ from ..dtypes import check_dtype_blocks, sparse_matrix
 from ..errors import ConfigError, UnsupportedISAError
 from ..prune import prune
 from ..quant import QuantizedActivations
-from ..spmm import spmm
+from ..spmm import spmm, spmm_into
 from .config import ModelError
 from .parallel import blas_threads
 
@@ -171,13 +171,22 @@ class SparseLinear:
             raise ModelError(f"{self.name}: X must be a 2-D numpy array (in_features x tokens)"
                              + (" or QuantizedActivations" if self.dtype == "int8" else "")
                              + f", got {type(X).__name__} {getattr(X, 'shape', '')}")
+        return self._compute(X, out, spmm)
+
+    def matmul_into(self, X, out):
+        """matmul into the encoder's own arrays (its Workspace), known good: through spmm_into,
+        without spmm's Python checks."""
+        return self._compute(X, out, spmm_into)
+
+    def _compute(self, X, out, multiply):
         n = X.shape[1]
         plan = self._plans.get((n, "features")) or self.plan(n)
+        quantized = isinstance(X, QuantizedActivations)
         if plan.method == "sparse":
-            out = spmm(self.A, X, plan.config, out=out, bias=self.bias, activation=self.activation)
+            out = multiply(self.A, X, plan.config, out=out, bias=self.bias, activation=self.activation)
         elif plan.method == "dense":
             X = X.to_float() if quantized else X
-            out = spmm(self._dense, X, plan.config, out=out, bias=self.bias, activation=self.activation)
+            out = multiply(self._dense, X, plan.config, out=out, bias=self.bias, activation=self.activation)
         else:
             out = self._numpy_matmul(X.to_float() if quantized else X, out)
         self._last = plan
