@@ -157,7 +157,6 @@ static inline void sb_transpose_block(const float *src, ptrdiff_t lds, float *ds
     if (c < cols) sb_transpose_rows(src + c, lds, dst + (ptrdiff_t)c * ldd, ldd, 0, rows, cols - c);
 }
 
-
 /* A scratch tile of register tiles (rows outputs x cols tokens) into token-major Y: with 16
  * rows (a cache line of each token's row), 16x16 blocks in registers, one store a token line;
  * otherwise sb_transpose_block. */

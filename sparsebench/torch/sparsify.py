@@ -232,10 +232,6 @@ def _tuned_tokens(layer):
                    if (e["M"], e["K"], tuple(e["block"]), e["dtype"]) == (M, K, layer.block, layer.dtype)})
 
 
-def _qkv_linears(encoder):
-    return (encoder.query, encoder.key, encoder.value)
-
-
 def _tuned_kernels(layer, layout="tokens", qkv=None):
     """"N=128: config, N=384: dense" for every token count tuned for exactly this layer (X in
     `layout`: token-major as SparseLinear runs, feature-major inside a fused layer), "dense" if
