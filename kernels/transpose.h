@@ -121,13 +121,13 @@ static inline void sb_transpose16x16(const float *s, ptrdiff_t lds, float *d, pt
 }
 #endif
 
-/* dst[c][r] = src[r][c] for r < rows, c < cols. Every load and store takes a source or
- * destination row's 64 bytes at once: both sides can be rows a multiple of 4 KiB apart (a panel
- * of token-major X, token rows of Yt), which share a few cache sets, and a line half read or half
- * written would be evicted before the loop came back to it. On AVX-512, 16x16 blocks in
- * registers, 16 source rows at a time, each read from start to end (a stream the prefetchers
- * follow); otherwise blocks of 16 source columns, two 8x8 tiles each. A panel task's tokens of X;
- * a group of Y's register tiles stored token-major. */
+/* dst[c][r] = src[r][c] for r < rows, c < cols. Both sides can be rows a multiple of 4 KiB
+ * apart (a panel of token-major X, token rows of Yt), which share a few cache sets, and a line
+ * half read or half written would be evicted before the loop came back to it: so the bulk moves
+ * a row's 64 bytes at once. On AVX-512, 16x16 blocks in registers, 16 source rows at a time,
+ * each read from start to end (a stream the prefetchers follow), from the first line boundary;
+ * on AVX2, blocks of 16 source columns, two 8x8 tiles each; the edges go by sb_transpose_rows.
+ * A panel task's tokens of X; a group of Y's register tiles stored token-major. */
 static inline void sb_transpose_block(const float *src, ptrdiff_t lds, float *dst, ptrdiff_t ldd, int rows,
                                       int cols) {
     int c = 0;

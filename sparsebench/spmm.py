@@ -72,8 +72,10 @@ def spmm_into(A, X, config, out, bias=None, activation=None):
     (Workspace), known good: X float32 K x N with contiguous rows (or QuantizedActivations), out
     a writeable M x N one apart from X and bias, bias None or (M,) float32, config a planned
     KernelConfig. spmm's Python checks are skipped but for X's shape (3.7 of the 6.8 us a
-    64x64x8 call took, four calls a layer); the kernel modules still check types, sizes and
-    strides before they release the GIL, so wrong arrays get a ValueError, never a crash."""
+    64x64x8 call took, four calls a layer). The kernel modules still check types, sizes and
+    strides before they release the GIL, so arrays the encoder never passes cannot crash: they
+    get a ValueError (or, padded to whole blocks, a converted copy); an `out` overlapping X or
+    bias is not noticed."""
     if isinstance(X, QuantizedActivations):
         _check_packing(A, X)
     if X.shape[0] != A.shape[1] or X.shape[1] != out.shape[1]:    # packed X no longer shows its N

@@ -10,7 +10,6 @@ import sparsebench as sb
 
 NUMPY_FIRST = """
 import numpy as np
-import pytest
 a = np.arange(90000, dtype=np.float32).reshape(300, 300) / 1e4
 before = a @ a
 import sparsebench as sb

@@ -34,9 +34,12 @@ def test_transpose_of_rows_whole_lines_apart_from_any_start(isa, rows, cols, off
     into one): the columns before the first line boundary go their own way."""
     width = 16 * ((offset + cols + 15) // 16 + lines)
     src = random_x(rows, width)[:, offset:offset + cols]
-    dst = np.full((cols, rows), np.nan, np.float32)
+    big = np.full((cols + 2, rows + 4), np.nan, np.float32)
+    dst = big[1:cols + 1, 2:rows + 2]
     cpu.kernel_module(isa).transpose(src, dst, 2)
     assert np.array_equal(dst, src.T)
+    big[1:cols + 1, 2:rows + 2] = 0
+    assert np.isnan(big).sum() == big.size - rows * cols          # nothing written outside dst
 
 
 def test_transpose_refuses_bad_arguments():

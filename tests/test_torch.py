@@ -291,7 +291,8 @@ def test_sparsify_summary_names_the_kernels_that_run_in_each_layout(monkeypatch)
         for M, K in shapes for layout, config in (("features", features), ("tokens", tokens))]})
     query = "encoder.layer.0.attention.self.query"
     for fuse, expected in ((True, features), (False, tokens)):
-        summary = sbt.sparsify(tiny_hf("bert"), sparsity=0.8, tuned=table, fuse_layers=fuse)
+        model = tiny_hf("bert")
+        summary = sbt.sparsify(model, sparsity=0.8, tuned=table, fuse_layers=fuse)
         assert bool(summary.fused_layers) == fuse
         rows = {r.name: r for r in summary}
         assert rows[query].kernel == f"N=16: {expected}"
@@ -300,6 +301,8 @@ def test_sparsify_summary_names_the_kernels_that_run_in_each_layout(monkeypatch)
             row = rows[f"encoder.layer.1.attention.{'self.' * (name != 'output.dense')}{name}"]
             assert row.kernel == f"N=16: {expected}"
             assert ("Q, K and V in one call" in row.note) == (fuse and name != "output.dense")
+        if fuse:      # the fused layer runs the query's scaled matrix: the summary keeps no other
+            assert 1.0 not in model.get_submodule(query)._kernels
 
 
 # -- Hugging Face -------------------------------------------------------------------------------------------

@@ -106,7 +106,7 @@ def sparsify(model, sparsity=None, block=None, dtype="float32", tuned=None, min_
                                             f"{measured:.1%} block sparse < min_sparsity {min_sparsity:g}"))
                 continue
         layer = SparseLinear.from_linear(linear, sparsity, block, dtype, table, threads)
-        kernel = _tuned_kernels(layer)
+        kernel = _kernels_text(_tuned_plans(layer))
         row = LayerSummary(name, shape, layer.block, layer.sparsity, kernel or "default heuristic")
         if kernel == "dense":
             row = dataclasses.replace(row, note="tuned: dense is faster")
@@ -125,24 +125,25 @@ def sparsify(model, sparsity=None, block=None, dtype="float32", tuned=None, min_
         summary.unfused_layers = fuse_layer_modules(model)
         summary.fused_layers = [name for name, module in model.named_modules() if isinstance(module, _FusedLayer)]
         # a fused layer's linear layers run feature-major, as our encoder computes, and its Q,
-        # K and V in one call where they can (EncoderLayer.fused_qkv: query's config)
+        # K and V in one call where they can (EncoderLayer.fused_qkv: query's config). Their
+        # plans first: building a fused layer frees its query's unscaled matrix, which a plan
+        # would build again
+        inside = tuple(f"{name}." for name in summary.fused_layers)
+        layers = {name: layer for name, _, layer, stays_dense in planned if not stays_dense}
+        rows = [i for i, row in enumerate(summary) if row.name in layers and row.name.startswith(inside)]
+        plans = {i: _tuned_plans(layers[summary[i].name], "features") for i in rows}
         modules = dict(model.named_modules())
         qkv = {}                                   # name of a fused layer's Q, K or V: its EncoderLayer
         for name in summary.fused_layers:
-            paths = _paths(modules[name])
-            qkv.update(dict.fromkeys((f"{name}.{paths[n]}" for n in ("query", "key", "value")),
-                                     modules[name]._sb_layer()[0]))
-        inside = tuple(f"{name}." for name in summary.fused_layers)
-        layers = {name: layer for name, _, layer, stays_dense in planned if not stays_dense}
-        for i, row in enumerate(summary):
-            if row.name not in layers or not row.name.startswith(inside):
-                continue
-            encoder = qkv.get(row.name)
-            kernel = _tuned_kernels(layers[row.name], "features", encoder)
-            one_call = encoder is not None and any(encoder.fused_qkv(n) is not None
-                                                   for n in _tuned_tokens(layers[row.name]))
-            note = "; ".join(filter(None, [row.note, "Q, K and V in one call" if one_call else ""]))
-            summary[i] = dataclasses.replace(row, kernel=kernel or "default heuristic", note=note)
+            built, paths = modules[name]._sb_layer(), _paths(modules[name])
+            if built is not None:
+                qkv.update(dict.fromkeys((f"{name}.{paths[n]}" for n in ("query", "key", "value")), built[0]))
+        for i in rows:
+            row, encoder = summary[i], qkv.get(summary[i].name)
+            fused = {n: f[2] for n in plans[i] if encoder is not None and (f := encoder.fused_qkv(n)) is not None}
+            plans[i].update(fused)
+            note = "; ".join(filter(None, [row.note, "Q, K and V in one call" if fused else ""]))
+            summary[i] = dataclasses.replace(row, kernel=_kernels_text(plans[i]) or "default heuristic", note=note)
     if summary.replaced:
         _warn_if_torch_spins()
     if not summary.replaced:
@@ -225,27 +226,24 @@ def _weight_blocks(weight, block, dtype):
     return block, float(detect_block(weight, (block,), tolerance=math.inf)[1])    # any block fits: its sparsity
 
 
-def _tuned_tokens(layer):
-    """The token counts tuned for exactly this layer's shape, block and dtype."""
-    M, K = layer.out_features, layer.in_features
-    return sorted({e["N"] for e in getattr(layer.tuned, "entries", ())
-                   if (e["M"], e["K"], tuple(e["block"]), e["dtype"]) == (M, K, layer.block, layer.dtype)})
-
-
-def _tuned_kernels(layer, layout="tokens", qkv=None):
-    """"N=128: config, N=384: dense" for every token count tuned for exactly this layer (X in
-    `layout`: token-major as SparseLinear runs, feature-major inside a fused layer), "dense" if
-    all of them say dense, None without a tuned table (or with nothing tuned for it). qkv: the
-    EncoderLayer whose Q, K and V this layer is one of: where they run in one call, its config."""
+def _tuned_plans(layer, layout="tokens"):
+    """{N: KernelPlan} for every token count tuned for exactly this layer's shape, block and
+    dtype (X in `layout`: token-major as SparseLinear runs, feature-major inside a fused layer);
+    {} without a tuned table."""
     if layer.tuned is None:
-        return None
-    tokens = _tuned_tokens(layer)
+        return {}
+    M, K = layer.out_features, layer.in_features
+    tokens = sorted({e["N"] for e in getattr(layer.tuned, "entries", ())
+                     if (e["M"], e["K"], tuple(e["block"]), e["dtype"]) == (M, K, layer.block, layer.dtype)})
     kernel_layer = layer._kernel_layer()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")           # the nearest-shape fallbacks are not listed
-        plans = {n: kernel_layer.plan(n, layout) for n in tokens}
-        if qkv is not None:
-            plans.update({n: fused[2] for n in tokens if (fused := qkv.fused_qkv(n)) is not None})
+        return {n: kernel_layer.plan(n, layout) for n in tokens}
+
+
+def _kernels_text(plans):
+    """"N=128: config, N=384: dense" for the plans tuned for exactly their N, "dense" if all of
+    them say dense, None if there are none."""
     exact = {n: p.kernel for n, p in plans.items() if p.source.startswith("tuned") and p.source != "tuned (nearest)"}
     if not exact:
         return None
