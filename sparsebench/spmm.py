@@ -107,21 +107,22 @@ def _multiply(A, X, config, out, y, bias, activation, yt=None, xt=None):
     plan = A._plans.get(config)
     if plan is None:
         check_config(config, A)
-        # the kernel, its arrays and the task split, looked up once per (matrix, config)
-        arrays = () if int8 else A._slice_plan(config.k_slice)
+        # the kernel, its arrays (int8: the rows of packed X it reads) and the task split, looked
+        # up once per (matrix, config)
+        arrays = (_packed_rows(A),) if int8 else A._slice_plan(config.k_slice)
         plan = A._plans[config] = (variant_id(config, dense=not int8 and A.is_dense) + arrays
                                    + (A.task_bounds(config.threads, config.m_tile),))
     if M == 0 or N == 0:
         return out
     if int8:
-        module, vid, bounds = plan
+        module, vid, krows, bounds = plan
         if isinstance(X, QuantizedActivations):
             packed, xscales = X._packed, X._scales
         else:                                         # from token-major X with no transposed copy
             packed, xscales = pack(X if xt is None else xt, LAYOUTS[A.block], 0.0, config.threads,
                                    tokens=xt is not None)
         module.run(vid, A._data, A._indices_padded, A._gptr, bounds, A._comp, A._scales, packed, xscales, y, M,
-                   _packed_rows(A), config.prefetch, config.threads, bias, ACTIVATIONS[activation], yt)
+                   krows, config.prefetch, config.threads, bias, ACTIVATIONS[activation], yt)
         return out
     if K == 0:
         # no products: every column is act(bias), or 0, with the kernels' own GELU
