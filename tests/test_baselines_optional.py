@@ -159,3 +159,16 @@ def test_torch_version_and_threads():
     check(run(), p)
     assert torch.get_num_threads() == 1
     assert METHODS["torch"].version().startswith(f"torch {torch.__version__}")
+
+
+@pytest.mark.parametrize("sparsify", [False, True])
+def test_bert_torch_methods_without_torch_are_skipped_with_an_install_hint(sparsify, monkeypatch):
+    """`sparsebench bert --compare torch,torch-sparsify` on a machine without torch: the method is
+    unavailable with a one-line hint, not a traceback."""
+    from sparsebench.models import BertEncoder, runner
+    from sparsebench.models.config import BertConfig
+    monkeypatch.setitem(sys.modules, "torch", None)              # import torch now raises ImportError
+    cfg = BertConfig("tiny", layers=1, hidden=16, heads=2, intermediate=32, vocab_size=50, max_positions=16)
+    enc = BertEncoder.random(cfg, sparsity=0.5, block=(4, 1))
+    with pytest.raises(MethodUnavailable, match=r"torch is not installed\): pip install \"sparsebench\[torch\]\""):
+        runner.torch_method(enc, runner.make_inputs(cfg, 1, 4), 1, sparsify=sparsify)

@@ -96,7 +96,8 @@ def torch_model(enc):
         import torch
         import transformers
     except ImportError as e:
-        raise MethodUnavailable(f"needs torch and transformers ({e.name} is not installed)") from None
+        raise MethodUnavailable(f"needs torch and transformers ({e.name} is not installed): "
+                                "pip install \"sparsebench[torch]\" transformers") from None
     class_name, has_pooler = _HF_MODELS[enc.config.model_type]
     config = transformers.AutoConfig.for_model(**enc.config.to_hf())
     model_class = getattr(transformers, class_name)
@@ -112,9 +113,9 @@ def torch_model(enc):
 def torch_method(enc, inputs, threads, sparsify=False, name=None):
     """PyTorch eager on `enc`'s weights: dense, or with sparsify its linear layers on our kernels
     (the layers whose weights have a block pattern; with enc's tuned table, dtype and threads)."""
+    model = torch_model(enc)             # MethodUnavailable without torch and transformers
     import torch
 
-    model = torch_model(enc)
     torch.set_num_threads(threads)
     what = "dense"
     if sparsify:
