@@ -22,10 +22,15 @@ cdef inline int _require(bint ok, str what) except -1:
     return 0
 
 
+cdef inline bint _is(cnp.ndarray a, int typenum):
+    """a is a numpy array of type `typenum` in this machine's byte order ('>f4' is NPY_FLOAT32
+    too, its bytes swapped)."""
+    return a is not None and cnp.PyArray_TYPE(a) == typenum and cnp.PyArray_ISNOTSWAPPED(a)
+
+
 cdef inline bint _c_array(cnp.ndarray a, int typenum, int ndim):
-    """a is a C-contiguous numpy array of type `typenum` with ndim dimensions."""
-    return (a is not None and cnp.PyArray_TYPE(a) == typenum and a.ndim == ndim
-            and cnp.PyArray_IS_C_CONTIGUOUS(a))
+    """a is a C-contiguous numpy array of type `typenum` (native byte order) with ndim dimensions."""
+    return _is(a, typenum) and a.ndim == ndim and cnp.PyArray_IS_C_CONTIGUOUS(a)
 
 
 cdef inline bint _never_decreases(const int32_t *a, Py_ssize_t n) noexcept nogil:

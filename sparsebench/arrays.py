@@ -9,6 +9,9 @@ def operand(a, name):
     """`a` checked as a 2-D float32 array with contiguous rows (returned with canonical strides)."""
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{name} must be a numpy array, got {type(a).__name__}")
+    if isinstance(a, np.ma.MaskedArray):
+        raise TypeError(f"{name} must not be a masked array (the kernels would ignore its mask); "
+                        f"pass {name}.filled(0) for masked entries as zeros")
     if a.dtype != np.float32:
         raise TypeError(f"{name} must be float32, got {a.dtype}; convert once with "
                         f"np.ascontiguousarray({name}, dtype=np.float32)")

@@ -1,4 +1,6 @@
 """Block shapes the kernels are compiled for, and helpers to view a matrix as blocks."""
+import operator
+
 import numpy as np
 
 from ._buildinfo import BUILD
@@ -23,9 +25,9 @@ def check_block(block, supported=SUPPORTED_BLOCKS, refusal="unsupported block sh
             and block in supported):
         return block                          # the common case, checked on every int8 call
     try:
-        br, bc = (int(b) for b in block)
+        br, bc = (operator.index(b) for b in block)       # whole numbers only: 4.9 is not 4
     except (TypeError, ValueError):
-        raise ValueError(f"block must be a pair (rows, cols) such as (4, 1), got {block!r}") from None
+        raise ValueError(f"block must be a pair of integers (rows, cols) such as (4, 1), got {block!r}") from None
     if (br, bc) not in supported:
         raise ValueError(refusal.format(f"{br}x{bc}", ", ".join(f"{r}x{c}" for r, c in supported)))
     return br, bc

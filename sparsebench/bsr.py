@@ -1,4 +1,6 @@
 """Block-sparse row (BSR) weight matrices, validated once and frozen."""
+import operator
+
 import numpy as np
 
 from ._buildinfo import BUILD
@@ -29,9 +31,9 @@ class BSRMatrix(BlockGrid):
             raise TypeError(f"data must be a real numeric array, got dtype {data.dtype}")
         block = check_block(data.shape[1:])
         try:
-            M, K = (int(s) for s in shape)
+            M, K = (operator.index(s) for s in shape)      # whole numbers only
         except (TypeError, ValueError):
-            raise ValueError(f"shape must be (M, K), got {shape!r}") from None
+            raise ValueError(f"shape must be a pair of integers (M, K), got {shape!r}") from None
         if M < 0 or K < 0:
             raise ValueError(f"shape must be non-negative, got {shape!r}")
         br, bc = block
@@ -142,6 +144,9 @@ class BSRMatrix(BlockGrid):
     @classmethod
     def from_scipy(cls, S, block=None):
         """From a scipy.sparse matrix; `block` defaults to the block size of a BSR input."""
+        if not hasattr(S, "format") or not hasattr(S, "tocsr"):
+            raise TypeError(f"from_scipy takes a scipy.sparse matrix, got {type(S).__name__}; "
+                            "for a dense array use BSRMatrix.from_dense")
         if block is None:
             if S.format != "bsr":
                 raise ValueError(f"a scipy {S.format.upper()} matrix has no block shape: "
@@ -289,6 +294,10 @@ def _as_index_array(a, name):
     a = np.asarray(a)
     if a.ndim != 1 or not np.issubdtype(a.dtype, np.integer):
         raise ValueError(f"{name} must be a 1-D integer array, got shape {a.shape} dtype {a.dtype}")
+    if a.dtype.kind == "u":          # as signed, so that differences and comparisons do not wrap
+        if a.size and a.max() > np.iinfo(np.int64).max:
+            raise ValueError(f"{name} has entries beyond the int64 range (largest {a.max()})")
+        a = a.astype(np.int64)
     return a
 
 

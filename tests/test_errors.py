@@ -199,7 +199,7 @@ def test_prune_needs_2d_float():
     ((3, 3), r"unsupported block shape 3x3; supported: 1x1, 1x4, 4x1, 4x4, 8x1, 16x1"),
     ((2, 1), r"unsupported block shape 2x1"),
     ((0, 0), r"unsupported block shape 0x0"),
-    ("abc", r"block must be a pair \(rows, cols\) such as \(4, 1\), got 'abc'"),
+    ("abc", r"block must be a pair of integers \(rows, cols\) such as \(4, 1\), got 'abc'"),
     ((4,), r"block must be a pair"),
     ((4, 1, 1), r"block must be a pair"),
     (None, r"block must be a pair"),
@@ -264,8 +264,8 @@ def test_good_arrays_are_accepted():
     (dict(data=np.ones((3, 3, 3), np.float32)), ValueError, r"unsupported block shape 3x3"),
     (dict(data=np.ones((3, 4, 1), np.complex64)), TypeError, r"data must be a real numeric array"),
     (dict(shape=(8, -4)), ValueError, r"shape must be non-negative"),
-    (dict(shape=(8,)), ValueError, r"shape must be \(M, K\)"),
-    (dict(shape=None), ValueError, r"shape must be \(M, K\)"),
+    (dict(shape=(8,)), ValueError, r"shape must be a pair of integers \(M, K\)"),
+    (dict(shape=None), ValueError, r"shape must be a pair of integers \(M, K\)"),
     (dict(shape=(8, 3)), ValueError, r"block column index 3 .* out of range \[0, 3\)"),
 ])
 def test_malformed_bsr_arrays(change, exc, msg):
@@ -619,3 +619,84 @@ def test_spmm_into_skips_python_checks_but_the_kernels_still_refuse_bad_arrays(d
     if dtype == "int8":
         with pytest.raises(ValueError, match="layout"):
             spmm_into(A, sb.quantize_activations(X, block=(4, 4)), cfg, out)
+
+
+# -- found by an adversarial review (session 14) --------------------------------------------------
+
+def test_big_endian_float32_is_refused_by_every_kernel_module(problem):
+    """'>f4' has numpy's float32 type number: the compiled checks also ask for native byte order."""
+    from sparsebench.models import gelu_
+    from sparsebench.quant import layer_norm_quantized
+    _, A, X = problem
+    x = random_x(8, 4)
+    with pytest.raises(TypeError, match="native byte order"):
+        layer_norm_quantized(x, np.ones(8, ">f4"), np.zeros(8, np.float32), 1e-5)
+    with pytest.raises(TypeError, match="native byte order"):
+        gelu_(np.array([[-3.0, 0.5, 1.0]], ">f4"))
+    with pytest.raises(ValueError, match="invalid arguments"):
+        cpu.kernel_module(cpu.best_isa()).transpose(X.astype(">f4"), np.empty((6, 10), np.float32), 1)
+
+
+def test_layer_norm_refuses_gamma_or_beta_inside_x():
+    from sparsebench.quant import layer_norm_quantized
+    x = random_x(32, 32)
+    with pytest.raises(ValueError, match="gamma and beta must not overlap x"):
+        layer_norm_quantized(x, x[0], np.zeros(32, np.float32), 1e-5, threads=1)
+    ops = cpu.encoder_module()
+    with pytest.raises(ValueError, match="gamma and beta must not overlap x"):
+        ops.add_layer_norm(x, np.ones(32, np.float32), x[1], 1e-5)
+
+
+def test_unsigned_indptr_that_decreases_is_refused():
+    with pytest.raises(ValueError, match="non-decreasing"):
+        sb.BSRMatrix(np.ones((2, 4, 1), np.float32), [0, 0], np.array([0, 2, 1, 2], np.uint8), (12, 2))
+    A = sb.BSRMatrix(np.ones((2, 4, 1), np.float32), [0, 1], np.array([0, 1, 1, 2], np.uint16), (12, 2))
+    assert A.to_dense().sum() == 8
+
+
+@pytest.mark.parametrize("bad", [(4.9, 1), (4, 1.0), ("4", "1")])
+def test_block_must_be_whole_numbers(bad):
+    with pytest.raises(ValueError, match="pair of integers"):
+        sb.BSRMatrix.from_dense(np.ones((8, 8), np.float32), block=bad)
+
+
+def test_shape_must_be_whole_numbers():
+    with pytest.raises(ValueError, match="pair of integers"):
+        sb.BSRMatrix(np.ones((1, 4, 1), np.float32), [0], [0, 1, 1], (8.5, 2))
+
+
+def test_from_scipy_takes_only_scipy_matrices():
+    with pytest.raises(TypeError, match="scipy.sparse matrix.*from_dense"):
+        sb.BSRMatrix.from_scipy(np.ones((8, 8), np.float32), block=(4, 1))
+
+
+def test_masked_x_is_refused(problem):
+    _, A, X = problem
+    with pytest.raises(TypeError, match="must not be a masked array"):
+        sb.spmm(A, np.ma.masked_array(X, mask=X > 0))
+
+
+def test_threads_beyond_the_pool_run_on_the_pool():
+    """KernelConfig allows up to 4096 threads; the pool runs at most SB_POOL_MAX, on every path
+    (the token-major transpose and the staging copy used to refuse more). In a process of its
+    own: the pool keeps the workers it starts."""
+    script = textwrap.dedent("""
+        import numpy as np, sparsebench as sb
+        from sparsebench import cpu
+        rng = np.random.default_rng(0)
+        W = rng.standard_normal((12, 10)).astype(np.float32)
+        A = sb.BSRMatrix.from_dense(W, block=(4, 1))
+        Xt = rng.standard_normal((8, 10)).astype(np.float32)
+        module = cpu.kernel_module(cpu.best_isa())
+        cfg = sb.KernelConfig(block=(4, 1), isa=cpu.best_isa(), n_tile=module.VECTOR_WIDTH, threads=300)
+        Y = sb.spmm(A, Xt, config=cfg, layout="tokens")
+        assert np.allclose(Y, Xt.astype(np.float64) @ W.T.astype(np.float64), rtol=1e-5, atol=1e-5)
+        src = rng.standard_normal((40, 70)).astype(np.float32)
+        dst = np.empty((70, 40), np.float32)
+        module.transpose(src, dst, 1000)
+        assert np.array_equal(dst, src.T)
+        print("ok")
+    """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                         cwd=ROOT)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr
