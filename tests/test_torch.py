@@ -804,3 +804,45 @@ def test_fused_layers_follow_new_weights():
         other.encoder.layer[1].output.LayerNorm.weight.mul_(2.0)
         y, want = (m(input_ids=ids, attention_mask=mask).last_hidden_state for m in (model, other))
     assert rel_diff(y.numpy(), want.numpy()) <= 1e-5 and rel_diff(y.numpy(), before.numpy()) > 0.1
+
+
+@needs_torch
+def test_refresh_after_changes_pytorch_does_not_count():
+    """Writes through .data (and in-place ops on inference tensors) leave _version alone: the
+    cached kernel matrices stay stale until refresh(), layer or whole model."""
+    lin = sbt.SparseLinear(torch.randn(32, 24), block=(1, 1)).eval()
+    x = torch.randn(5, 24)
+    with torch.no_grad():
+        lin(x)
+        lin.weight.data.mul_(2)
+        assert rel_diff(lin(x).numpy(), reference(lin, x)) > 0.1          # stale, as documented
+        lin.refresh()
+        assert rel_diff(lin(x).numpy(), reference(lin, x)) <= 1e-5
+    model, other = tiny_hf("bert"), tiny_hf("bert")
+    sbt.sparsify(model, sparsity=0.8)
+    sbt.sparsify(other, sparsity=0.8, fuse_layers=False)
+    ids, mask = padded_inputs()
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=mask)
+        for m in (model, other):
+            m.encoder.layer[0].intermediate.dense.weight.data.mul_(2.0)
+            m.encoder.layer[1].attention.self.query.bias.data.add_(0.5)
+        assert sbt.refresh(model) is model and sbt.refresh(other) is other
+        y, want = (m(input_ids=ids, attention_mask=mask).last_hidden_state for m in (model, other))
+    assert rel_diff(y.numpy(), want.numpy()) <= 1e-5
+
+
+@needs_torch
+def test_fused_layer_takes_a_strided_layer_norm_weight():
+    model, other = tiny_hf("bert"), tiny_hf("bert")
+    for m in (model, other):
+        ln = m.encoder.layer[0].output.LayerNorm
+        wide = torch.stack([ln.weight.detach(), torch.zeros_like(ln.weight)], 1)
+        ln.weight = torch.nn.Parameter(wide[:, 0], requires_grad=False)     # every other float
+        assert not ln.weight.is_contiguous()
+    sbt.sparsify(model, sparsity=0.8)
+    sbt.sparsify(other, sparsity=0.8, fuse_layers=False)
+    ids, mask = padded_inputs()
+    with torch.no_grad():
+        y, want = (m(input_ids=ids, attention_mask=mask).last_hidden_state for m in (model, other))
+    assert rel_diff(y.numpy(), want.numpy()) <= 1e-5

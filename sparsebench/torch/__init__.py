@@ -16,7 +16,8 @@ except ImportError as e:
     raise ImportError(f'sparsebench.torch needs PyTorch ({e}): pip install "sparsebench[torch]" '
                       "(torch==2.13.0, the CPU build)") from e
 
+from .layers import refresh
 from .linear import SparseLinear
 from .sparsify import LayerSummary, SparsifySummary, sparsify
 
-__all__ = ["LayerSummary", "SparseLinear", "SparsifySummary", "sparsify"]
+__all__ = ["LayerSummary", "SparseLinear", "SparsifySummary", "refresh", "sparsify"]

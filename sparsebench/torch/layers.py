@@ -23,6 +23,8 @@ being recorded, output_hidden_states, take the layer-by-layer path).
 import importlib
 import threading
 
+import numpy as np
+
 import torch
 
 from ..cpu import best_isa, encoder_module, kernel_module
@@ -227,6 +229,18 @@ class _FusedLayer:
         return cached[1], cached[2]
 
 
+def refresh(model):
+    """Make every SparseLinear and fused layer of `model` rebuild its kernels from the current
+    parameters at its next call: after changes PyTorch's version counters do not see (writes
+    through `.data` or `.numpy()`, in-place ops on inference tensors). Returns model."""
+    for module in model.modules():
+        if isinstance(module, SparseLinear):
+            module.refresh()
+        elif isinstance(module, _FusedLayer):
+            module._sb_cache = None
+    return model
+
+
 def _part(module, path):
     for name in path:
         module = module._modules[name]
@@ -287,7 +301,9 @@ def _in_passes(layers, x, attention_mask, tokens_per_pass):
 
 
 def _layer_norm(ln):
-    return ln.weight.detach().numpy(), ln.bias.detach().numpy()
+    """(gamma, beta) as the LayerNorm kernel takes them: contiguous float32 arrays (copies of a
+    strided parameter, views otherwise)."""
+    return tuple(np.ascontiguousarray(p.detach().numpy()) for p in (ln.weight, ln.bias))
 
 
 def _heads(attention, hidden):

@@ -72,7 +72,9 @@ class SparseLinear(torch.nn.Module):
     `weight` (out x in, already pruned) and `bias` are kept dense as frozen parameters named as
     nn.Linear's, so state_dicts load either way; the kernel matrix (a BSRMatrix, or a
     QuantizedBSRMatrix with dtype "int8") is rebuilt on the next call whenever they change
-    (load_state_dict, assignment, unpickling). `tuned` (a tuned-config file path or the table
+    (load_state_dict, assignment, unpickling, in-place ops PyTorch counts in `_version`);
+    after changes it does not count (writes through `.data` or `.numpy()`, in-place ops on
+    inference tensors) call refresh(). `tuned` (a tuned-config file path or the table
     load_tuned returns) picks the kernel per token count N = prod(x.shape[:-1]), once per N;
     where it says "dense", torch.nn.functional.linear runs on the dense weight. Without it the
     default heuristic picks. `threads`: the kernels' threads (default: sparsebench's default
@@ -125,6 +127,12 @@ class SparseLinear(torch.nn.Module):
     def _register(self):
         self._handle = register_handle(self)
         self._kernels = {}                  # scale -> (what it was built from, kernel layer)
+
+    def refresh(self):
+        """Rebuild the kernel matrix from the weight and bias at the next call: after changes to
+        them that PyTorch's version counter does not see (sparsebench.torch.refresh does it for
+        a whole model, fused layers included)."""
+        self._kernels = {}
 
     def _kernel_layer(self, scale=1.0):
         """The numpy SparseLinear (sparsebench.models) on the current weights, rebuilt if they
