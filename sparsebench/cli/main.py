@@ -120,8 +120,8 @@ def cmd_compare(args):
               "X included):")
         print(int8_table(rows))
     if {"sparsebench", "sparsebench-tokens"} <= set(methods):
-        print("\ntoken-major X and Y (contiguous, as PyTorch holds them) against feature-major (per-round time "
-              "ratio, median and p20-p80):")
+        print("\ntoken-major X and Y (contiguous, as PyTorch holds them; from the same allocator) against "
+              "feature-major (per-round time ratio, median and p20-p80):")
         print(layout_table(rows))
     bad = [r for r in rows if r["status"] in ("wrong", "error")]
     for r in bad:

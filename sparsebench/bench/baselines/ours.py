@@ -10,13 +10,15 @@
 the yardstick beside numpy's BLAS;
 `sparsebench-tokens`: our kernels on token-major X and Y (spmm's layout="tokens", what
 sparsebench.torch.SparseLinear runs: PyTorch's tokens x features), with the config tuned
-token-major (the `sparsebench` config when only feature-major was tuned).
+token-major (the `sparsebench` config when only feature-major was tuned). Its X and Y come from
+the same allocator as `sparsebench`'s (huge pages from 256 KiB on), so that the two compare
+kernels, not where the arrays landed.
 """
 import dataclasses
 
 import numpy as np
 
-from ...arrays import activations
+from ...arrays import activations, empty
 from ...bsr import BSRMatrix
 from ...dispatch import DENSE_BLOCK, default_config
 from ...errors import MethodUnavailable
@@ -106,8 +108,9 @@ class SparsebenchTokens(Sparsebench):
 
     def prepare(self, problem):
         A, X = self._operands(problem)[0], problem.X
-        Xt = np.ascontiguousarray(X.T)                      # contiguous, as a PyTorch tensor
-        Yt = np.empty((X.shape[1], A.shape[0]), np.float32)
+        Xt = empty(X.shape[::-1])                           # contiguous, as a PyTorch tensor
+        Xt[:] = X.T
+        Yt = empty((X.shape[1], A.shape[0]))
         cfg = self.config_for(problem)
         if cfg == "dense":
             raise MethodUnavailable("the tuned choice for this case is dense")
