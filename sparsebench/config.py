@@ -1,6 +1,7 @@
 """Kernel configurations: the config type and whether a config can run on a matrix."""
 import dataclasses
 import json
+import operator
 
 from .cpu import kernel_module
 from .errors import ConfigError
@@ -22,7 +23,11 @@ class KernelConfig:
     dtype: str = "float32"  # float32 (BSRMatrix) or int8 (QuantizedBSRMatrix) kernels
 
     def __post_init__(self):
-        object.__setattr__(self, "block", tuple(int(b) for b in self.block))
+        try:
+            block = tuple(operator.index(b) for b in self.block)     # whole numbers only: 4.9 is not 4
+        except TypeError:
+            raise ConfigError(f"block must be a pair of integers such as (4, 1), got {self.block!r}") from None
+        object.__setattr__(self, "block", block)
 
     def to_dict(self):
         """Plain JSON data; dtype only when not float32 (so float32 records stay as they were)."""

@@ -829,6 +829,13 @@ def test_refresh_after_changes_pytorch_does_not_count():
             m.encoder.layer[1].attention.self.query.bias.data.add_(0.5)
         assert sbt.refresh(model) is model and sbt.refresh(other) is other
         y, want = (m(input_ids=ids, attention_mask=mask).last_hidden_state for m in (model, other))
+        assert rel_diff(y.numpy(), want.numpy()) <= 1e-5
+        # one linear of a fused layer, refreshed by itself: the fused layer follows it
+        for m in (model, other):
+            m.encoder.layer[1].output.dense.weight.data.mul_(0.5)
+        model.encoder.layer[1].output.dense.refresh()
+        other.encoder.layer[1].output.dense.refresh()
+        y, want = (m(input_ids=ids, attention_mask=mask).last_hidden_state for m in (model, other))
     assert rel_diff(y.numpy(), want.numpy()) <= 1e-5
 
 

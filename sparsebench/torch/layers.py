@@ -207,12 +207,13 @@ class _FusedLayer:
     def _sb_layer(self):
         """(EncoderLayer, heads) over the current weights, or None if the layer no longer fuses
         (_unfusable): made again when a part, a parameter or its contents, an activation or an
-        eps changed (checked on every call, as SparseLinear does)."""
+        eps changed, or a linear was refresh()ed (checked on every call, as SparseLinear does)."""
         paths = _paths(self)
         parts = [_part(self, path) for path in paths["parts"]]
         tensors = [m._parameters.get(name) for m in parts[:8] for name in ("weight", "bias")]
-        key = tuple(map(id, parts + tensors)) + tuple(map(_version, tensors)) + tuple(
-            getattr(m, "activation", None) for m in parts[:6]) + tuple(getattr(m, "eps", None) for m in parts[6:8])
+        key = (tuple(map(id, parts + tensors)) + tuple(map(_version, tensors))
+               + tuple((getattr(m, "activation", None), getattr(m, "_generation", 0)) for m in parts[:6])
+               + tuple(getattr(m, "eps", None) for m in parts[6:8]))
         cached = self.__dict__.get("_sb_cache")
         if cached is None or cached[0] != key:
             self._sb_cache = None
@@ -237,7 +238,7 @@ def refresh(model):
         if isinstance(module, SparseLinear):
             module.refresh()
         elif isinstance(module, _FusedLayer):
-            module._sb_cache = None
+            module._sb_cache = None         # also its LayerNorms' parameters
     return model
 
 

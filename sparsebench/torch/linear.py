@@ -133,6 +133,7 @@ class SparseLinear(torch.nn.Module):
         them that PyTorch's version counter does not see (sparsebench.torch.refresh does it for
         a whole model, fused layers included)."""
         self._kernels = {}
+        self._generation = getattr(self, "_generation", 0) + 1      # fused layers' caches follow it
 
     def _kernel_layer(self, scale=1.0):
         """The numpy SparseLinear (sparsebench.models) on the current weights, rebuilt if they

@@ -20,6 +20,7 @@ import dataclasses
 import datetime
 import json
 import math
+import operator
 import os
 import warnings
 
@@ -63,7 +64,7 @@ class TunedConfigs:
         self.entries = data["entries"] if entries is None else entries
 
     def lookup(self, M, K, N, sparsity, block, dtype="float32", threads=None, layout="features"):
-        block = tuple(int(b) for b in block)
+        block = tuple(operator.index(b) for b in block)
         same = [e for e in self.entries if tuple(e["block"]) == block and e["dtype"] == dtype]
         exact = [e for e in same if (e["M"], e["K"], e["N"]) == (M, K, N)
                  and abs(e["sparsity"] - sparsity) <= SPARSITY_MATCH

@@ -11,8 +11,8 @@ the yardstick beside numpy's BLAS;
 `sparsebench-tokens`: our kernels on token-major X and Y (spmm's layout="tokens", what
 sparsebench.torch.SparseLinear runs: PyTorch's tokens x features), with the config tuned
 token-major (the `sparsebench` config when only feature-major was tuned). Its X and Y come from
-the same allocator as `sparsebench`'s (huge pages from 256 KiB on), so that the two compare
-kernels, not where the arrays landed.
+the same page allocator as `sparsebench`'s (huge pages from 256 KiB on), their rows unpadded as
+PyTorch's are, so that the page size does not tell the two apart.
 """
 import dataclasses
 
