@@ -680,10 +680,17 @@ def test_from_scipy_takes_only_scipy_matrices():
         sb.BSRMatrix.from_scipy(np.ones((8, 8), np.float32), block=(4, 1))
 
 
-def test_masked_x_is_refused(problem):
+def test_masked_arrays_are_refused(problem):
+    """The kernels would ignore the mask."""
+    from sparsebench.models import gelu_
     _, A, X = problem
     with pytest.raises(TypeError, match="must not be a masked array"):
         sb.spmm(A, np.ma.masked_array(X, mask=X > 0))
+    with pytest.raises(TypeError, match="not masked"):
+        gelu_(np.ma.masked_array(X, mask=X > 0))
+    with pytest.raises(TypeError, match="not masked"):
+        cpu.encoder_module().add_layer_norm(np.ma.masked_array(X), np.ones(10, np.float32),
+                                            np.zeros(10, np.float32), 1e-5)
 
 
 def test_threads_beyond_the_pool_run_on_the_pool():
