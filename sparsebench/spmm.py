@@ -67,7 +67,7 @@ def spmm(A, X, config=None, out=None, bias=None, activation=None, layout="featur
     return _multiply(A, X, config, out, y, bias, activation)
 
 
-def spmm_into(A, X, config, out, bias=None, activation=None):
+def spmm_into(A, X, config, out, bias=None, activation=None, accumulate=False):
     """spmm(A, X, config, out=out, bias=bias, activation=activation) for the encoder's own arrays
     (Workspace), known good: X float32 K x N with contiguous rows (or QuantizedActivations), out
     a writeable M x N one apart from X and bias, bias None or (M,) float32, config a planned
@@ -75,12 +75,15 @@ def spmm_into(A, X, config, out, bias=None, activation=None):
     64x64x8 call took, four calls a layer). The kernel modules still check types, sizes and
     strides before they release the GIL, so arrays the encoder never passes cannot crash: they
     get a ValueError (or, padded to whole blocks, a converted copy); an `out` overlapping X or
-    bias is not noticed."""
+    bias is not noticed. accumulate: out += A @ X (+ bias) instead, no activation (the
+    encoder's residual add, in the kernel's store step)."""
+    if accumulate and activation is not None:
+        raise ValueError("spmm_into: accumulate takes no activation")
     if isinstance(X, QuantizedActivations):
         _check_packing(A, X)
     if X.shape[0] != A.shape[1] or X.shape[1] != out.shape[1]:    # packed X no longer shows its N
         raise ValueError(f"spmm_into: X has shape {X.shape}, needs ({A.shape[1]}, {out.shape[1]})")
-    return _multiply(A, X, config, out, out, bias, activation)
+    return _multiply(A, X, config, out, out, bias, activation, accumulate=accumulate)
 
 
 def _packed_rows(A):
@@ -89,13 +92,13 @@ def _packed_rows(A):
     return K if LAYOUTS[A.block] == "rows" else -(-K // 4)
 
 
-def _multiply(A, X, config, out, y, bias, activation, yt=None, xt=None):
+def _multiply(A, X, config, out, y, bias, activation, yt=None, xt=None, accumulate=False):
     """The checked call: plan (once per matrix and config), then the kernel. y: out's canonical
     view (None for int8 with yt); yt: a token-major N x M array the kernels store Y into,
     transposed; xt: token-major X (N x K), and X then xt.T (for its shape). float32: the direct
     kernel reads xt where reads_tokens says so, the panel tasks transpose their tokens into a
     scratch where panel_tasks says so, else X is transposed into one on the pool first; int8
-    quantizes and packs straight from xt."""
+    quantizes and packs straight from xt. accumulate: y += the product (feature-major only)."""
     int8 = isinstance(A, QuantizedBSRMatrix)
     M, K = A.shape
     N = X.shape[1]
@@ -122,13 +125,16 @@ def _multiply(A, X, config, out, y, bias, activation, yt=None, xt=None):
             packed, xscales = pack(X if xt is None else xt, LAYOUTS[A.block], 0.0, config.threads,
                                    tokens=xt is not None)
         module.run(vid, A._data, A._indices_padded, A._gptr, bounds, A._comp, A._scales, packed, xscales, y, M,
-                   krows, config.prefetch, config.threads, bias, ACTIVATIONS[activation], yt)
+                   krows, config.prefetch, config.threads, bias, ACTIVATIONS[activation], yt, accumulate)
         return out
     if K == 0:
         # no products: every column is act(bias), or 0, with the kernels' own GELU
         column = np.zeros(M, np.float32) if bias is None else bias.copy()
         if activation == "gelu":
             encoder_module().gelu_(column, config.threads)
+        if accumulate:
+            y += column[:, None]
+            return out
         y[...] = column[:, None]
         if yt is not None:
             yt[...] = column[None, :]
@@ -161,7 +167,7 @@ def _multiply(A, X, config, out, y, bias, activation, yt=None, xt=None):
         Xp[K:] = 0
         X = Xp
     module.run(vid, data, indices, ptr, bounds, X, y, M, config.n_panel or N, config.prefetch, config.threads,
-               -(-K // bc) * bc, bias, ACTIVATIONS[activation], nslices, yt)
+               -(-K // bc) * bc, bias, ACTIVATIONS[activation], nslices, yt, None, accumulate)
     return out
 
 

@@ -5,6 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import sparsebench as sb
+from sparsebench import cpu
 from conftest import (SUPPORTED_BLOCKS, THREADS, U32, all_configs, assert_spmm_close, examples,
                       pruned_problems, random_pruned, random_x, reference, spmm_bound)
 
@@ -351,3 +352,55 @@ def test_spmm_does_not_keep_matrices_alive():
     gc.collect()
     assert ref() is None
 
+
+
+# -- accumulate: out += A @ X (+ bias), the encoder's residual add in the store step ----------------
+
+@pytest.mark.parametrize("block", [(4, 1), (1, 1), (4, 4), (16, 1)], ids=lambda b: f"{b[0]}x{b[1]}")
+@pytest.mark.parametrize("M, K, N", [(37, 29, 19), (64, 48, 40), (9, 0, 5), (20, 33, 1)])
+def test_spmm_into_accumulates_on_every_config_kind(block, M, K, N):
+    """Every ISA, tile, K slice, panel and task size, float64 reference; with empty block rows
+    (out keeps its rows there, plus the bias)."""
+    from sparsebench.spmm import spmm_into
+    W, A = random_pruned(M, K, block, 0.6, seed=M + K, empty_block_rows=0.3)
+    X = random_x(K, N, seed=N)
+    bias = np.random.default_rng(3).standard_normal(M).astype(np.float32)
+    R = random_x(M, N, seed=7)
+    configs = [c for isa in cpu.available_isas() for c in sb.kernel_configs(A, N, threads=2, isas=[isa])]
+    picked = configs[::max(1, len(configs) // 12)] + [c for c in configs if c.k_slice][:3]
+    for cfg in picked:
+        for b in (None, bias):
+            out = R.copy()
+            assert spmm_into(A, X, cfg, out, b, accumulate=True) is out
+            ref_b = b if b is not None else np.zeros(M, np.float32)
+            # R starts the sums: every rounding along them may also carry |R|
+            bound = spmm_bound(W, X, ref_b) + (K + 4) * U32 * np.abs(R.astype(np.float64))
+            err = np.abs(out.astype(np.float64) - (R.astype(np.float64) + reference(W, X, ref_b)))
+            assert np.all(err <= bound + 1e-30), f"{cfg} bias={b is not None}: {err.max()}"
+
+
+@pytest.mark.skipif(not cpu.available_isas("int8"), reason="this CPU (or build) has no AVX512-VNNI kernels")
+@pytest.mark.parametrize("block", [(4, 1), (8, 1), (4, 4), (1, 4)], ids=lambda b: f"{b[0]}x{b[1]}")
+@pytest.mark.parametrize("N", [1, 17, 64, 70])
+def test_int8_spmm_into_accumulates(block, N):
+    """The int8 kernel's store adds to out: exactly out + (what it stores without accumulate)."""
+    from sparsebench.spmm import spmm_into
+    W, _ = random_pruned(45, 52, block, 0.7, seed=N, empty_block_rows=0.2)
+    Aq = sb.QuantizedBSRMatrix.from_dense(W, block)
+    X = random_x(52, N, seed=N)
+    bias = np.random.default_rng(4).standard_normal(45).astype(np.float32)
+    R = random_x(45, N, seed=9)
+    for cfg in sb.kernel_configs(Aq, N, threads=2):
+        plain = np.empty((45, N), np.float32)
+        spmm_into(Aq, X, cfg, plain, bias)
+        out = R.copy()
+        spmm_into(Aq, X, cfg, out, bias, accumulate=True)
+        np.testing.assert_array_equal(out, R + plain, err_msg=str(cfg))
+
+
+def test_accumulate_takes_no_activation():
+    from sparsebench.spmm import spmm_into
+    W, A = random_pruned(8, 8, (4, 1), 0.5)
+    X = random_x(8, 4)
+    with pytest.raises(ValueError, match="accumulate takes no activation"):
+        spmm_into(A, X, sb.default_config(A, 4), np.zeros((8, 4), np.float32), activation="gelu", accumulate=True)

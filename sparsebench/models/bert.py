@@ -248,19 +248,20 @@ class EncoderLayer:
                 timer.lap(_GEMM_CATEGORY[lin.method])
         attend(ws.qkv, ws.ctx, heads, ws.shape[0], key_mask, threads)
         timer.lap("attention")
-        self.attn_out.matmul_into(ws.ctx, ws.sub)
+        # hidden += attn_out(ctx) in the kernel's store step, while the GEMM runs: the LayerNorm then
+        # reads one array, not two (quantized for ffn_in in the same pass when it reads int8)
+        self.attn_out.matmul_into(ws.ctx, ws.hidden, accumulate=True)
         timer.lap(_GEMM_CATEGORY[self.attn_out.method])
-        # hidden += sub, LayerNorm (quantized for ffn_in in the same pass when it reads int8)
-        x = layer_norm(ops, ws.hidden, self.ln1, self.eps, ws.sub, threads, _int8_block(self.ffn_in, n))
+        x = layer_norm(ops, ws.hidden, self.ln1, self.eps, None, threads, _int8_block(self.ffn_in, n))
         timer.lap("LayerNorm")
         self.ffn_in.matmul_into(ws.hidden if x is None else x, ws.inter)     # sparse: GELU fused in the kernel
         timer.lap(_GEMM_CATEGORY[self.ffn_in.method])
         if self.ffn_in.method == "numpy":
             self.ffn_in.activate(ws.inter)
             timer.lap("GELU")
-        self.ffn_out.matmul_into(ws.inter, ws.sub)
+        self.ffn_out.matmul_into(ws.inter, ws.hidden, accumulate=True)
         timer.lap(_GEMM_CATEGORY[self.ffn_out.method])
-        x = layer_norm(ops, ws.hidden, self.ln2, self.eps, ws.sub, threads, quantize_for)
+        x = layer_norm(ops, ws.hidden, self.ln2, self.eps, None, threads, quantize_for)
         timer.lap("LayerNorm")
         return x
 
@@ -308,7 +309,7 @@ class Workspace:
     model of width `hidden` and feed-forward width `intermediate`."""
 
     #: the features x tokens buffers (a pass over fewer tokens uses their first columns)
-    BY_TOKEN_COLUMN = ("hidden", "qkv", "ctx", "sub", "inter")
+    BY_TOKEN_COLUMN = ("hidden", "qkv", "ctx", "inter")
 
     def __init__(self, hidden, intermediate, batch, seq):
         H, I, T = hidden, intermediate, batch * seq
@@ -316,9 +317,9 @@ class Workspace:
         f32 = np.float32
         # activations: rows padded apart where they would alias in the caches (at T = 1024 the
         # sparse GEMMs and attention run 1.2x faster than on 4 KiB rows)
-        # hidden: the residual stream; qkv: Q, K, V stacked, the attention kernel's input; sub:
-        # a sublayer's output, added back by the LayerNorm
-        for name, rows in zip(self.BY_TOKEN_COLUMN, (H, 3 * H, H, H, I)):
+        # hidden: the residual stream (the output projections add into it); qkv: Q, K, V
+        # stacked, the attention kernel's input; ctx: its output; inter: the feed-forward's
+        for name, rows in zip(self.BY_TOKEN_COLUMN, (H, 3 * H, H, I)):
             setattr(self, name, activations(rows, T))
         self.rows = np.empty((T, H), f32)        # embeddings, token-major
         self.gathered = np.empty((T, H), f32)    # position or token-type embeddings, token-major

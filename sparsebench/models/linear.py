@@ -173,20 +173,24 @@ class SparseLinear:
                              + f", got {type(X).__name__} {getattr(X, 'shape', '')}")
         return self._compute(X, out, spmm)
 
-    def matmul_into(self, X, out):
+    def matmul_into(self, X, out, accumulate=False):
         """matmul into the encoder's own arrays (its Workspace), known good: through spmm_into,
-        without spmm's Python checks."""
-        return self._compute(X, out, spmm_into)
+        without spmm's Python checks. accumulate: out += the product instead (no activation): in
+        our kernels' store step, or after numpy's matmul."""
+        return self._compute(X, out, spmm_into, accumulate)
 
-    def _compute(self, X, out, multiply):
+    def _compute(self, X, out, multiply, accumulate=False):
         n = X.shape[1]
         plan = self._plans.get((n, "features")) or self.plan(n)
         quantized = isinstance(X, QuantizedActivations)
+        more = {"accumulate": True} if accumulate else {}
         if plan.method == "sparse":
-            out = multiply(self.A, X, plan.config, out=out, bias=self.bias, activation=self.activation)
+            out = multiply(self.A, X, plan.config, out=out, bias=self.bias, activation=self.activation, **more)
         elif plan.method == "dense":
             X = X.to_float() if quantized else X
-            out = multiply(self._dense, X, plan.config, out=out, bias=self.bias, activation=self.activation)
+            out = multiply(self._dense, X, plan.config, out=out, bias=self.bias, activation=self.activation, **more)
+        elif accumulate:
+            out += self._numpy_matmul(X.to_float() if quantized else X, None)
         else:
             out = self._numpy_matmul(X.to_float() if quantized else X, out)
         self._last = plan
