@@ -611,3 +611,11 @@ def test_sparse_linear_unpickles_from_before_kernel_became_a_property():
     assert old.method is None
     np.testing.assert_array_equal(old(np.ones((8, 2), np.float32)), np.ones((8, 2), np.float32))
     assert old.method == "sparse"
+
+
+def test_adding_into_out_takes_a_layer_without_activation():
+    W = np.random.default_rng(0).standard_normal((8, 8)).astype(np.float32)
+    for config in (None, "numpy"):
+        lin = SparseLinear(W, block=(4, 1), activation="gelu", config=config)
+        with pytest.raises(ModelError, match="without activation"):
+            lin.matmul_into(np.ones((8, 3), np.float32), np.zeros((8, 3), np.float32), accumulate=True)

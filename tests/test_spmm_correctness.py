@@ -357,17 +357,23 @@ def test_spmm_does_not_keep_matrices_alive():
 # -- accumulate: out += A @ X (+ bias), the encoder's residual add in the store step ----------------
 
 @pytest.mark.parametrize("block", [(4, 1), (1, 1), (4, 4), (16, 1)], ids=lambda b: f"{b[0]}x{b[1]}")
-@pytest.mark.parametrize("M, K, N", [(37, 29, 19), (64, 48, 40), (9, 0, 5), (20, 33, 1)])
-def test_spmm_into_accumulates_on_every_config_kind(block, M, K, N):
-    """Every ISA, tile, K slice, panel and task size, float64 reference; with empty block rows
-    (out keeps its rows there, plus the bias)."""
+@pytest.mark.parametrize("M, K, N, sparsity", [(37, 29, 19, 0.6), (20, 33, 1, 0.6), (9, 0, 5, 0.6),
+                                               (37, 150, 150, 0.6), (21, 70, 9, 0.0)])
+def test_spmm_into_accumulates_on_every_config_kind(block, M, K, N, sparsity):
+    """Every ISA, tiles, K slices, panels, task sizes and the dense variants (sparsity 0), float64
+    reference; with empty block rows (out keeps its rows there, plus the bias)."""
     from sparsebench.spmm import spmm_into
-    W, A = random_pruned(M, K, block, 0.6, seed=M + K, empty_block_rows=0.3)
+    W, A = random_pruned(M, K, block, sparsity, seed=M + K, empty_block_rows=0.3 if sparsity else 0.0)
     X = random_x(K, N, seed=N)
     bias = np.random.default_rng(3).standard_normal(M).astype(np.float32)
     R = random_x(M, N, seed=7)
     configs = [c for isa in cpu.available_isas() for c in sb.kernel_configs(A, N, threads=2, isas=[isa])]
-    picked = configs[::max(1, len(configs) // 12)] + [c for c in configs if c.k_slice][:3]
+    picked = (configs[::max(1, len(configs) // 12)] + [c for c in configs if c.k_slice][:4]
+              + [c for c in configs if c.n_panel][:4])
+    if K == 150:                     # this shape reaches the K-sliced and panelled paths
+        assert any(c.k_slice for c in picked) and any(c.n_panel for c in picked)
+    if sparsity == 0.0:
+        assert A.is_dense            # the dense variants (no index loads)
     for cfg in picked:
         for b in (None, bias):
             out = R.copy()
@@ -391,11 +397,12 @@ def test_int8_spmm_into_accumulates(block, N):
     bias = np.random.default_rng(4).standard_normal(45).astype(np.float32)
     R = random_x(45, N, seed=9)
     for cfg in sb.kernel_configs(Aq, N, threads=2):
-        plain = np.empty((45, N), np.float32)
-        spmm_into(Aq, X, cfg, plain, bias)
-        out = R.copy()
-        spmm_into(Aq, X, cfg, out, bias, accumulate=True)
-        np.testing.assert_array_equal(out, R + plain, err_msg=str(cfg))
+        for b in (None, bias):
+            plain = np.empty((45, N), np.float32)
+            spmm_into(Aq, X, cfg, plain, b)
+            out = R.copy()
+            spmm_into(Aq, X, cfg, out, b, accumulate=True)
+            np.testing.assert_array_equal(out, R + plain, err_msg=f"{cfg} bias={b is not None}")
 
 
 def test_accumulate_takes_no_activation():

@@ -853,3 +853,18 @@ def test_fused_layer_takes_a_strided_layer_norm_weight():
     with torch.no_grad():
         y, want = (m(input_ids=ids, attention_mask=mask).last_hidden_state for m in (model, other))
     assert rel_diff(y.numpy(), want.numpy()) <= 1e-5
+
+
+@needs_torch
+def test_an_output_projection_with_an_activation_does_not_fuse():
+    """The fused layer adds attn_out and ffn_out into the residual stream (no activation there):
+    a layer whose output projection has one runs transformers' forward instead of failing."""
+    model = tiny_hf("bert")
+    sbt.sparsify(model, sparsity=0.8)
+    layer = model.encoder.layer[0]
+    assert layer._sb_layer() is not None
+    layer.output.dense.activation = "gelu"
+    assert layer._sb_layer() is None
+    ids, mask = padded_inputs()
+    with torch.no_grad():
+        assert torch.isfinite(model(input_ids=ids, attention_mask=mask).last_hidden_state).all()

@@ -2,8 +2,9 @@
 
 Activations stay features x tokens (hidden x batch*seq) from the embeddings to the last
 LayerNorm, the layout the kernels compute in, so the 6 linear layers of a transformer layer
-chain with no transposes or copies. LayerNorm (with the residual add) and self-attention run
-fused in compiled kernels (kernels/encoder/, sparsebench.cpu.encoder_module). Buffers are
+chain with no transposes or copies. The output projections add into the residual stream in the
+kernels' store step; LayerNorm and self-attention run fused in compiled kernels (kernels/encoder/,
+sparsebench.cpu.encoder_module). Buffers are
 allocated once per (batch, seq).
 """
 import collections
@@ -32,7 +33,7 @@ from .linear import SparseLinear, detect_block
 DEFAULT_BLOCK = (4, 1)
 #: per-op categories of BertEncoder.profile, in report order ("sparse GEMMs" includes the GELU
 #: the kernels apply in their epilogue, "GELU" is the compiled GELU of dense FFN layers, "attention"
-#: is the fused scores-softmax-context kernel, "LayerNorm" includes the residual add)
+#: is the fused scores-softmax-context kernel; the residual adds are in the GEMMs' store step)
 CATEGORIES = ("sparse GEMMs", "dense GEMMs", "attention", "GELU", "LayerNorm", "embeddings",
               "copies/other")
 _LINEARS = (("query", "attention.self.query"), ("key", "attention.self.key"),
@@ -138,8 +139,8 @@ class _CheckpointWeights(Mapping):
 @dataclasses.dataclass
 class EncoderLayer:
     """One transformer layer on the kernels: six linear layers (query's weights scaled by
-    1/sqrt(head size), ffn_in with GELU in its epilogue) and two LayerNorms with their residual
-    adds. forward() is the layer's body for BertEncoder and for sparsebench.torch's fused layers."""
+    1/sqrt(head size), ffn_in with GELU in its epilogue, attn_out and ffn_out adding into the
+    residual stream) and two LayerNorms. forward() is the layer's body for BertEncoder and for sparsebench.torch's fused layers."""
 
     query: SparseLinear
     key: SparseLinear

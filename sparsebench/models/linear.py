@@ -180,6 +180,8 @@ class SparseLinear:
         return self._compute(X, out, spmm_into, accumulate)
 
     def _compute(self, X, out, multiply, accumulate=False):
+        if accumulate and self.activation is not None:
+            raise ModelError(f"{self.name}: adding into `out` takes a layer without activation")
         n = X.shape[1]
         plan = self._plans.get((n, "features")) or self.plan(n)
         quantized = isinstance(X, QuantizedActivations)

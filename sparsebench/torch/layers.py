@@ -5,7 +5,7 @@ A BertLayer, RobertaLayer or DistilBERT TransformerBlock whose six linear layers
 its parameters, state_dict names, isinstance and pickling stay as they were. Its forward
 transposes the hidden states into features x tokens once (on the kernels' pool), runs the layer
 body of sparsebench's own BertEncoder (models.bert.EncoderLayer.forward: the kernels, the fused
-attention, LayerNorm with its residual add) and transposes the result back: no PyTorch op, no
+attention, the residual adds in the kernels' store step, LayerNorm) and transposes the result back: no PyTorch op, no
 per-linear call and no per-linear transpose inside the layer.
 
 Their encoder (BertEncoder, RobertaEncoder, DistilBERT's Transformer) becomes Sparse<its class>
@@ -159,6 +159,8 @@ def _unfusable(module, paths):
     ffn_in, act = linears[4], module.get_submodule(paths["act"])
     if ffn_in.activation != "gelu" or not isinstance(act, torch.nn.Identity):
         return "its GELU is not fused into the first feed-forward layer (sparsify(..., fuse_gelu=True))"
+    if linears[3].activation is not None or linears[5].activation is not None:
+        return "an output projection has an activation (the fused layer adds them into the residual stream)"
     attention = module.get_submodule(paths["attention"])
     if getattr(attention, "is_causal", False) or getattr(module, "is_decoder", False):
         return "it is a decoder layer (causal attention)"
