@@ -76,7 +76,7 @@ class BSRMatrix(BlockGrid):
         init(self, "_dense", _every_block_stored(indptr, padded[:nnzb], Kb))
         init(self, "_tasks", {})     # (threads, m_tile) -> task bounds
         init(self, "_slices", {})    # k_slice -> blocks in slice order (see sliced)
-        init(self, "_plans", {})     # KernelConfig -> (module, variant id, arrays, task bounds); (N, layout) -> default
+        init(self, "_plans", {})     # KernelConfig -> (module, variant id, arrays, task bounds, token path); (N, layout) -> default
 
     def __setattr__(self, name, value):
         raise AttributeError("BSRMatrix is immutable; build a new one (e.g. BSRMatrix.from_dense)")

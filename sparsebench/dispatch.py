@@ -12,6 +12,8 @@ SERIAL_WORK_INT8 = 1 << 19
 L2_PANEL_BYTES = 512 * 1024
 #: the block our dense GEMM stores W in (a dense variant is compiled for it)
 DENSE_BLOCK = (4, 1)
+#: token-major panels of one tile a thread from which the default config runs panel tasks
+TOKEN_PANELS = 4
 #: L1 data cache per core when the CPU does not say
 L1_BYTES = 32 * 1024
 
@@ -61,5 +63,8 @@ def default_config(A, n, threads=None, layout="features"):
     k_slice = 128 if br == 1 and K > 128 else 0
     prefetch = 0 if br == 1 else (16 if K * n * 4 > L2_PANEL_BYTES else 4)
     work = A.nnz * max(n, 1)
-    return KernelConfig(A.block, isa, n_tile, 0, k_slice, 0, prefetch,
-                        threads if work >= SERIAL_WORK else 1)
+    threads = threads if work >= SERIAL_WORK else 1
+    # token-major: panel tasks of one tile (spmm.panel_tasks) once there are TOKEN_PANELS of
+    # them a thread; fewer tokens are transposed whole first (each core then reads less of W)
+    n_panel = n_tile if layout == "tokens" and not k_slice and n >= TOKEN_PANELS * threads * n_tile else 0
+    return KernelConfig(A.block, isa, n_tile, n_panel, k_slice, 0, prefetch, threads)

@@ -20,11 +20,11 @@ def spmm(A, X, config=None, out=None, bias=None, activation=None, layout="featur
     """Return Y = act(A @ X (+ bias[:, None])) with A a BSRMatrix (M x K), X a K x N float32 array.
 
     layout "tokens": X is N x K and Y (and `out`) N x M, token-major as PyTorch keeps
-    activations; the kernels store their tiles into `out` transposed, and each float32 task
-    transposes its own panel of tokens (otherwise X is transposed on the pool first: fewer panels
-    than threads, K slices, K not a multiple of the block's columns), except for blocks of one
-    vector of outputs with a tile of one vector, whose direct kernel reads X as it is
-    (reads_tokens); int8 quantizes and packs X from token-major, 64 tokens a task. No copies by the caller. The int8 QuantizedActivations
+    activations; the kernels store their tiles into `out` transposed. float32 X is transposed
+    on the pool first, or, with the config's n_panel (panel_tasks), each task transposes its
+    own panel of n_panel tokens; blocks of one vector of outputs with a tile of one vector have
+    a direct kernel that reads X as it is (reads_tokens). int8 quantizes and packs X from
+    token-major, 64 tokens a task. No copies by the caller. The int8 QuantizedActivations
     of quantize_activations(X, block, layout="tokens") serve any number of calls with the
     same X: the layout then only says how Y is stored.
 
@@ -114,7 +114,8 @@ def _multiply(A, X, config, out, y, bias, activation, yt=None, xt=None, accumula
         # up once per (matrix, config)
         arrays = (_packed_rows(A),) if int8 else A._slice_plan(config.k_slice)
         plan = A._plans[config] = (variant_id(config, dense=not int8 and A.is_dense) + arrays
-                                   + (A.task_bounds(config.threads, config.m_tile),))
+                                   + (A.task_bounds(config.threads, config.m_tile),)
+                                   + (() if int8 else (_token_path(A, config),)))
     if M == 0 or N == 0:
         return out
     if int8:
@@ -139,14 +140,14 @@ def _multiply(A, X, config, out, y, bias, activation, yt=None, xt=None, accumula
         if yt is not None:
             yt[...] = column[None, :]
         return out
-    module, vid, nslices, data, indices, ptr, bounds = plan
+    module, vid, nslices, data, indices, ptr, bounds, token_path = plan
     bc = A.block[1]
-    if xt is not None and reads_tokens(A, config):
+    if xt is not None and token_path is DIRECT:
         module.run_direct(data, indices, ptr, bounds, xt, yt, M, K, config.threads, bias, ACTIVATIONS[activation])
         return out
-    if xt is not None and panel_tasks(A, config, N):
-        # each panel of n_tile tokens gets its own K rows of the scratch, panel_ld floats apart
-        panel = min(config.n_tile, N)
+    if xt is not None and token_path is PANELS:
+        # each panel of n_panel tokens gets its own K rows of the scratch, panel_ld floats apart
+        panel = min(config.n_panel, N)
         ld = module.panel_ld(panel)
         X = _flat("x", -(-N // panel) * K * ld).reshape(-1, ld)
         module.run(vid, data, indices, ptr, bounds, X, y, M, panel, config.prefetch, config.threads, K,
@@ -154,7 +155,7 @@ def _multiply(A, X, config, out, y, bias, activation, yt=None, xt=None, accumula
         return out
     if xt is not None:
         Xf = _buffer("x", K, N)
-        kernel_module(best_isa()).transpose(xt, Xf, config.threads)    # the whole X, first
+        token_path(xt, Xf, config.threads)    # the whole X, first
         X = Xf
     if stages(A, X):
         Xs = _buffer("stage", K, N)
@@ -181,6 +182,20 @@ def _multiply(A, X, config, out, y, bias, activation, yt=None, xt=None, accumula
 STAGE_MIN_BYTES = 1024 * 1024
 
 
+#: token-major float32 paths other than transposing X whole first (_token_path)
+DIRECT, PANELS = "direct", "panels"
+
+
+def _token_path(A, config):
+    """How a float32 token-major call with this config runs: DIRECT (reads_tokens), PANELS
+    (panel_tasks), or else the transpose that takes X whole first (the best ISA's)."""
+    if reads_tokens(A, config):
+        return DIRECT
+    if panel_tasks(A, config):
+        return PANELS
+    return kernel_module(best_isa()).transpose
+
+
 def reads_tokens(A, config):
     """Whether a token-major call runs the direct kernel (run_direct): blocks of one vector of
     outputs (16x1 on AVX-512, 8x1 on AVX2, 4x1 on the generic build) read token-major X and
@@ -192,16 +207,17 @@ def reads_tokens(A, config):
             and config.n_tile == vw and (not config.k_slice or config.k_slice >= A.shape[1]))
 
 
-def panel_tasks(A, config, N):
-    """Whether a token-major call runs as panel tasks: each task transposes a panel of n_tile
-    tokens of X on its own core and runs every block row on them (no pass before the kernel,
-    nothing crosses cores; n_panel and m_tile play no part). That takes float32 kernels, one K
-    slice, K a multiple of the block's columns, a panel per thread, and blocks the direct kernel
-    does not take (reads_tokens)."""
+def panel_tasks(A, config):
+    """Whether a token-major call runs as panel tasks: with an n_panel, each task transposes a
+    panel of n_panel tokens of X on its own core and runs every block row on them (no pass
+    before the kernel, nothing crosses cores; m_tile plays no part). Without, X is transposed
+    whole on the pool first and the tasks are block-row ranges, as feature-major (each core then
+    reads only its part of W: at few tokens that can win; the tuner picks). Panel tasks take
+    float32 kernels, one K slice, K a multiple of the block's columns, and blocks the direct
+    kernel does not take (reads_tokens)."""
     K = A.shape[1]
-    return (not isinstance(A, QuantizedBSRMatrix) and K > 0 and K % A.block[1] == 0
-            and not reads_tokens(A, config) and (not config.k_slice or config.k_slice >= K)
-            and -(-N // config.n_tile) >= config.threads)
+    return (config.n_panel > 0 and not isinstance(A, QuantizedBSRMatrix) and K > 0 and K % A.block[1] == 0
+            and not reads_tokens(A, config) and (not config.k_slice or config.k_slice >= K))
 
 
 def stages(A, X):

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 import sparsebench as sb
 from sparsebench import cpu
 from conftest import SUPPORTED_BLOCKS, examples, random_x
-from sparsebench.spmm import reads_tokens
+from sparsebench.spmm import panel_tasks, reads_tokens
 
 INT8 = bool(cpu.available_isas("int8"))
 
@@ -129,17 +129,20 @@ def test_token_major_equals_feature_major_bitwise(block, dtype):
 
 @pytest.mark.parametrize("block", SUPPORTED_BLOCKS)
 def test_panel_tasks_transposing_their_own_tokens_give_the_same_bits(block):
-    """N large enough for a panel of n_tile tokens per thread: each task transposes its tokens
-    (remainder panel included) in 16-column blocks of 8x8 tiles (features past the last block
-    too), and stores Y in groups of rows (rows past the last 8 of a group too); K not a multiple
-    of the block's columns takes the other path."""
+    """Configs with an n_panel (one tile, several, N split over the threads): each task
+    transposes its tokens (remainder panel included) in 16-column blocks of 8x8 tiles (features
+    past the last block too), and stores Y in groups of rows (rows past the last 8 of a group
+    too); without, X is transposed whole first; K not a multiple of the block's columns takes
+    that path too."""
     for M, K in ((40, 96), (45, 100), (45, 67)):
         W = sb.prune(random_x(M, K, seed=K), 0.6, block)
         A = sb.BSRMatrix.from_dense(W, block)
         for N in (128, 131):
             Xt = random_x(N, K, seed=N)
-            configs = [c for c in sb.kernel_configs(A, N, threads=2) if not c.k_slice]
-            for cfg in configs[::3]:
+            configs = [c for c in sb.kernel_configs(A, N, threads=2, layout="tokens") if not c.k_slice]
+            panels = {c.n_panel for c in configs if panel_tasks(A, c)}
+            assert (len(panels) > 2) == (K % block[1] == 0), panels
+            for cfg in configs[::3] + [c for c in configs if c.n_panel and not c.prefetch]:
                 want = sb.spmm(A, np.ascontiguousarray(Xt.T), cfg, activation="gelu")
                 got = sb.spmm(A, Xt, cfg, activation="gelu", layout="tokens")
                 assert np.array_equal(got, want.T), str(cfg)
@@ -181,7 +184,7 @@ def test_the_direct_kernel_reads_tokens_as_they_are(isa):
                 want = sb.spmm(A, np.ascontiguousarray(Xt.T), cfg, bias=bias, activation="gelu")
                 got = sb.spmm(A, Xt, cfg, bias=bias, activation="gelu", layout="tokens")
                 assert np.array_equal(got, want.T), (M, K, N, threads)
-    _, vid, nslices, data, indices, ptr, bounds = A._plans[cfg]
+    _, vid, nslices, data, indices, ptr, bounds, _ = A._plans[cfg]
     Xt, Yt = random_x(9, K), np.zeros((9, M), np.float32)
     module.run_direct(data, indices, ptr, bounds, Xt, Yt, M, K, 2)
     both = np.zeros((9, M + K), np.float32)                  # Yt overlapping Xt
@@ -203,7 +206,7 @@ def test_run_takes_any_panel_width():
     Xt = random_x(9, 16, seed=2)
     config = sb.default_config(A, 9, 2)
     want = sb.spmm(A, np.ascontiguousarray(Xt.T), config)
-    _, vid, nslices, data, indices, ptr, bounds = A._plans[config]
+    _, vid, nslices, data, indices, ptr, bounds, _ = A._plans[config]
     module = cpu.kernel_module(config.isa)
     X = np.zeros((16, module.panel_ld(9)), np.float32)          # one panel of all 9 tokens
     Y, Yt = np.zeros((12, 9), np.float32), np.zeros((9, 12), np.float32)
@@ -274,6 +277,23 @@ def test_token_major_bias_is_checked():
     A = sb.BSRMatrix.from_dense(random_x(8, 6), (4, 1))
     with pytest.raises(ValueError, match=r"bias must be a contiguous float32 array of shape \(8,\)"):
         sb.spmm(A, random_x(3, 6), bias=np.zeros(9, np.float32), layout="tokens")
+
+
+def test_default_token_major_config_runs_panel_tasks_from_four_panels_a_thread():
+    """The heuristic transposes X whole first at few tokens (each core then reads less of W) and
+    runs panel tasks of one tile from TOKEN_PANELS of them a thread (X stays in cache); never
+    with K slices, where panel tasks cannot run; feature-major keeps no panel."""
+    from sparsebench.dispatch import TOKEN_PANELS
+    for block in ((4, 1), (1, 1)):
+        A = sb.BSRMatrix.from_dense(sb.prune(random_x(64, 256, seed=3), 0.7, block), block)
+        for threads in (1, 2):
+            for n in (8, 128, 384, 1024):
+                cfg = sb.default_config(A, n, threads, "tokens")
+                many = n >= TOKEN_PANELS * cfg.threads * cfg.n_tile
+                assert cfg.n_panel == (cfg.n_tile if many and not cfg.k_slice else 0), (block, n, cfg)
+                assert panel_tasks(A, cfg) == bool(cfg.n_panel)
+                assert sb.default_config(A, n, threads).n_panel == 0
+        assert bool(sb.default_config(A, 1024, 2, "tokens").n_panel) == (block == (4, 1))     # 1x1: K slices
 
 
 def test_default_token_major_config_leaves_the_direct_kernel_when_x_outgrows_l1(monkeypatch):

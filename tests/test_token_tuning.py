@@ -14,6 +14,7 @@ from sparsebench.spmm import panel_tasks, reads_tokens
 from sparsebench.tune import Autotuner, Task, TuningDB, autotune
 from sparsebench.tune.apply import TunedConfigs, export, load_tuned
 from sparsebench.tune.records import task_of
+from sparsebench.tune.space import M_TILES
 
 SMALL = Shape("small", 64, 48, 24)
 QUIET = dict(samples=3, confirm_samples=3, log=lambda *a: None)
@@ -151,16 +152,25 @@ def test_lookup_keeps_to_the_layout_among_near_shapes_and_files_say_their_versio
                     load_tuned(str(path))
 
 
-def test_token_major_space_drops_knobs_that_panel_tasks_ignore():
+@pytest.mark.parametrize("N, threads", [(128, 2), (128, 1), (384, 2), (1024, 2), (40, 2)])
+def test_token_major_space_has_panel_tasks_and_x_transposed_first(N, threads):
+    """Token-major without K slices: n_panel 0 transposes X whole first (every task size), an
+    n_panel is a panel task (one tile, two, four, N split over the threads in whole tiles, the
+    feature-major panels; a panel a thread at least; no task size); K slices keep every knob."""
     W = np.random.default_rng(1).standard_normal((64, 256)).astype(np.float32)
     A = sb.BSRMatrix.from_dense(sb.prune(W, 0.7, (4, 1)), (4, 1))
-    features = set(sb.kernel_configs(A, 128, threads=2))
-    tokens = set(sb.kernel_configs(A, 128, threads=2, layout="tokens"))
-    assert tokens < features
-    dropped = features - tokens
-    assert dropped and all((c.n_panel or c.m_tile) and panel_tasks(A, c, 128)     # 4x1 is one vector
-                           or (c.n_panel or c.prefetch) and reads_tokens(A, c) for c in dropped)  # on generic
-    assert any(c.k_slice and c.m_tile for c in tokens)      # K-sliced configs keep every knob
+    tokens = sb.kernel_configs(A, N, threads=threads, layout="tokens")
+    assert len(set(tokens)) == len(tokens)
+    for isa, nt in {(c.isa, c.n_tile) for c in tokens if not c.k_slice and not reads_tokens(A, c)}:
+        whole = [c for c in tokens if (c.isa, c.n_tile) == (isa, nt) and not c.k_slice]
+        assert {c.m_tile for c in whole if not c.n_panel} == set(M_TILES)
+        panels = {c.n_panel for c in whole if c.n_panel}
+        assert all(panel_tasks(A, c) and not c.m_tile for c in whole if c.n_panel)
+        even = -(-N // threads // nt) * nt
+        want = {p for p in {nt, 2 * nt, 4 * nt, even, 128, 256, 512}
+                if p % nt == 0 and p <= max(N, nt) and -(-N // p) >= threads}
+        assert panels == want, (nt, panels)
+    assert any(c.k_slice and c.m_tile and c.n_panel for c in tokens) == (N > 128)
 
 
 def test_token_major_space_keeps_only_the_task_size_of_the_direct_kernel():
@@ -175,7 +185,7 @@ def test_token_major_space_keeps_only_the_task_size_of_the_direct_kernel():
     direct = [c for c in configs if c.n_tile == vw]
     assert direct and all(reads_tokens(A, c) and not c.n_panel and not c.prefetch for c in direct)
     assert len({c.m_tile for c in direct}) == len(direct) > 1
-    assert any(panel_tasks(A, c, 128) for c in configs if c.n_tile > vw)
+    assert any(panel_tasks(A, c) for c in configs if c.n_tile > vw)
 
 
 def test_compare_prints_token_major_over_feature_major(tmp_path, capsys):

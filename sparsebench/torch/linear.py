@@ -1,9 +1,10 @@
 """SparseLinear: an nn.Linear for inference on sparsebench's kernels, and its custom op.
 
 Layout: PyTorch activations are token-major (N x K); the kernels compute features x tokens.
-spmm's token-major entry (layout="tokens") has each task transpose its own panel of tokens and
-store its register tiles into Y transposed (16x1 blocks: a direct kernel reads X as it is; int8:
-X quantized and packed from token-major): no copies in PyTorch. The product is the custom op
+spmm's token-major entry (layout="tokens") transposes X on the kernels' pool (whole, or a panel
+of tokens a task, as the config says) and stores the register tiles into Y transposed (16x1
+blocks: a direct kernel reads X as it is; int8: X quantized and packed from token-major): no
+copies in PyTorch. The product is the custom op
 ``torch.ops.sparsebench.spmm_linear`` with a fake implementation, so
 ``torch.compile(model, fullgraph=True)`` traces through it.
 """

@@ -30,9 +30,9 @@ def kernel_configs(A, n, threads=None, isas=None, layout="features"):
     """Every valid KernelConfig for matrix A times a K x n X: the autotuner's search space.
 
     Tiles much wider than n are left out (they would only run their masked tail path),
-    as are panels that would not split N, and, token-major, the panels and task sizes of
-    configs that run as panel tasks (spmm.panel_tasks: they would run the same kernel), and all
-    but the task size of those that run the direct kernel (spmm.reads_tokens).
+    as are panels that would not split N. Token-major, n_panel is also the task (panel_tasks):
+    its panels (token_panels) take no task size; the direct kernel (spmm.reads_tokens) takes
+    only a task size.
     """
     threads = threads or default_threads()
     if isinstance(A, QuantizedBSRMatrix):
@@ -45,21 +45,32 @@ def kernel_configs(A, n, threads=None, isas=None, layout="features"):
         for br, bc, nt, _ in module.VARIANTS:
             if (br, bc) != A.block or nt > widest:
                 continue
-            for n_panel in PANELS:
-                if n_panel and (n_panel % nt or n_panel >= n):
+            for k_slice in K_SLICES:
+                if k_slice and k_slice >= A.shape[1]:
                     continue
-                for k_slice in K_SLICES:
-                    if k_slice and k_slice >= A.shape[1]:
-                        continue
+                panels = [p for p in PANELS if not p or (p % nt == 0 and p < n)]
+                probe = KernelConfig(A.block, isa, nt, nt, k_slice, 0, 0, threads)
+                if layout == "tokens" and panel_tasks(A, probe):
+                    panels = [0] + token_panels(nt, n, threads)
+                for n_panel in panels:
                     for m_tile in M_TILES:
                         for prefetch in PREFETCH:
                             config = KernelConfig(A.block, isa, nt, n_panel, k_slice, m_tile, prefetch, threads)
                             if layout == "tokens" and (
-                                    (n_panel or m_tile) and panel_tasks(A, config, n)
+                                    m_tile and panel_tasks(A, config)
                                     or (n_panel or prefetch) and reads_tokens(A, config)):
                                 continue
                             out.append(config)
     return out
+
+
+def token_panels(n_tile, n, threads):
+    """Token-major panel widths (each a task, panel_tasks) worth trying for N = n: one tile, two
+    and four, N split evenly over the threads (in whole tiles), and PANELS; a multiple of
+    n_tile, at most n, and at least one panel per thread."""
+    even = -(-n // threads // n_tile) * n_tile if n >= threads else n_tile
+    widths = {n_tile, 2 * n_tile, 4 * n_tile, even} | set(PANELS)
+    return sorted(p for p in widths if p and p % n_tile == 0 and p <= max(n, n_tile) and -(-n // p) >= threads)
 
 
 def _int8_configs(A, n, threads, isas):
