@@ -8,7 +8,7 @@ from sparsebench import store
 from sparsebench.bench import baselines
 from sparsebench.bench.baselines import MethodUnavailable
 from sparsebench.cli.main import main
-from sparsebench.bench.compare import FIELDS, Compare, layout_table, read_rows, speedup_table
+from sparsebench.bench.compare import FIELDS, Compare, _csv_line, layout_table, read_rows, speedup_table
 from sparsebench.bench.shapes import Shape
 from sparsebench.bench.timing import Stats, interleaved, ratio
 from sparsebench.bench.verify import Reference
@@ -143,6 +143,35 @@ def test_rows_survive_interruption_and_resume_measures_only_missing(tmp_path, mo
     assert measured == ["b"]
     assert sorted(r["shape"] for r in rows) == ["a", "a", "b", "b"]
     assert sorted(r["shape"] for r in read_rows(out)) == ["a", "a", "b", "b"]
+
+
+def test_resume_measures_another_builds_rows_again_and_keeps_other_machines(tmp_path, monkeypatch, steady_machine):
+    """Rows of this machine from another build are not resumed: the case is measured again and
+    its old rows replaced; another machine's rows stay in the file, neither resumed nor shown."""
+    out = str(tmp_path / "c.csv")
+    shapes = [Shape("a", 16, 16, 4), Shape("b", 24, 16, 4)]
+    Compare(["dense", "sparsebench"], threads=1, samples=3, out=out, log=lambda *a: None).run(shapes, [0.5], [(1, 1)])
+    rows = read_rows(out)
+    for r in rows:
+        if r["shape"] == "a":
+            r["build_id"] = "oldbuild0000"
+    other = [dict(r, hardware_id="otherhw00000", median_ms="9") for r in rows if r["shape"] == "b"]
+    with open(out, "w") as f:
+        f.write(",".join(FIELDS) + "\n" + "".join(_csv_line(r) + "\n" for r in rows + other))
+    logged = []
+    again = Compare(["dense", "sparsebench"], threads=1, samples=3, out=out, log=logged.append)
+    measured = []
+    real = again.run_case
+    monkeypatch.setattr(again, "run_case", lambda *a: measured.append(a[0].name) or real(*a))
+    shown = again.run(shapes, [0.5], [(1, 1)])
+    assert measured == ["a"]
+    assert any("1 cases were measured by another build" in line for line in logged)
+    here = again.meta["hardware_id"]
+    assert sorted(r["shape"] for r in shown) == ["a", "a", "b", "b"] and all(r["hardware_id"] == here for r in shown)
+    kept = read_rows(out)
+    assert sorted((r["shape"], r["hardware_id"] == here) for r in kept) == [
+        ("a", True), ("a", True), ("b", False), ("b", False), ("b", True), ("b", True)]
+    assert all(r["build_id"] == again.meta["build_id"] for r in kept if r["hardware_id"] == here)
 
 
 def test_foreign_csv_is_refused_with_advice(tmp_path):

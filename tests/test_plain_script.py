@@ -78,6 +78,18 @@ def test_plain_benchmark_measures_degraded_rounds_again_and_leaves_them_out():
     assert (row["low"], row["high"]) == pytest.approx((1.1, 1.3))
 
 
+def test_plain_benchmark_with_too_few_clean_rounds_uses_them_all():
+    """4 rounds asked, one clean among 12 attempts: the ratios come from all 12 (median of
+    ratios 1.5 x 11 and 1.0), flagged not clean, rather than from the one clean round."""
+    from sparsebench.bench import plain
+    attempts = 4 * (1 + plain.RETRIES)
+    run = _scripted_run({"lab": [1.0] * attempts, "plain": [1.0] + [1.5] * (attempts - 1)})
+    verdicts = [False, False] + [True] * (2 * attempts - 2)
+    (row,) = plain.compare(4, 2, log=lambda line: None, monitor=_ScriptedMonitor(verdicts), run=run)
+    assert (row["rounds"], row["degraded_rounds"], row["clean"]) == (attempts, attempts - 1, False)
+    assert (row["plain_over_lab"], row["low"], row["high"]) == (1.5, 1.0, 1.5)
+
+
 def test_plain_benchmark_with_no_clean_round_says_so():
     from sparsebench.bench import plain
     attempts = 2 * (1 + plain.RETRIES)

@@ -110,12 +110,20 @@ class Compare:
                      "build_id": fingerprint.build_id(self.dtype), "sparsebench": __version__}
 
     def run(self, shapes, sparsities, blocks):
-        done = set()
+        """Measure every case. Rows of `out` from this machine and build count as done (an
+        interrupted run resumes); this machine's rows from another build are measured again and
+        replaced; other machines' rows are kept in `out`, neither counted nor returned."""
+        done, stale = set(), set()
         rows = []
         if self.out:
             _upgrade_header(self.out)
             for r in read_rows(self.out):
-                done.add((tuple(r[k] for k in KEY), r["method"]))
+                key = tuple(r[k] for k in KEY)
+                if r["hardware_id"] == self.meta["hardware_id"]:
+                    if r["build_id"] == self.meta["build_id"]:
+                        done.add((key, r["method"]))
+                    else:
+                        stale.add(key)
                 rows.append(r)
         wanted = [m.name for m in self.methods]
         cases = [(sh, b, s) for sh in shapes for b in blocks for s in sparsities]
@@ -124,17 +132,26 @@ class Compare:
                            for m in wanted)]
         if len(todo) < len(cases):
             self.log(f"resuming {self.out}: {len(cases) - len(todo)} of {len(cases)} cases already measured")
+        remeasured = stale & {case_key(c[0], c[1], c[2], self.threads, self.cache, self.dtype) for c in todo}
+        if remeasured:
+            self.log(f"{self.out}: {len(remeasured)} cases were measured by another build (not "
+                     f"{self.meta['build_id']}): measured again, their rows replaced")
         with threadpool_limits(self.threads):
             for i, (shape, block, sparsity) in enumerate(todo):
                 label = f"{shape.name} {shape} {block[0]}x{block[1]} {sparsity:g}"
                 self.progress(i, len(todo), label)
                 new = self.measure_case(shape, block, sparsity, label)
-                if self.out:
+                key = case_key(shape, block, sparsity, self.threads, self.cache, self.dtype)
+                rows = [r for r in rows if tuple(r[k] for k in KEY) != key
+                        or r["hardware_id"] != self.meta["hardware_id"]] + new
+                if self.out and key in stale:            # drop the other build's rows of this case
+                    with store.atomic_file(self.out) as f:
+                        f.write("".join(line + "\n" for line in [",".join(FIELDS)] + [_csv_line(r) for r in rows]))
+                elif self.out:
                     store.append_lines(self.out, [_csv_line(r) for r in new], header=",".join(FIELDS))
-                rows = [r for r in rows if tuple(r[k] for k in KEY) != case_key(
-                    shape, block, sparsity, self.threads, self.cache, self.dtype)] + new
                 self.progress(i + 1, len(todo), "")      # clear the live line
                 self.log(format_case(new))
+        rows = [r for r in rows if r["hardware_id"] == self.meta["hardware_id"]]    # this machine's
         degraded = {(r["shape"], r["block"], r["sparsity"]) for r in rows if r.get("degraded") == "True"}
         if degraded:
             self.log(f"degraded: {len(degraded)} cases were measured while a peak probe ran more than "

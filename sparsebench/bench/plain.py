@@ -8,7 +8,7 @@ with numpy, each spmm call right after a numpy matmul. A "lab" process imports s
 and alternates with the same numpy matmul. Rounds alternate the two kinds of process; the
 result per case is plain time / lab time, the median over rounds with its range. A peak probe
 runs before and after each process; a round in which one ran degraded (this machine's cores or
-memory busy with something else) is set aside and run again.
+memory busy with something else) is set aside and run again (if too few rounds are clean, all count).
 
 --torch MODEL (bert-base, ...; needs torch and transformers) measures a forward pass of that
 model in transformers after sparsebench.torch.sparsify (90% 4x1, batch 1, sequence 128), each
@@ -114,7 +114,8 @@ def compare(rounds=5, threads=2, log=print, torch_model=None, monitor=None, run=
     a plain process each, in alternating order). A peak probe (PeakMonitor) runs before and
     after each process: a round in which one of them ran degraded (the cores or the memory busy
     with something else) is run again, up to `rounds` * RETRIES more rounds in all. The ratios
-    come from the clean rounds; from the degraded ones only if none was clean (`clean` False).
+    come from the clean rounds if at least half the rounds asked for are clean; otherwise from
+    every round, degraded ones too (`clean` False: one or two clean rounds are no statistic).
     run(kind, threads, torch_model): one process's seconds per call of each case."""
     if monitor is None:
         from ..peak import PeakMonitor
@@ -131,7 +132,7 @@ def compare(rounds=5, threads=2, log=print, torch_model=None, monitor=None, run=
         (degraded if slow else clean).append(result)
         log(f"round {attempt}: " + ("degraded (a peak probe ran slow), measured again" if slow
                                     else f"{len(clean)}/{rounds} clean"))
-    used = clean or degraded
+    used = clean if 2 * len(clean) >= rounds else clean + degraded
     rows = []
     for case in used[0]["lab"]:
         ratios = sorted(r["plain"][case] / r["lab"][case] for r in used)
@@ -140,7 +141,7 @@ def compare(rounds=5, threads=2, log=print, torch_model=None, monitor=None, run=
         rows.append({"case": case, "threads": threads, "lab_us": lab[len(lab) // 2] * 1e6,
                      "plain_us": plain[len(plain) // 2] * 1e6,
                      "plain_over_lab": ratios[len(ratios) // 2], "low": ratios[0], "high": ratios[-1],
-                     "rounds": len(used), "degraded_rounds": len(degraded), "clean": bool(clean)})
+                     "rounds": len(used), "degraded_rounds": len(degraded), "clean": used is clean})
     return rows
 
 
@@ -162,7 +163,8 @@ def main(argv=None):
     rows = compare(args.rounds, args.threads, torch_model=args.torch)
     r0 = rows[0]
     print(f"{r0['rounds']} clean rounds; {r0['degraded_rounds']} degraded round(s) set aside" if r0["clean"] else
-          f"all {r0['rounds']} rounds degraded (a peak probe ran slow around each): the figures are theirs")
+          f"{r0['degraded_rounds']} of {r0['rounds']} rounds degraded (a peak probe ran slow around them), "
+          f"too few clean: the figures are from all {r0['rounds']}")
     print(f"{'case':<24} {'lab us':>8} {'plain us':>9} {'plain/lab':>10}  [range]")
     for r in rows:
         print(f"{r['case']:<24} {r['lab_us']:8.1f} {r['plain_us']:9.1f} {r['plain_over_lab']:10.2f}  "
