@@ -15,7 +15,7 @@ class KernelConfig:
     block: tuple            # (rows, cols) of W per block; must match the matrix
     isa: str                # compiled module: avx512, avx2 or generic
     n_tile: int             # register tile width in columns of X (a compile-time constant)
-    n_panel: int = 0        # columns of X per cache panel, a multiple of n_tile; 0 = whole N
+    n_panel: int = 0        # columns of X per cache panel (token-major: per task), a multiple of n_tile; 0 = whole N
     k_slice: int = 0        # rows of X per K slice, a multiple of the block's columns; 0 = whole K
     m_tile: int = 0         # block rows per task (dynamic schedule); 0 = static, balanced by nnz
     prefetch: int = 0       # software prefetch distance in blocks (int8: groups); 0 = off
