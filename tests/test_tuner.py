@@ -285,6 +285,33 @@ def test_check_strategy_retimes_both_winners_in_fresh_processes(tmp_path, capsys
     assert 0 < low <= slowdown <= high
 
 
+def test_check_strategy_against_the_best_few_of_a_sweep(tmp_path, monkeypatch, capsys):
+    """--top 3: the reference is the fastest, re-timed, of the exhaustive winner and the next two
+    configs by the sweep's times, each timed beside the smart winner (a config in both once)."""
+    from sparsebench.tune import TuningDB, check
+    from sparsebench.tune.records import candidate_of, task_of
+    db_path = tmp_path / "t.jsonl"
+    for strategy in ("smart", "exhaustive"):
+        assert main(["autotune", "--shapes", "40x32x16", "--sparsity", "0.8", "--threads", "1", "--samples", "3",
+                     "--db", str(db_path), "--strategy", strategy]) == 0
+    db = TuningDB(str(db_path), writable=False)
+    task = task_of(db.results()[0])
+    table = check.sweep_table(db, task, "exhaustive")
+    winner = candidate_of(next(r for r in db.results(task) if r["strategy"] == "exhaustive"))
+    refs = list(dict.fromkeys([winner] + sorted(table, key=table.get)))[:3]
+    mine = candidate_of(next(r for r in db.results(task) if r["strategy"] == "smart"))
+    timed = []
+    real = check.interleaved
+    monkeypatch.setattr(check, "interleaved", lambda fns, **kw: timed.append(list(fns)) or real(fns, **kw))
+    ((mine_s, ref_s, slowdown, fastest),) = check.time_winners([(task, mine, refs)], 3)
+    assert timed == [list(dict.fromkeys([str(mine)] + [str(c) for c in refs]))] and len(refs) == 3
+    assert fastest in {str(c) for c in refs} and mine_s > 0 and ref_s > 0 and slowdown > 0
+    capsys.readouterr()
+    assert main(["check-strategy", "--shapes", "40x32x16", "--sparsity", "0.8", "--threads", "1",
+                 "--db", str(db_path), "--samples", "3", "--processes", "1", "--top", "3"]) == 0
+    assert "the fastest of exhaustive's 3 best configs" in capsys.readouterr().out
+
+
 def test_check_strategy_replays_smart_on_the_exhaustive_measurements(tmp_path, capsys):
     db = tmp_path / "t.jsonl"
     assert main(["autotune", "--shapes", "40x32x16", "--sparsity", "0.8", "--threads", "1", "--samples", "3",

@@ -292,10 +292,13 @@ def cmd_check_strategy(args):
         rows = replay_strategy(db, tasks, args.strategy, args.against)
         return _strategy_table(args, rows, "optimum ms", "space", "no ", "the space",
                                lambda r: f"{r['slowdown']:.3f}")
-    print(f"{args.strategy} vs {args.against}: winners re-timed side by side, {args.samples} interleaved "
+    ref = (f"{args.against} winner time" if args.top == 1 else
+           f"the fastest of {args.against}'s {args.top} best configs (its winner and the next by its times)")
+    print(f"{args.strategy} vs {args.against}: re-timed side by side, {args.samples} interleaved "
           f"samples in each of {args.processes} fresh processes; slowdown = {args.strategy} winner time / "
-          f"{args.against} winner time, median over the processes [lowest-highest process]")
-    rows = check_strategy(db, tasks, args.strategy, args.against, samples=args.samples, processes=args.processes)
+          f"{ref}, median over the processes [lowest-highest process]")
+    rows = check_strategy(db, tasks, args.strategy, args.against, samples=args.samples, processes=args.processes,
+                          top=args.top)
     _strategy_table(args, rows, f"{args.against} ms", "ref_evals", "not tuned with ", f"{args.against}'s",
                     lambda r: f"{r['slowdown']:.3f} [{r['slowdown_low']:.3f}-{r['slowdown_high']:.3f}]")
 
@@ -424,6 +427,9 @@ def build_parser():
     q.add_argument("--against", default="exhaustive")
     q.add_argument("--samples", type=positive, default=41, help="interleaved samples per process")
     q.add_argument("--processes", type=positive, default=3, help="fresh processes to time in (pyperf style)")
+    q.add_argument("--top", type=positive, default=1,
+                   help="compare with the fastest of --against's winner and its next best configs, this many "
+                   "in all, re-timed side by side (5: against a sweep's best five)")
     q.add_argument("--replay", action="store_true",
                    help="no timing: run --strategy on the whole-space table --against's run measured "
                    "(Kernel Tuner's simulation mode; --against must be exhaustive)")

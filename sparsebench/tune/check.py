@@ -25,8 +25,11 @@ from .runners import dense_runner, in_layout, new_output, sparse_runner
 from .space import SearchSpace
 
 
-def check_strategy(db, tasks, strategy, against, samples=41, processes=3):
-    """Rows: task, evals of each, winners, time ratio (strategy winner / reference winner)."""
+def check_strategy(db, tasks, strategy, against, samples=41, processes=3, top=1):
+    """Rows: task, evals of each, winners, time ratio (strategy winner / reference). The
+    reference is `against`'s winner, or with top > 1 the fastest, re-timed, of it and the next
+    fastest configs of its run (`top` in all, as that run measured them): a check against the
+    few best of a sweep, not against one of them that a noisy sample put first."""
     rows, jobs = [], []
     for task in tasks:
         mine = [r for r in db.results(task) if r["strategy"] == strategy]
@@ -35,41 +38,45 @@ def check_strategy(db, tasks, strategy, against, samples=41, processes=3):
             rows.append({"task": task, "missing": strategy if not mine else against})
             continue
         mine, ref = mine[-1], ref[-1]
+        table = sweep_table(db, task, against)
+        refs = list(dict.fromkeys([candidate_of(ref)] + sorted(table, key=table.get)))[:top]
         row = {"task": task, "evals": mine["evals"], "ref_evals": ref["evals"], "space": ref["space_size"],
-               "mine": str(candidate_of(mine)), "ref": str(candidate_of(ref))}
+               "mine": str(candidate_of(mine)), "ref": str(candidate_of(ref)), "refs": len(refs)}
         rows.append(row)
-        jobs.append((row, (task, candidate_of(mine), candidate_of(ref))))
+        jobs.append((row, (task, candidate_of(mine), refs)))
     runs = []
     context = multiprocessing.get_context("spawn")
     for _ in range(processes):
         with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
             runs.append(pool.submit(time_winners, [job for _, job in jobs], samples).result())
     for i, (row, _) in enumerate(jobs):
-        per_process = [run[i] for run in runs]           # (mine s, ref s, slowdown) each
+        per_process = [run[i] for run in runs]           # (mine s, ref s, slowdown, ref) each
         slowdowns = sorted(p[2] for p in per_process)
         row.update(mine_ms=float(np.median([p[0] for p in per_process])) * 1e3,
                    ref_ms=float(np.median([p[1] for p in per_process])) * 1e3,
                    slowdown=float(np.median(slowdowns)), slowdown_low=slowdowns[0],
-                   slowdown_high=slowdowns[-1])
+                   slowdown_high=slowdowns[-1], fastest_refs=sorted({p[3] for p in per_process}))
     return rows
 
 
 def time_winners(jobs, samples):
-    """For each (task, mine, ref): (mine median s, ref median s, median per-round mine/ref ratio)."""
+    """For each (task, mine, refs): mine and the refs interleaved (a config in both timed once);
+    (mine median s, the fastest ref's median s, median per-round mine / that ref, that ref)."""
     out = []
-    for task, mine, ref in jobs:
+    for task, mine, refs in jobs:
         W, X = problem_arrays(task_shape(task))
         Wp = prune(W, task.sparsity, task.block)
         A = sparse_matrix(Wp, task.block, task.dtype)
         X = in_layout(X, task.layout)
         fns = {}
-        for name, cand in (("mine", mine), ("ref", ref)):
+        for cand in dict.fromkeys([mine] + list(refs)):
             out_buf = new_output(task)
             run = (dense_runner(Wp, X, task.threads, task.layout) if cand == "dense"
                    else sparse_runner(A, X, cand, task.layout))
-            fns[name] = (lambda run=run, o=out_buf: run(o))
+            fns[str(cand)] = (lambda run=run, o=out_buf: run(o))
         st = interleaved(fns, samples=samples, warmup=2)
-        out.append((st["mine"].median, st["ref"].median, 1 / ratio(st["ref"], st["mine"]).median))
+        best = min((str(c) for c in refs), key=lambda name: st[name].median)
+        out.append((st[str(mine)].median, st[best].median, 1 / ratio(st[best], st[str(mine)]).median, best))
     return out
 
 
