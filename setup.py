@@ -41,9 +41,8 @@ def load_variants():
 VARIANTS = load_variants()
 #: shared by every kernel: the variant table, the pool (client and implementation), common.pxi
 SHARED_SOURCES = ("variants.py", "pool.h", "pool_impl.h", "pool.pyx", "common.pxi", "simd.h")
-#: what the kernels of each dtype are rendered and compiled from (see kernel_hashes); for
-#: float32 also spmm.py, which decides which path a config runs (token-major panel tasks or not)
-KERNEL_SOURCES = {"float32": SHARED_SOURCES + ("spmm.pyx.tp", "transpose.h", "../sparsebench/spmm.py"),
+#: what the kernels of each dtype are rendered and compiled from (see kernel_hashes)
+KERNEL_SOURCES = {"float32": SHARED_SOURCES + ("spmm.pyx.tp", "transpose.h"),
                   "int8": SHARED_SOURCES + ("spmm_int8.pyx.tp", "vnni.h", "transpose.h")}
 COMMON_FLAGS = ["-O3", "-pthread", "-fno-math-errno", "-Wno-unused-function", "-Wno-unreachable-code"]
 

@@ -8,6 +8,13 @@ from .errors import ConfigError
 from .quant import QuantizedBSRMatrix
 
 
+#: what a float32 config runs, by version (bumped when spmm's choice of path for a config
+#: changes): part of the float32 build id (fingerprint.build), so tuning records measured under
+#: other rules are not reused. 2: token-major, an n_panel runs panel tasks, none transposes X
+#: whole first (spmm.panel_tasks)
+FLOAT32_CONFIG_RULES = 2
+
+
 @dataclasses.dataclass(frozen=True, order=True)
 class KernelConfig:
     """One compiled kernel variant plus its run-time knobs. Immutable, hashable, JSON-ready."""

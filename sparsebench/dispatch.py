@@ -1,4 +1,6 @@
 """The kernel config used when nothing is tuned: a heuristic, sensible rather than optimal."""
+import dataclasses
+
 from .config import KernelConfig
 from .cpu import available_isas, best_isa, default_threads, kernel_module
 from .machine import cpu_identity
@@ -51,11 +53,13 @@ def default_config(A, n, threads=None, layout="features"):
     while n_tile > module.VECTOR_WIDTH and n_tile // 2 >= n and n_tile // 2 in widths:
         n_tile //= 2
     K = A.shape[1]
+    beyond_l1 = False
     if layout == "tokens" and n_tile == module.VECTOR_WIDTH and A.block == (n_tile, 1):
         # the direct kernel (spmm.reads_tokens) reads the rows of DIRECT_TOKENS tokens of X at
         # once: beyond L1 (768x3072, 16x1: 96 KB) panels of two vectors ran 1.16-1.18x faster
         l1 = cpu_identity()["caches"].get("L1d") or L1_BYTES
-        if min(n, module.DIRECT_TOKENS) * K * 4 > l1:
+        beyond_l1 = min(n, module.DIRECT_TOKENS) * K * 4 > l1
+        if beyond_l1:
             n_tile = 2 * module.VECTOR_WIDTH
     # single-row blocks load one X vector per multiply-add: keep a K slice of X in cache;
     # the others prefetch the X rows of coming blocks, further ahead once X outgrows L2
@@ -64,7 +68,13 @@ def default_config(A, n, threads=None, layout="features"):
     prefetch = 0 if br == 1 else (16 if K * n * 4 > L2_PANEL_BYTES else 4)
     work = A.nnz * max(n, 1)
     threads = threads if work >= SERIAL_WORK else 1
+    config = KernelConfig(A.block, isa, n_tile, 0, k_slice, 0, prefetch, threads)
     # token-major: panel tasks of one tile (spmm.panel_tasks) once there are TOKEN_PANELS of
-    # them a thread; fewer tokens are transposed whole first (each core then reads less of W)
-    n_panel = n_tile if layout == "tokens" and not k_slice and n >= TOKEN_PANELS * threads * n_tile else 0
-    return KernelConfig(A.block, isa, n_tile, n_panel, k_slice, 0, prefetch, threads)
+    # them a thread, and where the direct kernel's X left L1; fewer tokens are transposed whole
+    # first (each core then reads less of W)
+    if layout == "tokens" and (beyond_l1 or n >= TOKEN_PANELS * threads * n_tile):
+        from .spmm import panel_tasks
+        panels = dataclasses.replace(config, n_panel=n_tile)
+        if panel_tasks(A, panels):
+            return panels
+    return config

@@ -4,6 +4,7 @@ import json
 
 from . import __version__
 from ._buildinfo import BUILD
+from .config import FLOAT32_CONFIG_RULES
 from .cpu import available_isas
 from .machine import cpu_identity
 
@@ -16,16 +17,19 @@ def hardware():
 
 
 def build(dtype=None):
-    """sparsebench version, kernel source hashes, compiler, what -mtune resolved to at build time
-    and the flags of the modules that can run; with a dtype, only what that dtype's kernels are
-    made of (what build_id(dtype) keys)."""
+    """sparsebench version, kernel source hashes, compiler, what -mtune resolved to at build time,
+    the flags of the modules that can run and (float32) the config rules version; with a dtype,
+    only what that dtype's kernels are made of (what build_id(dtype) keys)."""
     dtypes = [dtype] if dtype else list(BUILD["kernel_hashes"])
     flags = {}
     for d in dtypes:
         key, prefix = ("flags", "") if d == "float32" else (d + "_flags", d + "-")
         flags.update({prefix + isa: BUILD[key][isa] for isa in available_isas(d)})
-    return {"version": __version__, "kernel_hashes": {d: BUILD["kernel_hashes"][d] for d in dtypes},
-            "compiler": BUILD["compiler"], "tune": BUILD.get("tune", "unrecorded"), "flags": flags}
+    out = {"version": __version__, "kernel_hashes": {d: BUILD["kernel_hashes"][d] for d in dtypes},
+           "compiler": BUILD["compiler"], "tune": BUILD.get("tune", "unrecorded"), "flags": flags}
+    if "float32" in dtypes:
+        out["config_rules"] = FLOAT32_CONFIG_RULES
+    return out
 
 
 def digest(obj):

@@ -113,7 +113,7 @@ class QuantizedBSRMatrix(BlockGrid):
         init(self, "_scales", _frozen(rscale))
         init(self, "_nnzb", int(rows.size))
         init(self, "_tasks", {})     # (threads, m_tile) -> task bounds
-        init(self, "_plans", {})     # KernelConfig -> (module, variant id, task bounds); (N, layout) -> default config
+        init(self, "_plans", {})     # KernelConfig -> (module, variant id, packed rows, task bounds); (N, layout) -> default config
 
     def __setattr__(self, name, value):
         raise AttributeError("QuantizedBSRMatrix is immutable; build a new one (e.g. from_dense)")

@@ -145,9 +145,9 @@ def _multiply(A, X, config, out, y, bias, activation, yt=None, xt=None, accumula
     if xt is not None and token_path is DIRECT:
         module.run_direct(data, indices, ptr, bounds, xt, yt, M, K, config.threads, bias, ACTIVATIONS[activation])
         return out
-    if xt is not None and token_path is PANELS:
-        # each panel of n_panel tokens gets its own K rows of the scratch, panel_ld floats apart
-        panel = min(config.n_panel, N)
+    panel = panel_width(config, N) if xt is not None and token_path is PANELS else 0
+    if panel:
+        # each panel of tokens gets its own K rows of the scratch, panel_ld floats apart
         ld = module.panel_ld(panel)
         X = _flat("x", -(-N // panel) * K * ld).reshape(-1, ld)
         module.run(vid, data, indices, ptr, bounds, X, y, M, panel, config.prefetch, config.threads, K,
@@ -155,7 +155,7 @@ def _multiply(A, X, config, out, y, bias, activation, yt=None, xt=None, accumula
         return out
     if xt is not None:
         Xf = _buffer("x", K, N)
-        token_path(xt, Xf, config.threads)    # the whole X, first
+        kernel_module(best_isa()).transpose(xt, Xf, config.threads)    # the whole X, first
         X = Xf
     if stages(A, X):
         Xs = _buffer("stage", K, N)
@@ -188,20 +188,34 @@ DIRECT, PANELS = "direct", "panels"
 
 def _token_path(A, config):
     """How a float32 token-major call with this config runs: DIRECT (reads_tokens), PANELS
-    (panel_tasks), or else the transpose that takes X whole first (the best ISA's)."""
+    (panel_tasks, if N gives each thread a panel: panel_width), else None (X transposed whole
+    first)."""
     if reads_tokens(A, config):
         return DIRECT
-    if panel_tasks(A, config):
-        return PANELS
-    return kernel_module(best_isa()).transpose
+    return PANELS if panel_tasks(A, config) else None
+
+
+def even_panel(n_tile, n, threads):
+    """Tokens a panel for n tokens split evenly over `threads` panel tasks, in whole tiles: rounded
+    up where that still leaves a panel per thread, else down; 0 if neither does."""
+    up = -(-n // threads // n_tile) * n_tile
+    return up if up and -(-n // up) >= threads else n // threads // n_tile * n_tile
+
+
+def panel_width(config, N):
+    """The tokens each panel task takes for N tokens: the config's n_panel, narrowed so that every
+    thread gets a panel (even_panel: a config tuned for more tokens or fewer threads, or another
+    layout's, does not leave cores idle); 0 if no width does, and X is then transposed whole."""
+    return min(config.n_panel, even_panel(config.n_tile, N, config.threads))
 
 
 def reads_tokens(A, config):
     """Whether a token-major call runs the direct kernel (run_direct): blocks of one vector of
     outputs (16x1 on AVX-512, 8x1 on AVX2, 4x1 on the generic build) read token-major X and
     write token-major Y as they are, no transposes. float32, one K slice, not a dense matrix,
-    and n_tile one vector (wider tiles run as panel tasks: the tuner picks); only m_tile plays
-    a part. At 768x3072 the direct kernel's 8 tokens of X (96 KB) leave L1 and panels win."""
+    and n_tile one vector (wider tiles take X one of the other two ways: the tuner picks); only
+    m_tile plays a part. At 768x3072 the direct kernel's 8 tokens of X (96 KB) leave L1 and
+    panels of two vectors win."""
     vw = kernel_module(config.isa).VECTOR_WIDTH
     return (not isinstance(A, QuantizedBSRMatrix) and not A.is_dense and A.block == (vw, 1)
             and config.n_tile == vw and (not config.k_slice or config.k_slice >= A.shape[1]))
@@ -210,7 +224,8 @@ def reads_tokens(A, config):
 def panel_tasks(A, config):
     """Whether a token-major call runs as panel tasks: with an n_panel, each task transposes a
     panel of n_panel tokens of X on its own core and runs every block row on them (no pass
-    before the kernel, nothing crosses cores; m_tile plays no part). Without, X is transposed
+    before the kernel, nothing crosses cores; m_tile plays no part; narrower where N would leave
+    a thread without a panel: panel_width). Without, X is transposed
     whole on the pool first and the tasks are block-row ranges, as feature-major (each core then
     reads only its part of W: at few tokens that can win; the tuner picks). Panel tasks take
     float32 kernels, one K slice, K a multiple of the block's columns, and blocks the direct

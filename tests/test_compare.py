@@ -145,9 +145,13 @@ def test_rows_survive_interruption_and_resume_measures_only_missing(tmp_path, mo
     assert sorted(r["shape"] for r in read_rows(out)) == ["a", "a", "b", "b"]
 
 
-def test_resume_measures_another_builds_rows_again_and_keeps_other_machines(tmp_path, monkeypatch, steady_machine):
+def test_resume_archives_another_builds_rows_and_keeps_other_machines(tmp_path, monkeypatch, steady_machine):
     """Rows of this machine from another build are not resumed: the case is measured again and
-    its old rows replaced; another machine's rows stay in the file, neither resumed nor shown."""
+    its old rows move to the archive beside the CSV (nothing lost, one row per case and method
+    left); a row of this build for a method not asked for stays; another machine's rows stay in
+    the file, neither resumed nor shown."""
+    import gzip
+    from sparsebench.bench.compare import archive_path
     out = str(tmp_path / "c.csv")
     shapes = [Shape("a", 16, 16, 4), Shape("b", 24, 16, 4)]
     Compare(["dense", "sparsebench"], threads=1, samples=3, out=out, log=lambda *a: None).run(shapes, [0.5], [(1, 1)])
@@ -158,20 +162,27 @@ def test_resume_measures_another_builds_rows_again_and_keeps_other_machines(tmp_
     other = [dict(r, hardware_id="otherhw00000", median_ms="9") for r in rows if r["shape"] == "b"]
     with open(out, "w") as f:
         f.write(",".join(FIELDS) + "\n" + "".join(_csv_line(r) + "\n" for r in rows + other))
-    logged = []
-    again = Compare(["dense", "sparsebench"], threads=1, samples=3, out=out, log=logged.append)
-    measured = []
+    logged, measured = [], []
+    again = Compare(["sparsebench"], threads=1, samples=3, out=out, log=logged.append)
     real = again.run_case
     monkeypatch.setattr(again, "run_case", lambda *a: measured.append(a[0].name) or real(*a))
     shown = again.run(shapes, [0.5], [(1, 1)])
     assert measured == ["a"]
-    assert any("1 cases were measured by another build" in line for line in logged)
-    here = again.meta["hardware_id"]
-    assert sorted(r["shape"] for r in shown) == ["a", "a", "b", "b"] and all(r["hardware_id"] == here for r in shown)
+    assert any("1 rows of this machine from another build" in line for line in logged)
+    here, build = again.meta["hardware_id"], again.meta["build_id"]
+    assert all(r["hardware_id"] == here for r in shown)
+    assert sorted((r["shape"], r["method"]) for r in shown) == [
+        ("a", "dense"), ("a", "sparsebench"), ("b", "dense"), ("b", "sparsebench")]
     kept = read_rows(out)
-    assert sorted((r["shape"], r["hardware_id"] == here) for r in kept) == [
-        ("a", True), ("a", True), ("b", False), ("b", False), ("b", True), ("b", True)]
-    assert all(r["build_id"] == again.meta["build_id"] for r in kept if r["hardware_id"] == here)
+    assert sorted((r["shape"], r["method"], r["hardware_id"] == here, r["build_id"] == build) for r in kept) == [
+        ("a", "dense", True, False),                     # not asked for: stays as it was
+        ("a", "sparsebench", True, True),                # measured again
+        ("b", "dense", False, True), ("b", "dense", True, True),
+        ("b", "sparsebench", False, True), ("b", "sparsebench", True, True)]
+    with gzip.open(archive_path(out), "rt") as f:
+        archived = list(csv.reader(f))
+    assert len(archived) == 1 and archived[0][FIELDS.index("build_id")] == "oldbuild0000"
+    assert archived[0][FIELDS.index("method")] == "sparsebench"
 
 
 def test_foreign_csv_is_refused_with_advice(tmp_path):

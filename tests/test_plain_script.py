@@ -97,3 +97,16 @@ def test_plain_benchmark_with_no_clean_round_says_so():
     (row,) = plain.compare(2, 2, log=lambda line: None, monitor=_ScriptedMonitor([True] * (2 * attempts)), run=run)
     assert (row["rounds"], row["degraded_rounds"], row["clean"]) == (attempts, attempts, False)
     assert row["plain_over_lab"] == 2.0
+
+
+def test_plain_benchmark_alternates_which_kind_runs_first_degraded_rounds_too():
+    from sparsebench.bench import plain
+    order = []
+    attempts = 2 * (1 + plain.RETRIES)
+
+    def run(kind, threads, torch_model):
+        order.append(kind)
+        return {"case": 1.0}
+    plain.compare(2, 2, log=lambda line: None, monitor=_ScriptedMonitor([True] * (2 * attempts)), run=run)
+    firsts = order[::2]
+    assert len(firsts) == attempts and firsts == ["lab", "plain"] * (attempts // 2)

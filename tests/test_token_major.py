@@ -299,7 +299,7 @@ def test_default_token_major_config_runs_panel_tasks_from_four_panels_a_thread()
 def test_default_token_major_config_leaves_the_direct_kernel_when_x_outgrows_l1(monkeypatch):
     """The heuristic's token-major config runs the direct kernel while the rows of X it reads at
     once (DIRECT_TOKENS tokens, or all of N if fewer) fit in L1 (the CPU's, 32 KB when it does
-    not say), panels of two vectors beyond; feature-major is unchanged."""
+    not say), panel tasks of two vectors beyond; feature-major is unchanged."""
     from sparsebench import dispatch
     isa = cpu.available_isas()[0]
     module = cpu.kernel_module(isa)
@@ -316,6 +316,7 @@ def test_default_token_major_config_leaves_the_direct_kernel_when_x_outgrows_l1(
                 A = sb.BSRMatrix.from_dense(sb.prune(random_x(4 * vw, K, seed=K), 0.5, (vw, 1)), (vw, 1))
                 tokens = sb.default_config(A, n, 2, "tokens")
                 assert reads_tokens(A, tokens) == direct and tokens.n_tile == (vw if direct else 2 * vw)
+                assert tokens.n_panel == (0 if direct else 2 * vw)          # panels of two vectors
                 assert sb.default_config(A, n, 2).n_tile == vw
                 Xt = random_x(n, K, seed=1)
                 np.testing.assert_array_equal(sb.spmm(A, Xt, layout="tokens"),

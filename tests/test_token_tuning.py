@@ -140,23 +140,35 @@ def test_lookup_keeps_to_the_layout_among_near_shapes_and_files_say_their_versio
     with pytest.warns(UserWarning, match=r"tuned for 64x48x32 sparsity 0.7 \(t.json"):
         assert table.lookup(64, 48, 28, 0.7, (4, 1), threads=1).config == feature_cfg
     path = tmp_path / "tuned.json"
-    for version, entries, ok in ((1, [old], True), (2, [old, tok], True), (2, [{**tok, "layout": "cols"}], False),
-                                 (3, [old], False)):
+    for version, entries, ok in ((1, [old], True), (2, [old, tok], True), (3, [old, tok], True),
+                                 (2, [{**tok, "layout": "cols"}], False), (4, [old], False)):
         path.write_text(json.dumps({"format": "sparsebench-tuned", "version": version, "entries": entries}))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if ok:
-                assert load_tuned(str(path)).lookup(64, 48, 24, 0.7, (4, 1), threads=1).config == feature_cfg
+                table = load_tuned(str(path))
+                assert table.lookup(64, 48, 24, 0.7, (4, 1), threads=1).config == feature_cfg
+                # version 2's token-major float32 configs meant another path: left out
+                assert len(table.entries) == len(entries) - (version == 2 and tok in entries)
             else:
                 with pytest.raises(sb.errors.ConfigError, match="layout|version"):
                     load_tuned(str(path))
+    path.write_text(json.dumps({"format": "sparsebench-tuned", "version": 2, "entries": [old, tok]}))
+    with pytest.warns(UserWarning, match="1 token-major float32 entries of tuned-config version 2 left out"):
+        load_tuned(str(path))
 
 
-@pytest.mark.parametrize("N, threads", [(128, 2), (128, 1), (384, 2), (1024, 2), (40, 2)])
+#: token-major panel widths of the 64-token tile, by (N, threads): one tile, two, four, N split
+#: evenly in whole tiles (a panel a thread at least) and the cache panels, up to the even split
+TOKEN_PANELS_OF_64 = {(128, 2): {64}, (128, 1): {64, 128}, (384, 2): {64, 128, 192},
+                      (1024, 2): {64, 128, 256, 512}, (40, 2): set()}
+
+
+@pytest.mark.parametrize("N, threads", list(TOKEN_PANELS_OF_64))
 def test_token_major_space_has_panel_tasks_and_x_transposed_first(N, threads):
     """Token-major without K slices: n_panel 0 transposes X whole first (every task size), an
-    n_panel is a panel task (one tile, two, four, N split over the threads in whole tiles, the
-    feature-major panels; a panel a thread at least; no task size); K slices keep every knob."""
+    n_panel is a panel task (no task size); K slices keep every knob."""
+    from sparsebench.spmm import even_panel
     W = np.random.default_rng(1).standard_normal((64, 256)).astype(np.float32)
     A = sb.BSRMatrix.from_dense(sb.prune(W, 0.7, (4, 1)), (4, 1))
     tokens = sb.kernel_configs(A, N, threads=threads, layout="tokens")
@@ -166,11 +178,38 @@ def test_token_major_space_has_panel_tasks_and_x_transposed_first(N, threads):
         assert {c.m_tile for c in whole if not c.n_panel} == set(M_TILES)
         panels = {c.n_panel for c in whole if c.n_panel}
         assert all(panel_tasks(A, c) and not c.m_tile for c in whole if c.n_panel)
-        even = -(-N // threads // nt) * nt
-        want = {p for p in {nt, 2 * nt, 4 * nt, even, 128, 256, 512}
-                if p % nt == 0 and p <= max(N, nt) and -(-N // p) >= threads}
-        assert panels == want, (nt, panels)
+        if nt == 64:
+            assert panels == TOKEN_PANELS_OF_64[N, threads]
+        assert all(p % nt == 0 and -(-N // p) >= threads for p in panels)
+        assert not panels or max(panels) == even_panel(nt, N, threads)
     assert any(c.k_slice and c.m_tile and c.n_panel for c in tokens) == (N > 128)
+
+
+@pytest.mark.parametrize("n_tile, n, threads, even", [(64, 128, 2, 64), (64, 384, 2, 192), (48, 1024, 2, 528),
+                                                       (32, 130, 4, 32), (64, 40, 2, 0), (64, 40, 1, 64),
+                                                       (16, 100, 3, 48)])
+def test_even_panel_gives_every_thread_a_panel_in_whole_tiles(n_tile, n, threads, even):
+    """Rounded up where that still leaves a panel a thread (1024 / 2 in tiles of 48: 528 + 496),
+    else down (130 on 4 threads in tiles of 32: 64 would make 3 panels, 32 makes 5); none if
+    neither gives a panel a thread."""
+    from sparsebench.spmm import even_panel
+    assert even_panel(n_tile, n, threads) == even
+
+
+def test_a_panel_config_used_for_fewer_tokens_or_more_threads_keeps_every_thread_busy():
+    """A config tuned with wide panels, run where they would leave threads idle, narrows them
+    (spmm.panel_width), or transposes X whole when no width in whole tiles gives each thread a
+    panel; the same bits."""
+    from sparsebench.spmm import panel_width
+    A = sb.BSRMatrix.from_dense(sb.prune(np.random.default_rng(2).standard_normal((64, 96)).astype(np.float32),
+                                         0.6, (4, 1)), (4, 1))
+    cfg = sb.KernelConfig((4, 1), cpu.best_isa(), 16, 512, threads=2)
+    assert panel_tasks(A, cfg)
+    for N, width in ((1024, 512), (300, 160), (64, 32), (24, 16), (12, 0)):
+        assert panel_width(cfg, N) == width
+        Xt = np.random.default_rng(N).standard_normal((N, 96)).astype(np.float32)
+        want = sb.spmm(A, np.ascontiguousarray(Xt.T), cfg)
+        assert np.array_equal(sb.spmm(A, Xt, cfg, layout="tokens"), want.T)
 
 
 def test_token_major_space_keeps_only_the_task_size_of_the_direct_kernel():

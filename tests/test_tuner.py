@@ -310,6 +310,8 @@ def test_check_strategy_against_the_best_few_of_a_sweep(tmp_path, monkeypatch, c
     assert main(["check-strategy", "--shapes", "40x32x16", "--sparsity", "0.8", "--threads", "1",
                  "--db", str(db_path), "--samples", "3", "--processes", "1", "--top", "3"]) == 0
     assert "the fastest of exhaustive's 3 best configs" in capsys.readouterr().out
+    assert main(["check-strategy", "--shapes", "40x32x16", "--db", str(db_path), "--replay", "--top", "3"]) == 2
+    assert "--top re-times configs and --replay times nothing" in capsys.readouterr().err
 
 
 def test_check_strategy_replays_smart_on_the_exhaustive_measurements(tmp_path, capsys):

@@ -10,7 +10,8 @@ GFLOP/s, or GOP/s against the int8 peak; see sparsebench.peak). A short peak pro
 and after every case: a case beside a probe more than 15% under the peak (or 25% under the copy
 bandwidth) is marked degraded and
 measured once more. Rows are appended to the CSV as each case finishes, so an interrupted
-run keeps what it measured and a re-run measures only the cases still missing.
+run keeps what it measured and a re-run measures only the cases this build has not measured on
+this machine (rows it measures again move to an archive beside the CSV).
 """
 import csv
 import datetime
@@ -78,6 +79,22 @@ def _upgrade_header(path):
             f.write("".join(line + "\n" for line in [",".join(FIELDS)] + [_csv_line(r) for r in rows]))
 
 
+def archive_path(out):
+    """Where Compare.run moves the rows of `out` it measures again: `<out>-archive.csv.gz`."""
+    return os.path.splitext(out)[0] + "-archive.csv.gz"
+
+
+def _archive_rows(out, chosen):
+    """Move the rows of `out` for which chosen(row) holds to archive_path(out) (store.move_lines:
+    under the file's lock, atomic, appended as a gzip member of CSV lines in `out`'s columns)."""
+    def choose(lines):
+        header = next(csv.reader(lines[:1]))
+        for i, fields in enumerate(csv.reader(lines)):
+            yield i > 0 and len(fields) == len(header) and chosen(
+                dict(dict.fromkeys(FIELDS, ""), **dict(zip(header, fields))))
+    return store.move_lines(out, choose, archive_path(out))[0]
+
+
 def _csv_line(row):
     buf = io.StringIO()
     csv.writer(buf, lineterminator="").writerow([_fmt(row.get(f, "")) for f in FIELDS])
@@ -110,21 +127,24 @@ class Compare:
                      "build_id": fingerprint.build_id(self.dtype), "sparsebench": __version__}
 
     def run(self, shapes, sparsities, blocks):
-        """Measure every case. Rows of `out` from this machine and build count as done (an
-        interrupted run resumes); this machine's rows from another build are measured again and
-        replaced; other machines' rows are kept in `out`, neither counted nor returned."""
-        done, stale = set(), set()
+        """Measure every case. This machine's rows of `out` from this build count as done (an
+        interrupted run resumes). Its rows of the cases measured again (another build, a row
+        without a machine id, or only some methods) move to the archive beside `out`
+        (archive_path) first, so the file holds one measurement per case and method; other
+        machines' rows stay in `out`, neither counted nor returned."""
+        here, build = self.meta["hardware_id"], self.meta["build_id"]
         rows = []
         if self.out:
             _upgrade_header(self.out)
-            for r in read_rows(self.out):
-                key = tuple(r[k] for k in KEY)
-                if r["hardware_id"] == self.meta["hardware_id"]:
-                    if r["build_id"] == self.meta["build_id"]:
-                        done.add((key, r["method"]))
-                    else:
-                        stale.add(key)
-                rows.append(r)
+            rows = read_rows(self.out)
+
+        def ours(r):                     # this machine's (a row without a machine id: an older file's)
+            return r["hardware_id"] in (here, "")
+
+        def measured_again(r):
+            return ours(r) and (tuple(r[k] for k in KEY), r["method"]) in again
+
+        done = {(tuple(r[k] for k in KEY), r["method"]) for r in rows if ours(r) and r["build_id"] == build}
         wanted = [m.name for m in self.methods]
         cases = [(sh, b, s) for sh in shapes for b in blocks for s in sparsities]
         todo = [c for c in cases
@@ -132,26 +152,23 @@ class Compare:
                            for m in wanted)]
         if len(todo) < len(cases):
             self.log(f"resuming {self.out}: {len(cases) - len(todo)} of {len(cases)} cases already measured")
-        remeasured = stale & {case_key(c[0], c[1], c[2], self.threads, self.cache, self.dtype) for c in todo}
-        if remeasured:
-            self.log(f"{self.out}: {len(remeasured)} cases were measured by another build (not "
-                     f"{self.meta['build_id']}): measured again, their rows replaced")
+        again = {(case_key(c[0], c[1], c[2], self.threads, self.cache, self.dtype), m) for c in todo for m in wanted}
+        if self.out and any(map(measured_again, rows)):
+            moved = _archive_rows(self.out, measured_again)
+            self.log(f"{self.out}: {moved} rows of this machine from another build (or of cases measured "
+                     f"again) moved to {archive_path(self.out)}")
+            rows = read_rows(self.out)
         with threadpool_limits(self.threads):
             for i, (shape, block, sparsity) in enumerate(todo):
                 label = f"{shape.name} {shape} {block[0]}x{block[1]} {sparsity:g}"
                 self.progress(i, len(todo), label)
                 new = self.measure_case(shape, block, sparsity, label)
-                key = case_key(shape, block, sparsity, self.threads, self.cache, self.dtype)
-                rows = [r for r in rows if tuple(r[k] for k in KEY) != key
-                        or r["hardware_id"] != self.meta["hardware_id"]] + new
-                if self.out and key in stale:            # drop the other build's rows of this case
-                    with store.atomic_file(self.out) as f:
-                        f.write("".join(line + "\n" for line in [",".join(FIELDS)] + [_csv_line(r) for r in rows]))
-                elif self.out:
+                if self.out:
                     store.append_lines(self.out, [_csv_line(r) for r in new], header=",".join(FIELDS))
+                rows += new
                 self.progress(i + 1, len(todo), "")      # clear the live line
                 self.log(format_case(new))
-        rows = [r for r in rows if r["hardware_id"] == self.meta["hardware_id"]]    # this machine's
+        rows = [r for r in rows if ours(r)]                     # this machine's
         degraded = {(r["shape"], r["block"], r["sparsity"]) for r in rows if r.get("degraded") == "True"}
         if degraded:
             self.log(f"degraded: {len(degraded)} cases were measured while a peak probe ran more than "

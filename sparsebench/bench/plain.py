@@ -124,8 +124,9 @@ def compare(rounds=5, threads=2, log=print, torch_model=None, monitor=None, run=
     while len(clean) < rounds and len(clean) + len(degraded) < rounds * (1 + RETRIES):
         attempt = len(clean) + len(degraded) + 1
         result, slow = {}, False
-        # by clean rounds, so that they alternate the order (a degraded one is run again as it was)
-        for kind in (("lab", "plain") if len(clean) % 2 == 0 else ("plain", "lab")):
+        # the order alternates round by round (degraded rounds included, which may count), so
+        # that each kind runs first about as often
+        for kind in (("lab", "plain") if attempt % 2 else ("plain", "lab")):
             result[kind], was_slow = monitor.around(f"{kind} process, round {attempt}",
                                                     lambda: run(kind, threads, torch_model))
             slow = slow or was_slow

@@ -285,6 +285,8 @@ def cmd_check_strategy(args):
     db = TuningDB(args.db, foreign=args.use_foreign, writable=False)
     tasks = [Task(sh.M, sh.K, sh.N, s, b, args.dtype, threads, args.layout)
              for sh in load_shapes(args.shapes) for b in args.block for s in args.sparsity]
+    if args.replay and args.top != 1:
+        raise ValueError("check-strategy: --top re-times configs and --replay times nothing; drop one")
     if args.replay:
         print(f"{args.strategy} replayed on the whole-space table {args.against}'s run measured (no timing): "
               f"slowdown = time of the best config {args.strategy} found / the best of the space, both as "

@@ -395,7 +395,8 @@ def tuned_param_figure(inputs):
                "n_tile is the register tile width in columns of X, k_slice the rows of X per K slice "
                "(0 = all of K), prefetch the software prefetch distance in blocks (0 = off), m_tile the "
                "block rows per scheduled task (0 = static nnz-balanced), n_panel the columns per cache "
-               "panel (0 = all of N).")
+               "panel (0 = all of N; token-major, the tokens of each panel task, 0 = X transposed whole "
+               "first).")
     return [("tuned_parameters", "Tuned kernel parameters", caption, fig)]
 
 

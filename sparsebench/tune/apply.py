@@ -31,9 +31,11 @@ from ..machine import cpu_label
 from ..spmm import LAYOUTS_OF_X
 
 FORMAT = "sparsebench-tuned"
-#: 2: entries carry the layout they were tuned in; version 1 files (all feature-major) still load
-VERSION = 2
-READABLE_VERSIONS = (1, 2)
+#: 2: entries carry the layout they were tuned in; version 1 files (all feature-major) still load.
+#: 3: a token-major float32 config's n_panel picks its path (config.FLOAT32_CONFIG_RULES 2);
+#: version 2 files load without their token-major float32 entries, which meant otherwise
+VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 SPARSITY_MATCH = 0.005
 
 
@@ -139,11 +141,27 @@ def load_tuned(path):
                 raise ConfigError(f"unknown layout {_layout(e)!r}")
     except (AttributeError, KeyError, TypeError, ConfigError) as e:
         raise ConfigError(f"{path}: malformed entry ({e}); re-export it with `sparsebench export`") from None
+    if data["version"] < 3:
+        _drop_old_token_major(data, path)
     here = machines.get(fingerprint.hardware_id())
     if here is not None:
         return TunedConfigs(data, path, here["entries"])
     _warn_if_foreign(data, path)
     return TunedConfigs(data, path)
+
+
+def _drop_old_token_major(data, path):
+    """Remove the token-major float32 entries of a version 2 file (in place), with a warning: their
+    configs ran panel tasks without an n_panel, and would now transpose X whole first."""
+    dropped = 0
+    for holder in [data] + list(data.get("machines", {}).values()):
+        old = holder["entries"]
+        holder["entries"] = [e for e in old if not (_layout(e) == "tokens" and e["dtype"] == "float32")]
+        dropped += len(old) - len(holder["entries"])
+    if dropped:
+        warnings.warn(f"{path}: {dropped} token-major float32 entries of tuned-config version 2 left out "
+                      "(their configs meant another path then); re-tune them with `sparsebench autotune "
+                      "--layout tokens` and export again", TunedFallbackWarning, stacklevel=3)
 
 
 def _warn_if_foreign(data, path):

@@ -11,7 +11,7 @@ from ..config import KernelConfig
 from ..cpu import available_isas, best_isa, default_threads, kernel_module
 from ..dispatch import default_config
 from ..quant import QuantizedBSRMatrix
-from ..spmm import panel_tasks, reads_tokens
+from ..spmm import even_panel, panel_tasks, reads_tokens
 
 #: cache panel widths (columns of X kept hot while every block row is swept); 0 = all of N
 PANELS = (0, 128, 256, 512)
@@ -30,9 +30,9 @@ def kernel_configs(A, n, threads=None, isas=None, layout="features"):
     """Every valid KernelConfig for matrix A times a K x n X: the autotuner's search space.
 
     Tiles much wider than n are left out (they would only run their masked tail path),
-    as are panels that would not split N. Token-major, n_panel is also the task (panel_tasks):
-    its panels (token_panels) take no task size; the direct kernel (spmm.reads_tokens) takes
-    only a task size.
+    as are cache panels that would not split N. Token-major, n_panel is also the task
+    (panel_tasks): its panels (token_panels) take no task size; the direct kernel
+    (spmm.reads_tokens) takes only a task size.
     """
     threads = threads or default_threads()
     if isinstance(A, QuantizedBSRMatrix):
@@ -66,11 +66,12 @@ def kernel_configs(A, n, threads=None, isas=None, layout="features"):
 
 def token_panels(n_tile, n, threads):
     """Token-major panel widths (each a task, panel_tasks) worth trying for N = n: one tile, two
-    and four, N split evenly over the threads (in whole tiles), and PANELS; a multiple of
-    n_tile, at most n, and at least one panel per thread."""
-    even = -(-n // threads // n_tile) * n_tile if n >= threads else n_tile
+    and four, N split evenly over the threads (spmm.even_panel), and PANELS; multiples of
+    n_tile up to the even split (wider ones run as it: spmm.panel_width); none if N is under a
+    tile a thread."""
+    even = even_panel(n_tile, n, threads)
     widths = {n_tile, 2 * n_tile, 4 * n_tile, even} | set(PANELS)
-    return sorted(p for p in widths if p and p % n_tile == 0 and p <= max(n, n_tile) and -(-n // p) >= threads)
+    return sorted(p for p in widths if 0 < p <= even and p % n_tile == 0)
 
 
 def _int8_configs(A, n, threads, isas):
