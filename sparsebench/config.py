@@ -10,8 +10,9 @@ from .quant import QuantizedBSRMatrix
 
 #: what a float32 config runs, by version (bumped when spmm's choice of path for a config
 #: changes): part of the float32 build id (fingerprint.build), so tuning records measured under
-#: other rules are not reused. 2: token-major, an n_panel runs panel tasks, none transposes X
-#: whole first (spmm.panel_tasks)
+#: other rules are not reused. 2: token-major, an n_panel runs panel tasks of at most that many
+#: tokens, narrowed to give every thread one (spmm.panel_tasks, spmm.panel_width); none, or no
+#: width that does, transposes X whole first
 FLOAT32_CONFIG_RULES = 2
 
 

@@ -73,8 +73,8 @@ def default_config(A, n, threads=None, layout="features"):
     # them a thread, and where the direct kernel's X left L1; fewer tokens are transposed whole
     # first (each core then reads less of W)
     if layout == "tokens" and (beyond_l1 or n >= TOKEN_PANELS * threads * n_tile):
-        from .spmm import panel_tasks
+        from .spmm import panel_tasks, panel_width
         panels = dataclasses.replace(config, n_panel=n_tile)
-        if panel_tasks(A, panels):
+        if panel_tasks(A, panels) and panel_width(panels, n):
             return panels
     return config

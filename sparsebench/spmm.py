@@ -22,7 +22,7 @@ def spmm(A, X, config=None, out=None, bias=None, activation=None, layout="featur
     layout "tokens": X is N x K and Y (and `out`) N x M, token-major as PyTorch keeps
     activations; the kernels store their tiles into `out` transposed. float32 X is transposed
     on the pool first, or, with the config's n_panel (panel_tasks), each task transposes its
-    own panel of n_panel tokens; blocks of one vector of outputs with a tile of one vector have
+    own panel of at most n_panel tokens (panel_width); blocks of one vector of outputs with a tile of one vector have
     a direct kernel that reads X as it is (reads_tokens). int8 quantizes and packs X from
     token-major, 64 tokens a task. No copies by the caller. The int8 QuantizedActivations
     of quantize_activations(X, block, layout="tokens") serve any number of calls with the
@@ -205,8 +205,9 @@ def even_panel(n_tile, n, threads):
 def panel_width(config, N):
     """The tokens each panel task takes for N tokens: the config's n_panel, narrowed so that every
     thread gets a panel (even_panel: a config tuned for more tokens or fewer threads, or another
-    layout's, does not leave cores idle); 0 if no width does, and X is then transposed whole."""
-    return min(config.n_panel, even_panel(config.n_tile, N, config.threads))
+    layout's, does not leave cores idle), at most N; 0 if no width does, and X is then
+    transposed whole."""
+    return min(config.n_panel, even_panel(config.n_tile, N, config.threads), N)
 
 
 def reads_tokens(A, config):

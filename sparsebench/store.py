@@ -122,12 +122,13 @@ def read_lines(path):
         raise StoreError(f"{path} is not a text results file ({e}); move it aside") from None
 
 
-def move_lines(path, choose, archive):
+def move_lines(path, choose, archive, header=None):
     """Move some complete lines of `path` to the end of the gzip file `archive` (a new gzip
-    member, fsynced), then replace `path` by the rest, atomically and under its lock: appenders
-    wait, then write to the new file. `choose(lines)` says, line by line, which move. A crash
-    between the two steps leaves the lines in both files, never in neither. Returns (moved,
-    kept) line counts. Meant for a local disk: on NFS an appender may not see the new file."""
+    member, fsynced, starting with `header` if given), then replace `path` by the rest,
+    atomically and under its lock: appenders wait, then write to the new file. `choose(lines)`
+    says, line by line, which move (one flag a line, or StoreError). A crash between the two
+    steps leaves the lines in both files, never in neither. Returns (moved, kept) line counts.
+    Meant for a local disk: on NFS an appender may not see the new file."""
     import gzip
     if not os.path.exists(path):
         raise StoreError(f"no file {path} to archive from")
@@ -135,6 +136,8 @@ def move_lines(path, choose, archive):
         _cut_partial_tail(fd)
         lines = read_lines(path)
         flags = list(choose(lines))
+        if len(flags) != len(lines):
+            raise StoreError(f"{path}: {len(flags)} choices for {len(lines)} lines; nothing moved")
         out = [line for line, move in zip(lines, flags) if move]
         kept = [line for line, move in zip(lines, flags) if not move]
         if not out:
@@ -143,7 +146,7 @@ def move_lines(path, choose, archive):
             size = raw.seek(0, os.SEEK_END)
             try:
                 with gzip.GzipFile(fileobj=raw, mode="wb") as z:
-                    z.write("".join(line + "\n" for line in out).encode())
+                    z.write("".join(line + "\n" for line in ([header] if header else []) + out).encode())
                 raw.flush()
                 os.fsync(raw.fileno())
             except BaseException as e:          # no half member: it would hide every later one

@@ -180,9 +180,32 @@ def test_resume_archives_another_builds_rows_and_keeps_other_machines(tmp_path, 
         ("b", "dense", False, True), ("b", "dense", True, True),
         ("b", "sparsebench", False, True), ("b", "sparsebench", True, True)]
     with gzip.open(archive_path(out), "rt") as f:
-        archived = list(csv.reader(f))
-    assert len(archived) == 1 and archived[0][FIELDS.index("build_id")] == "oldbuild0000"
-    assert archived[0][FIELDS.index("method")] == "sparsebench"
+        archived = list(csv.DictReader(f))
+    assert [(r["build_id"], r["method"]) for r in archived] == [("oldbuild0000", "sparsebench")]
+
+
+def test_a_reason_with_commas_and_newlines_stays_one_row_and_archives_line_by_line(tmp_path, steady_machine):
+    """A row's text (an error message) is written on one line, commas quoted: the archive step
+    then moves exactly the chosen rows, whatever the rows around them say."""
+    import gzip
+    from sparsebench.bench.compare import archive_path
+    out = str(tmp_path / "c.csv")
+    cmp = Compare(["dense", "sparsebench"], threads=1, samples=3, out=out, log=lambda *a: None)
+    cmp.run([Shape("a", 16, 16, 4), Shape("b", 24, 16, 4)], [0.5], [(1, 1)])
+    rows = read_rows(out)
+    rows[0]["reason"] = 'boom, "quoted"\nsecond line, more'
+    rows[2]["build_id"] = "oldbuild0000"                     # b's dense row: another build
+    with open(out, "w") as f:
+        f.write(",".join(FIELDS) + "\n" + "".join(_csv_line(r) + "\n" for r in rows))
+    assert len(open(out).read().splitlines()) == 1 + len(rows)
+    assert read_rows(out)[0]["reason"] == 'boom, "quoted" second line, more'
+    again = Compare(["dense"], threads=1, samples=3, out=out, log=lambda *a: None)
+    again.run([Shape("a", 16, 16, 4), Shape("b", 24, 16, 4)], [0.5], [(1, 1)])
+    with gzip.open(archive_path(out), "rt") as f:
+        archived = list(csv.DictReader(f))
+    assert [(r["shape"], r["method"], r["build_id"]) for r in archived] == [("b", "dense", "oldbuild0000")]
+    assert sorted((r["shape"], r["method"]) for r in read_rows(out)) == [
+        ("a", "dense"), ("a", "sparsebench"), ("b", "dense"), ("b", "sparsebench")]
 
 
 def test_foreign_csv_is_refused_with_advice(tmp_path):

@@ -73,6 +73,17 @@ def test_build_records_what_mtune_resolved_to():
     assert fingerprint.build("float32")["tune"] == BUILD["tune"]
 
 
+def test_float32_build_id_carries_the_config_rules_and_int8_does_not(monkeypatch):
+    """A change of what a float32 config runs (config.FLOAT32_CONFIG_RULES) makes another float32
+    build id, so its tuning records are not reused; the int8 build id does not move with it."""
+    from sparsebench import config
+    assert fingerprint.build("float32")["config_rules"] == config.FLOAT32_CONFIG_RULES
+    assert "config_rules" not in fingerprint.build("int8")
+    before = fingerprint.build_id("float32"), fingerprint.build_id("int8")
+    monkeypatch.setattr(fingerprint, "FLOAT32_CONFIG_RULES", config.FLOAT32_CONFIG_RULES + 1)
+    assert fingerprint.build_id("float32") != before[0] and fingerprint.build_id("int8") == before[1]
+
+
 def _tune(path):
     db = TuningDB(str(path), log=lambda *a: None)
     tuner = Autotuner(db, "smart", max_evals=2, samples=3, confirm_samples=3, log=lambda *a: None)

@@ -110,3 +110,17 @@ def test_plain_benchmark_alternates_which_kind_runs_first_degraded_rounds_too():
     plain.compare(2, 2, log=lambda line: None, monitor=_ScriptedMonitor([True] * (2 * attempts)), run=run)
     firsts = order[::2]
     assert len(firsts) == attempts and firsts == ["lab", "plain"] * (attempts // 2)
+
+
+def test_plain_benchmark_balances_which_kind_runs_first_among_clean_rounds():
+    """Rounds degraded one in two: the clean rounds still run lab first and plain first as often."""
+    from sparsebench.bench import plain
+    order = []
+
+    def run(kind, threads, torch_model):
+        order.append(kind)
+        return {"case": 1.0}
+    verdicts = [False, False, True, False] * 4             # rounds 1, 3, 5, 7 clean; 2, 4, 6, 8 degraded
+    plain.compare(4, 2, log=lambda line: None, monitor=_ScriptedMonitor(verdicts), run=run)
+    clean_firsts = [order[2 * i] for i in (0, 2, 4, 6)]
+    assert sorted(clean_firsts) == ["lab", "lab", "plain", "plain"]

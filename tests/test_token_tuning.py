@@ -203,13 +203,17 @@ def test_a_panel_config_used_for_fewer_tokens_or_more_threads_keeps_every_thread
     from sparsebench.spmm import panel_width
     A = sb.BSRMatrix.from_dense(sb.prune(np.random.default_rng(2).standard_normal((64, 96)).astype(np.float32),
                                          0.6, (4, 1)), (4, 1))
-    cfg = sb.KernelConfig((4, 1), cpu.best_isa(), 16, 512, threads=2)
-    assert panel_tasks(A, cfg)
-    for N, width in ((1024, 512), (300, 160), (64, 32), (24, 16), (12, 0)):
-        assert panel_width(cfg, N) == width
-        Xt = np.random.default_rng(N).standard_normal((N, 96)).astype(np.float32)
-        want = sb.spmm(A, np.ascontiguousarray(Xt.T), cfg)
-        assert np.array_equal(sb.spmm(A, Xt, cfg, layout="tokens"), want.T)
+    isa = cpu.best_isa()
+    wide = max(nt for br, bc, nt, *_ in cpu.kernel_module(isa).VARIANTS if (br, bc) == (4, 1))
+    for threads, n_tile, cases in ((2, 16, ((1024, 512), (300, 160), (64, 32), (24, 16), (12, 0))),
+                                   (1, wide, ((40, 40), (wide + 3, wide + 3), (3 * wide, 3 * wide)))):
+        cfg = sb.KernelConfig((4, 1), isa, n_tile, 512 if n_tile == 16 else 4 * wide, threads=threads)
+        assert panel_tasks(A, cfg)
+        for N, width in cases:                          # one thread: one panel of all N, never wider
+            assert panel_width(cfg, N) == width
+            Xt = np.random.default_rng(N).standard_normal((N, 96)).astype(np.float32)
+            want = sb.spmm(A, np.ascontiguousarray(Xt.T), cfg)
+            assert np.array_equal(sb.spmm(A, Xt, cfg, layout="tokens"), want.T), (threads, N)
 
 
 def test_token_major_space_keeps_only_the_task_size_of_the_direct_kernel():

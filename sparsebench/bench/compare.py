@@ -80,19 +80,23 @@ def _upgrade_header(path):
 
 
 def archive_path(out):
-    """Where Compare.run moves the rows of `out` it measures again: `<out>-archive.csv.gz`."""
+    """Where Compare.run moves the rows of `out` it measures again: the CSV's name with
+    "-archive.csv.gz" for ".csv" (compare-x.csv: compare-x-archive.csv.gz)."""
     return os.path.splitext(out)[0] + "-archive.csv.gz"
 
 
 def _archive_rows(out, chosen):
     """Move the rows of `out` for which chosen(row) holds to archive_path(out) (store.move_lines:
-    under the file's lock, atomic, appended as a gzip member of CSV lines in `out`'s columns)."""
+    under the file's lock, atomic; each move a gzip member of CSV lines under `out`'s header)."""
+    header = store.read_lines(out)[:1]
+
     def choose(lines):
-        header = next(csv.reader(lines[:1]))
-        for i, fields in enumerate(csv.reader(lines)):
-            yield i > 0 and len(fields) == len(header) and chosen(
-                dict(dict.fromkeys(FIELDS, ""), **dict(zip(header, fields))))
-    return store.move_lines(out, choose, archive_path(out))[0]
+        names = next(csv.reader(lines[:1]), [])
+        for i, line in enumerate(lines):          # a row a line (_csv_line writes no newlines)
+            fields = next(csv.reader([line]), [])
+            yield i > 0 and len(fields) == len(names) and chosen(
+                dict(dict.fromkeys(FIELDS, ""), **dict(zip(names, fields))))
+    return store.move_lines(out, choose, archive_path(out), header=header[0] if header else None)[0]
 
 
 def _csv_line(row):
@@ -104,7 +108,7 @@ def _csv_line(row):
 def _fmt(v):
     if isinstance(v, float):
         return f"{v:.6g}"
-    return "" if v is None else str(v)
+    return "" if v is None else " ".join(str(v).splitlines())     # a row a line
 
 
 class Compare:

@@ -124,9 +124,12 @@ def compare(rounds=5, threads=2, log=print, torch_model=None, monitor=None, run=
     while len(clean) < rounds and len(clean) + len(degraded) < rounds * (1 + RETRIES):
         attempt = len(clean) + len(degraded) + 1
         result, slow = {}, False
-        # the order alternates round by round (degraded rounds included, which may count), so
-        # that each kind runs first about as often
-        for kind in (("lab", "plain") if attempt % 2 else ("plain", "lab")):
+        # each kind runs first as often among the clean rounds, and, while they are even, round
+        # by round (so degraded rounds alternate too: they count if too few are clean)
+        lab_first = sum(r["first"] == "lab" for r in clean)
+        lab_leads = lab_first < len(clean) - lab_first or (2 * lab_first == len(clean) and attempt % 2)
+        result["first"] = "lab" if lab_leads else "plain"
+        for kind in (("lab", "plain") if lab_leads else ("plain", "lab")):
             result[kind], was_slow = monitor.around(f"{kind} process, round {attempt}",
                                                     lambda: run(kind, threads, torch_model))
             slow = slow or was_slow

@@ -33,7 +33,7 @@ from ..spmm import LAYOUTS_OF_X
 FORMAT = "sparsebench-tuned"
 #: 2: entries carry the layout they were tuned in; version 1 files (all feature-major) still load.
 #: 3: a token-major float32 config's n_panel picks its path (config.FLOAT32_CONFIG_RULES 2);
-#: version 2 files load without their token-major float32 entries, which meant otherwise
+#: version 2 files load without their token-major float32 sparse entries, which may mean otherwise
 VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)
 SPARSITY_MATCH = 0.005
@@ -151,12 +151,14 @@ def load_tuned(path):
 
 
 def _drop_old_token_major(data, path):
-    """Remove the token-major float32 entries of a version 2 file (in place), with a warning: their
-    configs ran panel tasks without an n_panel, and would now transpose X whole first."""
+    """Remove the token-major float32 sparse entries of a version 2 file (in place), with a
+    warning: files of that version could have been exported when such a config without an
+    n_panel ran panel tasks; it now transposes X whole first."""
     dropped = 0
     for holder in [data] + list(data.get("machines", {}).values()):
         old = holder["entries"]
-        holder["entries"] = [e for e in old if not (_layout(e) == "tokens" and e["dtype"] == "float32")]
+        holder["entries"] = [e for e in old if not (_layout(e) == "tokens" and e["dtype"] == "float32"
+                                                    and e["method"] == "sparse")]
         dropped += len(old) - len(holder["entries"])
     if dropped:
         warnings.warn(f"{path}: {dropped} token-major float32 entries of tuned-config version 2 left out "
