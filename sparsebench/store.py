@@ -122,6 +122,32 @@ def read_lines(path):
         raise StoreError(f"{path} is not a text results file ({e}); move it aside") from None
 
 
+def rewrite_lines(path, transform):
+    """Replace the complete lines of `path` by transform(lines), atomically and under its lock
+    (appenders wait, then write to the new file); transform returns None to leave the file as
+    it is. False if nothing was rewritten."""
+    with _locked(path) as fd:
+        _cut_partial_tail(fd)
+        new = transform(read_lines(path))
+        if new is None:
+            return False
+        with atomic_file(path) as f:
+            f.write("".join(line + "\n" for line in new))
+        _sync_folder(path)
+        return True
+
+
+def set_aside(path):
+    """Rename `path` to `path`.bak, or .bak.2, .bak.3, ... if taken (never over an earlier one);
+    the new name."""
+    aside, n = path + ".bak", 1
+    while os.path.exists(aside):
+        n += 1
+        aside = f"{path}.bak.{n}"
+    os.replace(path, aside)
+    return aside
+
+
 def move_lines(path, choose, archive, header=None):
     """Move some complete lines of `path` to the end of the gzip file `archive` (a new gzip
     member, fsynced, starting with `header` if given), then replace `path` by the rest,

@@ -215,6 +215,29 @@ def test_foreign_csv_is_refused_with_advice(tmp_path):
         read_rows(str(out))
 
 
+def test_rerun_sets_earlier_results_aside_without_overwriting_them(tmp_path, capsys, steady_machine):
+    """--rerun moves the CSV to .bak, then .bak.2, ...: a second --rerun keeps the first's copy."""
+    out = tmp_path / "c.csv"
+    args = ["compare", "--shapes", "16x16x4", "--sparsity", "0.5", "--threads", "1", "--samples", "3",
+            "--methods", "dense", "--out", str(out)]
+    assert main(args) == 0
+    first = out.read_text()
+    assert main(args + ["--rerun"]) == 0 and (tmp_path / "c.csv.bak").read_text() == first
+    second = out.read_text()
+    assert main(args + ["--rerun"]) == 0
+    assert (tmp_path / "c.csv.bak").read_text() == first and (tmp_path / "c.csv.bak.2").read_text() == second
+    assert "previous results moved to " + str(out) + ".bak.2" in capsys.readouterr().out
+
+
+def test_store_rewrite_lines_leaves_the_file_or_replaces_it_whole(tmp_path):
+    path = str(tmp_path / "f.txt")
+    store.append_lines(path, ["a", "b"])
+    assert not store.rewrite_lines(path, lambda lines: None) and store.read_lines(path) == ["a", "b"]
+    assert store.rewrite_lines(path, lambda lines: [x.upper() for x in lines]) and store.read_lines(path) == ["A", "B"]
+    store.append_lines(path, ["c"])                       # appends go on to the new file
+    assert store.read_lines(path) == ["A", "B", "c"]
+
+
 def test_store_appends_concurrently_without_tearing(tmp_path):
     import multiprocessing as mp
     path = str(tmp_path / "s.jsonl")
@@ -311,9 +334,11 @@ def test_a_compare_csv_of_an_earlier_header_loads_and_resumes(tmp_path, steady_m
         w.writerows(rows)
     old = read_rows(str(out))
     assert len(old) == 2 and all(r[k] == "" for r in old for k in FIELDS if k not in header)
+    with open(out, "a") as f:
+        f.write("not,a,row\n")                             # kept as it is by the upgrade, not dropped
     rows = Compare(["dense", "sparsebench"], threads=1, samples=3, out=str(out)).run(
         TINY + [Shape("b", 16, 16, 4)], [0.5], [(4, 1)])
-    assert open(out).readline().strip() == ",".join(FIELDS)
+    assert open(out).readline().strip() == ",".join(FIELDS) and "not,a,row\n" in open(out).read()
     new = read_rows(str(out))
     assert [r["shape"] for r in new] == ["tiny", "tiny", "b", "b"]
     assert new[2]["pct_peak"] != "" and new[2]["vs_sparsebench"] != ""      # dense over ours, per round

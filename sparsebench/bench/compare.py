@@ -71,12 +71,23 @@ def read_rows(path):
 
 def _upgrade_header(path):
     """Rewrite a compare CSV of an earlier header with this version's, so rows can be appended
-    to it."""
-    lines = store.read_lines(path)
-    if lines and next(csv.reader(lines[:1])) in EARLIER_HEADERS:
-        rows = read_rows(path)
-        with store.atomic_file(path) as f:
-            f.write("".join(line + "\n" for line in [",".join(FIELDS)] + [_csv_line(r) for r in rows]))
+    to it (under the file's lock; a line that is not a row of the old header is kept as it is)."""
+    def upgrade(lines):
+        old = next(csv.reader(lines[:1]), None)
+        if old not in EARLIER_HEADERS:
+            return None
+        out = [",".join(FIELDS)]
+        for line in lines[1:]:
+            fields = next(csv.reader([line]), [])
+            out.append(_csv_line(dict(zip(old, fields))) if len(fields) == len(old) else line)
+        return out
+    try:
+        with open(path, newline="") as f:
+            first = next(csv.reader([f.readline()]), None)
+    except (OSError, UnicodeDecodeError):
+        return                  # absent, or not a text file: read_rows says what is wrong
+    if first in EARLIER_HEADERS:
+        store.rewrite_lines(path, upgrade)
 
 
 def archive_path(out):

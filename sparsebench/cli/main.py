@@ -80,8 +80,7 @@ def cmd_compare(args):
     suffix = "" if args.dtype == "float32" else "-" + args.dtype
     out = args.out or os.path.join(results_folder(), f"compare-{_set_name(args.shapes)}{suffix}.csv")
     if args.rerun and os.path.exists(out):
-        os.replace(out, out + ".bak")
-        print(f"--rerun: previous results moved to {out}.bak")
+        print(f"--rerun: previous results moved to {store.set_aside(out)}")
     config_for = None
     if args.config:
         fixed = KernelConfig.from_json(args.config)
