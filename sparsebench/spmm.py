@@ -22,9 +22,9 @@ def spmm(A, X, config=None, out=None, bias=None, activation=None, layout="featur
     layout "tokens": X is N x K and Y (and `out`) N x M, token-major as PyTorch keeps
     activations; the kernels store their tiles into `out` transposed. float32 X is transposed
     on the pool first, or, with the config's n_panel (panel_tasks), each task transposes its
-    own panel of at most n_panel tokens (panel_width); blocks of one vector of outputs with a tile of one vector have
-    a direct kernel that reads X as it is (reads_tokens). int8 quantizes and packs X from
-    token-major, 64 tokens a task. No copies by the caller. The int8 QuantizedActivations
+    own panel of at most n_panel tokens (panel_width); blocks of one vector of outputs with a
+    tile of one vector have a direct kernel that reads X as it is (reads_tokens). int8
+    quantizes and packs X from token-major, 64 tokens a task. No copies by the caller. The int8 QuantizedActivations
     of quantize_activations(X, block, layout="tokens") serve any number of calls with the
     same X: the layout then only says how Y is stored.
 
@@ -226,11 +226,11 @@ def panel_tasks(A, config):
     """Whether a token-major call runs as panel tasks: with an n_panel, each task transposes a
     panel of n_panel tokens of X on its own core and runs every block row on them (no pass
     before the kernel, nothing crosses cores; m_tile plays no part; narrower where N would leave
-    a thread without a panel: panel_width). Without, X is transposed
-    whole on the pool first and the tasks are block-row ranges, as feature-major (each core then
-    reads only its part of W: at few tokens that can win; the tuner picks). Panel tasks take
-    float32 kernels, one K slice, K a multiple of the block's columns, and blocks the direct
-    kernel does not take (reads_tokens)."""
+    a thread without a panel: panel_width). Without, X is transposed whole on the pool first
+    and the tasks are block-row ranges, as feature-major (each core then reads only its part of
+    W: at few tokens that can win; the tuner picks). Panel tasks take float32 kernels, one K
+    slice, K a multiple of the block's columns, and blocks the direct kernel does not take
+    (reads_tokens)."""
     K = A.shape[1]
     return (config.n_panel > 0 and not isinstance(A, QuantizedBSRMatrix) and K > 0 and K % A.block[1] == 0
             and not reads_tokens(A, config) and (not config.k_slice or config.k_slice >= K))

@@ -148,31 +148,33 @@ def set_aside(path):
     return aside
 
 
-def move_lines(path, choose, archive, header=None):
+def move_lines(path, choose, archive, header_lines=0):
     """Move some complete lines of `path` to the end of the gzip file `archive` (a new gzip
-    member, fsynced, starting with `header` if given), then replace `path` by the rest,
-    atomically and under its lock: appenders wait, then write to the new file. `choose(lines)`
-    says, line by line, which move (one flag a line, or StoreError). A crash between the two
+    member, fsynced), then replace `path` by the rest (rewrite_lines: atomically and under its
+    lock). `choose(lines)` says, line by line, which move (one flag a line, or StoreError); the
+    first `header_lines` never move and start each member instead. A crash between the two
     steps leaves the lines in both files, never in neither. Returns (moved, kept) line counts.
     Meant for a local disk: on NFS an appender may not see the new file."""
     import gzip
     if not os.path.exists(path):
         raise StoreError(f"no file {path} to archive from")
-    with _locked(path) as fd:
-        _cut_partial_tail(fd)
-        lines = read_lines(path)
+    counts = [0, 0]
+
+    def transform(lines):
         flags = list(choose(lines))
         if len(flags) != len(lines):
             raise StoreError(f"{path}: {len(flags)} choices for {len(lines)} lines; nothing moved")
+        flags[:header_lines] = [False] * min(header_lines, len(flags))
         out = [line for line, move in zip(lines, flags) if move]
         kept = [line for line, move in zip(lines, flags) if not move]
+        counts[:] = len(out), len(kept)
         if not out:
-            return 0, len(kept)
+            return None
         with open(archive, "ab") as raw:
             size = raw.seek(0, os.SEEK_END)
             try:
                 with gzip.GzipFile(fileobj=raw, mode="wb") as z:
-                    z.write("".join(line + "\n" for line in ([header] if header else []) + out).encode())
+                    z.write("".join(line + "\n" for line in lines[:header_lines] + out).encode())
                 raw.flush()
                 os.fsync(raw.fileno())
             except BaseException as e:          # no half member: it would hide every later one
@@ -180,10 +182,9 @@ def move_lines(path, choose, archive, header=None):
                 if isinstance(e, OSError):
                     raise StoreError(f"cannot write the archive {archive}: {e.strerror}") from None
                 raise
-        with atomic_file(path) as f:
-            f.write("".join(line + "\n" for line in kept))
-        _sync_folder(path)
-        return len(out), len(kept)
+        return kept
+    rewrite_lines(path, transform)
+    return tuple(counts)
 
 
 def _sync_folder(path):

@@ -99,15 +99,13 @@ def archive_path(out):
 def _archive_rows(out, chosen):
     """Move the rows of `out` for which chosen(row) holds to archive_path(out) (store.move_lines:
     under the file's lock, atomic; each move a gzip member of CSV lines under `out`'s header)."""
-    header = store.read_lines(out)[:1]
-
     def choose(lines):
         names = next(csv.reader(lines[:1]), [])
         for i, line in enumerate(lines):          # a row a line (_csv_line writes no newlines)
             fields = next(csv.reader([line]), [])
             yield i > 0 and len(fields) == len(names) and chosen(
                 dict(dict.fromkeys(FIELDS, ""), **dict(zip(names, fields))))
-    return store.move_lines(out, choose, archive_path(out), header=header[0] if header else None)[0]
+    return store.move_lines(out, choose, archive_path(out), header_lines=1)[0]
 
 
 def _csv_line(row):
