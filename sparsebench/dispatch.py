@@ -14,8 +14,6 @@ SERIAL_WORK_INT8 = 1 << 19
 L2_PANEL_BYTES = 512 * 1024
 #: the block our dense GEMM stores W in (a dense variant is compiled for it)
 DENSE_BLOCK = (4, 1)
-#: token-major panels of one tile a thread from which the default config runs panel tasks
-TOKEN_PANELS = 4
 #: L1 data cache per core when the CPU does not say
 L1_BYTES = 32 * 1024
 
@@ -53,13 +51,11 @@ def default_config(A, n, threads=None, layout="features"):
     while n_tile > module.VECTOR_WIDTH and n_tile // 2 >= n and n_tile // 2 in widths:
         n_tile //= 2
     K = A.shape[1]
-    beyond_l1 = False
     if layout == "tokens" and n_tile == module.VECTOR_WIDTH and A.block == (n_tile, 1):
         # the direct kernel (spmm.reads_tokens) reads the rows of DIRECT_TOKENS tokens of X at
         # once: beyond L1 (768x3072, 16x1: 96 KB) panels of two vectors ran 1.16-1.18x faster
         l1 = cpu_identity()["caches"].get("L1d") or L1_BYTES
-        beyond_l1 = min(n, module.DIRECT_TOKENS) * K * 4 > l1
-        if beyond_l1:
+        if min(n, module.DIRECT_TOKENS) * K * 4 > l1:
             n_tile = 2 * module.VECTOR_WIDTH
     # single-row blocks load one X vector per multiply-add: keep a K slice of X in cache;
     # the others prefetch the X rows of coming blocks, further ahead once X outgrows L2
@@ -69,10 +65,10 @@ def default_config(A, n, threads=None, layout="features"):
     work = A.nnz * max(n, 1)
     threads = threads if work >= SERIAL_WORK else 1
     config = KernelConfig(A.block, isa, n_tile, 0, k_slice, 0, prefetch, threads)
-    # token-major: panel tasks of one tile (spmm.panel_tasks) once there are TOKEN_PANELS of
-    # them a thread, and where the direct kernel's X left L1; fewer tokens are transposed whole
-    # first (each core then reads less of W)
-    if layout == "tokens" and (beyond_l1 or n >= TOKEN_PANELS * threads * n_tile):
+    # token-major: panel tasks of one tile (spmm.panel_tasks) wherever N gives each thread one.
+    # In compare's loops (BERT-Base 90% 4x1, N = 128, 2 threads, 2 rounds) they ran 1.13-1.28x
+    # the feature-major time against 1.22-1.56x for X transposed whole first
+    if layout == "tokens":
         from .spmm import panel_tasks, panel_width
         panels = dataclasses.replace(config, n_panel=n_tile)
         if panel_tasks(A, panels) and panel_width(panels, n):

@@ -1,6 +1,8 @@
 """spmm's token-major entry (X tokens x features, Y tokens x outputs: PyTorch's layout) and the
 pool's transpose under it: the same bits as the feature-major call, for every block and dtype;
 the pool's row copy, and spmm staging a numpy X onto its huge pages with it."""
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -9,7 +11,7 @@ from hypothesis import strategies as st
 import sparsebench as sb
 from sparsebench import cpu
 from conftest import SUPPORTED_BLOCKS, examples, random_x
-from sparsebench.spmm import panel_tasks, reads_tokens
+from sparsebench.spmm import panel_tasks, panel_width, reads_tokens
 
 INT8 = bool(cpu.available_isas("int8"))
 
@@ -279,21 +281,27 @@ def test_token_major_bias_is_checked():
         sb.spmm(A, random_x(3, 6), bias=np.zeros(9, np.float32), layout="tokens")
 
 
-def test_default_token_major_config_runs_panel_tasks_from_four_panels_a_thread():
-    """The heuristic transposes X whole first at few tokens (each core then reads less of W) and
-    runs panel tasks of one tile from TOKEN_PANELS of them a thread (X stays in cache); never
-    with K slices, where panel tasks cannot run; feature-major keeps no panel."""
-    from sparsebench.dispatch import TOKEN_PANELS
+def test_default_token_major_config_runs_panel_tasks_where_each_thread_gets_one():
+    """The heuristic runs panel tasks of one tile wherever N gives each thread a panel, else X
+    is transposed whole first; never with K slices, where panel tasks cannot run; feature-major
+    keeps no panel."""
     for block in ((4, 1), (1, 1)):
         A = sb.BSRMatrix.from_dense(sb.prune(random_x(64, 256, seed=3), 0.7, block), block)
         for threads in (1, 2):
-            for n in (8, 128, 384, 1024):
+            for n in (8, 100, 128, 384, 1024):
                 cfg = sb.default_config(A, n, threads, "tokens")
-                many = n >= TOKEN_PANELS * cfg.threads * cfg.n_tile
-                assert cfg.n_panel == (cfg.n_tile if many and not cfg.k_slice else 0), (block, n, cfg)
+                fits = panel_width(dataclasses.replace(cfg, n_panel=cfg.n_tile), n) > 0
+                assert cfg.n_panel == (cfg.n_tile if fits and not cfg.k_slice else 0), (block, n, cfg)
                 assert panel_tasks(A, cfg) == bool(cfg.n_panel)
                 assert sb.default_config(A, n, threads).n_panel == 0
-        assert bool(sb.default_config(A, 1024, 2, "tokens").n_panel) == (block == (4, 1))     # 1x1: K slices
+        assert bool(sb.default_config(A, 128, 2, "tokens").n_panel) == (block == (4, 1))     # 1x1: K slices
+    A = sb.BSRMatrix.from_dense(sb.prune(random_x(64, 256, seed=3), 0.7, (4, 1)), (4, 1))
+    # 100 tokens on 2 threads: panels of 64 and 36; 8 tokens (a tile of 16): one panel on 1 thread,
+    # none on 2 (a matrix large enough for the default to keep 2 threads at N = 8)
+    assert [sb.default_config(A, n, t, "tokens").n_panel for n, t in ((128, 2), (100, 2), (8, 1))] == [64, 64, 16]
+    big = sb.BSRMatrix.from_dense(sb.prune(random_x(768, 768, seed=4), 0.7, (4, 1)), (4, 1))
+    cfg = sb.default_config(big, 8, 2, "tokens")
+    assert (cfg.threads, cfg.n_tile, cfg.n_panel) == (2, 16, 0)
 
 
 def test_default_token_major_config_leaves_the_direct_kernel_when_x_outgrows_l1(monkeypatch):
