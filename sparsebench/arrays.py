@@ -5,8 +5,17 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 
+_FLOAT32 = np.dtype(np.float32)
+
+
 def operand(a, name):
     """`a` checked as a 2-D float32 array with contiguous rows (returned with canonical strides)."""
+    # the common case first, in few steps (every spmm call checks X and out): a plain ndarray
+    # whose dtype is the native float32 singleton, rows contiguous
+    if type(a) is np.ndarray and a.dtype is _FLOAT32 and a.ndim == 2:
+        row, item = a.strides
+        if item == 4 and row >= 4 * a.shape[1] and row % 4 == 0:
+            return a
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{name} must be a numpy array, got {type(a).__name__}")
     if isinstance(a, np.ma.MaskedArray):

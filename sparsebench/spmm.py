@@ -149,7 +149,7 @@ def _multiply(A, X, config, out, y, bias, activation, yt=None, xt=None, accumula
     if panel:
         # each panel of tokens gets its own K rows of the scratch, panel_ld floats apart
         ld = module.panel_ld(panel)
-        X = _flat("x", -(-N // panel) * K * ld).reshape(-1, ld)
+        X = _buffer("x", -(-N // panel) * K, ld, ld)
         module.run(vid, data, indices, ptr, bounds, X, y, M, panel, config.prefetch, config.threads, K,
                    bias, ACTIVATIONS[activation], nslices, yt, xt)
         return out
@@ -253,9 +253,11 @@ def _output(out, shape, X, bias, layout=""):
         raise ValueError(f"out has shape {y.shape}, needs {shape}{layout}")
     if not y.flags.writeable:
         raise ValueError("out is read-only; pass a writeable array or out=None")
-    for other, name in ((X, "X"), (bias, "bias")):
-        if isinstance(other, np.ndarray) and np.may_share_memory(y, other) and np.shares_memory(y, other):
-            raise ValueError(f"out must not overlap {name}")
+    # may_share_memory compares bounds only; the exact (slower) test where bounds overlap
+    if isinstance(X, np.ndarray) and np.may_share_memory(y, X) and np.shares_memory(y, X):
+        raise ValueError("out must not overlap X")
+    if bias is not None and np.may_share_memory(y, bias) and np.shares_memory(y, bias):
+        raise ValueError("out must not overlap bias")
     return out, y
 
 
@@ -276,11 +278,19 @@ def _check_bias(bias, M):
 _buffers = threading.local()
 
 
-def _buffer(tag, rows, cols):
-    """This thread's scratch array `tag` of (rows, cols), laid out as arrays.activations (grown
-    when too small)."""
-    ld = padded_columns(cols)
-    return _flat(tag, rows * ld).reshape(rows, ld)[:, :cols]
+def _buffer(tag, rows, cols, ld=0):
+    """This thread's scratch array `tag` of (rows, cols), rows `ld` floats apart (0: laid out as
+    arrays.activations), grown when too small. The last view of each tag is kept: calls of the
+    same shape (every call of a layer) skip the reshaping."""
+    views = _buffers.__dict__.setdefault("views", {})
+    key = (rows, cols, ld)
+    last = views.get(tag)
+    if last is not None and last[0] == key:
+        return last[1]
+    stride = ld or padded_columns(cols)
+    view = _flat(tag, rows * stride).reshape(rows, stride)[:, :cols]
+    views[tag] = (key, view)
+    return view
 
 
 def _flat(tag, size):

@@ -330,3 +330,23 @@ def test_default_token_major_config_leaves_the_direct_kernel_when_x_outgrows_l1(
                 Xt = random_x(n, K, seed=1)
                 np.testing.assert_array_equal(sb.spmm(A, Xt, layout="tokens"),
                                               sb.spmm(A, np.ascontiguousarray(Xt.T), tokens).T)
+
+
+def test_scratch_views_are_reused_per_shape_and_never_outlive_a_regrown_buffer():
+    """spmm's per-thread scratch (_buffer): the same view for the same shape (calls of one layer
+    skip the reshaping); after a larger request grows the buffer, a call of the first shape gets
+    a view of the new buffer; another thread gets its own."""
+    import threading
+    import importlib
+    spmm_module = importlib.import_module("sparsebench.spmm")
+    a = spmm_module._buffer("test", 3, 5)
+    assert spmm_module._buffer("test", 3, 5) is a and a.shape == (3, 5)
+    big = spmm_module._buffer("test", 300, 1000, 1024)
+    assert big.shape == (300, 1000) and big.strides[0] == 4096
+    again = spmm_module._buffer("test", 3, 5)
+    assert again is not a and np.shares_memory(again, big)
+    other = []
+    thread = threading.Thread(target=lambda: other.append(spmm_module._buffer("test", 3, 5)))
+    thread.start()
+    thread.join()
+    assert not np.shares_memory(other[0], big)
