@@ -185,6 +185,46 @@ def test_resume_archives_another_builds_rows_and_keeps_other_machines(tmp_path, 
     assert [(r["build_id"], r["method"]) for r in archived] == [("oldbuild0000", "sparsebench")]
 
 
+def test_resume_measures_again_where_a_retune_changed_the_config(tmp_path, monkeypatch, steady_machine):
+    """A case whose rows name another config than our method would now run (a re-tune since,
+    same build) is measured again, its old rows archived; the other case resumes."""
+    import gzip
+    from sparsebench.bench.compare import archive_path
+    import sparsebench as sb
+    out = str(tmp_path / "c.csv")
+    shapes = [Shape("a", 16, 16, 4), Shape("b", 24, 16, 4)]
+
+    def tuned(pick):
+        """a tuner's choice for shape a (the pick-th config), none for b"""
+        def config_for(A, n, s, layout="features"):
+            return sb.kernel_configs(A, n, threads=1)[pick] if A.shape[0] == 16 else None
+        return config_for
+    first = Compare(["dense", "sparsebench"], threads=1, samples=3, out=out, log=lambda *a: None,
+                    config_for=tuned(0))
+    first.run(shapes, [0.5], [(1, 1)])
+    old = {r["shape"]: r for r in read_rows(out) if r["method"] == "sparsebench"}["a"]
+    logged, measured = [], []
+    again = Compare(["dense", "sparsebench"], threads=1, samples=3, out=out, log=logged.append, config_for=tuned(-1))
+    real = again.run_case
+    monkeypatch.setattr(again, "run_case", lambda *a: measured.append(a[0].name) or real(*a))
+    again.run(shapes, [0.5], [(1, 1)])
+    assert measured == ["a"]
+    rows = read_rows(out)
+    assert sorted((r["shape"], r["method"]) for r in rows) == [
+        ("a", "dense"), ("a", "sparsebench"), ("b", "dense"), ("b", "sparsebench")]
+    new = next(r for r in rows if r["shape"] == "a" and r["method"] == "sparsebench")
+    assert old["status"] == new["status"] == "ok" and old["config"] != new["config"]
+    assert any(f"sparsebench now runs {new['config']}" in line for line in logged)
+    with gzip.open(archive_path(out), "rt") as f:
+        archived = list(csv.DictReader(f))
+    assert sorted((r["shape"], r["method"]) for r in archived) == [("a", "dense"), ("a", "sparsebench")]
+    resumed = Compare(["dense", "sparsebench"], threads=1, samples=3, out=out, log=lambda *a: None,
+                      config_for=tuned(-1))
+    monkeypatch.setattr(resumed, "run_case", lambda *a: measured.append(a[0].name) or real(*a))
+    resumed.run(shapes, [0.5], [(1, 1)])
+    assert measured == ["a"]                      # nothing changed since: all resumed
+
+
 def test_a_reason_with_commas_and_newlines_stays_one_row_and_archives_line_by_line(tmp_path, steady_machine):
     """A row's text (an error message) is written on one line, commas quoted: the archive step
     then moves exactly the chosen rows, whatever the rows around them say."""

@@ -11,7 +11,8 @@ and after every case: a case beside a probe more than 15% under the peak (or 25%
 bandwidth) is marked degraded and
 measured once more. Rows are appended to the CSV as each case finishes, so an interrupted
 run keeps what it measured and a re-run measures only the cases this build has not measured on
-this machine (rows it measures again move to an archive beside the CSV).
+this machine with the kernel configs it would run now (rows it measures again move to an archive
+beside the CSV).
 """
 import csv
 import datetime
@@ -141,10 +142,11 @@ class Compare:
 
     def run(self, shapes, sparsities, blocks):
         """Measure every case. This machine's rows of `out` from this build count as done (an
-        interrupted run resumes). Its rows of the cases measured again (another build, a row
-        without a machine id, or only some methods) move to the archive beside `out`
-        (archive_path) first, so the file holds one measurement per case and method; other
-        machines' rows stay in `out`, neither counted nor returned."""
+        interrupted run resumes), unless one of our methods would now run another kernel config
+        than its row names (a re-tune since). Its rows of the cases measured again (another
+        build, another config, a row without a machine id, or only some methods) move to the
+        archive beside `out` (archive_path) first, so the file holds one measurement per case and
+        method; other machines' rows stay in `out`, neither counted nor returned."""
         here, build = self.meta["hardware_id"], self.meta["build_id"]
         rows = []
         if self.out:
@@ -157,12 +159,23 @@ class Compare:
         def measured_again(r):
             return ours(r) and (tuple(r[k] for k in KEY), r["method"]) in again
 
-        done = {(tuple(r[k] for k in KEY), r["method"]) for r in rows if ours(r) and r["build_id"] == build}
+        done = {(tuple(r[k] for k in KEY), r["method"]): r["config"] for r in rows
+                if ours(r) and r["build_id"] == build}
         wanted = [m.name for m in self.methods]
         cases = [(sh, b, s) for sh in shapes for b in blocks for s in sparsities]
-        todo = [c for c in cases
-                if not all((case_key(c[0], c[1], c[2], self.threads, self.cache, self.dtype), m) in done
-                           for m in wanted)]
+
+        def measured(case):
+            key = case_key(case[0], case[1], case[2], self.threads, self.cache, self.dtype)
+            if not all((key, m) in done for m in wanted):
+                return False
+            configs = self.configs_now(*case)
+            stale = [m for m, c in configs.items() if c and done[key, m] not in ("", c)]
+            if stale:
+                self.log(f"{case[0].name} {case[0]} {case[1][0]}x{case[1][1]} {case[2]:g}: measuring again, "
+                         f"{', '.join(stale)} now runs {', '.join(configs[m] for m in stale)}")
+            return not stale
+
+        todo = [c for c in cases if not measured(c)]
         if len(todo) < len(cases):
             self.log(f"resuming {self.out}: {len(cases) - len(todo)} of {len(cases)} cases already measured")
         again = {(case_key(c[0], c[1], c[2], self.threads, self.cache, self.dtype), m) for c in todo for m in wanted}
@@ -206,7 +219,8 @@ class Compare:
         rows, degraded = self.monitor.around(label, lambda: self.run_case(shape, block, sparsity))
         return rows, degraded, min(p["gflops"] for p in self.monitor.probes[-2:])
 
-    def run_case(self, shape, block, sparsity):
+    def problem(self, shape, block, sparsity):
+        """The case's baselines.Problem: W pruned, X, and the configs our methods are given."""
         W, X = problem_arrays(shape)
         Wp = prune(W, sparsity, block)
         A = BSRMatrix.from_dense(Wp, block)
@@ -216,8 +230,26 @@ class Compare:
         config = fp32_config if Aq is None else choose(Aq, shape.N, sparsity)
         tokens = any(isinstance(m, baselines.ours.SparsebenchTokens) for m in self.methods)
         tokens_config = choose(A if Aq is None else Aq, shape.N, sparsity, "tokens") if tokens else None
-        prob = baselines.Problem(Wp, A, X, sparsity, self.threads, config, self.dtype, Aq, fp32_config,
+        return baselines.Problem(Wp, A, X, sparsity, self.threads, config, self.dtype, Aq, fp32_config,
                                  tokens_config)
+
+    def configs_now(self, shape, block, sparsity):
+        """{method: the kernel config it would run on the case, as its rows name it} for our methods."""
+        methods = [m for m in self.methods if hasattr(m, "config_for")]
+        if not methods:
+            return {}
+        prob = self.problem(shape, block, sparsity)
+        configs = {}
+        for m in methods:
+            try:
+                configs[m.name] = str(m.config_for(prob))
+            except Exception:           # its rows say why (run_case records the error)
+                configs[m.name] = ""
+        return configs
+
+    def run_case(self, shape, block, sparsity):
+        prob = self.problem(shape, block, sparsity)
+        Wp, A, X, Aq = prob.W, prob.A, prob.X, prob.Aq
         refs = {"float32": Reference(Wp, X)}
         if Aq is not None:
             refs["int8"] = reference(Aq, Wp, X, self.threads)
@@ -229,6 +261,8 @@ class Compare:
         for method in self.methods:
             row = dict(base, method=method.name, library=_version(method))
             try:
+                if hasattr(method, "config_for"):   # also on a row that fails: resume compares it
+                    row["config"] = str(method.config_for(prob))
                 fn = method.prepare(prob)
                 Y = fn()
                 dtype = method.dtype(prob)
@@ -246,8 +280,6 @@ class Compare:
                 row.update(max_rel_error=err)
                 if ok:
                     runners[method.name] = fn
-                    if hasattr(method, "config_for"):
-                        row["config"] = str(method.config_for(prob))
                 else:
                     row.update(status="wrong", reason=f"result differs from the float64 reference of its {dtype} "
                                f"operands beyond float32 rounding (max rel. error {gate_err:.2e})")
