@@ -139,7 +139,9 @@ class SparseLinear(torch.nn.Module):
     def _kernel_layer(self, scale=1.0):
         """The numpy SparseLinear (sparsebench.models) on the current weights, rebuilt if they
         changed; `scale` multiplies its output (a fused attention layer's query, see .layers)."""
-        now = (self.weight, self.bias, _version(self.weight), _version(self.bias), self.activation)
+        params = self._parameters            # not nn.Module's __getattr__: this runs every call
+        weight, bias = params["weight"], params["bias"]
+        now = (weight, bias, _version(weight), _version(bias), self.activation)
         built, kernel = self._kernels.get(scale, (None, None))
         if built is None or built[0] is not now[0] or built[1] is not now[1] or built[2:] != now[2:]:
             self._kernels.pop(scale, None)            # free the old matrix first
