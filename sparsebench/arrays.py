@@ -39,6 +39,7 @@ def operand(a, name):
 #: arrays at least this large go to huge pages (smaller ones stay with numpy's allocator)
 HUGE_PAGE_MIN_BYTES = 256 * 1024
 HUGE_PAGE = 2 * 1024 * 1024
+CACHE_LINE = 64
 
 
 def empty(shape, dtype=np.float32):
@@ -49,15 +50,22 @@ def empty(shape, dtype=np.float32):
     physical pages, some of which compete for the same L2 cache sets; which ones differs from
     one allocation to the next, and so does the kernels' speed: a 1x1 kernel (1024 x 4096 x 128,
     70%, 2 threads) took 3.1 ms on a numpy X and 2.2 ms on the same X on huge pages. Below
-    HUGE_PAGE_MIN_BYTES, or where Python has no MADV_HUGEPAGE, this is np.empty; where the
-    kernel declines huge pages it is still one page-aligned mapping. The memory is not
-    numpy's: such an array cannot be resized in place.
+    HUGE_PAGE_MIN_BYTES, or where Python has no MADV_HUGEPAGE, it is numpy's memory started on a
+    cache line (numpy's own start is only 16-byte aligned: a row of whole lines would straddle
+    one more); where the kernel declines huge pages it is still one page-aligned mapping. The
+    array is a view: it cannot be resized in place.
     """
     dtype = np.dtype(dtype)
     shape = tuple(int(s) for s in np.atleast_1d(shape))
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if nbytes < HUGE_PAGE_MIN_BYTES or dtype.hasobject or not hasattr(mmap, "MADV_HUGEPAGE"):
+    if dtype.hasobject:
         return np.empty(shape, dtype)
+    if nbytes < HUGE_PAGE_MIN_BYTES or not hasattr(mmap, "MADV_HUGEPAGE"):
+        # numpy's allocator aligns to 16 bytes: start on a cache line, so that rows a whole
+        # number of lines long are read a line at a time
+        raw = np.empty(nbytes + CACHE_LINE, np.uint8)
+        start = -raw.ctypes.data % CACHE_LINE
+        return raw[start:start + nbytes].view(dtype).reshape(shape)
     # one spare huge page, so a 2 MiB boundary falls inside the mapping
     mapping = _HugePageMap(-1, -(-nbytes // HUGE_PAGE) * HUGE_PAGE + HUGE_PAGE,
                            flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
@@ -105,7 +113,6 @@ def _numpy_madvises():
 #: same columns of many rows) into a few cache sets: at 1024 float32 columns, 4 KiB rows leave a
 #: quarter of a 1 MiB 8-way L2 and one L1 set group usable
 ALIASING_STRIDE = 2048
-CACHE_LINE = 64
 
 
 def padded_columns(cols, itemsize=4):

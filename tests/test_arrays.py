@@ -88,10 +88,22 @@ def test_empty_memory_is_released_with_the_array():
     assert ref() is None
 
 
-def test_empty_falls_back_to_np_empty_without_madv_hugepage(monkeypatch):
+def test_empty_falls_back_to_numpy_memory_on_a_cache_line_without_madv_hugepage(monkeypatch):
     monkeypatch.delattr(mmap, "MADV_HUGEPAGE")
     a = sb.empty((1024, 1024))
-    assert a.flags.owndata and a.shape == (1024, 1024)
+    assert a.shape == (1024, 1024) and a.ctypes.data % 64 == 0
+
+
+@pytest.mark.parametrize("shape, dtype", [((3,), np.float32), ((64, 64), np.float32), ((100, 7), np.float32),
+                                          ((5, 5), np.int8), ((33, 3), np.float64)])
+def test_small_arrays_start_on_a_cache_line(shape, dtype):
+    """numpy's allocator aligns to 16 bytes: below the huge-page size, empty still starts on a
+    cache line, whatever numpy's own start."""
+    for _ in range(8):                     # numpy's starts vary from one allocation to the next
+        a = sb.empty(shape, dtype)
+        a[...] = 1
+        assert a.ctypes.data % 64 == 0 and a.shape == shape and a.dtype == dtype and a.flags.c_contiguous
+        assert not sb.arrays.on_huge_pages(a)
 
 
 def test_empty_keeps_the_aligned_mapping_when_madvise_fails(monkeypatch):
