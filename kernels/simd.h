@@ -236,6 +236,11 @@ static __attribute__((noinline)) void sb_gelu_inplace(float *y, int n) {
 }
 
 static inline void sb_prefetch(const void *p) { __builtin_prefetch(p, 0, 3); }
+/* The lines a tile is about to store, asked for when the tile starts (its stores come a block
+ * row of FMAs later): with Y rows far apart (N = 1024: 4 KiB) no hardware prefetcher brings
+ * them, and each store waited for its line (a write hint; PREFETCHT0 unless the build targets
+ * PREFETCHW, which ours do not, for CPUs without it). */
+static inline void sb_prefetch_store(const void *p) { __builtin_prefetch(p, 1, 3); }
 
 /* X vectors are loaded once and used by every row of the block. Left alone, GCC folds the
  * load into each row's FMA as a memory operand instead (4 loads instead of 1 for a 4-row
