@@ -203,21 +203,13 @@ class Compare:
         return rows
 
     def measure_case(self, shape, block, sparsity, label):
-        """run_case between two peak probes, once more if a probe says the machine was degraded;
-        its rows with pct_peak, the probes and the degraded mark."""
-        new, degraded, probe = self._probed_case(shape, block, sparsity, label)
-        if degraded:
-            self.log(f"{label}: a peak probe ran more than {DEGRADED_BELOW:.0%} under the peak "
-                     f"({probe:.0f} of {self.monitor.best:.0f} GFLOP/s); measuring the case again")
-            self.monitor.probe(f"{label} (again)")        # the slow probe must not count twice
-            new, degraded, probe = self._probed_case(shape, block, sparsity, label)
+        """run_case between two peak probes, again while a probe says the machine was degraded
+        (PeakMonitor.until_clean); its rows with pct_peak, the probes and the degraded mark."""
+        new, degraded, probe = self.monitor.until_clean(label, lambda: self.run_case(shape, block, sparsity),
+                                                        log=self.log)
         for r in new:
             r.update(probe_gflops=_fmt(probe), degraded=str(degraded) if r["status"] == "ok" else "")
         return new
-
-    def _probed_case(self, shape, block, sparsity, label):
-        rows, degraded = self.monitor.around(label, lambda: self.run_case(shape, block, sparsity))
-        return rows, degraded, min(p["gflops"] for p in self.monitor.probes[-2:])
 
     def problem(self, shape, block, sparsity):
         """The case's baselines.Problem: W pruned, X, and the configs our methods are given."""
