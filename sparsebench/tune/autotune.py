@@ -4,7 +4,12 @@ Per task the dense candidate (our dense GEMM: what a model runs for a "dense" ve
 measured first (so the choice can be "use dense"), then
 the strategy proposes configs; each is run once on a fresh NaN-filled output and checked
 against the float64 reference before it is timed, and every outcome (time, invalid
-config, wrong result, error) becomes one database record at once. Configs already in the
+config, wrong result, error) becomes one database record at once. A candidate is timed
+interleaved with the task's reference (the default heuristic's config), round by round: its
+record keeps the median per-round ratio to the reference (ref_ratio), and the search sees that
+ratio times the reference's time at the start of the run. On a shared machine whose cores are
+taken for seconds at a time, a config timed during such a spell is slowed with its reference and
+keeps its rank; timed alone it would drop out of the search. Configs already in the
 database are not measured again, so an interrupted run resumes where it stopped. At the
 end the few best configs, the default heuristic and dense are re-timed interleaved with
 more samples, and the fastest of that side-by-side run is the task's result; numpy's dense
@@ -24,7 +29,7 @@ from ..dtypes import reference, sparse_matrix
 from ..errors import ConfigError
 from ..peak import PeakMonitor
 from ..prune import prune
-from ..bench.timing import interleaved, measure
+from ..bench.timing import interleaved, measure, ratio
 from ..bench.verify import Reference
 from . import strategies
 from .check import task_shape
@@ -92,6 +97,7 @@ class Autotuner:
         space = SearchSpace(A, task.N, task.threads, self.isas, task.layout)
         cache = {} if self.retune else self.db.measurements(task)
         runners = {"dense": dense_runner(Wp, X, task.threads, task.layout)}
+        reference_run = self._reference(A, X, space.default, task)
         times, order = {}, []
         deadline = time.monotonic() + time_share if time_share else None
         budget = self.max_evals
@@ -105,9 +111,11 @@ class Autotuner:
             if deadline and time.monotonic() > deadline and candidate not in cache:
                 raise strategies.BudgetExhausted
             rec = cache.get(candidate)
-            if rec is None:
-                rec = self._measure(task, candidate, A, X, refs, runners)
-            t = rec["median_s"] if rec["status"] == "ok" else math.inf
+            if rec is None or (rec["status"] == "ok" and ("ref_ratio" not in rec
+                                                          or rec.get("reference") != reference_run[2].to_dict())):
+                # timed alone (an earlier version), or beside another reference: timed again
+                rec = self._measure(task, candidate, A, X, refs, runners, reference_run)
+            t = rec["ref_ratio"] * reference_run[1] if rec["status"] == "ok" else math.inf
             times[candidate] = t
             order.append(candidate)
             best = min(times.values())
@@ -124,7 +132,15 @@ class Autotuner:
         self.progress(0, 0, "")
         return self._confirm(task, space, times, order, A, Wp, X, runners, tag)
 
-    def _measure(self, task, candidate, A, X, refs, runners):
+    def _reference(self, A, X, config, task):
+        """(run, seconds, config): the reference every candidate is timed beside (the default
+        config), and its time now, which turns the candidates' ratios into seconds for this run."""
+        run = sparse_runner(A, X, config, task.layout)
+        out = new_output(task)
+        fn = lambda: run(out)           # noqa: E731
+        return fn, measure(fn, samples=self.samples, warmup=1, sample_time=1e-3).median, config
+
+    def _measure(self, task, candidate, A, X, refs, runners, reference_run):
         method = "dense" if candidate == "dense" else "sparse"
         rec = {"kind": "measurement", "task": task.key(), "strategy": self.strategy_name, "method": method,
                "config": None if candidate == "dense" else candidate.to_dict()}
@@ -140,9 +156,13 @@ class Autotuner:
             else:
                 out = new_output(task)
                 fn = runners[candidate]
-                st = measure(lambda: fn(out), samples=self.samples, warmup=1, sample_time=1e-3)
+                both = interleaved({"candidate": lambda: fn(out), "reference": reference_run[0]},
+                                   samples=self.samples, warmup=1, sample_time=1e-3)
+                st, per_round = both["candidate"], ratio(both["candidate"], both["reference"])
                 rec.update(status="ok", median_s=st.median, p20_s=st.p20, p80_s=st.p80, min_s=st.min,
-                           samples=st.n, unstable=st.unstable)
+                           samples=st.n, unstable=st.unstable, ref_ratio=per_round.median,
+                           ref_ratio_p20=per_round.p20, ref_ratio_p80=per_round.p80,
+                           reference=reference_run[2].to_dict())
         except ConfigError as e:
             rec.update(status="invalid", reason=str(e))
         except Exception as e:       # recorded, never fatal: the search goes on

@@ -82,16 +82,22 @@ def time_winners(jobs, samples):
 
 def sweep_table(db, task, against):
     """{config: seconds} of the task's sparse configs as `against`'s latest run saw them: the
-    latest measurement of each config recorded before that run's result (inf if it failed)."""
+    latest measurement of each config recorded before that run's result (inf if it failed).
+    Records timed beside the reference (ref_ratio) give their ratio times the reference's median
+    time over the table, so configs timed in different runs compare; older records their own time."""
     key, table, seen = task.key(), {}, {}
     for rec in db.records:
         if rec["task"] != key:
             continue
         if rec["kind"] == "measurement" and rec["method"] == "sparse":
-            seen[candidate_of(rec)] = rec["median_s"] if rec["status"] == "ok" else math.inf
+            seen[candidate_of(rec)] = rec if rec["status"] == "ok" else None
         elif rec["kind"] == "result" and rec["strategy"] == against:
             table = dict(seen)
-    return table
+    ok = [r for r in table.values() if r is not None]
+    if ok and all("ref_ratio" in r for r in ok):
+        scale = float(np.median([r["median_s"] / r["ref_ratio"] for r in ok]))
+        return {c: math.inf if r is None else r["ref_ratio"] * scale for c, r in table.items()}
+    return {c: math.inf if r is None else r["median_s"] for c, r in table.items()}
 
 
 def replay_strategy(db, tasks, strategy, against="exhaustive", seed=0):
