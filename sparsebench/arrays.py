@@ -58,8 +58,8 @@ def empty(shape, dtype=np.float32):
     dtype = np.dtype(dtype)
     shape = tuple(int(s) for s in np.atleast_1d(shape))
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if dtype.hasobject:
-        return np.empty(shape, dtype)
+    if dtype.hasobject or dtype.subdtype is not None or any(s < 0 for s in shape):
+        return np.empty(shape, dtype)          # numpy's own handling (and errors)
     if nbytes < HUGE_PAGE_MIN_BYTES or not hasattr(mmap, "MADV_HUGEPAGE"):
         # numpy's allocator aligns to 16 bytes: start on a cache line, so that rows a whole
         # number of lines long are read a line at a time

@@ -160,6 +160,11 @@ def pct_peak(gops, peak_rate):
     return 100.0 * gops / peak_rate
 
 
+def _slower(probes):
+    """The slower fp32 rate of probe records (GFLOP/s)."""
+    return min(p["gflops"] for p in probes)
+
+
 class PeakMonitor:
     """Short probes through a run: fp32 FMAs (PROBE_SECONDS) and two memory copies. What is
     measured between two probes is degraded if either probe's FMA rate fell DEGRADED_BELOW or
@@ -209,22 +214,22 @@ class PeakMonitor:
 
     def until_clean(self, label, measure_fn, attempts=ATTEMPTS, log=None):
         """around(), again while a probe says the machine was degraded, up to `attempts` times
-        in all (a shared host's busy spells last seconds): (result, degraded, probe) of the first
-        clean attempt, else of the one whose slower probe ran fastest. probe: that slower fp32
-        probe's GFLOP/s."""
+        in all (a shared host's busy spells last seconds): (result, degraded, probes) of the first
+        clean attempt, else of the one whose slower fp32 probe ran fastest; probes: the two
+        probe records around that attempt."""
         best = None
         for attempt in range(attempts):
             if attempt:
                 self.probe(f"{label} (again)")         # a slow probe must not count twice
             result, degraded = self.around(label, measure_fn)
-            probe = min(p["gflops"] for p in self.probes[-2:])
-            if best is None or not degraded or probe > best[2]:
-                best = (result, degraded, probe)
+            probes = self.probes[-2:]
+            if best is None or not degraded or _slower(probes) > _slower(best[2]):
+                best = (result, degraded, probes)
             if not degraded:
                 break
             if log and attempt + 1 < attempts:
                 log(f"{label}: a peak probe ran more than {DEGRADED_BELOW:.0%} under the peak "
-                    f"({probe:.0f} of {self.best:.0f} GFLOP/s) or the copy bandwidth "
+                    f"({_slower(probes):.0f} of {self.best:.0f} GFLOP/s) or the copy bandwidth "
                     f"{COPY_DEGRADED_BELOW:.0%} under its best; measuring again")
         return best
 

@@ -106,6 +106,15 @@ def test_small_arrays_start_on_a_cache_line(shape, dtype):
         assert not sb.arrays.on_huge_pages(a)
 
 
+def test_empty_refuses_negative_shapes_and_keeps_subarray_dtypes_as_numpy_does():
+    with pytest.raises(ValueError):
+        sb.empty((3, -1))
+    with pytest.raises(ValueError):
+        sb.empty(-1)
+    a = sb.empty(4, np.dtype((np.float32, 3)))
+    assert a.shape == (4, 3) and a.dtype == np.float32
+
+
 def test_empty_keeps_the_aligned_mapping_when_madvise_fails(monkeypatch):
     class RefusingMmap(mmap.mmap):
         def madvise(self, *args):

@@ -104,12 +104,11 @@ def test_budget_records_resume_and_retune(tmp_path, steady_machine):
     assert len(_measurements(path)) > 16 - 1
 
 
-def test_candidates_are_timed_beside_the_reference_and_keep_their_rank_through_busy_spells(
-        tmp_path, monkeypatch, steady_machine):
-    """Screening times each candidate interleaved with the default config: a spell in which
-    the machine runs 3x slower (another tenant on the cores) slows both, so the ratio, and the
-    search's pick, stay those of the true times. Records keep ref_ratio and the reference;
-    records timed alone (an earlier version) or beside another reference are timed again."""
+def _spells_and_true_times(monkeypatch):
+    """The tuner's runners and timing replaced: every config has a true time (distinct), and
+    every other timing call runs in a spell 3x slower (another tenant on the cores), for every
+    callable timed in it. Returns true_time."""
+    import zlib
     from sparsebench.bench.timing import Stats
     last = []
     real_sparse, real_dense = autotune.sparse_runner, autotune.dense_runner
@@ -123,9 +122,9 @@ def test_candidates_are_timed_beside_the_reference_and_keep_their_rank_through_b
         return lambda out: last.append("dense") or run(out)
 
     def true_time(candidate):
-        return 1e-3 if candidate == "dense" else 1e-4 * (1 + (sum(map(ord, str(candidate))) * 7919) % 97 / 10)
+        return 1e-3 if candidate == "dense" else 1e-4 * (1 + zlib.crc32(str(candidate).encode()) / 2 ** 32)
 
-    spells = iter([1.0, 3.0, 1.0] * 10000)
+    spells = iter([1.0, 3.0, 1.0] * 100000)
 
     def interleaved(fns, samples=30, warmup=3, sample_time=2e-3, cold=False):
         spell, out = next(spells), {}
@@ -137,32 +136,54 @@ def test_candidates_are_timed_beside_the_reference_and_keep_their_rank_through_b
     monkeypatch.setattr(autotune, "dense_runner", dense_runner)
     monkeypatch.setattr(autotune, "interleaved", interleaved)
     monkeypatch.setattr(autotune, "measure", lambda fn, **kw: interleaved({"_": fn}, **kw)["_"])
+    return true_time
+
+
+def test_candidates_are_timed_beside_the_reference_and_keep_their_rank_through_busy_spells(
+        tmp_path, monkeypatch, steady_machine):
+    """Screening times each candidate interleaved with the default config: a spell in which
+    the machine runs 3x slower slows both, so the ratio, and the search's pick, stay those of
+    the true times. Records keep ref_ratio and the reference."""
+    true_time = _spells_and_true_times(monkeypatch)
     path = tmp_path / "db.jsonl"
     db, [res] = _tune(path, strategy="exhaustive", max_evals=None)
     meas = [r for r in _measurements(path) if r["method"] == "sparse"]
-    space = SearchSpace(sb.BSRMatrix.from_dense(sb.prune(np.ones((SMALL.M, SMALL.K), np.float32), 0.7, (4, 1)),
-                                                (4, 1)), SMALL.N, 1)
-    best = min(space.configs, key=true_time)
-    assert sb.KernelConfig.from_dict(res["config"]) == best
-    assert all(r["reference"] == space.default.to_dict() for r in meas)
-    assert all(r["ref_ratio"] == pytest.approx(true_time(sb.KernelConfig.from_dict(r["config"])) / true_time(space.default))
-               for r in meas)
-    assert len({r["median_s"] for r in meas}) > len({r["ref_ratio"] for r in meas}) / 2   # times moved with the spells
-    # an earlier version's records (timed alone), and records beside another reference, are
-    # timed again when another run looks them up; the others are reused
+    configs = [sb.KernelConfig.from_dict(r["config"]) for r in meas]
+    assert len(configs) == len(set(configs)) > 10
+    assert sb.KernelConfig.from_dict(res["config"]) == min(configs, key=true_time)
+    reference = sb.KernelConfig.from_dict(meas[0]["reference"])
+    assert reference in configs and all(r["reference"] == reference.to_dict() for r in meas)
+    for c, r in zip(configs, meas):
+        assert r["ref_ratio"] == pytest.approx(true_time(c) / true_time(reference))
+    # the raw times moved with the spells (what screening alone would have ranked by)
+    assert len({round(r["median_s"] / true_time(c), 6) for c, r in zip(configs, meas)}) > 1
+
+
+@pytest.mark.parametrize("stale", ["timed alone", "beside another reference"])
+def test_records_not_timed_beside_this_reference_are_timed_again(tmp_path, monkeypatch, steady_machine, stale):
+    """An earlier version's records (timed alone) and records timed beside another reference
+    are not reused: every candidate another run looks up is timed again, beside the reference."""
+    _spells_and_true_times(monkeypatch)
+    path = tmp_path / "db.jsonl"
+    _tune(path, strategy="exhaustive", max_evals=None)
     lines = [json.loads(line) for line in open(path) if line.strip()]
-    for i, r in enumerate(lines):
-        if r["kind"] == "measurement" and i % 2:
+    reference = next(r["reference"] for r in lines if r["kind"] == "measurement")
+    for r in lines:
+        if r["kind"] == "measurement" and stale == "timed alone":
             r.pop("ref_ratio", None)
             r.pop("reference", None)
         elif r["kind"] == "measurement":
-            r["reference"] = dict(r["reference"], prefetch=99)
+            r["reference"] = dict(r["reference"], prefetch=r["reference"]["prefetch"] + 1)
     with open(path, "w") as f:
         f.write("".join(json.dumps(r) + "\n" for r in lines))
-    before = len(_measurements(path))
-    _tune(path, strategy="random", max_evals=4)
-    again = _measurements(path)[before:]
-    assert len(again) >= 4 and all(r["reference"] == space.default.to_dict() and "ref_ratio" in r for r in again)
+    measured = []
+    real = autotune.Autotuner._measure
+    monkeypatch.setattr(autotune.Autotuner, "_measure", lambda self, task, cand, *a: measured.append(cand)
+                        or real(self, task, cand, *a))
+    _, [res] = _tune(path, strategy="random", max_evals=4)
+    assert len(measured) == 1 + res["evals"] == 5         # dense and every config looked up
+    new = _measurements(path)[-5:]
+    assert all("ref_ratio" in r and r["reference"] == reference for r in new if r["status"] == "ok")
 
 
 def test_interrupted_run_resumes_without_loss_or_duplicates(tmp_path, monkeypatch):

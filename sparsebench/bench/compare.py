@@ -8,8 +8,8 @@ the methods that passed are timed interleaved and each is reported as a ratio to
 taken round by round, and as a percentage of the machine's measured peak (pct_peak: useful
 GFLOP/s, or GOP/s against the int8 peak; see sparsebench.peak). A short peak probe runs before
 and after every case: a case beside a probe more than 15% under the peak (or 25% under the copy
-bandwidth) is marked degraded and
-measured once more. Rows are appended to the CSV as each case finishes, so an interrupted
+bandwidth) is measured again, up to peak.ATTEMPTS times in all, and marked degraded if no
+attempt was clean. Rows are appended to the CSV as each case finishes, so an interrupted
 run keeps what it measured and a re-run measures only the cases this build has not measured on
 this machine with the kernel configs it would run now (rows it measures again move to an archive
 beside the CSV).
@@ -205,8 +205,9 @@ class Compare:
     def measure_case(self, shape, block, sparsity, label):
         """run_case between two peak probes, again while a probe says the machine was degraded
         (PeakMonitor.until_clean); its rows with pct_peak, the probes and the degraded mark."""
-        new, degraded, probe = self.monitor.until_clean(label, lambda: self.run_case(shape, block, sparsity),
-                                                        log=self.log)
+        new, degraded, probes = self.monitor.until_clean(label, lambda: self.run_case(shape, block, sparsity),
+                                                         log=self.log)
+        probe = min(p["gflops"] for p in probes)
         for r in new:
             r.update(probe_gflops=_fmt(probe), degraded=str(degraded) if r["status"] == "ok" else "")
         return new

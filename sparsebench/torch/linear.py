@@ -140,7 +140,9 @@ class SparseLinear(torch.nn.Module):
         """The numpy SparseLinear (sparsebench.models) on the current weights, rebuilt if they
         changed; `scale` multiplies its output (a fused attention layer's query, see .layers)."""
         params = self._parameters            # not nn.Module's __getattr__: this runs every call
-        weight, bias = params["weight"], params["bias"]
+        # (torch.nn.utils.prune or a parametrization moves them out of _parameters: the attributes)
+        weight = params["weight"] if "weight" in params else self.weight
+        bias = params["bias"] if "bias" in params else getattr(self, "bias", None)
         now = (weight, bias, _version(weight), _version(bias), self.activation)
         built, kernel = self._kernels.get(scale, (None, None))
         if built is None or built[0] is not now[0] or built[1] is not now[1] or built[2:] != now[2:]:

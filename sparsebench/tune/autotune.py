@@ -45,6 +45,11 @@ FINALISTS = 6
 FINALIST_MARGIN = 0.10
 
 
+def _beside(rec, reference):
+    """Whether measurement `rec` was timed beside `reference` (its ratio to it is in ref_ratio)."""
+    return "ref_ratio" in rec and rec.get("reference") == reference.to_dict()
+
+
 class Autotuner:
     def __init__(self, db, strategy="smart", max_evals=None, time_limit=None, retune=False, samples=7,
                  confirm_samples=21, isas=None, seed=0, log=print, progress=None):
@@ -108,12 +113,12 @@ class Autotuner:
                 return times[candidate]
             if candidate != "dense" and budget is not None and len(order) >= budget + 1:
                 raise strategies.BudgetExhausted
-            if deadline and time.monotonic() > deadline and candidate not in cache:
-                raise strategies.BudgetExhausted
             rec = cache.get(candidate)
-            if rec is None or (rec["status"] == "ok" and ("ref_ratio" not in rec
-                                                          or rec.get("reference") != reference_run[2].to_dict())):
-                # timed alone (an earlier version), or beside another reference: timed again
+            if rec is not None and rec["status"] == "ok" and not _beside(rec, reference_run[2]):
+                rec = None          # timed alone (an earlier version), or beside another reference
+            if deadline and time.monotonic() > deadline and rec is None:
+                raise strategies.BudgetExhausted
+            if rec is None:
                 rec = self._measure(task, candidate, A, X, refs, runners, reference_run)
             t = rec["ref_ratio"] * reference_run[1] if rec["status"] == "ok" else math.inf
             times[candidate] = t
@@ -181,8 +186,8 @@ class Autotuner:
             out = new_output(task)
             fns[c] = (lambda run=run, out=out: run(out))
         monitor = self.monitor(task.threads)
-        st, degraded, _ = monitor.until_clean(tag, lambda: interleaved(fns, samples=self.confirm_samples, warmup=1,
-                                                                        sample_time=2e-3))
+        st, degraded, probes = monitor.until_clean(tag, lambda: interleaved(fns, samples=self.confirm_samples,
+                                                                             warmup=1, sample_time=2e-3))
         best = min((c for c in st if c != "numpy"), key=lambda c: st[c].median)
         dense = best == "dense"
         ops = 2 * (A.shape[0] * A.shape[1] if dense else A.nnz) * task.N
@@ -199,7 +204,7 @@ class Autotuner:
                "trajectory": [times[c] if math.isfinite(times[c]) else None for c in order[1:]],
                "pct_peak": monitor.pct(ops, st[best].median, peak_dtype),
                "peak_gflops": monitor.rate(peak_dtype), "degraded": degraded,
-               "peak_probes": monitor.probes[-2:]}
+               "peak_probes": probes}
         self.db.add(rec)
         return rec
 
