@@ -868,3 +868,61 @@ def test_an_output_projection_with_an_activation_does_not_fuse():
     ids, mask = padded_inputs()
     with torch.no_grad():
         assert torch.isfinite(model(input_ids=ids, attention_mask=mask).last_hidden_state).all()
+
+
+@needs_torch
+def test_pruning_and_parametrizations_on_sparse_linear_are_followed_without_rebuilding_each_call():
+    """torch.nn.utils.prune (weight_orig and weight_mask; the attribute is made anew every forward)
+    and parametrizations move the weight out of _parameters: the layer computes with the current
+    weight, keeps its kernel matrix while nothing changes and rebuilds it when the mask changes."""
+    from torch.nn.utils import parametrize, prune
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(48, 40)
+    layer = sbt.SparseLinear.from_linear(lin, sparsity=0.5, block=(4, 1)).eval()
+    x = torch.randn(3, 5, 48)
+    prune.l1_unstructured(layer, "weight", amount=0.6)
+    for step in range(2):
+        with torch.inference_mode():
+            y = layer(x)
+            kernel = layer._kernels[1.0][1]
+            assert layer(x) is not None and layer._kernels[1.0][1] is kernel         # not rebuilt
+        want = torch.nn.functional.linear(x, layer.weight_orig * layer.weight_mask, layer.bias)
+        assert torch.allclose(y, want, rtol=1e-5, atol=1e-5)
+        prune.l1_unstructured(layer, "weight", amount=0.3)                           # a second mask
+    prune.remove(layer, "weight")
+
+    class Halve(torch.nn.Module):
+        def forward(self, w):
+            return w * 0.5
+    parametrize.register_parametrization(layer, "weight", Halve())
+    with torch.inference_mode():
+        y = layer(x)
+    assert torch.allclose(y, torch.nn.functional.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        layer.parametrizations.weight.original.mul_(2.0)                              # in place: seen
+    with torch.inference_mode():
+        y = layer(x)
+    assert torch.allclose(y, torch.nn.functional.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
+
+
+@needs_torch
+def test_fused_layers_follow_a_second_pruning_of_their_linears():
+    from torch.nn.utils import prune
+    model = tiny_hf("bert")
+    sbt.sparsify(model, sparsity=0.8)
+    ids, mask = padded_inputs()
+    for amount in (0.3, 0.5):
+        for layer in model.encoder.layer:
+            prune.l1_unstructured(layer.output.dense, "weight", amount=amount)
+        dense = copy.deepcopy(model)
+        for layer in dense.encoder.layer:                       # the same weights, unfused nn.Linear
+            for name, lin in [("output.dense", layer.output.dense)]:
+                plain = torch.nn.Linear(lin.in_features, lin.out_features)
+                with torch.no_grad():
+                    plain.weight.copy_(lin.weight_orig * lin.weight_mask)
+                    plain.bias.copy_(lin.bias)
+                layer.output.dense = plain
+        with torch.inference_mode():
+            y = model(input_ids=ids, attention_mask=mask).last_hidden_state
+            want = dense(input_ids=ids, attention_mask=mask).last_hidden_state
+        assert rel_diff(y.numpy(), want.numpy()) <= 1e-4

@@ -159,10 +159,11 @@ def test_candidates_are_timed_beside_the_reference_and_keep_their_rank_through_b
     assert len({round(r["median_s"] / true_time(c), 6) for c, r in zip(configs, meas)}) > 1
 
 
-@pytest.mark.parametrize("stale", ["timed alone", "beside another reference"])
+@pytest.mark.parametrize("stale", ["fresh", "timed alone", "beside another reference"])
 def test_records_not_timed_beside_this_reference_are_timed_again(tmp_path, monkeypatch, steady_machine, stale):
     """An earlier version's records (timed alone) and records timed beside another reference
-    are not reused: every candidate another run looks up is timed again, beside the reference."""
+    are not reused: every candidate another run looks up is timed again, beside the reference;
+    records timed beside it are reused."""
     _spells_and_true_times(monkeypatch)
     path = tmp_path / "db.jsonl"
     _tune(path, strategy="exhaustive", max_evals=None)
@@ -172,7 +173,7 @@ def test_records_not_timed_beside_this_reference_are_timed_again(tmp_path, monke
         if r["kind"] == "measurement" and stale == "timed alone":
             r.pop("ref_ratio", None)
             r.pop("reference", None)
-        elif r["kind"] == "measurement":
+        elif r["kind"] == "measurement" and stale == "beside another reference":
             r["reference"] = dict(r["reference"], prefetch=r["reference"]["prefetch"] + 1)
     with open(path, "w") as f:
         f.write("".join(json.dumps(r) + "\n" for r in lines))
@@ -181,9 +182,36 @@ def test_records_not_timed_beside_this_reference_are_timed_again(tmp_path, monke
     monkeypatch.setattr(autotune.Autotuner, "_measure", lambda self, task, cand, *a: measured.append(cand)
                         or real(self, task, cand, *a))
     _, [res] = _tune(path, strategy="random", max_evals=4)
+    if stale == "fresh":
+        assert measured == [] and res["evals"] == 4
+        return
     assert len(measured) == 1 + res["evals"] == 5         # dense and every config looked up
     new = _measurements(path)[-5:]
     assert all("ref_ratio" in r and r["reference"] == reference for r in new if r["status"] == "ok")
+
+
+def test_past_the_time_limit_stale_records_are_not_timed(tmp_path, monkeypatch, steady_machine):
+    """Once a task's time share is spent, only what can be reused is looked up: a record timed
+    alone is not timed again (the search stops there), and dense still counts."""
+    _spells_and_true_times(monkeypatch)
+    path = tmp_path / "db.jsonl"
+    _tune(path, strategy="exhaustive", max_evals=None)
+    lines = [json.loads(line) for line in open(path) if line.strip()]
+    for r in lines:
+        if r["kind"] == "measurement":
+            r.pop("ref_ratio", None)
+    with open(path, "w") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in lines))
+    clock = iter([0.0] + [1e9] * 100000)            # the deadline passes at once
+    monkeypatch.setattr(autotune.time, "monotonic", lambda: next(clock))
+    measured = []
+    real = autotune.Autotuner._measure
+    monkeypatch.setattr(autotune.Autotuner, "_measure", lambda self, task, cand, *a: measured.append(cand)
+                        or real(self, task, cand, *a))
+    db = TuningDB(str(path), log=lambda *a: None)
+    tuner = Autotuner(db, "random", samples=3, confirm_samples=3, log=lambda *a: None, retune=False)
+    res = tuner.tune(Task(SMALL.M, SMALL.K, SMALL.N, 0.7, (4, 1), "float32", 1), SMALL.name, time_share=1.0)
+    assert measured == ["dense"] and res["evals"] == 0
 
 
 def test_interrupted_run_resumes_without_loss_or_duplicates(tmp_path, monkeypatch):
@@ -435,6 +463,40 @@ def test_nearby_winners_of_one_strategy_only(tmp_path):
     assert set(nearby_winners(db, third)) == set(winners.values())
     assert nearby_winners(db, third, strategy="random") == [winners["random"]]
     assert nearby_winners(db, third, strategy="smart") == []
+
+
+def test_a_tuning_result_keeps_the_probes_of_the_attempt_it_keeps(tmp_path, monkeypatch):
+    """The finalists' re-timing is repeated while degraded; when no attempt is clean the result
+    is the attempt whose slower probe ran fastest, and its record carries that attempt's probes."""
+    from sparsebench import peak
+    monkeypatch.setattr(peak, "peak", lambda threads, max_age=None: peak.Peak(1, 100.0, None, 100.0, None, "t", 0.0))
+    rates = iter([100.0, 60.0, 40.0, 40.0, 30.0, 30.0, 20.0, 20.0])   # start, after; then (again, after) x 3
+    monkeypatch.setattr(peak, "_run", lambda *a: next(rates))
+    monkeypatch.setattr(peak._CopyProbe, "rate", lambda self, repeats=1: 30.0)
+    db, [res] = _tune(tmp_path / "db.jsonl", max_evals=2)
+    assert res["degraded"] is True
+    assert [(p["label"], p["gflops"]) for p in res["peak_probes"]] == [("start", 100.0), (SMALL.name, 60.0)]
+
+
+def test_the_sweep_table_ranks_by_ratios_only_beside_one_reference():
+    from sparsebench.tune.check import sweep_table
+    task = Task(8, 8, 8, 0.5, (4, 1), "float32", 1)
+    c = [sb.KernelConfig(block=(4, 1), isa="generic", n_tile=4, prefetch=p) for p in (0, 4)]
+
+    def rec(config, median, ratio, reference):
+        return {"kind": "measurement", "task": task.key(), "method": "sparse", "status": "ok",
+                "config": config.to_dict(), "median_s": median, "ref_ratio": ratio, "reference": reference}
+    result = {"kind": "result", "task": task.key(), "strategy": "exhaustive"}
+
+    class DB:
+        records = []
+    # one reference: c[1] is faster by its ratio, though timed in a slow spell
+    DB.records = [rec(c[0], 1.0, 1.0, {"r": 1}), rec(c[1], 3.0, 0.5, {"r": 1}), result]
+    table = sweep_table(DB, task, "exhaustive")
+    assert table[c[1]] < table[c[0]] and table[c[0]] / table[c[1]] == pytest.approx(2.0)
+    # two references: ratios do not compare, each record's own time does
+    DB.records = [rec(c[0], 1.0, 1.0, {"r": 1}), rec(c[1], 3.0, 0.5, {"r": 2}), result]
+    assert sweep_table(DB, task, "exhaustive") == {c[0]: 1.0, c[1]: 3.0}
 
 
 def test_a_degraded_probe_marks_the_tuning_result(tmp_path, monkeypatch):

@@ -30,7 +30,7 @@ import torch
 from ..cpu import best_isa, encoder_module, kernel_module
 from ..models.bert import (_DISTILBERT_NAMES, _LINEARS, DEFAULT_TOKENS_PER_PASS, EncoderLayer, Workspace,
                            attention_kernel, forward_layers, key_mask_into, sequences_per_pass)
-from .linear import SparseLinear, _version, register_handle, registered, state_without
+from .linear import SparseLinear, _version, register_handle, registered, sources, state_without
 
 __all__ = ["FUSABLE_LAYERS", "fuse_layers"]
 
@@ -212,7 +212,7 @@ class _FusedLayer:
         eps changed, or a linear was refresh()ed (checked on every call, as SparseLinear does)."""
         paths = _paths(self)
         parts = [_part(self, path) for path in paths["parts"]]
-        tensors = [m._parameters.get(name) for m in parts[:8] for name in ("weight", "bias")]
+        tensors = [t for m in parts[:8] for name in ("weight", "bias") for t in sources(m, name)]
         key = (tuple(map(id, parts + tensors)) + tuple(map(_version, tensors))
                + tuple((getattr(m, "activation", None), getattr(m, "_generation", 0)) for m in parts[:6])
                + tuple(getattr(m, "eps", None) for m in parts[6:8]))

@@ -66,6 +66,33 @@ def _version(tensor):
         return -1
 
 
+def sources(module, name):
+    """The tensors `module`'s parameter `name` is computed from, for a cache key of what it holds
+    (each tensor's identity and _version): the parameter itself; with torch.nn.utils.prune, the
+    original and the mask it keeps (the attribute is a new tensor every forward); with a
+    parametrization, its original. () without one (a bias of None)."""
+    params = module._parameters              # not nn.Module's __getattr__: this runs every call
+    if name in params:
+        return (params[name],) if params[name] is not None else ()
+    if name + "_orig" in params:
+        return params[name + "_orig"], module._buffers.get(name + "_mask")
+    parametrized = module._modules.get("parametrizations")
+    if parametrized is not None and name in parametrized:
+        return (parametrized[name].original,)
+    value = getattr(module, name, None)
+    return (value,) if isinstance(value, torch.Tensor) else ()
+
+
+def current(module, name):
+    """`module`'s parameter `name` as it is now: with torch.nn.utils.prune, the original times
+    the mask (prune recomputes the attribute only in the module's own forward, which a fused
+    layer does not call), else the attribute."""
+    params = module._parameters
+    if name not in params and name + "_orig" in params:
+        return params[name + "_orig"] * module._buffers[name + "_mask"]
+    return getattr(module, name, None)
+
+
 class SparseLinear(torch.nn.Module):
     """``nn.Linear`` for inference on sparsebench's kernels: (..., in_features) float32 CPU
     tensors in, (..., out_features) out, 1-D input included.
@@ -139,16 +166,14 @@ class SparseLinear(torch.nn.Module):
     def _kernel_layer(self, scale=1.0):
         """The numpy SparseLinear (sparsebench.models) on the current weights, rebuilt if they
         changed; `scale` multiplies its output (a fused attention layer's query, see .layers)."""
-        params = self._parameters            # not nn.Module's __getattr__: this runs every call
-        # (torch.nn.utils.prune or a parametrization moves them out of _parameters: the attributes)
-        weight = params["weight"] if "weight" in params else self.weight
-        bias = params["bias"] if "bias" in params else getattr(self, "bias", None)
-        now = (weight, bias, _version(weight), _version(bias), self.activation)
+        tensors = sources(self, "weight") + sources(self, "bias")
+        now = (tuple(map(id, tensors)), tuple(map(_version, tensors)), self.activation, tensors)
         built, kernel = self._kernels.get(scale, (None, None))
-        if built is None or built[0] is not now[0] or built[1] is not now[1] or built[2:] != now[2:]:
+        if built is None or built[:3] != now[:3]:     # (the tensors stay referenced: ids not reused)
             self._kernels.pop(scale, None)            # free the old matrix first
-            bias = None if self.bias is None else self.bias.detach().numpy()
-            kernel = KernelLinear(self.weight.detach().numpy(), bias, block=self.block, dtype=self.dtype,
+            weight, bias = current(self, "weight"), current(self, "bias")
+            bias = None if bias is None else bias.detach().numpy()
+            kernel = KernelLinear(weight.detach().numpy(), bias, block=self.block, dtype=self.dtype,
                                   tuned=self.tuned, threads=self.threads, name="SparseLinear",
                                   activation=self.activation, scale=scale)
             self._kernels[scale] = (now, kernel)

@@ -116,7 +116,7 @@ class Autotuner:
             rec = cache.get(candidate)
             if rec is not None and rec["status"] == "ok" and not _beside(rec, reference_run[2]):
                 rec = None          # timed alone (an earlier version), or beside another reference
-            if deadline and time.monotonic() > deadline and rec is None:
+            if candidate != "dense" and deadline and time.monotonic() > deadline and rec is None:
                 raise strategies.BudgetExhausted
             if rec is None:
                 rec = self._measure(task, candidate, A, X, refs, runners, reference_run)
