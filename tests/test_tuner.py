@@ -104,116 +104,6 @@ def test_budget_records_resume_and_retune(tmp_path, steady_machine):
     assert len(_measurements(path)) > 16 - 1
 
 
-def _spells_and_true_times(monkeypatch):
-    """The tuner's runners and timing replaced: every config has a true time (distinct), and
-    every other timing call runs in a spell 3x slower (another tenant on the cores), for every
-    callable timed in it. Returns true_time."""
-    import zlib
-    from sparsebench.bench.timing import Stats
-    last = []
-    real_sparse, real_dense = autotune.sparse_runner, autotune.dense_runner
-
-    def sparse_runner(A, X, config, layout="features"):
-        run = real_sparse(A, X, config, layout)
-        return lambda out: last.append(config) or run(out)
-
-    def dense_runner(W, X, threads, layout="features"):
-        run = real_dense(W, X, threads, layout)
-        return lambda out: last.append("dense") or run(out)
-
-    def true_time(candidate):
-        return 1e-3 if candidate == "dense" else 1e-4 * (1 + zlib.crc32(str(candidate).encode()) / 2 ** 32)
-
-    spells = iter([1.0, 3.0, 1.0] * 100000)
-
-    def interleaved(fns, samples=30, warmup=3, sample_time=2e-3, cold=False):
-        spell, out = next(spells), {}
-        for name, fn in fns.items():
-            fn()
-            out[name] = Stats(np.full(samples, true_time(last[-1]) * spell))
-        return out
-    monkeypatch.setattr(autotune, "sparse_runner", sparse_runner)
-    monkeypatch.setattr(autotune, "dense_runner", dense_runner)
-    monkeypatch.setattr(autotune, "interleaved", interleaved)
-    monkeypatch.setattr(autotune, "measure", lambda fn, **kw: interleaved({"_": fn}, **kw)["_"])
-    return true_time
-
-
-def test_candidates_are_timed_beside_the_reference_and_keep_their_rank_through_busy_spells(
-        tmp_path, monkeypatch, steady_machine):
-    """Screening times each candidate interleaved with the default config: a spell in which
-    the machine runs 3x slower slows both, so the ratio, and the search's pick, stay those of
-    the true times. Records keep ref_ratio and the reference."""
-    true_time = _spells_and_true_times(monkeypatch)
-    path = tmp_path / "db.jsonl"
-    db, [res] = _tune(path, strategy="exhaustive", max_evals=None)
-    meas = [r for r in _measurements(path) if r["method"] == "sparse"]
-    configs = [sb.KernelConfig.from_dict(r["config"]) for r in meas]
-    assert len(configs) == len(set(configs)) > 10
-    assert sb.KernelConfig.from_dict(res["config"]) == min(configs, key=true_time)
-    reference = sb.KernelConfig.from_dict(meas[0]["reference"])
-    assert reference in configs and all(r["reference"] == reference.to_dict() for r in meas)
-    for c, r in zip(configs, meas):
-        assert r["ref_ratio"] == pytest.approx(true_time(c) / true_time(reference))
-    # the raw times moved with the spells (what screening alone would have ranked by)
-    assert len({round(r["median_s"] / true_time(c), 6) for c, r in zip(configs, meas)}) > 1
-
-
-@pytest.mark.parametrize("stale", ["fresh", "timed alone", "beside another reference"])
-def test_records_not_timed_beside_this_reference_are_timed_again(tmp_path, monkeypatch, steady_machine, stale):
-    """An earlier version's records (timed alone) and records timed beside another reference
-    are not reused: every candidate another run looks up is timed again, beside the reference;
-    records timed beside it are reused."""
-    _spells_and_true_times(monkeypatch)
-    path = tmp_path / "db.jsonl"
-    _tune(path, strategy="exhaustive", max_evals=None)
-    lines = [json.loads(line) for line in open(path) if line.strip()]
-    reference = next(r["reference"] for r in lines if r["kind"] == "measurement")
-    for r in lines:
-        if r["kind"] == "measurement" and stale == "timed alone":
-            r.pop("ref_ratio", None)
-            r.pop("reference", None)
-        elif r["kind"] == "measurement" and stale == "beside another reference":
-            r["reference"] = dict(r["reference"], prefetch=r["reference"]["prefetch"] + 1)
-    with open(path, "w") as f:
-        f.write("".join(json.dumps(r) + "\n" for r in lines))
-    measured = []
-    real = autotune.Autotuner._measure
-    monkeypatch.setattr(autotune.Autotuner, "_measure", lambda self, task, cand, *a: measured.append(cand)
-                        or real(self, task, cand, *a))
-    _, [res] = _tune(path, strategy="random", max_evals=4)
-    if stale == "fresh":
-        assert measured == [] and res["evals"] == 4
-        return
-    assert len(measured) == 1 + res["evals"] == 5         # dense and every config looked up
-    new = _measurements(path)[-5:]
-    assert all("ref_ratio" in r and r["reference"] == reference for r in new if r["status"] == "ok")
-
-
-def test_past_the_time_limit_stale_records_are_not_timed(tmp_path, monkeypatch, steady_machine):
-    """Once a task's time share is spent, only what can be reused is looked up: a record timed
-    alone is not timed again (the search stops there), and dense still counts."""
-    _spells_and_true_times(monkeypatch)
-    path = tmp_path / "db.jsonl"
-    _tune(path, strategy="exhaustive", max_evals=None)
-    lines = [json.loads(line) for line in open(path) if line.strip()]
-    for r in lines:
-        if r["kind"] == "measurement":
-            r.pop("ref_ratio", None)
-    with open(path, "w") as f:
-        f.write("".join(json.dumps(r) + "\n" for r in lines))
-    clock = iter([0.0] + [1e9] * 100000)            # the deadline passes at once
-    monkeypatch.setattr(autotune.time, "monotonic", lambda: next(clock))
-    measured = []
-    real = autotune.Autotuner._measure
-    monkeypatch.setattr(autotune.Autotuner, "_measure", lambda self, task, cand, *a: measured.append(cand)
-                        or real(self, task, cand, *a))
-    db = TuningDB(str(path), log=lambda *a: None)
-    tuner = Autotuner(db, "random", samples=3, confirm_samples=3, log=lambda *a: None, retune=False)
-    res = tuner.tune(Task(SMALL.M, SMALL.K, SMALL.N, 0.7, (4, 1), "float32", 1), SMALL.name, time_share=1.0)
-    assert measured == ["dense"] and res["evals"] == 0
-
-
 def test_interrupted_run_resumes_without_loss_or_duplicates(tmp_path, monkeypatch):
     path = tmp_path / "db.jsonl"
     real = autotune.Autotuner._measure
@@ -439,13 +329,11 @@ def test_check_strategy_replays_smart_on_the_exhaustive_measurements(tmp_path, c
     mine, best, slowdown = (float(x) for x in line.split()[4:7])
     assert 1 <= evals <= space and best <= mine and slowdown >= 1
     assert slowdown == pytest.approx(mine / best, rel=0.05)            # printed to 4 decimals
-    # the optimum is the fastest of every measured config of the task, by its ratio to the
-    # reference it was timed beside, in seconds of the reference's median time
+    # the optimum is the fastest of every measured config of the task
     from sparsebench.tune import Task, TuningDB
-    recs = [r for c, r in TuningDB(str(db), writable=False).measurements(
+    times = [r["median_s"] for c, r in TuningDB(str(db), writable=False).measurements(
         Task(40, 32, 16, 0.8, (4, 1), "float32", 1)).items() if c != "dense" and r["status"] == "ok"]
-    scale = float(np.median([r["median_s"] / r["ref_ratio"] for r in recs]))
-    assert best == pytest.approx(min(r["ref_ratio"] for r in recs) * scale * 1e3, abs=6e-5)
+    assert best == pytest.approx(min(times) * 1e3, abs=6e-5)
 
 
 def test_nearby_winners_of_one_strategy_only(tmp_path):
@@ -465,6 +353,16 @@ def test_nearby_winners_of_one_strategy_only(tmp_path):
     assert nearby_winners(db, third, strategy="smart") == []
 
 
+def test_a_task_whose_time_share_is_spent_still_times_dense_and_ends_cleanly(tmp_path, monkeypatch, steady_machine):
+    clock = iter([0.0] + [1e9] * 100000)            # the deadline passes at once
+    db = TuningDB(str(tmp_path / "db.jsonl"), log=lambda *a: None)
+    tuner = Autotuner(db, "smart", samples=3, confirm_samples=3, log=lambda *a: None)
+    monkeypatch.setattr(autotune.time, "monotonic", lambda: next(clock))
+    res = tuner.tune(Task(SMALL.M, SMALL.K, SMALL.N, 0.7, (4, 1), "float32", 1), SMALL.name, time_share=1.0)
+    assert res["evals"] == 0 and res["dense_s"] > 0
+    assert [r["method"] for r in _measurements(tmp_path / "db.jsonl")] == ["dense"]
+
+
 def test_a_tuning_result_keeps_the_probes_of_the_attempt_it_keeps(tmp_path, monkeypatch):
     """The finalists' re-timing is repeated while degraded; when no attempt is clean the result
     is the attempt whose slower probe ran fastest, and its record carries that attempt's probes."""
@@ -476,27 +374,6 @@ def test_a_tuning_result_keeps_the_probes_of_the_attempt_it_keeps(tmp_path, monk
     db, [res] = _tune(tmp_path / "db.jsonl", max_evals=2)
     assert res["degraded"] is True
     assert [(p["label"], p["gflops"]) for p in res["peak_probes"]] == [("start", 100.0), (SMALL.name, 60.0)]
-
-
-def test_the_sweep_table_ranks_by_ratios_only_beside_one_reference():
-    from sparsebench.tune.check import sweep_table
-    task = Task(8, 8, 8, 0.5, (4, 1), "float32", 1)
-    c = [sb.KernelConfig(block=(4, 1), isa="generic", n_tile=4, prefetch=p) for p in (0, 4)]
-
-    def rec(config, median, ratio, reference):
-        return {"kind": "measurement", "task": task.key(), "method": "sparse", "status": "ok",
-                "config": config.to_dict(), "median_s": median, "ref_ratio": ratio, "reference": reference}
-    result = {"kind": "result", "task": task.key(), "strategy": "exhaustive"}
-
-    class DB:
-        records = []
-    # one reference: c[1] is faster by its ratio, though timed in a slow spell
-    DB.records = [rec(c[0], 1.0, 1.0, {"r": 1}), rec(c[1], 3.0, 0.5, {"r": 1}), result]
-    table = sweep_table(DB, task, "exhaustive")
-    assert table[c[1]] < table[c[0]] and table[c[0]] / table[c[1]] == pytest.approx(2.0)
-    # two references: ratios do not compare, each record's own time does
-    DB.records = [rec(c[0], 1.0, 1.0, {"r": 1}), rec(c[1], 3.0, 0.5, {"r": 2}), result]
-    assert sweep_table(DB, task, "exhaustive") == {c[0]: 1.0, c[1]: 3.0}
 
 
 def test_a_degraded_probe_marks_the_tuning_result(tmp_path, monkeypatch):

@@ -4,15 +4,11 @@ Per task the dense candidate (our dense GEMM: what a model runs for a "dense" ve
 measured first (so the choice can be "use dense"), then
 the strategy proposes configs; each is run once on a fresh NaN-filled output and checked
 against the float64 reference before it is timed, and every outcome (time, invalid
-config, wrong result, error) becomes one database record at once. A candidate is timed
-interleaved with the task's reference (the default heuristic's config), round by round: its
-record keeps the median per-round ratio to the reference (ref_ratio), and the search sees that
-ratio times the reference's time at the start of the run. On a shared machine whose cores are
-taken for seconds at a time, a config timed during such a spell is slowed with its reference and
-keeps its rank; timed alone it would drop out of the search. Configs already in the
+config, wrong result, error) becomes one database record at once. Configs already in the
 database are not measured again, so an interrupted run resumes where it stopped. At the
 end the few best configs, the default heuristic and dense are re-timed interleaved with
-more samples, and the fastest of that side-by-side run is the task's result; numpy's dense
+more samples (again while a peak probe says the machine was busy: PeakMonitor.until_clean),
+and the fastest of that side-by-side run is the task's result; numpy's dense
 matmul runs beside them as the yardstick (numpy_s), never as a choice. Peak probes before
 and after that run give the result its pct_peak (of the machine's measured peak, see
 sparsebench.peak), the probes, and a degraded mark when one ran more than 15% under the peak (25% under the copy bandwidth).
@@ -29,7 +25,7 @@ from ..dtypes import reference, sparse_matrix
 from ..errors import ConfigError
 from ..peak import PeakMonitor
 from ..prune import prune
-from ..bench.timing import interleaved, measure, ratio
+from ..bench.timing import interleaved, measure
 from ..bench.verify import Reference
 from . import strategies
 from .check import task_shape
@@ -43,11 +39,6 @@ from .space import SearchSpace
 #: up to 12% from one process to the next here (768x768x1024)
 FINALISTS = 6
 FINALIST_MARGIN = 0.10
-
-
-def _beside(rec, reference):
-    """Whether measurement `rec` was timed beside `reference` (its ratio to it is in ref_ratio)."""
-    return "ref_ratio" in rec and rec.get("reference") == reference.to_dict()
 
 
 class Autotuner:
@@ -102,7 +93,6 @@ class Autotuner:
         space = SearchSpace(A, task.N, task.threads, self.isas, task.layout)
         cache = {} if self.retune else self.db.measurements(task)
         runners = {"dense": dense_runner(Wp, X, task.threads, task.layout)}
-        reference_run = self._reference(A, X, space.default, task)
         times, order = {}, []
         deadline = time.monotonic() + time_share if time_share else None
         budget = self.max_evals
@@ -113,14 +103,12 @@ class Autotuner:
                 return times[candidate]
             if candidate != "dense" and budget is not None and len(order) >= budget + 1:
                 raise strategies.BudgetExhausted
-            rec = cache.get(candidate)
-            if rec is not None and rec["status"] == "ok" and not _beside(rec, reference_run[2]):
-                rec = None          # timed alone (an earlier version), or beside another reference
-            if candidate != "dense" and deadline and time.monotonic() > deadline and rec is None:
+            if candidate != "dense" and deadline and time.monotonic() > deadline and candidate not in cache:
                 raise strategies.BudgetExhausted
+            rec = cache.get(candidate)
             if rec is None:
-                rec = self._measure(task, candidate, A, X, refs, runners, reference_run)
-            t = rec["ref_ratio"] * reference_run[1] if rec["status"] == "ok" else math.inf
+                rec = self._measure(task, candidate, A, X, refs, runners)
+            t = rec["median_s"] if rec["status"] == "ok" else math.inf
             times[candidate] = t
             order.append(candidate)
             best = min(times.values())
@@ -137,15 +125,7 @@ class Autotuner:
         self.progress(0, 0, "")
         return self._confirm(task, space, times, order, A, Wp, X, runners, tag)
 
-    def _reference(self, A, X, config, task):
-        """(run, seconds, config): the reference every candidate is timed beside (the default
-        config), and its time now, which turns the candidates' ratios into seconds for this run."""
-        run = sparse_runner(A, X, config, task.layout)
-        out = new_output(task)
-        fn = lambda: run(out)           # noqa: E731
-        return fn, measure(fn, samples=self.samples, warmup=1, sample_time=1e-3).median, config
-
-    def _measure(self, task, candidate, A, X, refs, runners, reference_run):
+    def _measure(self, task, candidate, A, X, refs, runners):
         method = "dense" if candidate == "dense" else "sparse"
         rec = {"kind": "measurement", "task": task.key(), "strategy": self.strategy_name, "method": method,
                "config": None if candidate == "dense" else candidate.to_dict()}
@@ -161,13 +141,9 @@ class Autotuner:
             else:
                 out = new_output(task)
                 fn = runners[candidate]
-                both = interleaved({"candidate": lambda: fn(out), "reference": reference_run[0]},
-                                   samples=self.samples, warmup=1, sample_time=1e-3)
-                st, per_round = both["candidate"], ratio(both["candidate"], both["reference"])
+                st = measure(lambda: fn(out), samples=self.samples, warmup=1, sample_time=1e-3)
                 rec.update(status="ok", median_s=st.median, p20_s=st.p20, p80_s=st.p80, min_s=st.min,
-                           samples=st.n, unstable=st.unstable, ref_ratio=per_round.median,
-                           ref_ratio_p20=per_round.p20, ref_ratio_p80=per_round.p80,
-                           reference=reference_run[2].to_dict())
+                           samples=st.n, unstable=st.unstable)
         except ConfigError as e:
             rec.update(status="invalid", reason=str(e))
         except Exception as e:       # recorded, never fatal: the search goes on

@@ -82,23 +82,16 @@ def time_winners(jobs, samples):
 
 def sweep_table(db, task, against):
     """{config: seconds} of the task's sparse configs as `against`'s latest run saw them: the
-    latest measurement of each config recorded before that run's result (inf if it failed).
-    Records all timed beside one reference (ref_ratio) give their ratio times the reference's
-    median time over the table, so configs timed in different runs compare; otherwise each
-    record its own time."""
+    latest measurement of each config recorded before that run's result (inf if it failed)."""
     key, table, seen = task.key(), {}, {}
     for rec in db.records:
         if rec["task"] != key:
             continue
         if rec["kind"] == "measurement" and rec["method"] == "sparse":
-            seen[candidate_of(rec)] = rec if rec["status"] == "ok" else None
+            seen[candidate_of(rec)] = rec["median_s"] if rec["status"] == "ok" else math.inf
         elif rec["kind"] == "result" and rec["strategy"] == against:
             table = dict(seen)
-    ok = [r for r in table.values() if r is not None]
-    if ok and all("ref_ratio" in r and r.get("reference") == ok[0].get("reference") for r in ok):
-        scale = float(np.median([r["median_s"] / r["ref_ratio"] for r in ok]))
-        return {c: math.inf if r is None else r["ref_ratio"] * scale for c, r in table.items()}
-    return {c: math.inf if r is None else r["median_s"] for c, r in table.items()}
+    return table
 
 
 def replay_strategy(db, tasks, strategy, against="exhaustive", seed=0):
